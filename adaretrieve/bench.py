@@ -1,0 +1,241 @@
+"""Sweep configurations of one model on one data set: encoder -> index -> search -> eval -> report.
+
+A suite is a YAML file (see ``benchmarks/*.yaml``): model, data, index, the grid of single-stage
+sizes and two-stage (shortlist, k, rerank) triples, metrics, and pinned expectations with
+tolerances. Relative paths are read from the current directory (the repository root).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from adaretrieve import __version__
+from adaretrieve.data import read_qrels, read_queries
+from adaretrieve.errors import AdaError
+from adaretrieve.eval import Evaluator, run_from_arrays
+from adaretrieve.eval.timing import time_each
+from adaretrieve.search import IndexReader, TwoStageSearcher
+from adaretrieve.sizes import Size, parse_size, parse_sizes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Suite:
+    name: str
+    model: str
+    corpus: str
+    queries: str
+    qrels: str
+    index: str
+    shortlist: list[str]
+    rerank: str | None
+    single: list[str] = field(default_factory=list)
+    two_stage: list[dict] = field(default_factory=list)
+    metrics: list[str] = field(default_factory=lambda: ["nDCG@10", "RR@10", "R@100", "R@1000"])
+    max_length: int | None = None
+    batch_size: int = 32
+    latency_queries: int = 100
+    expected: dict = field(default_factory=dict)
+    description: str = ""
+
+    @classmethod
+    def load(cls, path: str | Path) -> Suite:
+        p = Path(path)
+        if not p.exists():
+            raise AdaError(f"bench config {p} does not exist")
+        data = yaml.safe_load(p.read_text()) or {}
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise AdaError(f"{p}: unknown keys {sorted(unknown)}; known keys are {sorted(known)}")
+        try:
+            return cls(**data)
+        except TypeError as e:
+            raise AdaError(f"{p}: {e}") from None
+
+    def configs(self) -> list[dict]:
+        """Every configuration as {shortlist, k, rerank}; single stage has k None and rerank None."""
+        out = [{"shortlist": str(parse_size(s)), "k": None, "rerank": None} for s in self.single]
+        for grid in self.two_stage:
+            for s in parse_sizes(grid["shortlist"]):
+                for k in grid["k"] if isinstance(grid["k"], list) else [grid["k"]]:
+                    for r in parse_sizes(grid["rerank"]):
+                        out.append({"shortlist": str(s), "k": int(k), "rerank": str(r)})
+        return out
+
+
+def config_name(c: dict) -> str:
+    return f"single {c['shortlist']}" if c["rerank"] is None else f"{c['shortlist']} k={c['k']} -> {c['rerank']}"
+
+
+def machine_info() -> dict:
+    import faiss
+    import torch
+
+    cpu = platform.processor()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "faiss": faiss.__version__,
+        "numpy": np.__version__,
+        "adaretrieve": __version__,
+    }
+
+
+def ensure_index(suite: Suite, enc, rebuild: bool = False, progress: bool = True) -> IndexReader:
+    """Reuse the suite's index when it was built by the same weights with the needed sizes."""
+    from adaretrieve.index.build import build_index
+
+    want = parse_sizes(suite.shortlist)
+    path = Path(suite.index)
+    if path.exists() and not rebuild:
+        try:
+            reader = IndexReader(path)
+            m = reader.manifest
+            if (m.model.get("weights_sha256") == enc.weights_hash() and set(want) <= set(m.shortlist_sizes)
+                    and str(m.rerank_size) == str(parse_size(suite.rerank) if suite.rerank else None)
+                    and m.model.get("max_length") == enc.max_length):
+                log.info("reusing index %s", path)
+                return reader
+            log.info("index %s does not match the suite; rebuilding", path)
+        except AdaError as e:
+            log.info("index %s unusable (%s); rebuilding", path, e)
+    build_index(suite.corpus, enc, path, want, suite.rerank, batch_size=suite.batch_size, overwrite=True, progress=progress)
+    return IndexReader(path)
+
+
+def run_suite(suite: Suite, rebuild: bool = False, progress: bool = True) -> dict:
+    from adaretrieve.modeling import Encoder
+
+    enc = Encoder(suite.model, max_length=suite.max_length)
+    reader = ensure_index(suite, enc, rebuild, progress)
+    qrels = read_qrels(suite.qrels)
+    queries = {q: t for q, t in read_queries(suite.queries).items() if q in qrels}
+    qids = list(queries)
+    texts = [queries[q] for q in qids]
+    evaluator = Evaluator(qrels, suite.metrics)
+    configs = suite.configs()
+    sizes = parse_sizes([c[key] for c in configs for key in ("shortlist", "rerank") if c[key]])
+    for s in sizes:
+        s.check(enc.n_layers, enc.hidden_size)
+    t0 = time.perf_counter()
+    qv = enc.encode(texts, sizes, batch_size=64)
+    encode_batched_ms = 1000 * (time.perf_counter() - t0) / len(qids)
+
+    # Query encoding at batch 1 costs the same for every configuration of one depth: time once each.
+    n_lat = min(suite.latency_queries, len(texts))
+    enc_ms: dict[int, dict] = {}
+    for depth in sorted({max(parse_size(c["shortlist"]).layer, parse_size(c["rerank"]).layer if c["rerank"] else 0)
+                         for c in configs}):
+        size = Size(depth, 1)
+        enc_ms[depth] = time_each(lambda i, s=size: enc.encode([texts[i]], [s]), n_lat).ms()
+
+    rows = []
+    for c in configs:
+        searcher = TwoStageSearcher(reader, c["shortlist"], c["rerank"], k=c["k"] or 0)
+        short, rr = searcher.shortlist, searcher.rerank
+        qs, qr = qv[short], (qv[rr] if rr else None)
+        t0 = time.perf_counter()
+        scores, ids = searcher.search(qs, qr, top=1000)
+        batched_ms = 1000 * (time.perf_counter() - t0) / len(qids)
+        metrics = evaluator(run_from_arrays(qids, scores, ids, reader.docids))
+        def one_query(i, searcher=searcher, qs=qs, qr=qr):
+            return searcher.search(qs[i : i + 1], qr[i : i + 1] if qr is not None else None, top=1000)
+
+        one = time_each(one_query, n_lat)
+        depth = max(short.layer, rr.layer if rr else 0)
+        rows.append({
+            "config": config_name(c), **c, "metrics": {k: round(v, 5) for k, v in metrics.items()},
+            "search_ms_batch1": one.ms(), "search_ms_batched": round(batched_ms, 4),
+            "encode_layers": depth, "encode_ms_batch1": enc_ms[depth],
+            "total_ms_batch1_p50": round(enc_ms[depth]["p50"] + one.ms()["p50"], 3),
+            "resident_bytes_per_doc": short.dim * 4, "rerank_bytes_per_doc_on_disk": (rr.dim * 2 if rr else 0),
+        })
+        log.info("%-28s %s  search %.3f ms/q", config_name(c), "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()), one.ms()["p50"])
+    checks = check_expected(rows, suite.expected)
+    return {
+        "suite": suite.name, "description": suite.description, "model": enc.describe(),
+        "index": {"path": str(reader.dir), "n_docs": reader.n_docs, "build": reader.manifest.build},
+        "n_queries": len(qids), "queries_encode_ms_batched": round(encode_batched_ms, 3),
+        "machine": machine_info(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "results": rows, "checks": checks,
+    }
+
+
+def check_expected(rows: list[dict], expected: dict) -> list[dict]:
+    """Compare pinned scores ``{config name: {metric: [value, tolerance]}}`` with the measured ones."""
+    by_name = {r["config"]: r for r in rows}
+    out = []
+    for name, metrics in (expected or {}).items():
+        for metric, (value, tol) in metrics.items():
+            got = by_name.get(name, {}).get("metrics", {}).get(metric)
+            ok = got is not None and abs(got - value) <= tol
+            out.append({"config": name, "metric": metric, "expected": value, "tolerance": tol, "got": got, "ok": ok})
+    return out
+
+
+def to_markdown(res: dict, command: str) -> str:
+    metrics = list(res["results"][0]["metrics"]) if res["results"] else []
+    m = res["machine"]
+    lines = [
+        f"# {res['suite']}",
+        "",
+        res.get("description", "").strip(),
+        "",
+        f"Command: `{command}`  ",
+        f"Model: `{res['model']['name']}` ({res['model']['n_layers']}x{res['model']['hidden_size']}, {res['model']['pooling']} pooling, "
+        f"normalise {res['model']['normalize']}, max length {res['model']['max_length']}); "
+        f"{res['index']['n_docs']} docs, {res['n_queries']} queries.  ",
+        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), faiss {m['faiss']}; {res['date']}.  ",
+        f"Index build: {res['index']['build'].get('encode_seconds', '?')} s encoding "
+        f"({res['index']['build'].get('docs_per_second', '?')} docs/s).",
+        "",
+        "Latency is per query at batch size 1 (median over the first queries, after warm-up): query encoding up to the "
+        "deepest layer the configuration needs, and search (shortlist + gather + rerank). Search over all queries at once is "
+        "the batched column.",
+        "",
+        "| configuration | " + " | ".join(metrics) + " | encode ms (layers) | search ms | search ms batched | RAM B/doc |",
+        "| --- | " + " | ".join("---:" for _ in metrics) + " | ---: | ---: | ---: | ---: |",
+    ]
+    for r in res["results"]:
+        lines.append(
+            f"| {r['config']} | " + " | ".join(f"{r['metrics'][k]:.4f}" for k in metrics)
+            + f" | {r['encode_ms_batch1']['p50']:.2f} ({r['encode_layers']}) | {r['search_ms_batch1']['p50']:.3f}"
+            + f" | {r['search_ms_batched']:.3f} | {r['resident_bytes_per_doc']} |"
+        )
+    if res["checks"]:
+        lines += ["", "Pinned expectations:", "", "| configuration | metric | expected | tolerance | got | ok |", "| --- | --- | ---: | ---: | ---: | --- |"]
+        for c in res["checks"]:
+            got = "missing" if c["got"] is None else f"{c['got']:.5f}"
+            lines.append(f"| {c['config']} | {c['metric']} | {c['expected']} | {c['tolerance']} | {got} | {'yes' if c['ok'] else 'NO'} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(res: dict, out_dir: str | Path, command: str) -> Path:
+    d = Path(out_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    res = {**res, "command": command}
+    (d / "results.json").write_text(json.dumps(res, indent=2) + "\n")
+    (d / "results.md").write_text(to_markdown(res, command))
+    return d

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from adaretrieve.cli.common import handle_errors, setup
+
+
+@handle_errors
+def bench(
+    config: Path = typer.Option(..., "--config", "-c", help="Suite YAML, e.g. benchmarks/scifact-minilm.yaml."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default benchmarks/results/<suite name>)."),
+    rebuild: bool = typer.Option(False, "--rebuild", help="Rebuild the index even if a matching one exists."),
+    check: bool = typer.Option(False, "--check", help="Exit non-zero when a pinned score moves beyond its tolerance."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Sweep single-stage sizes and two-stage (shortlist, k, rerank) triples; write JSON + Markdown.
+
+    Example:
+
+        adaretrieve bench --config benchmarks/scifact-minilm.yaml --check
+    """
+    setup(quiet)
+    from adaretrieve.bench import Suite, run_suite, to_markdown, write_report
+
+    suite = Suite.load(config)
+    res = run_suite(suite, rebuild=rebuild, progress=not quiet)
+    command = "adaretrieve " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    d = write_report(res, out or Path("benchmarks/results") / suite.name, command)
+    typer.echo(to_markdown({**res}, command))
+    typer.echo(f"report written to {d}", err=True)
+    bad = [c for c in res["checks"] if not c["ok"]]
+    if check and bad:
+        for c in bad:
+            typer.echo(f"error: {c['config']} {c['metric']}: expected {c['expected']} +- {c['tolerance']}, got {c['got']}", err=True)
+        raise typer.Exit(1)

@@ -1,0 +1,43 @@
+"""Entry point: `adaretrieve index | search | eval | bench | train | mine`."""
+
+from __future__ import annotations
+
+import typer
+
+from adaretrieve import __version__
+from adaretrieve.cli.bench_cmd import bench
+from adaretrieve.cli.eval_cmd import evaluate
+from adaretrieve.cli.index_cmd import index
+from adaretrieve.cli.search_cmd import search
+from adaretrieve.cli.train_cmd import train
+
+app = typer.Typer(
+    help="One Matryoshka embedding model, many sizes: index once, shortlist small, rerank full.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("index")(index)
+app.command("search")(search)
+app.command("eval")(evaluate)
+app.command("bench")(bench)
+app.command("train")(train)
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"adaretrieve {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version.")):
+    pass
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

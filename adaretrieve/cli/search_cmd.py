@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from adaretrieve.cli.common import handle_errors, load_encoder, setup
+from adaretrieve.errors import AdaError
+
+
+@handle_errors
+def search(
+    query: Optional[str] = typer.Argument(None, help="One query text, for a quick look (prints the top hits with titles)."),
+    index: Path = typer.Option(..., "--index", "-i", help="Index directory from `adaretrieve index`."),
+    queries: Optional[Path] = typer.Option(None, "--queries", help="queries.jsonl, a BEIR folder, or a tsv of qid<TAB>text."),
+    qrels: Optional[Path] = typer.Option(None, "--qrels", help="Qrels to evaluate against; also limits the queries to those judged."),
+    shortlist: Optional[str] = typer.Option(None, "--shortlist", "-s", help="Shortlist size LxD (default: the index's first)."),
+    rerank: Optional[str] = typer.Option(None, "--rerank", "-r", help="Rerank size LxD, or 'none' for single-stage (default: the index's rerank size)."),
+    k: int = typer.Option(200, "--k", help="Candidates taken from the shortlist per query."),
+    top: int = typer.Option(1000, "--top", help="Results kept per query."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the run here."),
+    fmt: str = typer.Option("trec", "--format", help="Run format: trec or jsonl."),
+    metrics: list[str] = typer.Option(["nDCG@10", "RR@10", "R@100", "R@1000"], "--metrics", help="ir-measures names, with --qrels."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Query encoder (default: the model that built the index; another one is refused)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Queries per forward pass."),
+    device: Optional[str] = typer.Option(None, "--device"),
+    as_json: bool = typer.Option(False, "--json", help="Print metrics as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Two-stage search: FAISS shortlist at a small size, exact rerank at a large size.
+
+    Examples:
+
+        adaretrieve search --index indexes/scifact --queries ../shared/data/beir/scifact \\
+            --qrels ../shared/data/beir/scifact/qrels/test.tsv --shortlist 2x64 --rerank 6x384 --k 200 --out run.trec
+
+        adaretrieve search --index indexes/scifact "do statins reduce cancer risk?"
+    """
+    setup(quiet)
+    from adaretrieve.data import read_qrels, read_queries
+    from adaretrieve.eval import Evaluator, run_from_arrays, write_run
+    from adaretrieve.search import IndexReader, TwoStageSearcher
+    from adaretrieve.sizes import parse_size
+
+    if fmt not in ("trec", "jsonl"):
+        raise AdaError(f"--format {fmt!r} is not one of trec, jsonl")
+    if (query is None) == (queries is None):
+        raise AdaError("give either one query text or --queries FILE")
+    if k < 1 or top < 1:
+        raise AdaError(f"--k ({k}) and --top ({top}) must be at least 1")
+    reader = IndexReader(index)
+    m = reader.manifest
+    short = parse_size(shortlist) if shortlist else m.shortlist_sizes[0]
+    if rerank is None:
+        rr = m.rerank_size
+    else:
+        rr = None if rerank.lower() == "none" else parse_size(rerank)
+    mod = m.model
+    enc = load_encoder(model or (mod["path"] if Path(mod["path"]).exists() else mod["name"]),
+                       pooling=mod["pooling"], normalize=mod["normalize"], max_length=mod["max_length"], device=device)
+    enc.check_sizes([short], "shortlist size")
+    if rr:
+        enc.check_sizes([rr], "rerank size")
+    reader.check_model(enc.weights_hash(), enc.name)
+    searcher = TwoStageSearcher(reader, short, rr, k=k)
+
+    if query is not None:
+        if not query.strip():
+            raise AdaError("the query text is empty")
+        qv = enc.encode([query], searcher.sizes())
+        scores, rows = searcher.search(qv[short], qv.get(rr), top=min(top, 10))
+        hits = [(reader.docids[r], float(s)) for r, s in zip(rows[0], scores[0]) if r >= 0]
+        _print_hits(hits, m.corpus)
+        return
+
+    qs = read_queries(queries)
+    judged = None
+    if qrels is not None:
+        judged = read_qrels(qrels)
+        missing = [q for q in judged if q not in qs]
+        if len(missing) == len(judged):
+            raise AdaError(f"none of the {len(judged)} queries in {qrels} is in {queries}")
+        if missing:
+            typer.echo(f"warning: {len(missing)} judged queries have no text in {queries}; they score 0", err=True)
+        qs = {q: t for q, t in qs.items() if q in judged}
+    qids = list(qs)
+    t0 = time.perf_counter()
+    qv = enc.encode([qs[q] for q in qids], searcher.sizes(), batch_size=batch_size, progress=not quiet)
+    t1 = time.perf_counter()
+    scores, rows = searcher.search(qv[short], qv.get(rr), top=top)
+    t2 = time.perf_counter()
+    run = run_from_arrays(qids, scores, rows, reader.docids)
+    typer.echo(
+        f"{len(qids)} queries: encode {1000 * (t1 - t0) / len(qids):.2f} ms/query, search {1000 * (t2 - t1) / len(qids):.3f} ms/query "
+        f"(shortlist {short}, k {k}, rerank {rr or 'none'})",
+        err=True,
+    )
+    if out:
+        write_run(run, out, tag=f"ada-{short}-{k}-{rr or 'none'}", fmt=fmt)
+    if judged is not None:
+        res = Evaluator(judged, metrics)(run)
+        _print_metrics(res, as_json)
+
+
+def _print_metrics(res: dict, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps({k: round(v, 5) for k, v in res.items()}))
+    else:
+        for k, v in res.items():
+            typer.echo(f"{k}\t{v:.4f}")
+
+
+def _print_hits(hits: list[tuple[str, float]], corpus: str) -> None:
+    from adaretrieve.data import iter_corpus
+
+    want = {d for d, _ in hits}
+    titles: dict[str, str] = {}
+    if Path(corpus).exists():
+        for doc in iter_corpus(corpus):
+            if doc.docid in want:
+                titles[doc.docid] = (doc.title or doc.text)[:100]
+                if len(titles) == len(want):
+                    break
+    for rank, (d, s) in enumerate(hits, 1):
+        typer.echo(f"{rank:>2}  {s:.4f}  {d}  {titles.get(d, '')}")

@@ -1,0 +1,23 @@
+"""Readers for BEIR folders and MS MARCO files: corpora stream, queries and qrels are dicts."""
+
+from adaretrieve.data.readers import (
+    Doc,
+    count_corpus,
+    doc_text,
+    iter_corpus,
+    read_qrels,
+    read_queries,
+    resolve_corpus,
+    validate_corpus,
+)
+
+__all__ = [
+    "Doc",
+    "count_corpus",
+    "doc_text",
+    "iter_corpus",
+    "read_qrels",
+    "read_queries",
+    "resolve_corpus",
+    "validate_corpus",
+]

@@ -1,0 +1,17 @@
+"""Evaluation over runs and qrels (ir-measures), run files, timers. No torch."""
+
+from adaretrieve.eval.measures import DEFAULT_METRICS, Evaluator, parse_measures
+from adaretrieve.eval.runs import Run, read_run, run_from_arrays, write_run
+from adaretrieve.eval.timing import Timing, time_it
+
+__all__ = [
+    "DEFAULT_METRICS",
+    "Evaluator",
+    "Run",
+    "Timing",
+    "parse_measures",
+    "read_run",
+    "run_from_arrays",
+    "time_it",
+    "write_run",
+]

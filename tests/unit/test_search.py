@@ -1,0 +1,160 @@
+"""Every fast path against brute force on random data (no model needed)."""
+
+import numpy as np
+import pytest
+
+from adaretrieve import AdaError, Size
+from adaretrieve.index.writer import IndexWriter
+from adaretrieve.search import IndexReader, TwoStageSearcher, rerank_candidates
+from adaretrieve.sizes import truncate
+
+N, L, D = 500, 4, 48
+MODEL = {"name": "random", "path": "random", "weights_sha256": "abc", "normalize": True, "pooling": "mean",
+         "max_length": 32, "n_layers": L, "hidden_size": D}
+
+
+def matryoshka_like(n, d, seed):
+    """Unit vectors whose variance decays along the dims, so prefixes carry most of the signal."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)) * (1.0 / np.sqrt(1 + np.arange(d)))
+    return x.astype(np.float32)
+
+
+def per_layer(n, seed):
+    return {layer: matryoshka_like(n, D, seed + layer) for layer in range(1, L + 1)}
+
+
+def write(tmp_path, shortlist, rerank, name="ix", chunk=128, factory="Flat", seed=0, **kw):
+    vecs = per_layer(N, seed)
+    sizes = list(shortlist) + ([rerank] if rerank else [])
+    w = IndexWriter(tmp_path / name, N, shortlist, rerank, factory=factory, **kw)
+    for start in range(0, N, chunk):
+        sl = slice(start, start + chunk)
+        w.add([f"d{i}" for i in range(start, min(start + chunk, N))],
+              {s: truncate(vecs[s.layer][sl], s.dim, True) for s in sizes})
+    w.close(MODEL, corpus="none")
+    return vecs
+
+
+def exact_ranking(doc_vecs, q, size, top):
+    d = truncate(doc_vecs, size.dim, True)
+    qq = truncate(q, size.dim, True)
+    s = qq @ d.T
+    order = np.argsort(-s, axis=1, kind="stable")[:, :top]
+    return np.take_along_axis(s, order, 1), order
+
+
+def test_two_stage_with_k_covering_corpus_equals_exact_full_search(tmp_path):
+    vecs = write(tmp_path, [Size(1, 8)], Size(L, D))
+    reader = IndexReader(tmp_path / "ix")
+    q = matryoshka_like(20, D, 99)
+    searcher = TwoStageSearcher(reader, Size(1, 8), Size(L, D), k=N)
+    scores, rows = searcher.search(truncate(q, 8, True), truncate(q, D, True), top=100)
+    # exact search over the same stored (float16) full-size vectors
+    stored = np.asarray(reader.rerank_rows(), dtype=np.float32)
+    ref_s, ref_rows = exact_ranking(stored, q, Size(L, D), 100)
+    np.testing.assert_array_equal(rows, ref_rows)
+    np.testing.assert_allclose(scores, ref_s, rtol=1e-5, atol=1e-6)
+    # against float32 vectors, float16 storage may only swap near-ties: the top-10 sets agree
+    _, ref32 = exact_ranking(vecs[L], q, Size(L, D), 10)
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows[:, :10], ref32)])
+    assert overlap >= 0.97
+
+
+def test_small_k_is_shortlist_then_exact_rescoring(tmp_path):
+    write(tmp_path, [Size(2, 16)], Size(L, D))
+    reader = IndexReader(tmp_path / "ix")
+    q = matryoshka_like(10, D, 5)
+    s = TwoStageSearcher(reader, Size(2, 16), Size(L, D), k=25)
+    scores, rows = s.search(truncate(q, 16, True), truncate(q, D, True), top=10)
+    stored = np.asarray(reader.rerank_rows(), dtype=np.float32)
+    _, cand = exact_ranking(reader.shortlist_index(Size(2, 16)).reconstruct_n(0, N), q, Size(2, 16), 25)
+    for i in range(10):
+        c = cand[i]
+        full = truncate(stored[c], D, True) @ truncate(q[i : i + 1], D, True)[0]
+        np.testing.assert_array_equal(rows[i], c[np.argsort(-full, kind="stable")[:10]])
+        assert set(rows[i]) <= set(c)
+
+
+def test_derived_shortlist_equals_directly_built(tmp_path):
+    write(tmp_path, [Size(2, 32)], Size(L, D), name="big")
+    write(tmp_path, [Size(2, 8)], Size(L, D), name="direct")
+    derived = IndexReader(tmp_path / "big")
+    direct = IndexReader(tmp_path / "direct")
+    q = truncate(matryoshka_like(15, D, 7), 8, True)
+    a = derived.shortlist_index(Size(2, 8)).search(q, 50)
+    b = direct.shortlist_index(Size(2, 8)).search(q, 50)
+    np.testing.assert_array_equal(a[1], b[1])
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-6)
+    # a shortlist cut from the float16 rerank rows (same layer) is also allowed
+    ix = derived.shortlist_index(Size(L, 16))
+    assert ix.ntotal == N and ix.d == 16
+
+
+def test_rerank_by_truncation_equals_rerank_at_stored_size(tmp_path):
+    write(tmp_path, [Size(1, 8)], Size(L, 24), name="small")
+    write(tmp_path, [Size(1, 8)], Size(L, D), name="full")
+    q = matryoshka_like(12, D, 3)
+    a = TwoStageSearcher(IndexReader(tmp_path / "full"), Size(1, 8), Size(L, 24), k=60)
+    b = TwoStageSearcher(IndexReader(tmp_path / "small"), Size(1, 8), Size(L, 24), k=60)
+    ra = a.search(truncate(q, 8, True), truncate(q, 24, True), top=20)
+    rb = b.search(truncate(q, 8, True), truncate(q, 24, True), top=20)
+    np.testing.assert_array_equal(ra[1], rb[1])
+
+
+def test_unknown_size_lists_what_the_index_has(tmp_path):
+    write(tmp_path, [Size(2, 16)], Size(L, D))
+    reader = IndexReader(tmp_path / "ix")
+    with pytest.raises(AdaError, match=r"shortlist size 3x16 is not in index .*shortlist 2x16; rerank 4x48.*rebuild"):
+        reader.shortlist_index(Size(3, 16))
+    with pytest.raises(AdaError, match=r"shortlist size 2x32 is not in index"):
+        reader.shortlist_index(Size(2, 32))
+    with pytest.raises(AdaError, match=r"rerank size 3x48 is not in index"):
+        reader.rerank_source(Size(3, 48))
+
+
+def test_rerank_handles_padding_and_duplicates():
+    rows = np.eye(4, dtype=np.float16)
+    q = np.array([[0, 1, 0, 0], [0, 0, 0, 1]], dtype=np.float32)
+    cand = np.array([[0, 1, -1], [3, 3, 2]])
+    s, r = rerank_candidates(q, cand, rows, 4, True, top=3)
+    assert list(r[0]) == [1, 0, -1] and s[0, 0] == 1.0
+    assert r[1, 0] == 3
+
+
+def test_rerank_reads_only_candidate_rows(tmp_path):
+    class Spy(np.ndarray):
+        pass
+
+    rows = np.random.default_rng(0).normal(size=(100, 8)).astype(np.float16)
+    seen = []
+
+    class Rows:
+        shape = rows.shape
+
+        def __getitem__(self, idx):
+            seen.append(np.asarray(idx))
+            return rows[idx]
+
+    cand = np.array([[5, 7, 9], [9, 2, 5]])
+    rerank_candidates(np.ones((2, 8), np.float32), cand, Rows(), 8, True, top=3)
+    assert len(seen) == 1 and list(seen[0]) == [2, 5, 7, 9]
+
+
+def test_failed_overwrite_leaves_old_index(tmp_path):
+    write(tmp_path, [Size(1, 8)], Size(L, D))
+    before = (tmp_path / "ix" / "manifest.json").read_text()
+    w = IndexWriter(tmp_path / "ix", N, [Size(1, 8)], Size(L, D), overwrite=True)
+    w.add(["x"], {Size(1, 8): np.ones((1, 8), np.float32), Size(L, D): np.ones((1, D), np.float32)})
+    w.abort()
+    assert (tmp_path / "ix" / "manifest.json").read_text() == before
+    assert IndexReader(tmp_path / "ix").n_docs == N
+    assert [p.name for p in tmp_path.iterdir()] == ["ix"]
+    with pytest.raises(AdaError, match="already exists"):
+        IndexWriter(tmp_path / "ix", N, [Size(1, 8)], None)
+
+
+def test_trained_factory(tmp_path):
+    write(tmp_path, [Size(2, 16)], Size(L, D), factory="IVF4,Flat")
+    reader = IndexReader(tmp_path / "ix")
+    assert reader.shortlist_index(Size(2, 16)).ntotal == N

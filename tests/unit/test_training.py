@@ -1,0 +1,176 @@
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from adaretrieve import AdaError, Size
+from adaretrieve.training.data import BatchSampler, Example
+from adaretrieve.training.losses import PairSampler, default_ladder, matryoshka_loss
+from adaretrieve.training.trainer import TrainConfig, train
+from tests.conftest import WORDS
+
+
+def test_ladders():
+    assert [str(s) for s in default_ladder(12, 768)] == ["2x32", "4x64", "6x128", "8x256", "10x512", "12x768"]
+    assert [str(s) for s in default_ladder(6, 384)] == ["1x16", "2x32", "3x64", "4x128", "5x256", "6x384"]
+
+
+def test_pair_samplers_differ_only_in_pairs():
+    ladder = default_ladder(6, 384)
+    full = Size(6, 384)
+    assert [s for s, _ in PairSampler("starbucks", ladder, full).step_pairs()] == ladder
+    assert [s for s, _ in PairSampler("mrl", ladder, full).step_pairs()] == [Size(6, d) for d in (16, 32, 64, 128, 256, 384)]
+    assert PairSampler("single", ["2x32"], full).step_pairs() == [(Size(2, 32), 1.0)]
+    seen_layers = set()
+    s = PairSampler("2dmse", ladder, full, seed=0)
+    for _ in range(50):
+        pairs = [p for p, _ in s.step_pairs()]
+        assert pairs[0] == full and len(pairs) <= 3
+        earlier = [p.layer for p in pairs if p.layer < 6]
+        assert len(earlier) == 1
+        seen_layers |= set(earlier)
+    assert seen_layers == {1, 2, 3, 4, 5}
+    with pytest.raises(AdaError, match="not one of"):
+        PairSampler("nope", ladder, full)
+    with pytest.raises(AdaError, match="exactly one size"):
+        PairSampler("single", ladder, full)
+
+
+def test_loss_is_infonce_plus_kl():
+    torch.manual_seed(0)
+    q = {1: torch.randn(4, 8), 2: torch.randn(4, 8)}
+    p = {1: torch.randn(8, 8), 2: torch.randn(8, 8)}
+    labels = torch.tensor([0, 2, 4, 6])
+    full = Size(2, 8)
+    loss, logs = matryoshka_loss(q, p, labels, [(full, 1.0)], full, True, 0.05)
+    ref = F.cross_entropy(F.normalize(q[2]) @ F.normalize(p[2]).T / 0.05, labels)
+    assert torch.allclose(loss, ref) and logs == {"2x8": pytest.approx(float(ref))}
+    small = Size(1, 4)
+    loss2, _ = matryoshka_loss(q, p, labels, [(small, 1.0)], full, True, 0.05, kl_weight=1.0)
+    s = F.normalize(q[1][:, :4]) @ F.normalize(p[1][:, :4]).T / 0.05
+    t = F.normalize(q[2]) @ F.normalize(p[2]).T / 0.05
+    kl = (F.softmax(t, -1) * (F.log_softmax(t, -1) - F.log_softmax(s, -1))).sum(-1).mean()
+    assert torch.allclose(loss2, F.cross_entropy(s, labels) + kl, atol=1e-5)
+
+
+def test_batches_are_deterministic_and_shaped():
+    ex = [Example(f"q{i}", [f"p{i}"], [f"n{i}a", f"n{i}b"]) for i in range(10)]
+    b = BatchSampler(ex, 4, 2, seed=1)
+    qs, ps, labels = b.batch(3)
+    assert b.batch(3) == (qs, ps, labels)
+    assert len(qs) == 4 and len(ps) == 12 and labels == [0, 3, 6, 9]
+    for q, lab in zip(qs, labels):
+        assert ps[lab] == "p" + q[1:]
+
+
+@pytest.fixture
+def beir_train(tmp_path):
+    import random
+
+    rng = random.Random(0)
+    root = tmp_path / "beir"
+    (root / "qrels").mkdir(parents=True)
+    with open(root / "corpus.jsonl", "w") as f:
+        for i in range(60):
+            f.write(json.dumps({"_id": f"d{i}", "title": "", "text": " ".join(rng.choices(WORDS, k=8))}) + "\n")
+    with open(root / "queries.jsonl", "w") as f:
+        for i in range(20):
+            f.write(json.dumps({"_id": f"q{i}", "text": " ".join(rng.choices(WORDS, k=3))}) + "\n")
+    (root / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(20)))
+    return root
+
+
+def cfg(tiny_model, data, out, **kw):
+    base = dict(model=str(tiny_model), data=str(data), output=str(out), steps=6, batch_size=4, n_negatives=1,
+                lr=1e-3, save_every=2, query_max_length=16, passage_max_length=24, device="cpu", seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("loss", ["starbucks", "2dmse", "mrl"])
+def test_train_writes_a_loadable_model(tiny_model, beir_train, tmp_path, loss):
+    from transformers import AutoModel
+
+    from adaretrieve.modeling import Encoder
+
+    out = tmp_path / loss
+    summary = train(cfg(tiny_model, beir_train, out, loss=loss), progress=False)
+    assert summary["steps"] == 6 and summary["tokens_per_second"] > 0
+    meta = json.loads((out / "adaretrieve.json").read_text())
+    assert meta["loss"] == loss and meta["trained_pairs"] == ["1x4", "2x8", "3x16", "4x32"]
+    AutoModel.from_pretrained(out)
+    enc = Encoder(out, device="cpu")
+    assert (enc.pooling, enc.normalize) == ("mean", True)
+    assert enc.weights_hash() != Encoder(tiny_model, device="cpu").weights_hash()
+    assert [c.name for c in (out / "checkpoints").iterdir()] == ["step-4", "step-6"] or \
+        sorted(c.name for c in (out / "checkpoints").iterdir()) == ["step-4", "step-6"]
+
+
+def test_loss_falls(tiny_model, beir_train, tmp_path):
+    s = train(cfg(tiny_model, beir_train, tmp_path / "o", steps=40, save_every=100, lr=3e-3, loss="single", pairs=["4x32"]),
+              progress=False)
+    first = train(cfg(tiny_model, beir_train, tmp_path / "o2", steps=1, save_every=100, loss="single", pairs=["4x32"]),
+                  progress=False)
+    assert s["final_loss"] < first["final_loss"] * 0.7
+
+
+def test_resume_after_interruption_gives_same_weights(tiny_model, beir_train, tmp_path, monkeypatch):
+    import adaretrieve.training.trainer as T
+
+    straight = tmp_path / "straight"
+    train(cfg(tiny_model, beir_train, straight), progress=False)
+
+    real = T._save_checkpoint
+
+    def crash_after_step_4(out, step, *a, **k):
+        real(out, step, *a, **k)
+        if step == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "_save_checkpoint", crash_after_step_4)
+    broken = tmp_path / "broken"
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(tiny_model, beir_train, broken), progress=False)
+    monkeypatch.setattr(T, "_save_checkpoint", real)
+    summary = train(cfg(tiny_model, beir_train, broken), progress=False)
+    assert summary["steps_this_run"] == 2
+    from safetensors.torch import load_file
+
+    a, b = load_file(straight / "model.safetensors"), load_file(broken / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_bad_training_input_stops_before_training(tiny_model, beir_train, tmp_path):
+    with pytest.raises(AdaError, match=r"training pair 5x8: layer 5 is outside 1..4"):
+        train(cfg(tiny_model, beir_train, tmp_path / "a", pairs=["5x8"]), progress=False)
+    with pytest.raises(AdaError, match=r"training pair 2x64: dim 64 exceeds the model's hidden size 32"):
+        train(cfg(tiny_model, beir_train, tmp_path / "a", pairs=["2x64"]), progress=False)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(AdaError, match="is empty"):
+        train(cfg(tiny_model, empty, tmp_path / "a"), progress=False)
+    nopos = tmp_path / "nopos.jsonl"
+    nopos.write_text(json.dumps({"query": "a", "positive_passages": [], "negative_passages": []}) + "\n")
+    with pytest.raises(AdaError, match="1 queries have no positive"):
+        train(cfg(tiny_model, nopos, tmp_path / "a"), progress=False)
+    (beir_train / "qrels" / "train.tsv").write_text("q1\td999\t1\nq2\td1\t0\n")
+    with pytest.raises(AdaError, match="no positive"):
+        train(cfg(tiny_model, beir_train, tmp_path / "a"), progress=False)
+    (beir_train / "qrels" / "train.tsv").write_text("q1\td999\t1\n")
+    with pytest.raises(AdaError, match=r"name 1 documents the corpus .* lacks: 'd999'"):
+        train(cfg(tiny_model, beir_train, tmp_path / "a"), progress=False)
+    assert not (tmp_path / "a").exists()
+
+
+def test_tevatron_jsonl(tiny_model, tmp_path):
+    p = tmp_path / "tev.jsonl"
+    with open(p, "w") as f:
+        for i in range(6):
+            f.write(json.dumps({"query_id": str(i), "query": f"{WORDS[i]} cell",
+                                "positive_passages": [{"docid": f"p{i}", "title": "t", "text": f"{WORDS[i]} gene"}],
+                                "negative_passages": [{"docid": f"n{i}", "title": "", "text": "blood"}]}) + "\n")
+    s = train(cfg(tiny_model, p, tmp_path / "o", steps=2), progress=False)
+    assert s["n_examples"] == 6
