@@ -153,7 +153,7 @@ def run_suite(suite: Suite, rebuild: bool = False, progress: bool = True) -> dic
 
     rows = []
     for c in configs:
-        searcher = TwoStageSearcher(reader, c["shortlist"], c["rerank"], k=c["k"] or 0)
+        searcher = TwoStageSearcher(reader, c["shortlist"], c["rerank"], k=c["k"] or 1)
         short, rr = searcher.shortlist, searcher.rerank
         qs, qr = qv[short], (qv[rr] if rr else None)
         t0 = time.perf_counter()

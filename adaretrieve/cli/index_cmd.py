@@ -15,7 +15,8 @@ def index(
     shortlist: list[str] = typer.Option(..., "--shortlist", "-s", help="Shortlist size(s) LxD, one FAISS index each; repeat or comma-separate."),
     rerank: Optional[str] = typer.Option(None, "--rerank", "-r", help="Size stored as float16 rows for exact reranking (default: the model's full size; 'none' for none)."),
     out: Path = typer.Option(..., "--out", "-o", help="Index directory to write (e.g. indexes/scifact)."),
-    factory: str = typer.Option("Flat", "--factory", help="FAISS index factory for the shortlist indexes (Flat, HNSW32, SQ8, IVF1024,Flat ...)."),
+    factory: str = typer.Option("Flat", "--factory", help="FAISS factory for the shortlist indexes: Flat, SQfp16, SQ8, HNSW32, IVF1024,Flat; BFlat / BHNSW32 for sign bits (Hamming)."),
+    rerank_dtype: str = typer.Option("float16", "--rerank-dtype", help="float16, or int8 with a per-vector scale (half the bytes)."),
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Token limit (default: the model's, e.g. 256 for MiniLM)."),
     pooling: Optional[str] = typer.Option(None, "--pooling", help="mean or cls (default: from the model's sentence-transformers config, else cls)."),
     normalize: Optional[bool] = typer.Option(None, "--normalize/--no-normalize", help="L2-normalise vectors (default: the model's convention)."),
@@ -41,7 +42,7 @@ def index(
     elif rerank.lower() == "none":
         rerank = None
     m = build_index(corpus, enc, out, shortlist, rerank, factory=factory, batch_size=batch_size,
-                    overwrite=overwrite, progress=not quiet)
+                    overwrite=overwrite, progress=not quiet, rerank_dtype=rerank_dtype)
     typer.echo(
         f"indexed {m.n_docs} docs into {out} in {m.build['seconds']:.1f}s ({m.build['docs_per_second']:.1f} docs/s): "
         f"shortlist {', '.join(str(s) for s in m.shortlist_sizes)}; rerank {m.rerank_size or 'none'}",

@@ -8,6 +8,7 @@ from adaretrieve import __version__
 from adaretrieve.cli.bench_cmd import bench
 from adaretrieve.cli.eval_cmd import evaluate
 from adaretrieve.cli.index_cmd import index
+from adaretrieve.cli.mine_cmd import mine
 from adaretrieve.cli.search_cmd import search
 from adaretrieve.cli.train_cmd import train
 
@@ -22,6 +23,7 @@ app.command("search")(search)
 app.command("eval")(evaluate)
 app.command("bench")(bench)
 app.command("train")(train)
+app.command("mine")(mine)
 
 
 def _version(value: bool):

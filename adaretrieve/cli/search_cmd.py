@@ -19,7 +19,8 @@ def search(
     qrels: Optional[Path] = typer.Option(None, "--qrels", help="Qrels to evaluate against; also limits the queries to those judged."),
     shortlist: Optional[str] = typer.Option(None, "--shortlist", "-s", help="Shortlist size LxD (default: the index's first)."),
     rerank: Optional[str] = typer.Option(None, "--rerank", "-r", help="Rerank size LxD, or 'none' for single-stage (default: the index's rerank size)."),
-    k: int = typer.Option(200, "--k", help="Candidates taken from the shortlist per query."),
+    k: list[int] = typer.Option([200], "--k", help="Candidates kept by the shortlist; repeat once per --then stage for a funnel."),
+    then: list[str] = typer.Option([], "--then", help="Intermediate exact stage(s) of a funnel, e.g. --then 4x128 with a second --k."),
     top: int = typer.Option(1000, "--top", help="Results kept per query."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the run here."),
     fmt: str = typer.Option("trec", "--format", help="Run format: trec or jsonl."),
@@ -38,19 +39,23 @@ def search(
             --qrels ../shared/data/beir/scifact/qrels/test.tsv --shortlist 2x64 --rerank 6x384 --k 200 --out run.trec
 
         adaretrieve search --index indexes/scifact "do statins reduce cancer risk?"
+
+        adaretrieve search --index indexes/scifact --queries q.jsonl --shortlist 2x32 --k 1000 --then 4x128 --k 100 --rerank 6x384
     """
     setup(quiet)
     from adaretrieve.data import read_qrels, read_queries
     from adaretrieve.eval import Evaluator, run_from_arrays, write_run
-    from adaretrieve.search import IndexReader, TwoStageSearcher
+    from adaretrieve.search import FunnelSearcher, IndexReader
     from adaretrieve.sizes import parse_size
 
     if fmt not in ("trec", "jsonl"):
         raise AdaError(f"--format {fmt!r} is not one of trec, jsonl")
     if (query is None) == (queries is None):
         raise AdaError("give either one query text or --queries FILE")
-    if k < 1 or top < 1:
-        raise AdaError(f"--k ({k}) and --top ({top}) must be at least 1")
+    if len(k) != 1 + len(then):
+        raise AdaError(f"give one --k for the shortlist and one per --then stage: got {len(k)} --k for {len(then)} --then")
+    if min(k) < 1 or top < 1:
+        raise AdaError(f"--k ({', '.join(map(str, k))}) and --top ({top}) must be at least 1")
     reader = IndexReader(index)
     m = reader.manifest
     short = parse_size(shortlist) if shortlist else m.shortlist_sizes[0]
@@ -62,16 +67,17 @@ def search(
     enc = load_encoder(model or (mod["path"] if Path(mod["path"]).exists() else mod["name"]),
                        pooling=mod["pooling"], normalize=mod["normalize"], max_length=mod["max_length"], device=device)
     enc.check_sizes([short], "shortlist size")
+    stages = [(s, kk) for s, kk in zip(enc.check_sizes(then, "--then size"), k[1:])]
     if rr:
         enc.check_sizes([rr], "rerank size")
     reader.check_model(enc.weights_hash(), enc.name)
-    searcher = TwoStageSearcher(reader, short, rr, k=k)
+    searcher = FunnelSearcher(reader, short, k=k[0], then=stages, rerank=rr)
 
     if query is not None:
         if not query.strip():
             raise AdaError("the query text is empty")
         qv = enc.encode([query], searcher.sizes())
-        scores, rows = searcher.search(qv[short], qv.get(rr), top=min(top, 10))
+        scores, rows = searcher.search(qv, top=min(top, 10))
         hits = [(reader.docids[r], float(s)) for r, s in zip(rows[0], scores[0]) if r >= 0]
         _print_hits(hits, m.corpus)
         return
@@ -90,16 +96,16 @@ def search(
     t0 = time.perf_counter()
     qv = enc.encode([qs[q] for q in qids], searcher.sizes(), batch_size=batch_size, progress=not quiet)
     t1 = time.perf_counter()
-    scores, rows = searcher.search(qv[short], qv.get(rr), top=top)
+    scores, rows = searcher.search(qv, top=top)
     t2 = time.perf_counter()
     run = run_from_arrays(qids, scores, rows, reader.docids)
     typer.echo(
         f"{len(qids)} queries: encode {1000 * (t1 - t0) / len(qids):.2f} ms/query, search {1000 * (t2 - t1) / len(qids):.3f} ms/query "
-        f"(shortlist {short}, k {k}, rerank {rr or 'none'})",
+        f"(shortlist {short}, k {k[0]}{''.join(f', then {s} k {kk}' for s, kk in stages)}, rerank {rr or 'none'})",
         err=True,
     )
     if out:
-        write_run(run, out, tag=f"ada-{short}-{k}-{rr or 'none'}", fmt=fmt)
+        write_run(run, out, tag=f"ada-{short}-{k[0]}-{rr or 'none'}", fmt=fmt)
     if judged is not None:
         res = Evaluator(judged, metrics)(run)
         _print_metrics(res, as_json)

@@ -28,6 +28,7 @@ def build_index(
     chunk_size: int = 8192,
     overwrite: bool = False,
     progress: bool = True,
+    rerank_dtype: str = "float16",
 ) -> Manifest:
     """Encode ``corpus`` once and write an index directory at ``out``.
 
@@ -47,7 +48,8 @@ def build_index(
     n_docs = validate_corpus(corpus_path)
     sizes = parse_sizes([*shortlist, *([rerank_size] if rerank_size else [])])
 
-    writer = IndexWriter(out, n_docs, shortlist, rerank_size, factory=factory, overwrite=overwrite)
+    writer = IndexWriter(out, n_docs, shortlist, rerank_size, factory=factory, overwrite=overwrite,
+                         rerank_dtype=rerank_dtype)
     try:
         from tqdm.auto import tqdm
 

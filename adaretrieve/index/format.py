@@ -4,7 +4,8 @@
       manifest.json            what built it: model + weights hash, pooling, sizes, counts, dtypes
       docids.txt               one doc id per line; row i of every array is document i
       shortlist-<LxD>.faiss    one FAISS index per shortlist size (flat inner product by default)
-      rerank-<LxD>.npy         full-size vectors, float16 [n_docs, D], opened as a memory map
+      rerank-<LxD>.npy         full-size vectors, float16 [n_docs, D] (or int8 codes), opened as a memory map
+      rerank-<LxD>.scale.npy   float32 [n_docs] per-vector scales, for int8 rerank rows only
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ def shortlist_file(size: Size) -> str:
 
 def rerank_file(size: Size) -> str:
     return f"rerank-{size}.npy"
+
+
+def scale_file(size: Size) -> str:
+    """Per-vector float32 scales of int8 rerank rows."""
+    return f"rerank-{size}.scale.npy"
 
 
 @dataclass

@@ -17,6 +17,20 @@ from adaretrieve.index.format import DOCIDS, Manifest, read_manifest
 from adaretrieve.sizes import Size, parse_size, truncate
 
 
+class Int8Rows:
+    """int8 codes [n, D] with per-row scales [n], read like a float32 array: ``rows[ids]``."""
+
+    def __init__(self, codes: np.ndarray, scales: np.ndarray):
+        self.codes, self.scales = codes, scales
+        self.shape = codes.shape
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx) -> np.ndarray:
+        return self.codes[idx].astype(np.float32) * self.scales[idx][..., None]
+
+
 class IndexReader:
     def __init__(self, directory: str | Path, mmap: bool = True):
         self.dir = Path(directory)
@@ -51,18 +65,25 @@ class IndexReader:
 
     # -- stored data -----------------------------------------------------------------------------
 
-    def rerank_rows(self) -> np.ndarray:
-        """The stored rerank vectors [n_docs, D] float16, memory-mapped (not read into RAM)."""
-        if self.manifest.rerank is None:
+    def rerank_rows(self):
+        """The stored rerank vectors [n_docs, D], memory-mapped (not read into RAM): a float16 array,
+        or ``Int8Rows`` that dequantise the rows asked for."""
+        entry = self.manifest.rerank
+        if entry is None:
             raise AdaError(f"{self.dir} stores no rerank vectors; {self._rebuild_hint()}")
         if self._rerank is None:
-            self._rerank = np.load(self.dir / self.manifest.rerank["file"], mmap_mode="r" if self._mmap else None)
+            mode = "r" if self._mmap else None
+            rows = np.load(self.dir / entry["file"], mmap_mode=mode)
+            if entry.get("dtype") == "int8":
+                rows = Int8Rows(rows, np.load(self.dir / entry["scale_file"], mmap_mode=mode))
+            self._rerank = rows
         return self._rerank
 
     def _stored_shortlist(self, size: Size) -> faiss.Index:
         if size not in self._shortlists:
             entry = next(e for e in self.manifest.shortlist if parse_size(e["size"]) == size)
-            self._shortlists[size] = faiss.read_index(str(self.dir / entry["file"]))
+            read = faiss.read_index_binary if entry.get("metric") == "hamming" else faiss.read_index
+            self._shortlists[size] = read(str(self.dir / entry["file"]))
         return self._shortlists[size]
 
     def _flat_source(self, size: Size) -> np.ndarray | None:
@@ -89,7 +110,7 @@ class IndexReader:
             if src is None:
                 raise AdaError(f"shortlist size {size} is not in index {self.dir}: {self._rebuild_hint()}")
             ix = faiss.IndexFlatIP(size.dim)
-            for start in range(0, self.n_docs, 65536):
+            for start in range(0, self.n_docs, 65536):  # a chunk at a time: the source may be a memory map
                 ix.add(truncate(src[start : start + 65536], size.dim, self.normalize))
             self._shortlists[size] = ix
         return self._shortlists[size]

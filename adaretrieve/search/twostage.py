@@ -1,35 +1,54 @@
-"""Shortlist with FAISS over a small size, then rescore the candidates exactly at a larger size."""
+"""Shortlist with FAISS over a small size, then rescore the candidates exactly at larger sizes.
+
+A funnel has a shortlist stage (FAISS over a small size, top ``k``), any number of intermediate
+stages (rescore the candidates exactly at a larger size, keep the top ``k_i``), and an optional
+final rerank at the largest size. Two-stage search is the funnel with no intermediate stage.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Sequence
 
 import faiss
 import numpy as np
 
+from adaretrieve.errors import AdaError
 from adaretrieve.sizes import Size, parse_size, truncate
 
 
-def exact_search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top ``k`` (scores, rows) [n_queries, k] by inner product; rows are -1 past the corpus size."""
+def is_binary(index) -> bool:
+    return isinstance(index, faiss.IndexBinary)
+
+
+def exact_search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``k`` (scores, rows) [n_queries, k] from a FAISS index; rows are -1 past the corpus.
+
+    Binary indexes (sign bits, Hamming distance) return ``-distance`` as the score, so that
+    higher is better everywhere.
+    """
     k = max(1, min(k, index.ntotal))
-    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    if is_binary(index):
+        dist, rows = index.search(np.packbits(q > 0, axis=1), k)
+        return -dist.astype(np.float32), rows
+    return index.search(q, k)
 
 
 def rerank_candidates(
     queries: np.ndarray,
     candidates: np.ndarray,
-    rows: np.ndarray,
+    rows,
     dim: int,
     normalize: bool,
     top: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rescore ``candidates`` [n_queries, k] (row ids, -1 = none) exactly.
 
-    ``rows`` [n_docs, >=dim] holds the rerank vectors (often a float16 memory map); only the
-    candidate rows are read, in ascending order, each once per call. Vectors are cut to ``dim``
-    and renormalised as the size rule says. ``queries`` [n_queries, dim] are already at that size.
-    Returns (scores, rows) [n_queries, min(top, k)], best first; ties keep shortlist order.
+    ``rows`` [n_docs, >=dim] holds the vectors (a float16 memory map, or anything indexable by an
+    array of row ids); only the candidate rows are read, in ascending order, each once per call.
+    Vectors are cut to ``dim`` and renormalised as the size rule says; ``queries`` [n_queries, dim]
+    are already at that size. Returns (scores, rows) [n_queries, min(top, k)], best first; ties
+    keep the order of the previous stage.
     """
     nq, k = candidates.shape
     top = min(top, k)
@@ -50,27 +69,51 @@ def rerank_candidates(
     return out_scores, out_rows
 
 
-@dataclass
-class TwoStageSearcher:
-    """``search(q_short, q_rerank)``: FAISS top ``k`` at ``shortlist`` size, exact rescoring at
-    ``rerank`` size (or the shortlist ranking alone when ``rerank`` is None)."""
+class FunnelSearcher:
+    """``search({size: queries [n, dim]}, top)``: FAISS top ``k`` at ``shortlist``, then each
+    ``(size, k_i)`` of ``then`` rescoring exactly and keeping ``k_i``, then ``rerank`` (if any)
+    rescoring what is left. Without ``then`` and ``rerank`` it is single-stage search."""
 
-    reader: object  # IndexReader; typed loosely to keep this module free of import cycles
-    shortlist: Size
-    rerank: Size | None = None
-    k: int = 200
-
-    def __post_init__(self):
-        self.shortlist = parse_size(self.shortlist)
-        self.rerank = parse_size(self.rerank) if self.rerank else None
-        self.index = self.reader.shortlist_index(self.shortlist)
-        self.rows = self.reader.rerank_source(self.rerank) if self.rerank else None
+    def __init__(self, reader, shortlist: str | Size, k: int = 200, then: Sequence[tuple[str | Size, int]] = (),
+                 rerank: str | Size | None = None):
+        self.reader = reader
+        self.shortlist = parse_size(shortlist)
+        self.k = int(k)
+        self.then = [(parse_size(s), int(kk)) for s, kk in then]
+        self.rerank = parse_size(rerank) if rerank else None
+        if self.k < 1 or any(kk < 1 for _, kk in self.then):
+            raise AdaError("every k must be at least 1")
+        for (_, k_next), k_prev in zip(self.then, [self.k] + [kk for _, kk in self.then]):
+            if k_next > k_prev:
+                raise AdaError(f"a funnel narrows: k {k_next} after k {k_prev}")
+        self.index = reader.shortlist_index(self.shortlist)
+        self.sources = {s: reader.rerank_source(s) for s, _ in self.then}
+        if self.rerank:
+            self.sources[self.rerank] = reader.rerank_source(self.rerank)
 
     def sizes(self) -> list[Size]:
-        return [self.shortlist] + ([self.rerank] if self.rerank else [])
+        return list(dict.fromkeys([self.shortlist, *(s for s, _ in self.then), *([self.rerank] if self.rerank else [])]))
 
-    def search(self, q_short: np.ndarray, q_rerank: np.ndarray | None = None, top: int = 1000):
-        if self.rerank is None:
-            return exact_search(self.index, q_short, top)
-        _, cand = exact_search(self.index, q_short, self.k)
-        return rerank_candidates(q_rerank, cand, self.rows, self.rerank.dim, self.reader.normalize, top)
+    def search(self, queries: dict[Size, np.ndarray], top: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+        if not self.then and not self.rerank:
+            return exact_search(self.index, queries[self.shortlist], top)
+        scores, cand = exact_search(self.index, queries[self.shortlist], self.k)
+        norm = self.reader.normalize
+        for size, k in self.then:
+            scores, cand = rerank_candidates(queries[size], cand, self.sources[size], size.dim, norm, k)
+        if self.rerank:
+            scores, cand = rerank_candidates(queries[self.rerank], cand, self.sources[self.rerank], self.rerank.dim, norm, top)
+        return scores[:, :top], cand[:, :top]
+
+
+class TwoStageSearcher(FunnelSearcher):
+    """Shortlist ``k`` at ``shortlist``, exact rerank at ``rerank`` (None: single stage)."""
+
+    def __init__(self, reader, shortlist: str | Size, rerank: str | Size | None = None, k: int = 200):
+        super().__init__(reader, shortlist, k=max(1, k), rerank=rerank)
+
+    def search(self, q_short: np.ndarray, q_rerank: np.ndarray | None = None, top: int = 1000):  # type: ignore[override]
+        qv = {self.shortlist: q_short}
+        if self.rerank is not None:
+            qv[self.rerank] = q_rerank
+        return super().search(qv, top)

@@ -126,3 +126,21 @@ def test_version_and_help():
     for cmd in ("index", "search", "eval", "bench"):
         res = run(cmd, "--help")
         assert res.exit_code == 0 and "Example" in res.stdout
+
+
+def test_funnel_and_index_kinds(tiny_model, corpus, queries_qrels, tmp_path):
+    q, r = queries_qrels
+    res = run("index", "--corpus", corpus, "--model", tiny_model, "--shortlist", "2x16", "--factory", "BFlat",
+              "--rerank", "4x32", "--rerank-dtype", "int8", "--out", tmp_path / "b", "--quiet")
+    assert res.exit_code == 0, res.output
+    res = run("search", "--index", tmp_path / "b", "--queries", q, "--qrels", r, "--shortlist", "2x16", "--k", 20,
+              "--then", "4x24", "--k", 10, "--rerank", "4x32", "--top", 5, "--json", "--quiet")
+    assert res.exit_code == 0, res.output
+    res = run("search", "--index", tmp_path / "b", "--queries", q, "--then", "4x24", "--quiet")
+    assert res.exit_code == 2 and "one --k for the shortlist and one per --then" in err_line(res)
+    res = run("index", "--corpus", corpus, "--model", tiny_model, "--shortlist", "1x12", "--factory", "BFlat",
+              "--out", tmp_path / "c", "--quiet")
+    assert res.exit_code == 2 and "divisible by 8" in err_line(res)
+    res = run("index", "--corpus", corpus, "--model", tiny_model, "--shortlist", "1x8", "--factory", "Nonsense42",
+              "--out", tmp_path / "c", "--quiet")
+    assert res.exit_code == 2 and "faiss factory 'Nonsense42' is not valid" in err_line(res)

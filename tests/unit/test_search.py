@@ -25,6 +25,7 @@ def per_layer(n, seed):
 
 
 def write(tmp_path, shortlist, rerank, name="ix", chunk=128, factory="Flat", seed=0, **kw):
+    """Write an index of N random documents; returns the float32 vectors per layer."""
     vecs = per_layer(N, seed)
     sizes = list(shortlist) + ([rerank] if rerank else [])
     w = IndexWriter(tmp_path / name, N, shortlist, rerank, factory=factory, **kw)
@@ -158,3 +159,54 @@ def test_trained_factory(tmp_path):
     write(tmp_path, [Size(2, 16)], Size(L, D), factory="IVF4,Flat")
     reader = IndexReader(tmp_path / "ix")
     assert reader.shortlist_index(Size(2, 16)).ntotal == N
+
+
+def test_binary_shortlist_is_exact_hamming(tmp_path):
+    from adaretrieve.search import FunnelSearcher
+
+    vecs = write(tmp_path, [Size(2, 32)], Size(L, D), factory="BFlat")
+    reader = IndexReader(tmp_path / "ix")
+    assert reader.manifest.shortlist[0]["metric"] == "hamming"
+    q = matryoshka_like(8, D, 11)
+    qs = truncate(q, 32, True)
+    s, rows = FunnelSearcher(reader, Size(2, 32), k=40).search({Size(2, 32): qs}, top=40)
+    bits_d = truncate(vecs[2], 32, True) > 0
+    for i in range(8):
+        ham = (bits_d != (qs[i] > 0)).sum(1)
+        # same multiset of distances as brute force (ties may order differently)
+        np.testing.assert_array_equal(np.sort(-s[i]), np.sort(ham)[:40])
+        np.testing.assert_array_equal(ham[rows[i]], -s[i])
+
+
+def test_int8_rerank_close_to_float16(tmp_path):
+    write(tmp_path, [Size(1, 8)], Size(L, D), name="f16")
+    write(tmp_path, [Size(1, 8)], Size(L, D), name="i8", rerank_dtype="int8")
+    a, b = IndexReader(tmp_path / "f16"), IndexReader(tmp_path / "i8")
+    assert b.manifest.rerank["dtype"] == "int8"
+    ids = np.array([0, 5, 17, 499])
+    np.testing.assert_allclose(b.rerank_rows()[ids], np.asarray(a.rerank_rows()[ids], np.float32), atol=0.02)
+    q = matryoshka_like(20, D, 4)
+    ra = TwoStageSearcher(a, Size(1, 8), Size(L, D), k=100).search(truncate(q, 8, True), truncate(q, D, True), top=10)
+    rb = TwoStageSearcher(b, Size(1, 8), Size(L, D), k=100).search(truncate(q, 8, True), truncate(q, D, True), top=10)
+    overlap = np.mean([len(set(x) & set(y)) / 10 for x, y in zip(ra[1], rb[1])])
+    assert overlap >= 0.9
+
+
+def test_funnel_equals_stagewise_brute_force(tmp_path):
+    from adaretrieve.search import FunnelSearcher
+
+    vecs = write(tmp_path, [Size(1, 8), Size(3, 24)], Size(L, D))
+    reader = IndexReader(tmp_path / "ix")
+    q = matryoshka_like(6, D, 21)
+    qv = {s: truncate(q, s.dim, True) for s in (Size(1, 8), Size(3, 16), Size(L, D))}
+    f = FunnelSearcher(reader, Size(1, 8), k=100, then=[(Size(3, 16), 30)], rerank=Size(L, D))
+    _, rows = f.search(qv, top=10)
+    stored_full = np.asarray(reader.rerank_rows(), np.float32)
+    for i in range(6):
+        c1 = np.argsort(-(truncate(vecs[1], 8, True) @ qv[Size(1, 8)][i]), kind="stable")[:100]
+        s2 = truncate(vecs[3][c1], 16, True) @ qv[Size(3, 16)][i]
+        c2 = c1[np.argsort(-s2, kind="stable")[:30]]
+        s3 = truncate(stored_full[c2], D, True) @ qv[Size(L, D)][i]
+        np.testing.assert_array_equal(rows[i], c2[np.argsort(-s3, kind="stable")[:10]])
+    with pytest.raises(AdaError, match="a funnel narrows"):
+        FunnelSearcher(reader, Size(1, 8), k=10, then=[(Size(3, 16), 30)])

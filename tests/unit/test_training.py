@@ -174,3 +174,21 @@ def test_tevatron_jsonl(tiny_model, tmp_path):
                                 "negative_passages": [{"docid": f"n{i}", "title": "", "text": "blood"}]}) + "\n")
     s = train(cfg(tiny_model, p, tmp_path / "o", steps=2), progress=False)
     assert s["n_examples"] == 6
+
+
+def test_mine_dense_negatives_exclude_judged(tiny_model, beir_train, tmp_path):
+    from adaretrieve.index.build import build_index
+    from adaretrieve.modeling import Encoder
+    from adaretrieve.training.data import load_beir
+    from adaretrieve.training.negatives import mine_dense
+
+    enc = Encoder(tiny_model, device="cpu")
+    build_index(beir_train, enc, tmp_path / "ix", ["1x8"], "4x32", progress=False)
+    out = tmp_path / "negs.jsonl"
+    info = mine_dense(tmp_path / "ix", beir_train, "train", out, depth=20, skip=2, n=5, progress=False)
+    assert info["queries"] == 20 and info["mean_negatives"] == 5
+    for line in out.read_text().splitlines():
+        obj = json.loads(line)
+        assert f"d{obj['qid'][1:]}" not in obj["negatives"] and len(obj["negatives"]) == 5
+    ex = load_beir(beir_train, "train", out)
+    assert all(len(e.negatives) == 5 for e in ex)

@@ -1,0 +1,1 @@
+"""Baselines a user would otherwise reach for: BM25 through pyserini (Lucene)."""

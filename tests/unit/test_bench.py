@@ -1,0 +1,49 @@
+import json
+
+import yaml
+from typer.testing import CliRunner
+
+from adaretrieve.bench import Suite, check_expected, config_name
+from adaretrieve.cli.main import app
+
+
+def test_suite_grid(tmp_path):
+    s = Suite(name="x", model="m", corpus="c", queries="q", qrels="r", index="i", shortlist=["2x64"], rerank="6x384",
+              single=["2x64", "6x384"], two_stage=[{"shortlist": ["2x64", "4x128"], "k": [50, 200], "rerank": ["6x384"]}])
+    names = [config_name(c) for c in s.configs()]
+    assert names == ["single 2x64", "single 6x384", "2x64 k=50 -> 6x384", "2x64 k=200 -> 6x384",
+                     "4x128 k=50 -> 6x384", "4x128 k=200 -> 6x384"]
+
+
+def test_check_expected():
+    rows = [{"config": "single 6x384", "metrics": {"nDCG@10": 0.6451}}]
+    ok = check_expected(rows, {"single 6x384": {"nDCG@10": [0.64508, 0.001]}})
+    bad = check_expected(rows, {"single 6x384": {"nDCG@10": [0.70, 0.001]}, "single 2x64": {"nDCG@10": [0.1, 0.01]}})
+    assert [c["ok"] for c in ok] == [True]
+    assert [c["ok"] for c in bad] == [False, False] and bad[1]["got"] is None
+
+
+def test_bench_end_to_end_and_check(tiny_model, corpus, queries_qrels, tmp_path):
+    q, r = queries_qrels
+    cfg = {"name": "tiny", "model": str(tiny_model), "corpus": str(corpus), "queries": str(q), "qrels": str(r),
+           "index": str(tmp_path / "ix"), "shortlist": ["1x8", "2x16"], "rerank": "4x32", "single": ["1x8", "4x32"],
+           "two_stage": [{"shortlist": ["2x16"], "k": [10], "rerank": ["4x32"]}], "latency_queries": 3,
+           "expected": {"single 4x32": {"nDCG@10": [2.0, 0.01]}}}
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    runner = CliRunner()
+    res = runner.invoke(app, ["bench", "--config", str(path), "--out", str(tmp_path / "rep"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "rep" / "results.json").read_text())
+    assert [x["config"] for x in data["results"]] == ["single 1x8", "single 4x32", "2x16 k=10 -> 4x32"]
+    assert data["results"][0]["encode_layers"] == 1 and data["machine"]["cores"] >= 1
+    assert "| single 4x32 |" in (tmp_path / "rep" / "results.md").read_text()
+    # the pinned nDCG@10 of 2.0 cannot be met: --check fails, and the index is reused, not rebuilt
+    mtime = (tmp_path / "ix" / "manifest.json").stat().st_mtime
+    res = runner.invoke(app, ["bench", "--config", str(path), "--out", str(tmp_path / "rep"), "--check", "--quiet"])
+    assert res.exit_code == 1 and "expected 2.0" in res.stderr
+    assert (tmp_path / "ix" / "manifest.json").stat().st_mtime == mtime
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nnonsense: 1\n")
+    res = runner.invoke(app, ["bench", "--config", str(bad)])
+    assert res.exit_code == 2 and "unknown keys ['nonsense']" in res.stderr
