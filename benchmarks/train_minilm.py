@@ -103,7 +103,7 @@ def report() -> str:
         res = {n: OUT / f"{n}-{ds}.json" for n in RUNS}
         res = {n: json.loads(p.read_text()) for n, p in res.items() if p.exists()}
 
-        def get(run, config):
+        def get(run, config, res=res):
             for r in res.get(run, {}).get("results", []):
                 if r["config"] == config:
                     return f"{r['metrics']['nDCG@10']:.4f}"

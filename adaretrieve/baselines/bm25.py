@@ -14,8 +14,8 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from adaretrieve.data.readers import doc_text, iter_corpus, resolve_corpus
 from adaretrieve.errors import AdaError
@@ -65,7 +65,6 @@ def start_jvm() -> None:
     os.environ["JAVA_HOME"] = home
     try:
         import jnius_config
-
         import pyserini  # noqa: F401  (adds the Anserini jar and the vector-module option)
     except ImportError:
         raise AdaError("BM25 needs pyserini: pip install 'adaretrieve[bm25]'") from None

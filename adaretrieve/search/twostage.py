@@ -7,7 +7,7 @@ final rerank at the largest size. Two-stage search is the funnel with no interme
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import faiss
 import numpy as np
