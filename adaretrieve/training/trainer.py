@@ -239,7 +239,12 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = True) -> dict:
         _save_final(out, enc, cfg, summary, pairs)
     if world > 1:
         torch.distributed.barrier()
+    global _last_model
+    _last_model = model  # for tests that compare ranks
     return summary
+
+
+_last_model = None
 
 
 def _save_model(d: Path, enc: Encoder) -> None:

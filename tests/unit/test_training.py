@@ -192,3 +192,21 @@ def test_mine_dense_negatives_exclude_judged(tiny_model, beir_train, tmp_path):
         assert f"d{obj['qid'][1:]}" not in obj["negatives"] and len(obj["negatives"]) == 5
     ex = load_beir(beir_train, "train", out)
     assert all(len(e.negatives) == 5 for e in ex)
+
+
+def test_distributed_two_cpu_processes(tiny_model, beir_train, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from tests.unit.ddp_worker import worker
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    kw = cfg(tiny_model, beir_train, tmp_path / "ddp", steps=3, save_every=3).__dict__
+    mp.spawn(worker, args=(2, port, kw, str(tmp_path)), nprocs=2, join=True)
+    h0, h1 = (tmp_path / "rank0.txt").read_text().split(), (tmp_path / "rank1.txt").read_text().split()
+    assert h0 == h1 and h0[1] == "2"
+    meta = json.loads((tmp_path / "ddp" / "adaretrieve.json").read_text())
+    assert meta["summary"]["world_size"] == 2
