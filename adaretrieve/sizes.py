@@ -74,9 +74,11 @@ def truncate(vectors: np.ndarray, dim: int, normalize: bool) -> np.ndarray:
 
     Renormalising a prefix of a normalised vector gives the same result as renormalising the prefix
     of the raw vector, so stored normalised vectors can be truncated further at search time.
-    Returns float32 [n, dim]; rows of zeros stay zero.
+    Returns a new float32 array [n, dim] (the input is never modified); rows of zeros stay zero.
     """
-    out = np.ascontiguousarray(vectors[:, :dim], dtype=np.float32)
+    # Always a fresh array: normalising below must never write into the caller's vectors
+    # (a one-row slice, or dim equal to the width, would otherwise be a view).
+    out = np.array(vectors[:, :dim], dtype=np.float32, order="C", copy=True)
     if normalize:
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         np.divide(out, norms, out=out, where=norms > 0)

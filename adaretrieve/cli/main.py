@@ -1,4 +1,4 @@
-"""Entry point: `adaretrieve index | search | eval | bench | train | mine`."""
+"""Entry point: `adaretrieve index | search | eval | bench | train | mine | pretrain`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from adaretrieve.cli.bench_cmd import bench
 from adaretrieve.cli.eval_cmd import evaluate
 from adaretrieve.cli.index_cmd import index
 from adaretrieve.cli.mine_cmd import mine
+from adaretrieve.cli.pretrain_cmd import pretrain
 from adaretrieve.cli.search_cmd import search
 from adaretrieve.cli.train_cmd import train
 
@@ -24,6 +25,7 @@ app.command("eval")(evaluate)
 app.command("bench")(bench)
 app.command("train")(train)
 app.command("mine")(mine)
+app.command("pretrain")(pretrain)
 
 
 def _version(value: bool):

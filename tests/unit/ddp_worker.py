@@ -14,9 +14,8 @@ def worker(rank: int, world: int, port: int, cfg_kwargs: dict, out_dir: str) -> 
 
     summary = train(TrainConfig(**cfg_kwargs), progress=False)
     # every rank must end with the same weights: gradients are averaged across ranks
-    from adaretrieve.modeling import Encoder  # noqa: F401
-
     import adaretrieve.training.trainer as T
+    from adaretrieve.modeling import Encoder  # noqa: F401
 
     h = hashlib.sha256()
     model = T._last_model

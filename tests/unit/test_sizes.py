@@ -36,3 +36,11 @@ def test_truncate_renormalises_prefix_of_normalised_equals_prefix_of_raw():
     np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1, atol=1e-6)
     np.testing.assert_array_equal(truncate(raw, 16, False), raw[:, :16])
     assert truncate(np.zeros((2, 8)), 4, True).sum() == 0  # no NaN from zero rows
+
+
+def test_truncate_never_writes_into_its_input():
+    x = np.arange(1, 13, dtype=np.float32).reshape(3, 4)
+    before = x.copy()
+    truncate(x, 4, True)  # full width
+    truncate(x[1:2], 2, True)  # one-row slice: contiguous, a view if not copied
+    np.testing.assert_array_equal(x, before)

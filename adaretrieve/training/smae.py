@@ -1,0 +1,287 @@
+"""Starbucks masked autoencoding (SMAE) pre-training.
+
+For every (layer, dim) pair of the ladder, two losses from the encoder's pass over a lightly
+masked input (~20% of tokens):
+
+- MLM from the first ``dim`` dims of layer ``layer``'s hidden states: the MLM head's input
+  projection is sliced to its first ``dim`` columns, so the small sub-vector alone must predict
+  the masked tokens;
+- a masked-autoencoder loss: a shallow decoder (one transformer layer) reconstructs a more heavily
+  masked copy of the input (~40%) from the pair's pooled vector alone, put in place of the
+  decoder input's first token (zero-padded from ``dim`` to the hidden width).
+
+The pair losses are averaged. The MLM head comes from the checkpoint when it has one (e.g.
+``BertForMaskedLM``), else it is initialised with its output layer tied to the word embeddings.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+
+from adaretrieve import __version__
+from adaretrieve.errors import AdaError
+from adaretrieve.modeling.encoder import Encoder
+from adaretrieve.sizes import Size
+
+log = logging.getLogger(__name__)
+
+
+class SlicedMLMHead(nn.Module):
+    """BERT's MLM head (dense -> gelu -> LayerNorm -> vocab) whose dense layer can read a prefix.
+
+    ``forward(h, dim)`` uses ``dense.weight[:, :dim]``: h [..., dim] -> logits [..., vocab]. At
+    ``dim`` = hidden size it is the ordinary head.
+    """
+
+    def __init__(self, hidden: int, vocab: int, word_embeddings: nn.Embedding, eps: float = 1e-12):
+        super().__init__()
+        self.dense = nn.Linear(hidden, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=eps)
+        self.decoder = nn.Linear(hidden, vocab, bias=False)
+        self.decoder.weight = word_embeddings.weight  # tied, as in BERT
+        self.bias = nn.Parameter(torch.zeros(vocab))
+
+    def forward(self, h: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+        d = h.shape[-1] if dim is None else dim
+        x = F.linear(h[..., :d], self.dense.weight[:, :d], self.dense.bias)
+        return self.decoder(self.norm(F.gelu(x))) + self.bias
+
+    def load_from_hf(self, state: dict[str, torch.Tensor]) -> bool:
+        """Copy ``cls.predictions.*`` weights (BERT-style checkpoints) when present."""
+        names = {"cls.predictions.transform.dense.weight": self.dense.weight,
+                 "cls.predictions.transform.dense.bias": self.dense.bias,
+                 "cls.predictions.transform.LayerNorm.weight": self.norm.weight,
+                 "cls.predictions.transform.LayerNorm.bias": self.norm.bias,
+                 "cls.predictions.bias": self.bias}
+        if not all(n in state for n in names):
+            return False
+        with torch.no_grad():
+            for n, p in names.items():
+                p.copy_(state[n])
+        return True
+
+
+class PairDecoder(nn.Module):
+    """One transformer layer that sees the heavily masked input's embeddings with position 0
+    replaced by a pair's pooled vector, and nothing else from the encoder."""
+
+    def __init__(self, layer: nn.Module, embeddings: nn.Module, hidden: int):
+        super().__init__()
+        self.layer = layer
+        self.embeddings = embeddings  # shared with the encoder (token + position embeddings)
+        self.hidden = hidden
+
+    def forward(self, pooled: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        emb = self.embeddings(input_ids=input_ids)
+        first = F.pad(pooled, (0, self.hidden - pooled.shape[-1])).to(emb.dtype)
+        x = torch.cat([first[:, None, :], emb[:, 1:]], dim=1)
+        ext = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
+        out = self.layer(x, attention_mask=ext)
+        return out[0] if isinstance(out, tuple) else out
+
+
+def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, rate: float, tokenizer,
+                generator: torch.Generator, special: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT-style masking of ``rate`` of the real tokens (80% [MASK], 10% random, 10% kept).
+    Returns (masked ids, labels with -100 where nothing is predicted)."""
+    prob = torch.full(input_ids.shape, rate)
+    prob[~attention_mask.bool() | special] = 0.0
+    chosen = torch.bernoulli(prob, generator=generator).bool()
+    labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
+    ids = input_ids.clone()
+    r = torch.rand(input_ids.shape, generator=generator)
+    ids[chosen & (r < 0.8)] = tokenizer.mask_token_id
+    rand_pos = chosen & (r >= 0.8) & (r < 0.9)
+    ids[rand_pos] = torch.randint(len(tokenizer), input_ids.shape, generator=generator)[rand_pos]
+    return ids, labels
+
+
+@dataclass
+class PretrainConfig:
+    model: str = "minilm"
+    data: list[str] = field(default_factory=list)  # BEIR corpora, collection.tsv[.gz], or .txt files
+    output: str = "checkpoints/smae"
+    pairs: list[str] | None = None  # default: the ladder
+    steps: int = 100
+    batch_size: int = 16
+    max_length: int = 128
+    encoder_mask: float = 0.2
+    decoder_mask: float = 0.4
+    lr: float = 5e-5
+    warmup: float = 0.1
+    seed: int = 42
+    device: str | None = None
+    save_every: int = 50
+
+    @classmethod
+    def from_file(cls, path: str | Path | None, overrides: list[str] | None = None) -> PretrainConfig:
+        data: dict = {}
+        if path:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        for item in overrides or []:
+            k, sep, v = item.partition("=")
+            if not sep:
+                raise AdaError(f"--set {item!r} is not of the form key=value")
+            data[k.strip()] = yaml.safe_load(v)
+        bad = sorted(set(data) - {f.name for f in fields(cls)})
+        if bad:
+            raise AdaError(f"unknown pretraining settings {bad}")
+        if isinstance(data.get("data"), str):
+            data["data"] = [data["data"]]
+        return cls(**data)
+
+
+def iter_texts(sources: list[str]):
+    """Texts from BEIR corpora / MS MARCO collections (title + text) or plain .txt lines, streamed."""
+    from adaretrieve.data.readers import doc_text, iter_corpus
+
+    if not sources:
+        raise AdaError("pretraining needs data: BEIR folders, collection.tsv[.gz] or .txt files")
+    while True:  # cycle over the data for as many steps as asked
+        n = 0
+        for src in sources:
+            p = Path(src)
+            if p.suffix == ".txt":
+                with open(p, encoding="utf-8") as f:
+                    for line in f:
+                        if line.strip():
+                            n += 1
+                            yield line.strip()
+            else:
+                for d in iter_corpus(p):
+                    n += 1
+                    yield doc_text(d.title, d.text)
+        if n == 0:
+            raise AdaError(f"pretraining data {sources} has no text")
+
+
+class SMAE(nn.Module):
+    def __init__(self, enc: Encoder, pairs: list[Size]):
+        super().__init__()
+        self.enc = enc
+        self.model = enc.model
+        cfg = self.model.config
+        emb = self.model.get_input_embeddings()
+        self.head = SlicedMLMHead(cfg.hidden_size, cfg.vocab_size, emb, getattr(cfg, "layer_norm_eps", 1e-12))
+        layers = getattr(enc._layers_parent, enc._layers_attr)
+        self.decoder = PairDecoder(copy.deepcopy(layers[-1]), self.model.embeddings, cfg.hidden_size)
+        self.pairs = pairs
+
+    def losses(self, ids, mask, enc_ids, enc_labels, dec_ids, dec_labels) -> tuple[torch.Tensor, dict]:
+        depth = max(p.layer for p in self.pairs)
+        hs = self.enc.hidden_states({"input_ids": enc_ids, "attention_mask": mask}, depth)
+        total, logs = 0.0, {}
+        for p in self.pairs:
+            h = hs[p.layer]
+            mlm = F.cross_entropy(self.head(h, p.dim).flatten(0, 1), enc_labels.flatten(), ignore_index=-100)
+            pooled = self.enc.pool(h, mask)[:, : p.dim]
+            dec = self.decoder(pooled, dec_ids, mask)
+            mae = F.cross_entropy(self.head(dec).flatten(0, 1), dec_labels.flatten(), ignore_index=-100)
+            total = total + mlm + mae
+            logs[str(p)] = float((mlm + mae).detach())
+        return total / len(self.pairs), logs
+
+
+def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
+    from adaretrieve.training.losses import default_ladder
+
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.output)
+    ck = out / "checkpoint"
+    start = ck if (ck / "state.pt").exists() else None
+    enc = Encoder(start or cfg.model, device=cfg.device)
+    if enc.tokenizer.mask_token_id is None:
+        raise AdaError(f"model {cfg.model!r} has no [MASK] token: SMAE needs a masked-LM tokenizer")
+    pairs = enc.check_sizes(cfg.pairs, "pretraining pair") if cfg.pairs else default_ladder(enc.n_layers, enc.hidden_size)
+    smae = SMAE(enc, pairs).to(enc.device)
+    if start is None:
+        try:
+            from safetensors.torch import load_file
+
+            files = list(Path(enc.path).glob("*.safetensors"))
+            state = {k: v for f in files for k, v in load_file(f).items()}
+            loaded = smae.head.load_from_hf(state)
+        except Exception:
+            loaded = False
+        log.info("MLM head %s", "loaded from the checkpoint" if loaded else "initialised (tied to the word embeddings)")
+    opt = torch.optim.AdamW([p for p in smae.parameters() if p.requires_grad], lr=cfg.lr)
+    warm = max(1, int(cfg.warmup * cfg.steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (cfg.steps - s) / max(1, cfg.steps - warm))))
+    step = 0
+    if start is not None:
+        st = torch.load(ck / "state.pt", weights_only=False)
+        smae.head.load_state_dict(st["head"])
+        smae.decoder.layer.load_state_dict(st["decoder"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        step = st["step"]
+    gen = torch.Generator().manual_seed(cfg.seed)
+    tok = enc.tokenizer
+    texts = iter_texts(cfg.data)
+    for _ in range(step * cfg.batch_size):  # skip what earlier runs consumed
+        next(texts)
+    smae.train()
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cfg.steps, initial=step, unit="step", desc="smae", disable=not progress)
+    t0, tokens, first_loss, last = time.perf_counter(), 0, None, None
+    while step < cfg.steps:
+        batch = [next(texts) for _ in range(cfg.batch_size)]
+        b = tok(batch, padding=True, truncation=True, max_length=cfg.max_length, return_tensors="pt",
+                return_special_tokens_mask=True)
+        special = b.pop("special_tokens_mask").bool()
+        ids, mask = b["input_ids"], b["attention_mask"]
+        enc_ids, enc_labels = mask_tokens(ids, mask, cfg.encoder_mask, tok, gen, special)
+        dec_ids, dec_labels = mask_tokens(ids, mask, cfg.decoder_mask, tok, gen, special)
+        dev = enc.device
+        loss, logs = smae.losses(ids.to(dev), mask.to(dev), enc_ids.to(dev), enc_labels.to(dev), dec_ids.to(dev), dec_labels.to(dev))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(smae.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        step += 1
+        tokens += int(mask.sum())
+        last = float(loss.detach())
+        first_loss = first_loss if first_loss is not None else last
+        bar.update(1)
+        bar.set_postfix(loss=f"{last:.3f}")
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            _save(smae, enc, ck, opt, sched, step)
+    bar.close()
+    secs = time.perf_counter() - t0
+    summary = {"steps": cfg.steps, "first_loss": first_loss, "final_loss": last, "seconds": round(secs, 1),
+               "tokens_per_second": round(tokens / max(secs, 1e-9), 1), "pairs": [str(p) for p in pairs]}
+    smae.eval()
+    enc.model.save_pretrained(out)
+    tok.save_pretrained(out)
+    (out / "adaretrieve.json").write_text(json.dumps({
+        "pooling": enc.pooling, "normalize": enc.normalize, "max_length": enc.max_length, "pretraining": "smae",
+        "config": asdict(cfg), "summary": summary, "adaretrieve": __version__}, indent=2) + "\n")
+    return summary
+
+
+def _save(smae: SMAE, enc: Encoder, ck: Path, opt, sched, step: int) -> None:
+    tmp = ck.with_name(ck.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    enc.model.save_pretrained(tmp)
+    enc.tokenizer.save_pretrained(tmp)
+    (tmp / "adaretrieve.json").write_text(json.dumps({"pooling": enc.pooling, "normalize": enc.normalize,
+                                                      "max_length": enc.max_length}))
+    torch.save({"head": smae.head.state_dict(), "decoder": smae.decoder.layer.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "step": step}, tmp / "state.pt")
+    import shutil
+
+    if ck.exists():
+        shutil.rmtree(ck)
+    tmp.rename(ck)
