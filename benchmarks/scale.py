@@ -185,8 +185,7 @@ def run_n(n: int, n_queries: int, work: Path, hnsw_max: int) -> dict:
             "batch1": time_batch1(rf, q[:16] if n >= 1_000_000 else q), "batch64": time_batch(rf, q[:64]),
             "recall@10": recall_at_10(rows, truth), "build_seconds": round(build, 2),
             "resident_bytes": n * D * (1 + 4)}
-    del refine, sq
-    gc.collect()
+    refine.reset()  # free its memory before HNSW is built
 
     if n <= hnsw_max:
         h = faiss.IndexHNSWFlat(D, 32, faiss.METRIC_INNER_PRODUCT)
@@ -205,9 +204,8 @@ def run_n(n: int, n_queries: int, work: Path, hnsw_max: int) -> dict:
             res[f"hnsw32_ef{ef}"] = {"batch1": time_batch1(hs, q), "batch64": time_batch(hs, q[:64]),
                                     "recall@10": recall_at_10(rows, truth), "build_seconds": round(build, 2),
                                     "resident_bytes": n * D * 4 + n * 32 * 2 * 4}
-        del h
-    del exact, reader, searchers
-    gc.collect()
+        h.reset()
+    exact.reset()
     shutil.rmtree(ix_dir, ignore_errors=True)
     return res
 

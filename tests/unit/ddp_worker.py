@@ -15,11 +15,9 @@ def worker(rank: int, world: int, port: int, cfg_kwargs: dict, out_dir: str) -> 
     summary = train(TrainConfig(**cfg_kwargs), progress=False)
     # every rank must end with the same weights: gradients are averaged across ranks
     import adaretrieve.training.trainer as T
-    from adaretrieve.modeling import Encoder  # noqa: F401
-
     h = hashlib.sha256()
     model = T._last_model
-    for name, t in sorted(model.state_dict().items()):
+    for _, t in sorted(model.state_dict().items()):
         h.update(t.detach().contiguous().view(torch.uint8).numpy().tobytes())
     with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as f:
         f.write(f"{h.hexdigest()} {summary['world_size']}\n")
