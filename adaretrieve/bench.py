@@ -46,6 +46,10 @@ class Suite:
     latency_queries: int = 100
     expected: dict = field(default_factory=dict)
     description: str = ""
+    bm25: bool = False  # add BM25 (pyserini, k1 0.9, b 0.4) and the hybrid rows below
+    bm25_index: str | None = None  # Lucene index folder (default: <index>-bm25)
+    hybrid: list[dict] = field(default_factory=list)  # [{"k": 200, "rerank": "6x384"}]: BM25 top k, dense rerank
+    rrf: list[str] = field(default_factory=list)  # dense single-stage sizes fused with BM25 by RRF
 
     @classmethod
     def load(cls, path: str | Path) -> Suite:
@@ -173,6 +177,8 @@ def run_suite(suite: Suite, rebuild: bool = False, progress: bool = True) -> dic
             "resident_bytes_per_doc": short.dim * 4, "rerank_bytes_per_doc_on_disk": (rr.dim * 2 if rr else 0),
         })
         log.info("%-28s %s  search %.3f ms/q", config_name(c), "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()), one.ms()["p50"])
+    if suite.bm25:
+        rows += bm25_rows(suite, reader, qids, queries, qv, evaluator)
     checks = check_expected(rows, suite.expected)
     return {
         "suite": suite.name, "description": suite.description, "model": enc.describe(),
@@ -181,6 +187,99 @@ def run_suite(suite: Suite, rebuild: bool = False, progress: bool = True) -> dic
         "machine": machine_info(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "results": rows, "checks": checks,
     }
+
+
+def bm25_rows(suite: Suite, reader: IndexReader, qids: list[str], queries: dict, qv: dict, evaluator) -> list[dict]:
+    """BM25 alone, BM25 shortlists reranked by dense vectors, and RRF of BM25 with dense search."""
+    from adaretrieve.baselines.bm25 import bm25_search, build_bm25_index
+    from adaretrieve.search.fusion import reciprocal_rank_fusion, rerank_run
+
+    bix = build_bm25_index(suite.corpus, suite.bm25_index or f"{suite.index}-bm25")
+    t0 = time.perf_counter()
+    bm = bm25_search(bix, {q: queries[q] for q in qids}, k=1000)
+    bm_ms = 1000 * (time.perf_counter() - t0) / len(qids)
+    n_lat = min(suite.latency_queries, len(qids), 20)
+    one = time_each(lambda i: bm25_search(bix, {qids[i]: queries[qids[i]]}, k=1000), n_lat).ms()
+    out = [{"config": "bm25 (k1=0.9, b=0.4)", "shortlist": None, "k": None, "rerank": None,
+            "metrics": {k: round(v, 5) for k, v in evaluator(bm).items()}, "search_ms_batch1": one,
+            "search_ms_batched": round(bm_ms, 4), "encode_layers": 0, "encode_ms_batch1": {"p50": 0.0},
+            "resident_bytes_per_doc": None, "rerank_bytes_per_doc_on_disk": 0}]
+    for h in suite.hybrid:
+        size = parse_size(h["rerank"])
+        scores, ids = rerank_run(bm, qids, qv[size], reader, size, int(h["k"]), 1000)
+        run = run_from_arrays(qids, scores, ids, reader.docids)
+        out.append({"config": f"bm25 k={h['k']} -> {size}", "shortlist": None, "k": int(h["k"]), "rerank": str(size),
+                    "metrics": {k: round(v, 5) for k, v in evaluator(run).items()}, "search_ms_batch1": one,
+                    "search_ms_batched": round(bm_ms, 4), "encode_layers": size.layer, "encode_ms_batch1": None,
+                    "resident_bytes_per_doc": None, "rerank_bytes_per_doc_on_disk": size.dim * 2})
+    for sz in suite.rrf:
+        size = parse_size(sz)
+        searcher = TwoStageSearcher(reader, size, None)
+        scores, ids = searcher.search(qv[size], None, top=1000)
+        dense = run_from_arrays(qids, scores, ids, reader.docids)
+        fused = reciprocal_rank_fusion([bm, dense], k=60)
+        out.append({"config": f"rrf(bm25, single {size})", "shortlist": str(size), "k": None, "rerank": None,
+                    "metrics": {k: round(v, 5) for k, v in evaluator(fused).items()}, "search_ms_batch1": one,
+                    "search_ms_batched": round(bm_ms, 4), "encode_layers": size.layer, "encode_ms_batch1": None,
+                    "resident_bytes_per_doc": size.dim * 4, "rerank_bytes_per_doc_on_disk": 0})
+    return out
+
+
+def pareto(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both cost (lower) and quality (higher)."""
+    front = []
+    for i, (c, q) in enumerate(points):
+        if not any((c2 <= c and q2 >= q) and (c2 < c or q2 > q) for j, (c2, q2) in enumerate(points) if j != i):
+            front.append(i)
+    return front
+
+
+def plot_report(res: dict, out_dir: Path, metric: str | None = None) -> list[Path]:
+    """PNG plots of quality against batch-1 latency and against resident bytes per document."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in res["results"] if r.get("search_ms_batch1")]
+    if not rows:
+        return []
+    metric = metric or next(iter(rows[0]["metrics"]))
+    paths = []
+    for key, label, fname in (("latency", "ms per query, batch 1 (encode + search, median)", "quality_vs_latency.png"),
+                              ("memory", "bytes per document resident in RAM", "quality_vs_memory.png")):
+        pts, names = [], []
+        for r in rows:
+            if key == "latency":
+                enc = (r.get("encode_ms_batch1") or {}).get("p50", 0.0)
+                cost = enc + r["search_ms_batch1"]["p50"]
+            else:
+                if r.get("resident_bytes_per_doc") is None:
+                    continue
+                cost = r["resident_bytes_per_doc"]
+            pts.append((cost, r["metrics"][metric]))
+            names.append(r["config"])
+        if not pts:
+            continue
+        front = pareto(pts)
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], color="tab:blue")
+        fp = sorted(pts[i] for i in front)
+        ax.plot([p[0] for p in fp], [p[1] for p in fp], color="tab:red", label="Pareto front")
+        for (x, y), n in zip(pts, names):
+            ax.annotate(n, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel(metric)
+        ax.set_title(f"{res['suite']}: {metric}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = Path(out_dir) / fname
+        fig.savefig(path, dpi=130)
+        plt.close(fig)
+        paths.append(path)
+    return paths
 
 
 def check_expected(rows: list[dict], expected: dict) -> list[dict]:
@@ -219,10 +318,13 @@ def to_markdown(res: dict, command: str) -> str:
         "| --- | " + " | ".join("---:" for _ in metrics) + " | ---: | ---: | ---: | ---: |",
     ]
     for r in res["results"]:
+        enc = r.get("encode_ms_batch1")
+        enc_s = f"{enc['p50']:.2f} ({r['encode_layers']})" if enc and r.get("encode_layers") else ("-" if enc is None else "0")
+        ram = r.get("resident_bytes_per_doc")
         lines.append(
             f"| {r['config']} | " + " | ".join(f"{r['metrics'][k]:.4f}" for k in metrics)
-            + f" | {r['encode_ms_batch1']['p50']:.2f} ({r['encode_layers']}) | {r['search_ms_batch1']['p50']:.3f}"
-            + f" | {r['search_ms_batched']:.3f} | {r['resident_bytes_per_doc']} |"
+            + f" | {enc_s} | {r['search_ms_batch1']['p50']:.3f}"
+            + f" | {r['search_ms_batched']:.3f} | {'-' if ram is None else ram} |"
         )
     if res["checks"]:
         lines += ["", "Pinned expectations:", "", "| configuration | metric | expected | tolerance | got | ok |", "| --- | --- | ---: | ---: | ---: | --- |"]
@@ -238,4 +340,5 @@ def write_report(res: dict, out_dir: str | Path, command: str) -> Path:
     res = {**res, "command": command}
     (d / "results.json").write_text(json.dumps(res, indent=2) + "\n")
     (d / "results.md").write_text(to_markdown(res, command))
+    plot_report(res, d)
     return d

@@ -1,4 +1,4 @@
-"""Entry point: `adaretrieve index | search | eval | bench | train | mine | pretrain`."""
+"""Entry point: `adaretrieve index | search | eval | bench | train | mine | pretrain | tune`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from adaretrieve.cli.mine_cmd import mine
 from adaretrieve.cli.pretrain_cmd import pretrain
 from adaretrieve.cli.search_cmd import search
 from adaretrieve.cli.train_cmd import train
+from adaretrieve.cli.tune_cmd import tune
 
 app = typer.Typer(
     help="One Matryoshka embedding model, many sizes: index once, shortlist small, rerank full.",
@@ -26,6 +27,7 @@ app.command("bench")(bench)
 app.command("train")(train)
 app.command("mine")(mine)
 app.command("pretrain")(pretrain)
+app.command("tune")(tune)
 
 
 def _version(value: bool):

@@ -3,7 +3,7 @@ external candidate list (e.g. BM25's) with an index's dense vectors. numpy only.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 

@@ -47,3 +47,20 @@ def test_bench_end_to_end_and_check(tiny_model, corpus, queries_qrels, tmp_path)
     bad.write_text("name: x\nnonsense: 1\n")
     res = runner.invoke(app, ["bench", "--config", str(bad)])
     assert res.exit_code == 2 and "unknown keys ['nonsense']" in res.stderr
+
+
+def test_tune_prints_a_search_command_within_budget(tiny_model, corpus, queries_qrels, tmp_path):
+    q, r = queries_qrels
+    runner = CliRunner()
+    ix = tmp_path / "ix"
+    res = runner.invoke(app, ["index", "--corpus", str(corpus), "--model", str(tiny_model), "--shortlist", "1x8",
+                              "--shortlist", "2x16", "--rerank", "4x32", "--out", str(ix), "--quiet"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["tune", "--index", str(ix), "--queries", str(q), "--qrels", str(r), "--budget-ms", "1000",
+                              "--k", "5", "--k", "10", "--latency-queries", "3", "--quiet"])
+    assert res.exit_code == 0, res.output
+    cmd = res.stdout.strip().splitlines()[-1]
+    assert cmd.startswith(f"adaretrieve search --index {ix}") and "--shortlist" in cmd
+    res = runner.invoke(app, ["tune", "--index", str(ix), "--queries", str(q), "--qrels", str(r), "--budget-ms", "0.000001",
+                              "--latency-queries", "3", "--quiet"])
+    assert res.exit_code == 2 and "no configuration fits" in res.stderr

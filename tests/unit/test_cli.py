@@ -123,7 +123,7 @@ def test_search_errors(index_dir, queries_qrels, other_tiny_model, tmp_path):
 
 def test_version_and_help():
     assert run("--version").stdout.startswith("adaretrieve ")
-    for cmd in ("index", "search", "eval", "bench", "train", "mine", "pretrain"):
+    for cmd in ("index", "search", "eval", "bench", "train", "mine", "pretrain", "tune"):
         res = run(cmd, "--help")
         assert res.exit_code == 0 and "Example" in res.stdout
 

@@ -1,0 +1,31 @@
+"""BM25 through pyserini reproduces Anserini's SciFact flat numbers (k1 0.9, b 0.4)."""
+
+import os
+
+import pytest
+
+from adaretrieve.data import read_qrels, read_queries
+from adaretrieve.eval import Evaluator
+from tests.conftest import shared_or_skip
+
+pytestmark = pytest.mark.integration
+
+
+def test_bm25_scifact_flat_matches_anserini(tmp_path):
+    root = shared_or_skip("data", "beir", "scifact")
+    try:
+        import pyserini  # noqa: F401
+    except ImportError:
+        msg = "MISSING pyserini: BM25 test needs pip install 'adaretrieve[bm25]'"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    from adaretrieve.baselines.bm25 import bm25_search, build_bm25_index
+
+    ix = build_bm25_index(root, tmp_path / "bm25")
+    qrels = read_qrels(root / "qrels" / "test.tsv")
+    queries = {q: t for q, t in read_queries(root).items() if q in qrels}
+    res = Evaluator(qrels, ["nDCG@10", "R@100", "R@1000"])(bm25_search(ix, queries, k=1000))
+    assert res["nDCG@10"] == pytest.approx(0.6789, abs=0.002)
+    assert res["R@100"] == pytest.approx(0.9253, abs=0.002)
+    assert res["R@1000"] == pytest.approx(0.9767, abs=0.002)
