@@ -7,7 +7,7 @@ import typer
 from adaretrieve import __version__
 from adaretrieve.cli.bench_cmd import bench
 from adaretrieve.cli.eval_cmd import evaluate
-from adaretrieve.cli.index_cmd import index
+from adaretrieve.cli.index_cmd import index_app
 from adaretrieve.cli.mine_cmd import mine
 from adaretrieve.cli.pretrain_cmd import pretrain
 from adaretrieve.cli.search_cmd import search
@@ -20,7 +20,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-app.command("index")(index)
+app.add_typer(index_app, name="index")
 app.command("search")(search)
 app.command("eval")(evaluate)
 app.command("bench")(bench)

@@ -144,3 +144,18 @@ def test_funnel_and_index_kinds(tiny_model, corpus, queries_qrels, tmp_path):
     res = run("index", "--corpus", corpus, "--model", tiny_model, "--shortlist", "1x8", "--factory", "Nonsense42",
               "--out", tmp_path / "c", "--quiet")
     assert res.exit_code == 2 and "faiss factory 'Nonsense42' is not valid" in err_line(res)
+
+
+def test_sharded_index_and_merge_command(tiny_model, corpus, tmp_path):
+    base = ["index", "--corpus", corpus, "--model", tiny_model, "--shortlist", "1x8", "--out", tmp_path / "ix",
+            "--chunk-size", 16, "--quiet"]
+    res = run(*base, "--shard", "0/2")
+    assert res.exit_code == 0 and "index merge --out" in res.stderr
+    res = run("index", "merge", "--out", tmp_path / "ix")
+    assert res.exit_code == 2 and "chunks are not encoded yet" in err_line(res)
+    res = run(*base, "--shard", "1/2")
+    assert res.exit_code == 0 and (tmp_path / "ix" / "manifest.json").exists()
+    res = run(*base, "--shard", "two/4")
+    assert res.exit_code == 2 and "not of the form i/n" in err_line(res)
+    res = run("index", "--corpus", corpus)
+    assert res.exit_code == 2 and "index needs --corpus, at least one --shortlist and --out" in err_line(res)
