@@ -50,6 +50,7 @@ class Suite:
     bm25_index: str | None = None  # Lucene index folder (default: <index>-bm25)
     hybrid: list[dict] = field(default_factory=list)  # [{"k": 200, "rerank": "6x384"}]: BM25 top k, dense rerank
     rrf: list[str] = field(default_factory=list)  # dense single-stage sizes fused with BM25 by RRF
+    refine: list[float] = field(default_factory=list)  # FAISS IndexRefineFlat(SQ8) at the rerank size, these k factors
 
     @classmethod
     def load(cls, path: str | Path) -> Suite:
@@ -177,6 +178,8 @@ def run_suite(suite: Suite, rebuild: bool = False, progress: bool = True) -> dic
             "resident_bytes_per_doc": short.dim * 4, "rerank_bytes_per_doc_on_disk": (rr.dim * 2 if rr else 0),
         })
         log.info("%-28s %s  search %.3f ms/q", config_name(c), "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()), one.ms()["p50"])
+    if suite.refine and reader.manifest.rerank:
+        rows += refine_rows(suite, reader, qids, qv, evaluator, n_lat, enc_ms)
     if suite.bm25:
         rows += bm25_rows(suite, reader, qids, queries, qv, evaluator)
     checks = check_expected(rows, suite.expected)
@@ -222,6 +225,39 @@ def bm25_rows(suite: Suite, reader: IndexReader, qids: list[str], queries: dict,
                     "metrics": {k: round(v, 5) for k, v in evaluator(fused).items()}, "search_ms_batch1": one,
                     "search_ms_batched": round(bm_ms, 4), "encode_layers": size.layer, "encode_ms_batch1": None,
                     "resident_bytes_per_doc": size.dim * 4, "rerank_bytes_per_doc_on_disk": 0})
+    return out
+
+
+def refine_rows(suite: Suite, reader: IndexReader, qids, qv, evaluator, n_lat: int, enc_ms: dict) -> list[dict]:
+    """FAISS's own answer to the same problem: SQ8 codes of the full size in RAM, refined exactly
+    with float32 full vectors (IndexRefineFlat), at several k factors."""
+    import faiss
+
+    size = reader.manifest.rerank_size
+    rows_f16 = reader.rerank_rows()
+    sq = faiss.IndexScalarQuantizer(size.dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+    index = faiss.IndexRefineFlat(sq)
+    t0 = time.perf_counter()
+    index.train(np.asarray(rows_f16[: min(reader.n_docs, 100_000)], dtype=np.float32))
+    for start in range(0, reader.n_docs, 65536):
+        index.add(np.asarray(rows_f16[start : start + 65536], dtype=np.float32))
+    build_s = time.perf_counter() - t0
+    q = qv[size] if size in qv else None
+    if q is None:
+        return []
+    depth = enc_ms.get(size.layer) or next(iter(enc_ms.values()))
+    out = []
+    for kf in suite.refine:
+        params = faiss.IndexRefineSearchParameters(k_factor=float(kf))
+        t0 = time.perf_counter()
+        scores, ids = index.search(q, 1000, params=params)
+        batched = 1000 * (time.perf_counter() - t0) / len(qids)
+        one = time_each(lambda i, p=params: index.search(q[i : i + 1], 1000, params=p), n_lat).ms()
+        out.append({"config": f"faiss RefineFlat(SQ8) {size} kf={kf:g}", "shortlist": None, "k": None, "rerank": None,
+                    "metrics": {k: round(v, 5) for k, v in evaluator(run_from_arrays(qids, scores, ids, reader.docids)).items()},
+                    "search_ms_batch1": one, "search_ms_batched": round(batched, 4), "encode_layers": size.layer,
+                    "encode_ms_batch1": depth, "resident_bytes_per_doc": size.dim * (1 + 4),
+                    "rerank_bytes_per_doc_on_disk": 0, "build_seconds": round(build_s, 2)})
     return out
 
 

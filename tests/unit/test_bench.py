@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -27,7 +28,7 @@ def test_bench_end_to_end_and_check(tiny_model, corpus, queries_qrels, tmp_path)
     q, r = queries_qrels
     cfg = {"name": "tiny", "model": str(tiny_model), "corpus": str(corpus), "queries": str(q), "qrels": str(r),
            "index": str(tmp_path / "ix"), "shortlist": ["1x8", "2x16"], "rerank": "4x32", "single": ["1x8", "4x32"],
-           "two_stage": [{"shortlist": ["2x16"], "k": [10], "rerank": ["4x32"]}], "latency_queries": 3,
+           "two_stage": [{"shortlist": ["2x16"], "k": [10], "rerank": ["4x32"]}], "latency_queries": 3, "refine": [1, 4],
            "expected": {"single 4x32": {"nDCG@10": [2.0, 0.01]}}}
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -35,7 +36,11 @@ def test_bench_end_to_end_and_check(tiny_model, corpus, queries_qrels, tmp_path)
     res = runner.invoke(app, ["bench", "--config", str(path), "--out", str(tmp_path / "rep"), "--quiet"])
     assert res.exit_code == 0, res.output
     data = json.loads((tmp_path / "rep" / "results.json").read_text())
-    assert [x["config"] for x in data["results"]] == ["single 1x8", "single 4x32", "2x16 k=10 -> 4x32"]
+    assert [x["config"] for x in data["results"]] == ["single 1x8", "single 4x32", "2x16 k=10 -> 4x32",
+                                                      "faiss RefineFlat(SQ8) 4x32 kf=1", "faiss RefineFlat(SQ8) 4x32 kf=4"]
+    # refine with k factor 4 over 40 docs is exact: it must match exact full-size search
+    by = {x["config"]: x["metrics"] for x in data["results"]}
+    assert by["faiss RefineFlat(SQ8) 4x32 kf=4"]["nDCG@10"] == pytest.approx(by["single 4x32"]["nDCG@10"], abs=1e-3)
     assert data["results"][0]["encode_layers"] == 1 and data["machine"]["cores"] >= 1
     assert "| single 4x32 |" in (tmp_path / "rep" / "results.md").read_text()
     # the pinned nDCG@10 of 2.0 cannot be met: --check fails, and the index is reused, not rebuilt
