@@ -24,7 +24,7 @@ def search(
     top: int = typer.Option(1000, "--top", help="Results kept per query."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the run here."),
     fmt: str = typer.Option("trec", "--format", help="Run format: trec or jsonl."),
-    metrics: list[str] = typer.Option(["nDCG@10", "RR@10", "R@100", "R@1000"], "--metrics", help="ir-measures names, with --qrels."),
+    metrics: list[str] = typer.Option(["nDCG@10", "RR@10", "R@100", "R@1000"], "--metrics", help="ir-measures names, comma-separated or repeated, with --qrels."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Query encoder (default: the model that built the index; another one is refused)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Queries per forward pass."),
     device: Optional[str] = typer.Option(None, "--device"),
