@@ -346,6 +346,7 @@ def to_markdown(res: dict, command: str) -> str:
         f"Index build: {res['index']['build'].get('encode_seconds', '?')} s encoding "
         f"({res['index']['build'].get('docs_per_second', '?')} docs/s).",
         "",
+        *([f"Note: {res['note']}", ""] if res.get("note") else []),
         "Latency is per query at batch size 1 (median over the first queries, after warm-up): query encoding up to the "
         "deepest layer the configuration needs, and search (shortlist + gather + rerank). Search over all queries at once is "
         "the batched column.",

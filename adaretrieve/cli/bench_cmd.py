@@ -16,6 +16,7 @@ def bench(
     out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default benchmarks/results/<suite name>)."),
     rebuild: bool = typer.Option(False, "--rebuild", help="Rebuild the index even if a matching one exists."),
     check: bool = typer.Option(False, "--check", help="Exit non-zero when a pinned score moves beyond its tolerance."),
+    note: Optional[str] = typer.Option(None, "--note", help="A line for the report, e.g. what else ran on the machine."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Sweep single-stage sizes and two-stage (shortlist, k, rerank) triples; write JSON + Markdown.
@@ -29,6 +30,8 @@ def bench(
 
     suite = Suite.load(config)
     res = run_suite(suite, rebuild=rebuild, progress=not quiet)
+    if note:
+        res["note"] = note
     command = "adaretrieve " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     d = write_report(res, out or Path("benchmarks/results") / suite.name, command)
     typer.echo(to_markdown({**res}, command))
