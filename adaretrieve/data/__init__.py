@@ -2,7 +2,6 @@
 
 from adaretrieve.data.readers import (
     Doc,
-    count_corpus,
     doc_text,
     iter_corpus,
     read_qrels,
@@ -13,7 +12,6 @@ from adaretrieve.data.readers import (
 
 __all__ = [
     "Doc",
-    "count_corpus",
     "doc_text",
     "iter_corpus",
     "read_qrels",

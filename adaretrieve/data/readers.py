@@ -108,10 +108,6 @@ def validate_corpus(path: str | Path) -> int:
     return n
 
 
-def count_corpus(path: str | Path) -> int:
-    return sum(1 for _ in iter_corpus(path))
-
-
 def _resolve_queries(path: Path) -> Path:
     if path.is_dir():
         for name in ("queries.jsonl", "queries.jsonl.gz", "queries.tsv"):

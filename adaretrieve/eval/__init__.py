@@ -2,7 +2,7 @@
 
 from adaretrieve.eval.measures import DEFAULT_METRICS, Evaluator, parse_measures
 from adaretrieve.eval.runs import Run, read_run, run_from_arrays, write_run
-from adaretrieve.eval.timing import Timing, time_it
+from adaretrieve.eval.timing import Timing, time_each
 
 __all__ = [
     "DEFAULT_METRICS",
@@ -12,6 +12,6 @@ __all__ = [
     "parse_measures",
     "read_run",
     "run_from_arrays",
-    "time_it",
+    "time_each",
     "write_run",
 ]

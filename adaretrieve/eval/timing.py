@@ -22,18 +22,6 @@ class Timing:
         return {k: (round(v * 1000, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
-def time_it(fn: Callable[[], object], repeats: int = 20, warmup: int = 2) -> Timing:
-    for _ in range(warmup):
-        fn()
-    t = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        t.append(time.perf_counter() - t0)
-    a = np.array(t)
-    return Timing(float(np.median(a)), float(np.percentile(a, 95)), float(a.mean()), repeats)
-
-
 def time_each(fn: Callable[[int], object], n: int, warmup: int = 2) -> Timing:
     """Time ``fn(i)`` for i in 0..n-1 (e.g. one query each) after ``warmup`` calls of fn(0)."""
     for _ in range(warmup):

@@ -60,9 +60,6 @@ class Manifest:
     def normalize(self) -> bool:
         return bool(self.model["normalize"])
 
-    def stored_sizes(self) -> list[Size]:
-        return self.shortlist_sizes + ([self.rerank_size] if self.rerank else [])
-
     def write(self, directory: Path) -> None:
         (directory / MANIFEST).write_text(json.dumps(asdict(self), indent=2) + "\n")
 
