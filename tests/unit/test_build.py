@@ -30,18 +30,23 @@ def files(d):
     return out
 
 
+def interrupt_on_call(fn, n):
+    """``fn`` that raises KeyboardInterrupt on its n-th call, as Ctrl-C in the middle of a build would."""
+    calls = {"n": 0}
+
+    def wrapped(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return fn(*a, **k)
+
+    return wrapped
+
+
 def test_interrupted_build_resumes_to_identical_index(enc, corpus, tmp_path, monkeypatch):
     build_index(corpus, enc, tmp_path / "a", chunk_size=8, progress=False, **SIZES)
     real = enc.encode
-    calls = {"n": 0}
-
-    def flaky(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(enc, "encode", flaky)
+    monkeypatch.setattr(enc, "encode", interrupt_on_call(real, 3))
     with pytest.raises(KeyboardInterrupt):
         build_index(corpus, enc, tmp_path / "b", chunk_size=8, progress=False, **SIZES)
     assert not (tmp_path / "b").exists()
@@ -84,15 +89,7 @@ def test_failed_rebuild_leaves_old_index_loadable(enc, corpus, tmp_path, monkeyp
 
 def test_changed_settings_discard_stale_chunks(enc, corpus, tmp_path, monkeypatch):
     real = enc.encode
-    calls = {"n": 0}
-
-    def flaky(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(enc, "encode", flaky)
+    monkeypatch.setattr(enc, "encode", interrupt_on_call(real, 2))
     with pytest.raises(KeyboardInterrupt):
         build_index(corpus, enc, tmp_path / "b", chunk_size=8, progress=False, **SIZES)
     monkeypatch.setattr(enc, "encode", real)
