@@ -21,7 +21,7 @@ from adaretrieve import __version__
 from adaretrieve.data import read_qrels, read_queries
 from adaretrieve.errors import AdaError
 from adaretrieve.eval import Evaluator, run_from_arrays
-from adaretrieve.eval.timing import time_each
+from adaretrieve.eval.timing import time_each, time_stages
 from adaretrieve.search import IndexReader, TwoStageSearcher
 from adaretrieve.sizes import Size, parse_size, parse_sizes
 
@@ -148,34 +148,60 @@ def run_suite(suite: Suite, rebuild: bool = False, progress: bool = True) -> dic
     qv = enc.encode(texts, sizes, batch_size=64)
     encode_batched_ms = 1000 * (time.perf_counter() - t0) / len(qids)
 
-    # Query encoding at batch 1 costs the same for every configuration of one depth: time once each.
+    # Query encoding costs the same for every configuration of one depth: time it once per depth
+    # needed (shortlist layers and rerank layers), at batch 1 and in batches of 64.
     n_lat = min(suite.latency_queries, len(texts))
+    depths = sorted({parse_size(c[key]).layer for c in configs for key in ("shortlist", "rerank") if c[key]})
     enc_ms: dict[int, dict] = {}
-    for depth in sorted({max(parse_size(c["shortlist"]).layer, parse_size(c["rerank"]).layer if c["rerank"] else 0)
-                         for c in configs}):
+    enc_batched_ms: dict[int, float] = {}
+    for depth in depths:
         size = Size(depth, 1)
         enc_ms[depth] = time_each(lambda i, s=size: enc.encode([texts[i]], [s]), n_lat).ms()
+        t0 = time.perf_counter()
+        enc.encode(texts, [size], batch_size=64)
+        enc_batched_ms[depth] = round(1000 * (time.perf_counter() - t0) / len(qids), 4)
 
     rows = []
     for c in configs:
         searcher = TwoStageSearcher(reader, c["shortlist"], c["rerank"], k=c["k"] or 1)
         short, rr = searcher.shortlist, searcher.rerank
         qs, qr = qv[short], (qv[rr] if rr else None)
+        batched_stages: dict = {}
         t0 = time.perf_counter()
-        scores, ids = searcher.search(qs, qr, top=1000)
+        scores, ids = searcher.search(qs, qr, top=1000, timings=batched_stages)
         batched_ms = 1000 * (time.perf_counter() - t0) / len(qids)
         metrics = evaluator(run_from_arrays(qids, scores, ids, reader.docids))
-        def one_query(i, searcher=searcher, qs=qs, qr=qr):
-            return searcher.search(qs[i : i + 1], qr[i : i + 1] if qr is not None else None, top=1000)
 
-        one = time_each(one_query, n_lat)
+        def one_query(i, t, searcher=searcher, qs=qs, qr=qr):
+            return searcher.search(qs[i : i + 1], qr[i : i + 1] if qr is not None else None, top=1000, timings=t)
+
+        one, stages = time_stages(one_query, n_lat)
+        need = [short] + ([rr] if rr else [])
+
+        def end_to_end(i, searcher=searcher, need=need, short=short, rr=rr):
+            q = enc.encode([texts[i]], need)
+            return searcher.search(q[short], q[rr] if rr else None, top=1000)
+
+        e2e = time_each(end_to_end, n_lat).ms()
         depth = max(short.layer, rr.layer if rr else 0)
+        enc1 = enc_ms[depth]
+        stage_ms = {"encode_to_shortlist_layer": enc_ms[short.layer],
+                    **({"encode_to_rerank_layer": enc_ms[rr.layer]} if rr else {}),
+                    **{k: v.ms() for k, v in stages.items()}}
+        stage_batched = {"encode_to_shortlist_layer": enc_batched_ms[short.layer],
+                         **({"encode_to_rerank_layer": enc_batched_ms[rr.layer]} if rr else {}),
+                         **{k: round(1000 * v / len(qids), 4) for k, v in batched_stages.items()}}
         rows.append({
             "config": config_name(c), **c, "metrics": {k: round(v, 5) for k, v in metrics.items()},
             "search_ms_batch1": one.ms(), "search_ms_batched": round(batched_ms, 4),
-            "encode_layers": depth, "encode_ms_batch1": enc_ms[depth],
-            "total_ms_batch1_p50": round(enc_ms[depth]["p50"] + one.ms()["p50"], 3),
+            "encode_layers": depth, "encode_ms_batch1": enc1, "encode_ms_batched": enc_batched_ms[depth],
+            "stages_ms_batch1": stage_ms, "stages_ms_batched": stage_batched,
+            "total_ms_batch1_p50": round(enc1["p50"] + one.ms()["p50"], 3), "end_to_end_ms_batch1": e2e,
+            # one process, one query at a time / in batches of 64: encoding to the depth + search
+            "qps_batch1": round(1000 / e2e["mean"], 2),
+            "qps_batched": round(1000 / (enc_batched_ms[depth] + batched_ms), 2),
             "resident_bytes_per_doc": short.dim * 4, "rerank_bytes_per_doc_on_disk": (rr.dim * 2 if rr else 0),
+            "disk_bytes_per_doc": disk_bytes_per_doc(reader, short, rr),
         })
         log.info("%-28s %s  search %.3f ms/q", config_name(c), "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()), one.ms()["p50"])
     if suite.refine and reader.manifest.rerank:
@@ -190,6 +216,29 @@ def run_suite(suite: Suite, rebuild: bool = False, progress: bool = True) -> dic
         "machine": machine_info(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "results": rows, "checks": checks,
     }
+
+
+def disk_bytes_per_doc(reader: IndexReader, short: Size, rerank: Size | None) -> float:
+    """Bytes per document on disk that a configuration reads: the shortlist's stored FAISS file
+    (or the stored file it is cut from), the rerank vectors (and int8 scales), and the doc ids."""
+    from adaretrieve.index.format import DOCIDS
+
+    m = reader.manifest
+    files = {DOCIDS}
+    for e in m.shortlist:
+        s = parse_size(e["size"])
+        if s == short or (s.layer == short.layer and s.dim >= short.dim and e["factory"] == "Flat"):
+            files.add(e["file"])
+            break
+    else:
+        if m.rerank:
+            files.add(m.rerank["file"])
+    if rerank is not None and m.rerank:
+        files.add(m.rerank["file"])
+        if m.rerank.get("scale_file"):
+            files.add(m.rerank["scale_file"])
+    total = sum((reader.dir / f).stat().st_size for f in files if (reader.dir / f).exists())
+    return round(total / max(reader.n_docs, 1), 1)
 
 
 def bm25_rows(suite: Suite, reader: IndexReader, qids: list[str], queries: dict, qv: dict, evaluator) -> list[dict]:
@@ -363,6 +412,27 @@ def to_markdown(res: dict, command: str) -> str:
             + f" | {enc_s} | {r['search_ms_batch1']['p50']:.3f}"
             + f" | {r['search_ms_batched']:.3f} | {'-' if ram is None else ram} |"
         )
+    staged = [r for r in res["results"] if r.get("stages_ms_batch1")]
+    if staged:
+        lines += ["", "Latency per stage, ms per query: batch 1 median (p95), then batched (all queries, encoding in "
+                  "batches of 64). Encoding runs once to the deepest layer a configuration needs; the time to reach the "
+                  "shortlist layer alone is what a shortlist-first pipeline waits before searching. Total is measured end "
+                  "to end (encode the query, then search) per query; queries/s are one process, encoding + search.", "",
+                  "| configuration | encode to shortlist layer | encode to rerank layer | shortlist search | gather | rerank "
+                  "| end to end p50 | p95 | q/s batch 1 | q/s batched | disk B/doc |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+
+        def cell(r, k):
+            one, many = r["stages_ms_batch1"].get(k), r["stages_ms_batched"].get(k)
+            if one is None:
+                return "-"
+            return f"{one['p50']:.3f} ({one['p95']:.3f}) / {many:.3f}"
+
+        for r in staged:
+            tot50, tot95 = r["end_to_end_ms_batch1"]["p50"], r["end_to_end_ms_batch1"]["p95"]
+            lines.append(f"| {r['config']} | {cell(r, 'encode_to_shortlist_layer')} | {cell(r, 'encode_to_rerank_layer')} | "
+                         f"{cell(r, 'shortlist')} | {cell(r, 'gather')} | {cell(r, 'rerank')} | {tot50:.2f} | {tot95:.2f} | "
+                         f"{r['qps_batch1']:.1f} | {r['qps_batched']:.1f} | {r.get('disk_bytes_per_doc', '-')} |")
     if res["checks"]:
         lines += ["", "Pinned expectations:", "", "| configuration | metric | expected | tolerance | got | ok |", "| --- | --- | ---: | ---: | ---: | --- |"]
         for c in res["checks"]:

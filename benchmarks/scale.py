@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import shutil
 import sys
 import time
@@ -112,7 +113,7 @@ def dir_bytes(d: Path) -> int:
     return sum(p.stat().st_size for p in d.iterdir() if p.is_file())
 
 
-def run_n(n: int, n_queries: int, work: Path, hnsw_max: int) -> dict:
+def run_n(n: int, n_queries: int, work: Path, hnsw_max: int, build_threads: int = 1) -> dict:
     gen = Synthetic()
     res: dict = {"n": n}
     ix_dir = work / f"scale-{n}"
@@ -164,6 +165,20 @@ def run_n(n: int, n_queries: int, work: Path, hnsw_max: int) -> dict:
             "shortlist_scan_batch1": time_batch1(scan, q), "recall@10": recall_at_10(rows, truth),
             "resident_bytes": n * s.dim * 4}
 
+    # deeper shortlists buy recall with more candidate rows read from disk; a three-stage funnel
+    # spends the extra candidates on a cheap middle size instead of on 768-d rows
+    small, mid = SHORT
+    for name, srch in ((f"two_stage_{small}_k1000", FunnelSearcher(reader, small, k=1000, rerank=FULL)),
+                       (f"two_stage_{mid}_k1000", FunnelSearcher(reader, mid, k=1000, rerank=FULL)),
+                       (f"funnel_{small}_k2000_{mid}_k200", FunnelSearcher(reader, small, k=2000, then=[(mid, 200)],
+                                                                          rerank=FULL))):
+        def run(x, srch=srch):
+            return srch.search({s: truncate(x, s.dim, True) for s in srch.sizes()}, top=10)
+
+        res[name] = {"batch1": time_batch1(run, q), "batch64": time_batch(run, q[:64]),
+                     "recall@10": recall_at_10(run(q)[1], truth),
+                     "resident_bytes": n * sum(s.dim for s in srch.sizes() if s != FULL) * 4}
+
     # FAISS's own refine: SQ8 over the full 768 dims, exact refine with the float32 vectors
     sq = faiss.IndexScalarQuantizer(D, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
     refine = faiss.IndexRefineFlat(sq)
@@ -190,10 +205,14 @@ def run_n(n: int, n_queries: int, work: Path, hnsw_max: int) -> dict:
     if n <= hnsw_max:
         h = faiss.IndexHNSWFlat(D, 32, faiss.METRIC_INNER_PRODUCT)
         h.hnsw.efConstruction = 40
+        search_threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(build_threads)  # graph building is the slow part: give it every core
         t0 = time.perf_counter()
         for start in range(0, n, chunk):
             h.add(gen.chunk(start, min(chunk, n - start)))
         build = time.perf_counter() - t0
+        faiss.omp_set_num_threads(search_threads)
+        res["hnsw_build_threads"] = build_threads
         for ef in (32, 128, 512):
             h.hnsw.efSearch = ef
 
@@ -234,6 +253,23 @@ def to_markdown(report: dict) -> str:
         for name, v, mem in rows:
             lines.append(f"| {name} | {v['recall@10']:.4f} | {v['batch1']['p50_ms']:.3f} ({v['batch1']['p95_ms']:.3f}) | "
                          f"{v['batch64']['per_query_ms']:.3f} | {mem / 1e6:.1f} | {base / v['batch1']['p50_ms']:.1f}x |")
+        lines += ["", "At equal recall (the fastest FAISS configuration whose recall@10 is at least the adaretrieve row's, "
+                  "batch 1 median):", ""]
+        faiss_rows = [(k, v) for k, v in r.items() if isinstance(v, dict) and k.startswith(("hnsw", "refineflat"))]
+        for k, v in r.items():
+            if not (isinstance(v, dict) and k.startswith(("two_stage", "funnel"))):
+                continue
+            match = [(fk, fv) for fk, fv in faiss_rows if fv["recall@10"] >= v["recall@10"]]
+            if match:
+                fk, fv = min(match, key=lambda kv: kv[1]["batch1"]["p50_ms"])
+                ratio = fv["batch1"]["p50_ms"] / v["batch1"]["p50_ms"]
+                lines.append(f"- {k} (recall {v['recall@10']:.3f}, {v['batch1']['p50_ms']:.2f} ms, {v['resident_bytes'] / 1e6:.0f} MB "
+                             f"resident) vs {fk} (recall {fv['recall@10']:.3f}, {fv['batch1']['p50_ms']:.2f} ms, "
+                             f"{fv['resident_bytes'] / 1e6:.0f} MB): adaretrieve {ratio:.2f}x the speed, "
+                             f"1/{fv['resident_bytes'] / v['resident_bytes']:.0f} the RAM.")
+        if r.get("hnsw32_ef32"):
+            lines.append(f"\nHNSW build ({r.get('hnsw_build_threads', 1)} threads, M=32, efConstruction 40): "
+                         f"{r['hnsw32_ef32']['build_seconds']} s.")
         for s in SHORT:
             v = r.get(f"two_stage_{s}_k200")
             if v:
@@ -250,7 +286,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--queries", type=int, default=64)
-    ap.add_argument("--hnsw-max", type=int, default=100_000, help="build HNSW only up to this N (slow on 2 cores)")
+    ap.add_argument("--hnsw-max", type=int, default=1_000_000, help="build HNSW only up to this N (1M: ~10 min on 2 cores)")
+    ap.add_argument("--build-threads", type=int, default=0, help="threads for building HNSW (default: every core)")
     ap.add_argument("--work", default=str(ROOT / "indexes"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale"))
     ap.add_argument("--threads", type=int, default=1, help="FAISS/BLAS threads for every method (default 1: the "
@@ -263,7 +300,7 @@ if __name__ == "__main__":
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     for n in a.n:
-        report["results"].append(run_n(n, a.queries, Path(a.work), a.hnsw_max))
+        report["results"].append(run_n(n, a.queries, Path(a.work), a.hnsw_max, a.build_threads or os.cpu_count() or 1))
         (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
         (out / "results.md").write_text(to_markdown(report))
         print(f"done N={n}", flush=True)
@@ -276,7 +313,8 @@ if __name__ == "__main__":
         fig, ax = plt.subplots(figsize=(6, 4))
         ns = [r["n"] for r in report["results"]]
         for key, label in [("exact", "exact flat 768-d"), ("two_stage_2x32_k200", "two-stage 32-d k=200 -> 768"),
-                           ("two_stage_4x64_k200", "two-stage 64-d k=200 -> 768"), ("refineflat_sq8_kf4", "RefineFlat SQ8 kf=4")]:
+                           ("two_stage_4x64_k200", "two-stage 64-d k=200 -> 768"), ("refineflat_sq8_kf4", "RefineFlat SQ8 kf=4"),
+                           ("two_stage_2x32_k1000", "two-stage 32-d k=1000 -> 768"), ("hnsw32_ef128", "HNSW32 ef=128")]:
             ys = [r[key]["batch1"]["p50_ms"] for r in report["results"] if key in r]
             if len(ys) == len(ns):
                 ax.plot(ns, ys, marker="o", label=label)

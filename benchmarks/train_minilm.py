@@ -41,7 +41,12 @@ RUNS = {  # name: (training overrides or None for the untrained model, sizes eva
     "mrl": ({"loss": "mrl"}, LADDER),
     "single-1x16": ({"loss": "single", "pairs": ["1x16"]}, ["1x16"]),
     "single-3x64": ({"loss": "single", "pairs": ["3x64"]}, ["3x64"]),
+    # SMAE pre-training on the SciFact + NFCorpus corpora, then the same Starbucks fine-tuning
+    "smae-starbucks": ({"loss": "starbucks", "model": "checkpoints/minilm-smae"}, LADDER),
 }
+SMAE = ["model=minilm", "data=[../shared/data/beir/scifact, ../shared/data/beir/nfcorpus]",
+        "output=checkpoints/minilm-smae", "steps=150", "batch_size=8", "max_length=128", "pack=true",
+        "whole_word_mask=true", "lr=5e-5", "save_every=25"]
 
 
 def evaluate(name: str, model: str, sizes: list[str], dataset: str) -> dict:
@@ -72,9 +77,25 @@ def ensure_negatives() -> None:
     logging.info("mined negatives: %s", info)
 
 
+def ensure_smae() -> None:
+    from adaretrieve.training.smae import PretrainConfig, pretrain
+
+    path = OUT / "smae-pretrain.json"
+    if path.exists():
+        return
+    cfg = PretrainConfig.from_file(None, SMAE)
+    t0 = time.time()
+    summary = pretrain(cfg, progress=False)
+    summary["wall_seconds"] = round(time.time() - t0, 1)
+    OUT.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"config": cfg.__dict__, "summary": summary, "machine": machine_info()}, indent=2) + "\n")
+
+
 def run(name: str, datasets: list[str]) -> None:
     overrides, sizes = RUNS[name]
     model = "minilm"
+    if overrides is not None and "model" in overrides:
+        ensure_smae()
     if overrides is not None:
         ensure_negatives()
         cfg = TrainConfig.from_file(BASE, [f"{k}={json.dumps(v)}" for k, v in overrides.items()]

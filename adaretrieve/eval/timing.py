@@ -31,5 +31,26 @@ def time_each(fn: Callable[[int], object], n: int, warmup: int = 2) -> Timing:
         t0 = time.perf_counter()
         fn(i)
         t.append(time.perf_counter() - t0)
-    a = np.array(t)
-    return Timing(float(np.median(a)), float(np.percentile(a, 95)), float(a.mean()), n)
+    return _timing(t)
+
+
+def _timing(samples: list[float]) -> Timing:
+    a = np.array(samples)
+    return Timing(float(np.median(a)), float(np.percentile(a, 95)), float(a.mean()), len(a))
+
+
+def time_stages(fn: Callable[[int, dict], object], n: int, warmup: int = 2) -> tuple[Timing, dict[str, Timing]]:
+    """Time ``fn(i, timings)`` for i in 0..n-1, where ``fn`` adds the seconds of its stages to the
+    dict ``timings`` (e.g. ``FunnelSearcher.search(..., timings=t)``). Returns the whole call's
+    Timing and one Timing per stage, each over the same n calls."""
+    for _ in range(warmup):
+        fn(0, {})
+    total, stages = [], {}
+    for i in range(n):
+        t: dict = {}
+        t0 = time.perf_counter()
+        fn(i, t)
+        total.append(time.perf_counter() - t0)
+        for k, v in t.items():
+            stages.setdefault(k, []).append(v)
+    return _timing(total), {k: _timing(v) for k, v in stages.items()}

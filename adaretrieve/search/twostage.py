@@ -7,6 +7,7 @@ final rerank at the largest size. Two-stage search is the funnel with no interme
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import faiss
@@ -41,6 +42,7 @@ def rerank_candidates(
     dim: int,
     normalize: bool,
     top: int,
+    timings: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rescore ``candidates`` [n_queries, k] (row ids, -1 = none) exactly.
 
@@ -48,24 +50,36 @@ def rerank_candidates(
     array of row ids); only the candidate rows are read, in ascending order, each once per call.
     Vectors are cut to ``dim`` and renormalised as the size rule says; ``queries`` [n_queries, dim]
     are already at that size. Returns (scores, rows) [n_queries, min(top, k)], best first; ties
-    keep the order of the previous stage.
+    keep the order of the previous stage. With ``timings`` (a dict), the seconds spent reading the
+    candidate rows and scoring them are added under ``"gather"`` and ``"rerank"``.
     """
+    t0 = time.perf_counter()
     nq, k = candidates.shape
     top = min(top, k)
     valid = candidates >= 0
     uniq, inv = np.unique(candidates[valid], return_inverse=True)
     gathered = truncate(rows[uniq], dim, normalize)  # [n_unique, dim] float32
+    t1 = time.perf_counter()
     scores = np.full((nq, k), -np.inf, dtype=np.float32)
     pos = np.zeros((nq, k), dtype=np.int64)
     pos[valid] = inv
     q = np.ascontiguousarray(queries, dtype=np.float32)
-    for i in range(nq):
-        vi = valid[i]
-        scores[i, vi] = gathered[pos[i, vi]] @ q[i]
+    if len(uniq) <= 4 * k:  # few queries (or shared candidates): one matrix product, no per-query copies
+        every = gathered @ q.T  # [n_unique, n_queries]
+        qi = np.broadcast_to(np.arange(nq)[:, None], (nq, k))
+        scores[valid] = every[pos[valid], qi[valid]]
+    else:  # many queries: score each one's own candidates only
+        for i in range(nq):
+            vi = valid[i]
+            scores[i, vi] = gathered[pos[i, vi]] @ q[i]
     order = np.argsort(-scores, axis=1, kind="stable")[:, :top]
     out_scores = np.take_along_axis(scores, order, axis=1)
     out_rows = np.take_along_axis(candidates, order, axis=1)
     out_rows[~np.isfinite(out_scores)] = -1
+    if timings is not None:
+        t2 = time.perf_counter()
+        timings["gather"] = timings.get("gather", 0.0) + (t1 - t0)
+        timings["rerank"] = timings.get("rerank", 0.0) + (t2 - t1)
     return out_scores, out_rows
 
 
@@ -94,15 +108,25 @@ class FunnelSearcher:
     def sizes(self) -> list[Size]:
         return list(dict.fromkeys([self.shortlist, *(s for s, _ in self.then), *([self.rerank] if self.rerank else [])]))
 
-    def search(self, queries: dict[Size, np.ndarray], top: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: dict[Size, np.ndarray], top: int = 1000,
+               timings: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``top`` (scores, rows). With ``timings`` (a dict), seconds per stage are added under
+        ``"shortlist"``, ``"gather"`` (reading candidate rows) and ``"rerank"`` (scoring, sorting)."""
+        t0 = time.perf_counter()
         if not self.then and not self.rerank:
-            return exact_search(self.index, queries[self.shortlist], top)
+            out = exact_search(self.index, queries[self.shortlist], top)
+            if timings is not None:
+                timings["shortlist"] = timings.get("shortlist", 0.0) + time.perf_counter() - t0
+            return out
         scores, cand = exact_search(self.index, queries[self.shortlist], self.k)
+        if timings is not None:
+            timings["shortlist"] = timings.get("shortlist", 0.0) + time.perf_counter() - t0
         norm = self.reader.normalize
         for size, k in self.then:
-            scores, cand = rerank_candidates(queries[size], cand, self.sources[size], size.dim, norm, k)
+            scores, cand = rerank_candidates(queries[size], cand, self.sources[size], size.dim, norm, k, timings)
         if self.rerank:
-            scores, cand = rerank_candidates(queries[self.rerank], cand, self.sources[self.rerank], self.rerank.dim, norm, top)
+            scores, cand = rerank_candidates(queries[self.rerank], cand, self.sources[self.rerank], self.rerank.dim, norm,
+                                             top, timings)
         return scores[:, :top], cand[:, :top]
 
 
@@ -112,8 +136,9 @@ class TwoStageSearcher(FunnelSearcher):
     def __init__(self, reader, shortlist: str | Size, rerank: str | Size | None = None, k: int = 200):
         super().__init__(reader, shortlist, k=max(1, k), rerank=rerank)
 
-    def search(self, q_short: np.ndarray, q_rerank: np.ndarray | None = None, top: int = 1000):  # type: ignore[override]
+    def search(self, q_short: np.ndarray, q_rerank: np.ndarray | None = None, top: int = 1000,  # type: ignore[override]
+               timings: dict | None = None):
         qv = {self.shortlist: q_short}
         if self.rerank is not None:
             qv[self.rerank] = q_rerank
-        return super().search(qv, top)
+        return super().search(qv, top, timings)

@@ -35,4 +35,13 @@ def load_config(cls: type[C], path: str | Path | None, overrides: list[str] | No
     for key in lists:
         if isinstance(data.get(key), str):
             data[key] = [s.strip() for s in data[key].split(",") if s.strip()]
+    types = {f.name: str(f.type) for f in fields(cls)}
+    for key, value in data.items():
+        # YAML 1.1 reads 5e-5 (no dot) as a string; numbers are what the setting means
+        kind = types[key].split("|")[0].strip()
+        if isinstance(value, str) and kind in ("float", "int"):
+            try:
+                data[key] = float(value) if kind == "float" else int(value)
+            except ValueError:
+                raise AdaError(f"{what} setting {key}={value!r} is not a number") from None
     return cls(**data)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -90,13 +91,40 @@ class PairDecoder(nn.Module):
         return out[0] if isinstance(out, tuple) else out
 
 
+def word_groups(input_ids: torch.Tensor, tokenizer, special: torch.Tensor) -> torch.Tensor:
+    """Per token the index of the word it belongs to (-1 for special tokens and padding), for
+    whole-word masking. Word pieces are recognised by WordPiece's ``##`` prefix (BERT, MPNet) or,
+    for SentencePiece vocabularies, by the absence of the ``▁`` word-start mark."""
+    toks = [tokenizer.convert_ids_to_tokens(row) for row in input_ids.tolist()]
+    sp = any(t.startswith("▁") for row in toks for t in row)
+    groups = torch.full(input_ids.shape, -1, dtype=torch.long)
+    for b, row in enumerate(toks):
+        g = -1
+        for i, t in enumerate(row):
+            if special[b, i]:
+                continue
+            cont = (not t.startswith("▁")) if sp else t.startswith("##")
+            if not cont or g < 0:
+                g += 1
+            groups[b, i] = g
+    return groups
+
+
 def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, rate: float, tokenizer,
-                generator: torch.Generator, special: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT-style masking of ``rate`` of the real tokens (80% [MASK], 10% random, 10% kept).
-    Returns (masked ids, labels with -100 where nothing is predicted)."""
-    prob = torch.full(input_ids.shape, rate)
-    prob[~attention_mask.bool() | special] = 0.0
-    chosen = torch.bernoulli(prob, generator=generator).bool()
+                generator: torch.Generator, special: torch.Tensor,
+                groups: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT-style masking of ``rate`` of the real tokens (80% [MASK], 10% random, 10% kept), or of
+    ``rate`` of the words when ``groups`` (from :func:`word_groups`) is given: every piece of a
+    chosen word is masked. Returns (masked ids, labels with -100 where nothing is predicted)."""
+    real = attention_mask.bool() & ~special
+    if groups is None:
+        prob = torch.full(input_ids.shape, rate)
+        prob[~real] = 0.0
+        chosen = torch.bernoulli(prob, generator=generator).bool()
+    else:
+        n_words = int(groups.max()) + 1 if groups.numel() else 0
+        pick = torch.bernoulli(torch.full((input_ids.shape[0], max(n_words, 1)), rate), generator=generator).bool()
+        chosen = real & (groups >= 0) & torch.gather(pick, 1, groups.clamp(min=0))
     labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
     ids = input_ids.clone()
     r = torch.rand(input_ids.shape, generator=generator)
@@ -109,12 +137,14 @@ def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, rate: flo
 @dataclass
 class PretrainConfig:
     model: str = "minilm"
-    data: list[str] = field(default_factory=list)  # BEIR corpora, collection.tsv[.gz], or .txt files
+    data: list[str] = field(default_factory=list)  # BEIR corpora, collection.tsv[.gz], .txt files or Hub datasets
     output: str = "checkpoints/smae"
     pairs: list[str] | None = None  # default: the ladder
     steps: int = 100
     batch_size: int = 16
     max_length: int = 128
+    pack: bool = False  # concatenate texts into full max_length blocks instead of truncating each
+    whole_word_mask: bool = False
     encoder_mask: float = 0.2
     decoder_mask: float = 0.4
     lr: float = 5e-5
@@ -128,28 +158,80 @@ class PretrainConfig:
         return load_config(cls, path, overrides, "pretraining", lists=("data", "pairs"))
 
 
-def iter_texts(sources: list[str]):
-    """Texts from BEIR corpora / MS MARCO collections (title + text) or plain .txt lines, streamed."""
+def _hub_texts(name: str):
+    """A Hub dataset streamed with `datasets` (``name`` or ``name:split``); title + text, or text."""
+    try:
+        from datasets import load_dataset
+    except ImportError as e:  # pragma: no cover - datasets is a dependency
+        raise AdaError("reading a Hub dataset needs the `datasets` package") from e
+    repo, _, split = name.partition(":")
+    try:
+        ds = load_dataset(repo, split=split or "train", streaming=True)
+    except Exception as e:
+        raise AdaError(f"pretraining data {name!r} is neither a local file/folder nor a loadable Hub dataset: {e}") from e
+    for row in ds:
+        text = row.get("text") or row.get("contents") or row.get("passage") or ""
+        title = row.get("title") or ""
+        if text or title:
+            yield f"{title} {text}".strip()
+
+
+def _source_texts(src: str):
     from adaretrieve.data.readers import doc_text, iter_corpus
 
+    p = Path(src)
+    if not p.exists():
+        yield from _hub_texts(src)
+    elif p.suffix == ".txt":
+        with open(p, encoding="utf-8") as f:
+            yield from (line.strip() for line in f if line.strip())
+    else:
+        yield from (doc_text(d.title, d.text) for d in iter_corpus(p))
+
+
+def iter_texts(sources: list[str]):
+    """Texts from BEIR corpora / MS MARCO collections (title + text), plain .txt lines or Hub
+    datasets (streamed). Sources are interleaved one text at a time, each restarting when it ends,
+    so a short run still sees all of them."""
     if not sources:
-        raise AdaError("pretraining needs data: BEIR folders, collection.tsv[.gz] or .txt files")
-    while True:  # cycle over the data for as many steps as asked
-        n = 0
-        for src in sources:
-            p = Path(src)
-            if p.suffix == ".txt":
-                with open(p, encoding="utf-8") as f:
-                    for line in f:
-                        if line.strip():
-                            n += 1
-                            yield line.strip()
-            else:
-                for d in iter_corpus(p):
-                    n += 1
-                    yield doc_text(d.title, d.text)
-        if n == 0:
-            raise AdaError(f"pretraining data {sources} has no text")
+        raise AdaError("pretraining needs data: BEIR folders, collection.tsv[.gz], .txt files or Hub dataset ids")
+    its = [_source_texts(s) for s in sources]
+    while True:
+        for i, src in enumerate(sources):
+            text = next(its[i], None)
+            if text is None:  # this source ended: start it again
+                its[i] = _source_texts(src)
+                text = next(its[i], None)
+                if text is None:
+                    raise AdaError(f"pretraining data {src} has no text")
+            yield text
+
+
+def iter_batches(cfg: PretrainConfig, tok):
+    """Token batches (input_ids, attention_mask, special_tokens_mask), in a fixed order.
+
+    Truncation: one text per row, padded to the longest. Packing: texts' tokens joined with [SEP]
+    and cut into rows of exactly ``max_length`` tokens ([CLS] ... [SEP]), so no compute is spent on
+    padding."""
+    texts = iter_texts(cfg.data)
+    if not cfg.pack:
+        while True:
+            b = tok([next(texts) for _ in range(cfg.batch_size)], padding=True, truncation=True,
+                    max_length=cfg.max_length, return_tensors="pt", return_special_tokens_mask=True)
+            yield b["input_ids"], b["attention_mask"], b["special_tokens_mask"].bool()
+    body = cfg.max_length - 2
+    cls_id, sep_id = tok.cls_token_id, tok.sep_token_id
+    if cls_id is None or sep_id is None:
+        raise AdaError("packing needs a tokenizer with [CLS] and [SEP] tokens; set pack=false")
+    buf: list[int] = []
+    while True:
+        while len(buf) < body * cfg.batch_size:
+            buf += tok(next(texts), add_special_tokens=False, verbose=False)["input_ids"] + [sep_id]
+        rows = [[cls_id] + buf[i * body:(i + 1) * body] + [sep_id] for i in range(cfg.batch_size)]
+        buf = buf[body * cfg.batch_size:]
+        ids = torch.tensor(rows)
+        special = (ids == cls_id) | (ids == sep_id)
+        yield ids, torch.ones_like(ids), special
 
 
 class SMAE(nn.Module):
@@ -164,29 +246,40 @@ class SMAE(nn.Module):
         self.decoder = PairDecoder(copy.deepcopy(layers[-1]), self.model.embeddings, cfg.hidden_size)
         self.pairs = pairs
 
+    def _mlm(self, h: torch.Tensor, labels: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+        # logits only where something is predicted: the vocabulary projection dominates the cost
+        sel = labels != -100
+        if not bool(sel.any()):
+            return h.sum() * 0.0
+        return F.cross_entropy(self.head(h[sel], dim), labels[sel])
+
     def losses(self, ids, mask, enc_ids, enc_labels, dec_ids, dec_labels) -> tuple[torch.Tensor, dict]:
         depth = max(p.layer for p in self.pairs)
         hs = self.enc.hidden_states({"input_ids": enc_ids, "attention_mask": mask}, depth)
         total, logs = 0.0, {}
         for p in self.pairs:
             h = hs[p.layer]
-            mlm = F.cross_entropy(self.head(h, p.dim).flatten(0, 1), enc_labels.flatten(), ignore_index=-100)
+            mlm = self._mlm(h, enc_labels, p.dim)
             pooled = self.enc.pool(h, mask)[:, : p.dim]
-            dec = self.decoder(pooled, dec_ids, mask)
-            mae = F.cross_entropy(self.head(dec).flatten(0, 1), dec_labels.flatten(), ignore_index=-100)
+            mae = self._mlm(self.decoder(pooled, dec_ids, mask), dec_labels)
             total = total + mlm + mae
             logs[str(p)] = float((mlm + mae).detach())
         return total / len(self.pairs), logs
 
 
 def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
+    """Run SMAE; one process, or several under ``torchrun`` (each rank takes its own batches,
+    gradients are averaged, rank 0 writes checkpoints). Resumes from ``output/checkpoint``."""
     from adaretrieve.training.losses import default_ladder
+    from adaretrieve.training.trainer import _dist
 
+    rank, world = _dist()
     torch.manual_seed(cfg.seed)
     out = Path(cfg.output)
     ck = out / "checkpoint"
     start = ck if (ck / "state.pt").exists() else None
-    enc = Encoder(start or cfg.model, device=cfg.device)
+    device = cfg.device or (f"cuda:{rank % torch.cuda.device_count()}" if torch.cuda.is_available() else None)
+    enc = Encoder(start or cfg.model, device=device)
     if enc.tokenizer.mask_token_id is None:
         raise AdaError(f"model {cfg.model!r} has no [MASK] token: SMAE needs a masked-LM tokenizer")
     pairs = enc.check_sizes(cfg.pairs, "pretraining pair") if cfg.pairs else default_ladder(enc.n_layers, enc.hidden_size)
@@ -211,50 +304,65 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
         smae.decoder.layer.load_state_dict(st["decoder"])
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
+        torch.set_rng_state(st["torch_rng"])  # dropout draws continue where they stopped
         step = st["step"]
-    gen = torch.Generator().manual_seed(cfg.seed)
     tok = enc.tokenizer
-    texts = iter_texts(cfg.data)
-    for _ in range(step * cfg.batch_size):  # skip what earlier runs consumed
-        next(texts)
+    batches = iter_batches(cfg, tok)
+    for _ in range(step * world):  # skip what earlier runs consumed
+        next(batches)
     smae.train()
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=cfg.steps, initial=step, unit="step", desc="smae", disable=not progress)
-    t0, tokens, first_loss, last = time.perf_counter(), 0, None, None
+    bar = tqdm(total=cfg.steps, initial=step, unit="step", desc="smae", disable=not progress or rank != 0)
+    t0, tokens, first_loss, last, start_step = time.perf_counter(), 0, None, None, step
     while step < cfg.steps:
-        batch = [next(texts) for _ in range(cfg.batch_size)]
-        b = tok(batch, padding=True, truncation=True, max_length=cfg.max_length, return_tensors="pt",
-                return_special_tokens_mask=True)
-        special = b.pop("special_tokens_mask").bool()
-        ids, mask = b["input_ids"], b["attention_mask"]
-        enc_ids, enc_labels = mask_tokens(ids, mask, cfg.encoder_mask, tok, gen, special)
-        dec_ids, dec_labels = mask_tokens(ids, mask, cfg.decoder_mask, tok, gen, special)
+        for r in range(world):  # every rank reads the same stream and keeps its own share
+            b = next(batches)
+            if r == rank:
+                ids, mask, special = b
+        # masks depend on the step and rank only, so a resumed run draws what an uninterrupted one would
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * world + rank)
+        groups = word_groups(ids, tok, special) if cfg.whole_word_mask else None
+        enc_ids, enc_labels = mask_tokens(ids, mask, cfg.encoder_mask, tok, gen, special, groups)
+        dec_ids, dec_labels = mask_tokens(ids, mask, cfg.decoder_mask, tok, gen, special, groups)
         dev = enc.device
         loss, logs = smae.losses(ids.to(dev), mask.to(dev), enc_ids.to(dev), enc_labels.to(dev), dec_ids.to(dev), dec_labels.to(dev))
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if world > 1:
+            for p in smae.parameters():
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= world
         torch.nn.utils.clip_grad_norm_(smae.parameters(), 1.0)
         opt.step()
         sched.step()
         step += 1
         tokens += int(mask.sum())
         last = float(loss.detach())
+        if not math.isfinite(last):
+            raise AdaError(f"SMAE loss became {last} at step {step}; lower the learning rate")
         first_loss = first_loss if first_loss is not None else last
         bar.update(1)
         bar.set_postfix(loss=f"{last:.3f}")
-        if step % cfg.save_every == 0 or step == cfg.steps:
+        if rank == 0 and (step % cfg.save_every == 0 or step == cfg.steps):
             _save(smae, enc, ck, opt, sched, step)
+        if world > 1:
+            torch.distributed.barrier()
     bar.close()
     secs = time.perf_counter() - t0
-    summary = {"steps": cfg.steps, "first_loss": first_loss, "final_loss": last, "seconds": round(secs, 1),
-               "tokens_per_second": round(tokens / max(secs, 1e-9), 1), "pairs": [str(p) for p in pairs]}
+    summary = {"steps": cfg.steps, "steps_this_run": step - start_step, "first_loss": first_loss, "final_loss": last,
+               "seconds": round(secs, 1), "tokens_per_second": round(tokens * world / max(secs, 1e-9), 1),
+               "world_size": world, "pairs": [str(p) for p in pairs]}
     smae.eval()
-    enc.model.save_pretrained(out)
-    tok.save_pretrained(out)
-    (out / "adaretrieve.json").write_text(json.dumps({
-        "pooling": enc.pooling, "normalize": enc.normalize, "max_length": enc.max_length, "pretraining": "smae",
-        "config": asdict(cfg), "summary": summary, "adaretrieve": __version__}, indent=2) + "\n")
+    if rank == 0:
+        enc.model.save_pretrained(out)
+        tok.save_pretrained(out)
+        (out / "adaretrieve.json").write_text(json.dumps({
+            "pooling": enc.pooling, "normalize": enc.normalize, "max_length": enc.max_length, "pretraining": "smae",
+            "config": asdict(cfg), "summary": summary, "adaretrieve": __version__}, indent=2) + "\n")
+    if world > 1:
+        torch.distributed.barrier()
     return summary
 
 
@@ -266,7 +374,7 @@ def _save(smae: SMAE, enc: Encoder, ck: Path, opt, sched, step: int) -> None:
     (tmp / "adaretrieve.json").write_text(json.dumps({"pooling": enc.pooling, "normalize": enc.normalize,
                                                       "max_length": enc.max_length}))
     torch.save({"head": smae.head.state_dict(), "decoder": smae.decoder.layer.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "step": step}, tmp / "state.pt")
+                "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(), "step": step}, tmp / "state.pt")
     import shutil
 
     if ck.exists():

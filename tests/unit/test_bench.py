@@ -43,6 +43,18 @@ def test_bench_end_to_end_and_check(tiny_model, corpus, queries_qrels, tmp_path)
     assert by["faiss RefineFlat(SQ8) 4x32 kf=4"]["nDCG@10"] == pytest.approx(by["single 4x32"]["nDCG@10"], abs=1e-3)
     assert data["results"][0]["encode_layers"] == 1 and data["machine"]["cores"] >= 1
     assert "| single 4x32 |" in (tmp_path / "rep" / "results.md").read_text()
+    by_row = {x["config"]: x for x in data["results"]}
+    # per-stage latency: encoding to each layer, then the three search stages, each within the search time
+    two = by_row["2x16 k=10 -> 4x32"]
+    assert set(two["stages_ms_batch1"]) == {"encode_to_shortlist_layer", "encode_to_rerank_layer", "shortlist", "gather",
+                                           "rerank"}
+    assert set(two["stages_ms_batched"]) == set(two["stages_ms_batch1"])
+    search_stages = sum(two["stages_ms_batch1"][k]["mean"] for k in ("shortlist", "gather", "rerank"))
+    assert 0 < search_stages <= two["search_ms_batch1"]["mean"]
+    assert two["end_to_end_ms_batch1"]["p50"] > 0 and two["qps_batch1"] > 0 and two["qps_batched"] > 0
+    assert set(by_row["single 1x8"]["stages_ms_batch1"]) == {"encode_to_shortlist_layer", "shortlist"}
+    assert two["disk_bytes_per_doc"] > two["rerank_bytes_per_doc_on_disk"] >= 64  # 32 float16 dims + ids + shortlist
+    assert "| 2x16 k=10 -> 4x32 | " in (tmp_path / "rep" / "results.md").read_text().split("Latency per stage")[1]
     # the pinned nDCG@10 of 2.0 cannot be met: --check fails, and the index is reused, not rebuilt
     mtime = (tmp_path / "ix" / "manifest.json").stat().st_mtime
     res = runner.invoke(app, ["bench", "--config", str(path), "--out", str(tmp_path / "rep"), "--check", "--quiet"])

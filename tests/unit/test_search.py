@@ -77,6 +77,17 @@ def test_small_k_is_shortlist_then_exact_rescoring(tmp_path):
         assert set(rows[i]) <= set(c)
 
 
+def test_stage_timings_are_recorded_and_change_nothing(tmp_path):
+    write(tmp_path, [Size(2, 16)], Size(L, D))
+    s = TwoStageSearcher(IndexReader(tmp_path / "ix"), Size(2, 16), Size(L, D), k=25)
+    q = matryoshka_like(10, D, 5)
+    plain = s.search(truncate(q, 16, True), truncate(q, D, True), top=10)
+    t: dict = {}
+    timed = s.search(truncate(q, 16, True), truncate(q, D, True), top=10, timings=t)
+    np.testing.assert_array_equal(plain[1], timed[1])
+    assert set(t) == {"shortlist", "gather", "rerank"} and all(v > 0 for v in t.values())
+
+
 def test_derived_shortlist_equals_directly_built(tmp_path):
     write(tmp_path, [Size(2, 32)], Size(L, D), name="big")
     write(tmp_path, [Size(2, 8)], Size(L, D), name="direct")
@@ -252,3 +263,20 @@ def test_every_shortlist_kind_in_two_stage_search(tmp_path, factory):
     # measured: Flat, SQfp16, SQ8 1.0; HNSW16 0.97; IVF4 (nprobe 1) 0.70; sign bits 0.645
     floor = {"Flat": 0.99, "SQfp16": 0.99, "SQ8": 0.95, "HNSW16": 0.9, "IVF4,Flat": 0.5, "BFlat": 0.5}[factory]
     assert recall >= floor, recall
+
+
+def test_doc_ids_are_compact_and_exact(tmp_path):
+    from adaretrieve.search.reader import DocIds
+
+    ids = ["d0", "Ünïcode-1", "", "x" * 300, "last"]
+    p = tmp_path / "ids.txt"
+    p.write_bytes(("\n".join(ids)).encode())  # no newline after the last id
+    d = DocIds(p)
+    assert len(d) == 5 and list(d) == ids and d[np.int64(1)] == "Ünïcode-1" and d[-1] == "last"
+    with pytest.raises(IndexError):
+        d[5]
+    p.write_bytes(("\n".join(ids) + "\n").encode())
+    assert list(DocIds(p)) == ids
+    write(tmp_path, [Size(1, 8)], None, name="ix2")
+    reader = IndexReader(tmp_path / "ix2")
+    assert list(reader.docids) == [f"d{i}" for i in range(N)] and reader.docids.nbytes == 4 * (N + 1)

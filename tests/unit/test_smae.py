@@ -61,3 +61,76 @@ def test_pretrain_rejects_bad_pairs(tiny_model, tmp_path):
                          pairs=["9x8"], device="cpu")
     with pytest.raises(AdaError, match="layer 9 is outside"):
         pretrain(cfg, progress=False)
+
+
+def test_resume_after_interruption_gives_same_weights(tiny_model, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    import adaretrieve.training.smae as S
+
+    corpus = make_corpus(tmp_path / "corpus.jsonl", n=24)
+
+    def cfg(out):
+        return PretrainConfig(model=str(tiny_model), data=[str(corpus)], output=str(out), steps=6, batch_size=4,
+                              max_length=24, lr=1e-3, device="cpu", save_every=2, pack=True, whole_word_mask=True)
+
+    pretrain(cfg(tmp_path / "straight"), progress=False)
+    real = S._save
+
+    def crash_after_step_4(smae, enc, ck, opt, sched, step):
+        real(smae, enc, ck, opt, sched, step)
+        if step == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(S, "_save", crash_after_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(cfg(tmp_path / "broken"), progress=False)
+    monkeypatch.setattr(S, "_save", real)
+    assert pretrain(cfg(tmp_path / "broken"), progress=False)["steps_this_run"] == 2
+    a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(tmp_path / "broken" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+class _WordPieceTok:
+    mask_token_id = 1
+
+    def __len__(self):
+        return 50
+
+    def convert_ids_to_tokens(self, row):
+        vocab = {0: "[CLS]", 2: "[SEP]", 3: "[PAD]", 10: "pro", 11: "##tein", 12: "##s", 13: "cell", 14: "gene"}
+        return [vocab[i] for i in row]
+
+
+def test_whole_word_masking_masks_every_piece_of_a_chosen_word():
+    from adaretrieve.training.smae import mask_tokens, word_groups
+
+    tok = _WordPieceTok()
+    ids = torch.tensor([[0, 10, 11, 12, 13, 14, 2, 3]] * 64)
+    mask = (ids != 3).long()
+    special = (ids == 0) | (ids == 2) | (ids == 3)
+    groups = word_groups(ids, tok, special)
+    assert groups[0].tolist() == [-1, 0, 0, 0, 1, 2, -1, -1]
+    _, labels = mask_tokens(ids, mask, 0.5, tok, torch.Generator().manual_seed(0), special, groups)
+    chosen = labels != -100
+    # "pro ##tein ##s" is one word: its three pieces are chosen together or not at all
+    assert torch.equal(chosen[:, 1], chosen[:, 2]) and torch.equal(chosen[:, 1], chosen[:, 3])
+    assert 0 < chosen[:, 1].float().mean() < 1 and not chosen[:, [0, 6, 7]].any()
+    assert not torch.equal(chosen[:, 1], chosen[:, 4])  # different words are drawn independently
+
+
+def test_packing_fills_rows_and_interleaves_sources(tiny_model, tmp_path):
+    from itertools import islice
+
+    from adaretrieve.training.smae import iter_batches, iter_texts
+
+    a = make_corpus(tmp_path / "a.jsonl", n=5)
+    b = tmp_path / "b.txt"
+    b.write_text("only line of b\n")
+    assert list(islice(iter_texts([str(a), str(b)]), 4))[1::2] == ["only line of b", "only line of b"]
+    enc = Encoder(tiny_model, device="cpu")
+    cfg = PretrainConfig(data=[str(a), str(b)], batch_size=3, max_length=16, pack=True)
+    ids, mask, special = next(iter_batches(cfg, enc.tokenizer))
+    assert ids.shape == (3, 16) and bool(mask.all())
+    assert (ids[:, 0] == enc.tokenizer.cls_token_id).all() and (ids[:, -1] == enc.tokenizer.sep_token_id).all()
+    assert bool(special[:, 0].all())

@@ -210,3 +210,12 @@ def test_distributed_two_cpu_processes(tiny_model, beir_train, tmp_path):
     assert h0 == h1 and h0[1] == "2"
     meta = json.loads((tmp_path / "ddp" / "adaretrieve.json").read_text())
     assert meta["summary"]["world_size"] == 2
+
+
+def test_config_overrides_read_numbers_as_numbers(tmp_path):
+    c = TrainConfig.from_file(None, ["lr=5e-5", "steps=7", "pairs=1x8,2x16"])
+    assert c.lr == 5e-5 and isinstance(c.lr, float) and c.steps == 7 and c.pairs == ["1x8", "2x16"]
+    with pytest.raises(AdaError, match="lr='fast' is not a number"):
+        TrainConfig.from_file(None, ["lr=fast"])
+    with pytest.raises(AdaError, match="unknown training settings"):
+        TrainConfig.from_file(None, ["learning_rate=1e-5"])
