@@ -363,7 +363,12 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
             "config": asdict(cfg), "summary": summary, "adaretrieve": __version__}, indent=2) + "\n")
     if world > 1:
         torch.distributed.barrier()
+    global _last_model
+    _last_model = smae  # for tests that compare ranks
     return summary
+
+
+_last_model = None
 
 
 def _save(smae: SMAE, enc: Encoder, ck: Path, opt, sched, step: int) -> None:

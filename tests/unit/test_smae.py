@@ -134,3 +134,22 @@ def test_packing_fills_rows_and_interleaves_sources(tiny_model, tmp_path):
     assert ids.shape == (3, 16) and bool(mask.all())
     assert (ids[:, 0] == enc.tokenizer.cls_token_id).all() and (ids[:, -1] == enc.tokenizer.sep_token_id).all()
     assert bool(special[:, 0].all())
+
+
+def test_pretrain_under_two_ranks_keeps_ranks_identical(tiny_model, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from tests.unit.ddp_worker import worker
+
+    corpus = make_corpus(tmp_path / "corpus.jsonl", n=16)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    kw = PretrainConfig(model=str(tiny_model), data=[str(corpus)], output=str(tmp_path / "ddp"), steps=3, batch_size=4,
+                        max_length=24, device="cpu", save_every=3).__dict__
+    mp.spawn(worker, args=(2, port, kw, str(tmp_path), "pretrain"), nprocs=2, join=True)
+    h0, h1 = (tmp_path / "rank0.txt").read_text().split(), (tmp_path / "rank1.txt").read_text().split()
+    assert h0 == h1 and h0[1] == "2"
+    assert json.loads((tmp_path / "ddp" / "adaretrieve.json").read_text())["summary"]["world_size"] == 2
