@@ -58,18 +58,20 @@ class SlicedMLMHead(nn.Module):
         return self.decoder(self.norm(F.gelu(x))) + self.bias
 
     def load_from_hf(self, state: dict[str, torch.Tensor]) -> bool:
-        """Copy ``cls.predictions.*`` weights (BERT-style checkpoints) when present."""
-        names = {"cls.predictions.transform.dense.weight": self.dense.weight,
-                 "cls.predictions.transform.dense.bias": self.dense.bias,
-                 "cls.predictions.transform.LayerNorm.weight": self.norm.weight,
-                 "cls.predictions.transform.LayerNorm.bias": self.norm.bias,
-                 "cls.predictions.bias": self.bias}
-        if not all(n in state for n in names):
-            return False
-        with torch.no_grad():
-            for n, p in names.items():
-                p.copy_(state[n])
-        return True
+        """Copy the MLM head of a masked-LM checkpoint when it has one: BERT's ``cls.predictions.*``
+        or RoBERTa/MPNet's ``lm_head.*``. False when neither is complete."""
+        ours = [self.dense.weight, self.dense.bias, self.norm.weight, self.norm.bias, self.bias]
+        for names in (["cls.predictions.transform.dense.weight", "cls.predictions.transform.dense.bias",
+                       "cls.predictions.transform.LayerNorm.weight", "cls.predictions.transform.LayerNorm.bias",
+                       "cls.predictions.bias"],
+                      ["lm_head.dense.weight", "lm_head.dense.bias", "lm_head.layer_norm.weight",
+                       "lm_head.layer_norm.bias", "lm_head.bias"]):
+            if all(n in state and state[n].shape == p.shape for n, p in zip(names, ours)):
+                with torch.no_grad():
+                    for n, p in zip(names, ours):
+                        p.copy_(state[n])
+                return True
+        return False
 
 
 class PairDecoder(nn.Module):

@@ -153,3 +153,16 @@ def test_pretrain_under_two_ranks_keeps_ranks_identical(tiny_model, tmp_path):
     h0, h1 = (tmp_path / "rank0.txt").read_text().split(), (tmp_path / "rank1.txt").read_text().split()
     assert h0 == h1 and h0[1] == "2"
     assert json.loads((tmp_path / "ddp" / "adaretrieve.json").read_text())["summary"]["world_size"] == 2
+
+
+def test_head_loads_bert_or_mpnet_style_weights():
+    emb = torch.nn.Embedding(50, 16)
+    for prefix, ln in (("cls.predictions.transform.", "LayerNorm"), ("lm_head.", "layer_norm")):
+        head = SlicedMLMHead(16, 50, emb)
+        bias = "cls.predictions.bias" if prefix.startswith("cls") else "lm_head.bias"
+        state = {f"{prefix}dense.weight": torch.full((16, 16), 0.5), f"{prefix}dense.bias": torch.ones(16),
+                 f"{prefix}{ln}.weight": torch.full((16,), 2.0), f"{prefix}{ln}.bias": torch.zeros(16),
+                 bias: torch.full((50,), 3.0)}
+        assert head.load_from_hf(state)
+        assert head.dense.weight.detach()[0, 0].item() == 0.5 and head.bias.detach()[0].item() == 3.0
+    assert not SlicedMLMHead(16, 50, emb).load_from_hf({"lm_head.dense.weight": torch.zeros(16, 16)})
