@@ -43,6 +43,10 @@ def resolve_model(name: str | os.PathLike) -> str:
         return str(Path(s).expanduser().resolve())
     if s.startswith(("/", ".", "~")) or s.count("/") > 1 or os.sep in s and s.count(os.sep) > 1:
         raise AdaError(f"model folder {s} does not exist (give a folder, a Hub id like org/name, or 'minilm')")
+    if s.lower() in ("mpnet", "all-mpnet-base-v2"):
+        # all-mpnet-base-v2 as assembled by ../shared/models/get-mpnet.sh, else the Hub id
+        local = Path("~/.cache/mpnet/all-mpnet-base-v2").expanduser()
+        return str(local.resolve()) if local.is_dir() else "sentence-transformers/all-mpnet-base-v2"
     pkg = PACKAGED.get(s.lower())
     if pkg:
         try:

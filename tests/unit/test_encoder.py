@@ -75,3 +75,13 @@ def test_weights_hash_tells_models_apart(enc, other_tiny_model):
 def test_missing_model_is_a_clear_error(tmp_path):
     with pytest.raises(AdaError, match="model folder .* does not exist"):
         Encoder(str(tmp_path / "nothing-here"), device="cpu")
+
+
+def test_mpnet_alias_prefers_the_assembled_folder(tmp_path, monkeypatch):
+    from adaretrieve.modeling.encoder import resolve_model
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert resolve_model("mpnet") == "sentence-transformers/all-mpnet-base-v2"  # no folder: the Hub id
+    folder = tmp_path / ".cache" / "mpnet" / "all-mpnet-base-v2"
+    folder.mkdir(parents=True)
+    assert resolve_model("mpnet") == str(folder.resolve())
