@@ -96,12 +96,14 @@ def search(
     t0 = time.perf_counter()
     qv = enc.encode([qs[q] for q in qids], searcher.sizes(), batch_size=batch_size, progress=not quiet)
     t1 = time.perf_counter()
-    scores, rows = searcher.search(qv, top=top)
+    stage_s: dict = {}
+    scores, rows = searcher.search(qv, top=top, timings=stage_s)
     t2 = time.perf_counter()
     run = run_from_arrays(qids, scores, rows, reader.docids)
+    split = ", ".join(f"{name} {1000 * v / len(qids):.3f}" for name, v in stage_s.items())
     typer.echo(
         f"{len(qids)} queries: encode {1000 * (t1 - t0) / len(qids):.2f} ms/query, search {1000 * (t2 - t1) / len(qids):.3f} ms/query "
-        f"(shortlist {short}, k {k[0]}{''.join(f', then {s} k {kk}' for s, kk in stages)}, rerank {rr or 'none'})",
+        f"[{split}] (shortlist {short}, k {k[0]}{''.join(f', then {s} k {kk}' for s, kk in stages)}, rerank {rr or 'none'})",
         err=True,
     )
     if out:

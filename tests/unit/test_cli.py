@@ -1,6 +1,7 @@
 """The command line end to end on a tiny model, and every bad input as one line + non-zero exit."""
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -44,6 +45,7 @@ def test_index_search_eval(index_dir, queries_qrels, tmp_path):
     assert res.exit_code == 0, res.output
     scores = json.loads(res.stdout.strip().splitlines()[-1])
     assert set(scores) == {"nDCG@10", "RR@10", "R@100", "R@1000"}
+    assert re.search(r"\[shortlist [0-9.]+, gather [0-9.]+, rerank [0-9.]+\]", res.stderr), res.stderr
     lines = out.read_text().splitlines()
     assert len(lines) == 8 * 10  # k=10 candidates per query, top 20 asked
     res2 = run("eval", "--run", out, "--qrels", r, "--json")
