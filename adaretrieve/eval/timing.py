@@ -24,14 +24,7 @@ class Timing:
 
 def time_each(fn: Callable[[int], object], n: int, warmup: int = 2) -> Timing:
     """Time ``fn(i)`` for i in 0..n-1 (e.g. one query each) after ``warmup`` calls of fn(0)."""
-    for _ in range(warmup):
-        fn(0)
-    t = []
-    for i in range(n):
-        t0 = time.perf_counter()
-        fn(i)
-        t.append(time.perf_counter() - t0)
-    return _timing(t)
+    return time_stages(lambda i, _: fn(i), n, warmup)[0]
 
 
 def _timing(samples: list[float]) -> Timing:

@@ -17,6 +17,11 @@ from adaretrieve.errors import AdaError
 from adaretrieve.sizes import Size, parse_size, truncate
 
 
+def _add_time(timings: dict | None, stage: str, seconds: float) -> None:
+    if timings is not None:
+        timings[stage] = timings.get(stage, 0.0) + seconds
+
+
 def is_binary(index) -> bool:
     return isinstance(index, faiss.IndexBinary)
 
@@ -76,10 +81,8 @@ def rerank_candidates(
     out_scores = np.take_along_axis(scores, order, axis=1)
     out_rows = np.take_along_axis(candidates, order, axis=1)
     out_rows[~np.isfinite(out_scores)] = -1
-    if timings is not None:
-        t2 = time.perf_counter()
-        timings["gather"] = timings.get("gather", 0.0) + (t1 - t0)
-        timings["rerank"] = timings.get("rerank", 0.0) + (t2 - t1)
+    _add_time(timings, "gather", t1 - t0)
+    _add_time(timings, "rerank", time.perf_counter() - t1)
     return out_scores, out_rows
 
 
@@ -112,15 +115,12 @@ class FunnelSearcher:
                timings: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top ``top`` (scores, rows). With ``timings`` (a dict), seconds per stage are added under
         ``"shortlist"``, ``"gather"`` (reading candidate rows) and ``"rerank"`` (scoring, sorting)."""
+        single = not self.then and not self.rerank
         t0 = time.perf_counter()
-        if not self.then and not self.rerank:
-            out = exact_search(self.index, queries[self.shortlist], top)
-            if timings is not None:
-                timings["shortlist"] = timings.get("shortlist", 0.0) + time.perf_counter() - t0
-            return out
-        scores, cand = exact_search(self.index, queries[self.shortlist], self.k)
-        if timings is not None:
-            timings["shortlist"] = timings.get("shortlist", 0.0) + time.perf_counter() - t0
+        scores, cand = exact_search(self.index, queries[self.shortlist], top if single else self.k)
+        _add_time(timings, "shortlist", time.perf_counter() - t0)
+        if single:
+            return scores, cand
         norm = self.reader.normalize
         for size, k in self.then:
             scores, cand = rerank_candidates(queries[size], cand, self.sources[size], size.dim, norm, k, timings)
