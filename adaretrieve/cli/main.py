@@ -1,10 +1,11 @@
-"""Entry point: `adaretrieve index | search | eval | bench | train | mine | pretrain | tune`."""
+"""Entry point: `adaretrieve index | search | eval | bench | train | adapt | mine | pretrain | tune`."""
 
 from __future__ import annotations
 
 import typer
 
 from adaretrieve import __version__
+from adaretrieve.cli.adapt_cmd import adapt
 from adaretrieve.cli.bench_cmd import bench
 from adaretrieve.cli.eval_cmd import evaluate
 from adaretrieve.cli.index_cmd import index_app
@@ -28,6 +29,7 @@ app.command("train")(train)
 app.command("mine")(mine)
 app.command("pretrain")(pretrain)
 app.command("tune")(tune)
+app.command("adapt")(adapt)
 
 
 def _version(value: bool):

@@ -9,10 +9,12 @@ to that depth; later layers are never computed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -21,6 +23,7 @@ import torch
 from torch import nn
 
 from adaretrieve.errors import AdaError
+from adaretrieve.modeling.adaptor import Adaptor
 from adaretrieve.sizes import Size, parse_sizes, truncate
 
 log = logging.getLogger(__name__)
@@ -173,11 +176,28 @@ class Encoder:
         if limit and self.max_length > limit:
             self.max_length = limit
         self._hash: str | None = None
+        self._backbone_hash: str | None = None
+        self._tls = threading.local()
+        self._install_taps()
+        self.adaptor: Adaptor | None = Adaptor.load(self.path) if Path(self.path).is_dir() else None
+        if self.adaptor is not None:
+            self.adaptor.to(self.device).eval()
+            if self.adaptor.hidden_size != self.hidden_size or max(self.adaptor.layers) > self.n_layers:
+                raise AdaError(f"{self.path}: the adaptor maps layers {self.adaptor.layers} of width {self.adaptor.hidden_size}, "
+                               f"the model has {self.n_layers} layers x {self.hidden_size} dims")
+            want = self.adaptor.meta.get("backbone_sha256")
+            if want and want != self.backbone_hash():
+                raise AdaError(f"{self.path}: the adaptor was fitted on backbone {want[:12]}, these weights hash to "
+                               f"{self.backbone_hash()[:12]}; re-run `adaretrieve adapt` on this model")
 
     # -- sizes ---------------------------------------------------------------------------------
 
     def check_sizes(self, sizes: Iterable[str | Size], what: str = "size") -> list[Size]:
-        return [s.check(self.n_layers, self.hidden_size, what) for s in parse_sizes(list(sizes))]
+        out = [s.check(self.n_layers, self.hidden_size, what) for s in parse_sizes(list(sizes))]
+        for s in out:
+            if s.dim > self.width(s.layer):
+                raise AdaError(f"{what} {s}: the adaptor gives layer {s.layer} only {self.width(s.layer)} dims")
+        return out
 
     @property
     def full_size(self) -> Size:
@@ -185,16 +205,25 @@ class Encoder:
 
     # -- identity ------------------------------------------------------------------------------
 
+    def backbone_hash(self) -> str:
+        """sha256 over the backbone's parameter names and bytes, whatever the file format."""
+        if self._backbone_hash is None:
+            self._backbone_hash = _tensors_hash(self.model.state_dict().items())
+        return self._backbone_hash
+
     def weights_hash(self) -> str:
-        """sha256 over the parameter names and bytes: identifies the weights whatever the file
-        format, so an index can refuse queries encoded by another model."""
+        """What identifies the vectors: the backbone's hash, or, for an adapted model, a hash over
+        the backbone's and the adaptor's tensors. An index refuses queries from other weights."""
         if self._hash is None:
-            h = hashlib.sha256()
-            for name, t in sorted(self.model.state_dict().items()):
-                h.update(name.encode())
-                h.update(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
-            self._hash = h.hexdigest()
+            if self.adaptor is None:
+                self._hash = self.backbone_hash()
+            else:
+                self._hash = _tensors_hash([("backbone", self.backbone_hash()), *self.adaptor.state().items()])
         return self._hash
+
+    def reset_hash(self) -> None:
+        """Forget cached hashes (after training changed the weights)."""
+        self._hash = self._backbone_hash = None
 
     def describe(self) -> dict:
         return {
@@ -207,22 +236,61 @@ class Encoder:
             "pooling": self.pooling,
             "normalize": self.normalize,
             "max_length": self.max_length,
+            **({"backbone_sha256": self.backbone_hash(), "adaptor": self.adaptor.config()} if self.adaptor is not None else {}),
         }
 
     # -- encoding ------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _depth(self, n: int):
-        """Run the model with only its first ``n`` layers (early exit)."""
-        full = getattr(self._layers_parent, self._layers_attr)
-        if n >= len(full):
-            yield
-            return
-        setattr(self._layers_parent, self._layers_attr, full[:n])
+    def _install_taps(self) -> None:
+        """Hooks on every layer that record its output for the thread that asked, and stop the
+        forward pass after the deepest layer it needs. State is per thread and nothing about the
+        model changes, so threads encoding at different depths on one Encoder never interfere."""
+        layers = getattr(self._layers_parent, self._layers_attr)
+
+        def pre(module, args, kwargs):
+            st = getattr(self._tls, "state", None)
+            if st is not None and 0 in st["want"]:
+                h = args[0] if args else kwargs.get("hidden_states", kwargs.get("hidden_state"))
+                st["states"][0] = h
+
+        def post(module, args, output, i):
+            st = getattr(self._tls, "state", None)
+            if st is None:
+                return None
+            if i in st["want"]:
+                st["states"][i] = output[0] if isinstance(output, (tuple, list)) else output
+            if i >= st["depth"]:
+                raise _EarlyExit
+            return None
+
+        layers[0].register_forward_pre_hook(pre, with_kwargs=True)
+        for i, layer in enumerate(layers, 1):
+            layer.register_forward_hook(functools.partial(post, i=i))
+
+    def hidden_states(self, batch: dict, depth: int, want: Iterable[int] | None = None) -> list[torch.Tensor | None]:
+        """Hidden states ``[batch, seq, hidden]`` of layers 0..depth (0 = embedding output) of a
+        tokenised batch, computing only ``depth`` layers. Layer L's state is that layer's own
+        output, before any final norm the model applies after its last layer. Only the layers in
+        ``want`` (default: all) are kept; the others are None."""
+        if not 1 <= depth <= self.n_layers:
+            raise AdaError(f"depth {depth} is outside 1..{self.n_layers}")
+        want = set(range(depth + 1)) if want is None else set(want)
+        st = {"depth": depth, "want": want, "states": {}}
+        self._tls.state = st
         try:
-            yield
+            self.model(**batch, return_dict=True)
+        except _EarlyExit:
+            pass
         finally:
-            setattr(self._layers_parent, self._layers_attr, full)
+            self._tls.state = None
+        missing = sorted(L for L in want if L <= depth and L not in st["states"])
+        if missing:
+            raise AdaError(f"{type(self.model).__name__}: layer(s) {missing} produced no hidden state")
+        states = [st["states"].get(L) for L in range(depth + 1)]
+        for h in states:
+            if h is not None and h.dim() != 3:
+                raise AdaError(f"{type(self.model).__name__} returns unpadded hidden states; encode without flash attention")
+        return states
 
     def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """[batch, seq, hidden] -> [batch, hidden] by the model's pooling (mask: [batch, seq])."""
@@ -231,11 +299,28 @@ class Encoder:
         m = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
 
-    def hidden_states(self, batch: dict, depth: int) -> tuple[torch.Tensor, ...]:
-        """Hidden states 0..depth (0 = embeddings) of a tokenised batch, computing ``depth`` layers."""
-        with self._depth(depth):
-            out = self.model(**batch, output_hidden_states=True, return_dict=True)
-        return out.hidden_states
+    def pooled(self, batch: dict, layers: Iterable[int], adapt: bool = True) -> dict[int, torch.Tensor]:
+        """``{L: [batch, width_L]}`` float32: the pooled state of each layer in ``layers``, passed
+        through the adaptor's map for L when the model has one (one pass, early exit at the
+        deepest). Not normalised or truncated: sizes are prefixes of these."""
+        layers = sorted(set(layers))
+        want = self._inputs(layers) if adapt else set(layers)
+        hs = self.hidden_states(batch, max(layers), want=want)
+        raw = {L: self.pool(hs[L].float(), batch["attention_mask"]) for L in want}
+        return {L: self.adaptor(L, raw) if adapt and self._adapted(L) else raw[L] for L in layers}
+
+    def _adapted(self, layer: int) -> bool:
+        return self.adaptor is not None and self.adaptor.has(layer)
+
+    def _inputs(self, layers: Iterable[int]) -> set[int]:
+        """Layers whose pooled states ``layers`` need (an adapted layer reads its feature layers)."""
+        return {x for L in layers for x in (self.adaptor.inputs(L) if self._adapted(L) else [L])}
+
+    def width(self, layer: int) -> int:
+        """How many dims a size at ``layer`` can have (the adaptor's outputs, else the hidden size)."""
+        if self.adaptor is not None and self.adaptor.has(layer):
+            return int(self.adaptor.out_dim(layer))
+        return self.hidden_size
 
     def tokenize(self, texts: Sequence[str]) -> dict:
         return self.tokenizer(
@@ -250,23 +335,29 @@ class Encoder:
         progress: bool = False,
         sort_by_length: bool = True,
         on_batch=None,
+        raw_layers: Iterable[int] = (),
     ) -> dict[Size, np.ndarray]:
         """Encode ``texts`` at every size in ``sizes`` with one forward pass per batch.
 
         Returns ``{Size: float32 array [len(texts), size.dim]}`` in the order of ``texts``.
         Batches are formed from texts sorted by token length, so padding is small.
         ``on_batch(n)`` is called after each batch with its number of texts (for progress bars).
+        ``raw_layers``: also return the raw pooled state [n, hidden] of these layers (before any
+        adaptor, not normalised) under the key ``("raw", L)``, from the same pass.
         """
         sizes = self.check_sizes(sizes)
-        if not sizes:
+        raw_layers = sorted(set(int(L) for L in raw_layers))
+        if not sizes and not raw_layers:
             raise AdaError("encode needs at least one size")
-        layers = sorted({s.layer for s in sizes})
+        layers = sorted({s.layer for s in sizes} | set(raw_layers))
+        want = sorted(self._inputs({s.layer for s in sizes}) | set(raw_layers))
         depth = max(layers)
-        widest = {layer: max(s.dim for s in sizes if s.layer == layer) for layer in layers}
+        widest = {L: max([s.dim for s in sizes if s.layer == L], default=0) for L in layers}
         n = len(texts)
-        pooled = {layer: np.zeros((n, widest[layer]), dtype=np.float32) for layer in layers}
+        pooled = {L: np.zeros((n, widest[L]), dtype=np.float32) for L in layers if widest[L]}
+        raw = {L: np.zeros((n, self.hidden_size), dtype=np.float32) for L in raw_layers}
         if n == 0:
-            return {s: np.zeros((0, s.dim), dtype=np.float32) for s in sizes}
+            return {**{s: np.zeros((0, s.dim), dtype=np.float32) for s in sizes}, **{("raw", L): raw[L] for L in raw}}
         enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
         lengths = np.array([len(x) for x in enc["input_ids"]])
         order = np.argsort(-lengths, kind="stable") if sort_by_length else np.arange(n)
@@ -283,14 +374,35 @@ class Encoder:
                 batch = {k: v.to(self.device) for k, v in batch.items()}
                 ctx = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
                 with ctx:
-                    hs = self.hidden_states(batch, depth)
-                for layer in layers:
-                    vec = self.pool(hs[layer].float(), batch["attention_mask"])[:, : widest[layer]]
-                    pooled[layer][idx] = vec.cpu().numpy()
+                    hs = self.hidden_states(batch, depth, want=want)
+                states = {L: self.pool(hs[L].float(), batch["attention_mask"]) for L in want}
+                for L in layers:
+                    if L in raw:
+                        raw[L][idx] = states[L].cpu().numpy()
+                    if L in pooled:
+                        v = self.adaptor(L, states) if self._adapted(L) else states[L]
+                        pooled[L][idx] = v[:, : widest[L]].cpu().numpy()
                 if bar is not None:
                     bar.update(len(idx))
                 if on_batch is not None:
                     on_batch(len(idx))
         if bar is not None:
             bar.close()
-        return {s: truncate(pooled[s.layer], s.dim, self.normalize) for s in sizes}
+        out: dict = {s: truncate(pooled[s.layer], s.dim, self.normalize) for s in sizes}
+        out.update({("raw", L): raw[L] for L in raw})
+        return out
+
+
+def _tensors_hash(items) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(items, key=lambda kv: kv[0]):
+        h.update(name.encode())
+        if isinstance(t, str):
+            h.update(t.encode())
+        else:
+            h.update(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class _EarlyExit(Exception):
+    """Raised by a layer hook once the deepest layer a call needs has run."""

@@ -76,18 +76,25 @@ def load_records(source: str, split: str = "train") -> list[Example]:
                 parts = line.rstrip("\n").split("\t")
                 if len(parts) >= 2:
                     rows.append({"query": parts[0], "positives": [parts[1]], "negatives": parts[2:]})
+    elif p.exists():
+        # a local jsonl is read with json alone: the training path must not need `datasets`
+        # (GPU machines often lack it)
+        if p.stat().st_size == 0:
+            raise AdaError(f"training file {p} is empty")
+        rows = []
+        with open(p, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise AdaError(f"{p}:{lineno}: not valid JSON ({e.msg})") from None
     else:
+        if p.suffix in (".jsonl", ".json") or "/" not in source:
+            raise AdaError(f"training file {p} does not exist")
         import datasets
 
-        if p.exists():
-            if p.stat().st_size == 0:
-                raise AdaError(f"training file {p} is empty")
-            ds = datasets.load_dataset("json", data_files=str(p), split="train")
-        else:
-            if p.suffix in (".jsonl", ".json") or "/" not in source:
-                raise AdaError(f"training file {p} does not exist")
-            ds = datasets.load_dataset(source, split=split)
-        rows = ds
+        rows = datasets.load_dataset(source, split=split)
     out = []
     no_pos = []
     for i, r in enumerate(rows):

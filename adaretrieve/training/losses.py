@@ -97,21 +97,37 @@ def matryoshka_loss(
     normalize: bool,
     temperature: float,
     kl_weight: float = 1.0,
+    target_scores: torch.Tensor | None = None,
+    keep_full: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Sum over pairs of weight * (InfoNCE + kl_weight * KL(full.detach() || pair)).
 
     q_layers[L]: pooled queries [n_q, H] after layer L; p_layers[L]: pooled passages [n_p, H]
     (positives and negatives of every query, in-batch negatives included); labels [n_q]: the
     column of each query's positive. Returns the loss and each pair's InfoNCE for logging.
+
+    ``target_scores`` [n_q, n_p] (a frozen teacher's full-size scores, already / temperature)
+    replace the student's own full-size scores as the KL target. With ``keep_full`` > 0 the full
+    size is trained only to keep the target (keep_full * KL(target || full)), never on labels, so
+    it stays where the teacher is while the smaller pairs learn.
     """
-    full_scores = None
-    if kl_weight > 0 and full.layer in q_layers:
+    full_scores = target_scores.detach() if target_scores is not None else None
+    if full_scores is None and kl_weight > 0 and full.layer in q_layers:
         full_scores = pair_scores(q_layers[full.layer], p_layers[full.layer], full, normalize, temperature).detach()
     total = q_layers[next(iter(q_layers))].new_zeros(())
     logs = {}
+    pairs = list(pairs)
+    if keep_full > 0 and full_scores is not None and full not in [p for p, _ in pairs]:
+        pairs.append((full, 1.0))
     for size, weight in pairs:
         s = pair_scores(q_layers[size.layer], p_layers[size.layer], size, normalize, temperature)
         ce = F.cross_entropy(s, labels)
+        if keep_full > 0 and full_scores is not None and size == full:
+            kl = F.kl_div(F.log_softmax(s, -1), F.log_softmax(full_scores, -1), log_target=True, reduction="batchmean")
+            total = total + weight * keep_full * kl
+            logs[str(size)] = float(ce.detach())
+            logs["keep"] = float(kl.detach())
+            continue
         term = ce
         if full_scores is not None and size != full:
             kl = F.kl_div(F.log_softmax(s, -1), F.log_softmax(full_scores, -1), log_target=True, reduction="batchmean")

@@ -7,6 +7,7 @@ of them serve as in-batch negatives, gradients are averaged).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -26,7 +27,7 @@ from adaretrieve.modeling.encoder import Encoder
 from adaretrieve.sizes import Size, parse_sizes
 from adaretrieve.training.config import load_config
 from adaretrieve.training.data import BatchSampler, Example, load_beir, load_records
-from adaretrieve.training.losses import PairSampler, default_ladder, matryoshka_loss
+from adaretrieve.training.losses import PairSampler, default_ladder, matryoshka_loss, pair_scores
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,9 @@ class TrainConfig:
     passage_max_length: int = 256
     grad_accum: int = 1
     seed: int = 42
-    dtype: str | None = None  # bfloat16/float16 autocast on CUDA
+    dtype: str | None = None  # bfloat16/float16 autocast on CUDA (default bfloat16); bfloat16 (or float32) on CPU
+    keep_full: float = 0.0  # > 0: a frozen copy of the starting model teaches the full size (and every pair's KL)
+    freeze_backbone: bool = False  # train only the adaptor of an adapted model (the full size cannot move)
     gradient_checkpointing: bool = False
     save_every: int = 50
     keep_checkpoints: int = 2
@@ -127,11 +130,24 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = True) -> dict:
     model.train()
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if cfg.freeze_backbone:
+        if enc.adaptor is None:
+            raise AdaError("freeze_backbone needs an adapted model (run `adaretrieve adapt` first): nothing else would train")
+        model.requires_grad_(False)
+    teacher = None
+    if cfg.keep_full > 0 and not cfg.freeze_backbone:
+        # the starting model, frozen: its full-size scores are the target the full size must keep
+        teacher = Encoder(cfg.model, pooling=enc.pooling, normalize=enc.normalize, device=cfg.device)
+        teacher.model.requires_grad_(False)
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [
-        {"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)], "weight_decay": cfg.weight_decay},
-        {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)], "weight_decay": 0.0},
+        {"params": [p for n, p in named if not any(k in n for k in no_decay)], "weight_decay": cfg.weight_decay},
+        {"params": [p for n, p in named if any(k in n for k in no_decay)], "weight_decay": 0.0},
     ]
+    if enc.adaptor is not None:
+        enc.adaptor.train()
+        groups.append({"params": list(enc.adaptor.parameters()), "weight_decay": 0.0})
     opt = torch.optim.AdamW(groups, lr=cfg.lr)
     warm = max(1, int(cfg.warmup * cfg.steps))
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -146,13 +162,19 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = True) -> dict:
         step = state["step"]
         if rank == 0:
             log.info("resuming from %s (step %d of %d)", start_from, step, cfg.steps)
+    if cfg.dtype not in (None, "float32", "bfloat16", "float16"):
+        raise AdaError(f"dtype {cfg.dtype!r} is not one of float32, bfloat16, float16")
     amp = None
     if enc.device.type == "cuda":
         amp = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.dtype or "bfloat16")
+    elif cfg.dtype == "bfloat16":
+        amp = torch.bfloat16  # CPU autocast: fast on CPUs with AVX512-BF16 / AMX
+    elif cfg.dtype == "float16":
+        raise AdaError("dtype float16 needs CUDA; on CPU use bfloat16 or float32")
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
 
     depth = sampler.layers_needed()
-    if cfg.kl_weight > 0 and cfg.loss != "single":
+    if (cfg.kl_weight > 0 and cfg.loss != "single") or cfg.keep_full > 0:
         depth = max(depth, full.layer)
     tok = enc.tokenizer
     from tqdm.auto import tqdm
@@ -169,17 +191,29 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = True) -> dict:
             pb = tok(ps, padding=True, truncation=True, max_length=cfg.passage_max_length, return_tensors="pt").to(enc.device)
             tokens += int(qb["attention_mask"].sum() + pb["attention_mask"].sum())
             step_pairs = sampler.step_pairs()
-            layers = sorted({s.layer for s, _ in step_pairs} | ({full.layer} if cfg.kl_weight > 0 and full.layer <= depth else set()))
-            need = max(layers)
-            ctx = torch.autocast("cuda", dtype=amp) if amp else torch.autocast("cpu", enabled=False)
+            layers = sorted({s.layer for s, _ in step_pairs}
+                            | ({full.layer} if (cfg.kl_weight > 0 or cfg.keep_full > 0) and full.layer <= depth else set()))
+            ctx = torch.autocast(enc.device.type, dtype=amp) if amp else contextlib.nullcontext()
             with ctx:
-                qh = enc.hidden_states(qb, need)
-                ph = enc.hidden_states(pb, need)
-                q_layers = {L: enc.pool(qh[L].float(), qb["attention_mask"]) for L in layers}
-                p_layers = {L: _gather(enc.pool(ph[L].float(), pb["attention_mask"]), rank, world) for L in layers}
+                q_layers = enc.pooled(qb, layers)
+                p_layers = {L: _gather(v, rank, world) for L, v in enc.pooled(pb, layers).items()}
+                target = None
+                if teacher is not None:
+                    with torch.no_grad():
+                        tq = teacher.pooled(qb, [full.layer])[full.layer]
+                        tp = _gather(teacher.pooled(pb, [full.layer])[full.layer], rank, world)
+                    target = pair_scores(tq.float(), tp.float(), full, enc.normalize, temperature)
                 lab = torch.tensor(labels, device=enc.device) + rank * len(ps)
                 loss, logs = matryoshka_loss(q_layers, p_layers, lab, step_pairs, full, enc.normalize, temperature,
-                                             cfg.kl_weight if cfg.loss != "single" else 0.0)
+                                             cfg.kl_weight if cfg.loss != "single" else 0.0, target_scores=target,
+                                             keep_full=cfg.keep_full)
+                if teacher is not None:
+                    # the vectors themselves, not only in-batch score distributions: squared distance
+                    # between the student's and the teacher's full-size vectors, on the score scale
+                    rep = _vector_drift(q_layers[full.layer], tq, enc.normalize) + _vector_drift(
+                        p_layers[full.layer][rank * len(ps):(rank + 1) * len(ps)], tp[rank * len(ps):(rank + 1) * len(ps)], enc.normalize)
+                    loss = loss + cfg.keep_full * rep / temperature
+                    logs["drift"] = float(rep.detach())
             loss = loss / cfg.grad_accum
             (scaler.scale(loss) if scaler else loss).backward()
             for k, v in logs.items():
@@ -230,9 +264,22 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = True) -> dict:
 _last_model = None
 
 
+def _vector_drift(student: torch.Tensor, teacher: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """Mean squared distance [()] between student and teacher vectors [n, H] (normalised first when
+    the model normalises: then it is 2 - 2 cos)."""
+    s, t = student.float(), teacher.float()
+    if normalize:
+        s, t = torch.nn.functional.normalize(s, dim=-1), torch.nn.functional.normalize(t, dim=-1)
+    return ((s - t) ** 2).sum(-1).mean()
+
+
 def _save_model(d: Path, enc: Encoder) -> None:
     enc.model.save_pretrained(d)
     enc.tokenizer.save_pretrained(d)
+    if enc.adaptor is not None:  # its backbone hash follows the trained weights
+        enc.reset_hash()
+        enc.adaptor.meta["backbone_sha256"] = enc.backbone_hash()
+        enc.adaptor.save(d)
     meta = {"pooling": enc.pooling, "normalize": enc.normalize, "max_length": enc.max_length}
     (d / "adaretrieve.json").write_text(json.dumps(meta, indent=2) + "\n")
 

@@ -219,3 +219,60 @@ def test_config_overrides_read_numbers_as_numbers(tmp_path):
         TrainConfig.from_file(None, ["lr=fast"])
     with pytest.raises(AdaError, match="unknown training settings"):
         TrainConfig.from_file(None, ["learning_rate=1e-5"])
+
+
+def _full_drift(before, after, texts) -> float:
+    """1 - mean cosine between two encoders' full-size vectors."""
+    import numpy as np
+
+    a = before.encode(texts, [before.full_size])[before.full_size]
+    b = after.encode(texts, [after.full_size])[after.full_size]
+    return float(1 - np.mean(np.sum(a * b, axis=1)))
+
+
+def test_keep_full_holds_the_full_size_near_the_original(tiny_model, beir_train, tmp_path):
+    """Distilling the full size from a frozen copy of the starting model moves it far less than
+    training it on labels (same data, steps, seed)."""
+    from adaretrieve.modeling import Encoder
+
+    texts = [" ".join(WORDS[i : i + 6]) for i in range(0, 30, 2)]
+    common = dict(steps=30, save_every=100, lr=3e-3)
+    train(cfg(tiny_model, beir_train, tmp_path / "free", **common), progress=False)
+    train(cfg(tiny_model, beir_train, tmp_path / "keep", keep_full=5.0, **common), progress=False)
+    base = Encoder(tiny_model, device="cpu")
+    free = _full_drift(base, Encoder(tmp_path / "free", device="cpu"), texts)
+    keep = _full_drift(base, Encoder(tmp_path / "keep", device="cpu"), texts)
+    assert keep < free / 2, (keep, free)
+
+
+def test_adapted_model_trains_its_adaptor_and_freeze_keeps_the_full_size_exact(tiny_model, beir_train, tmp_path):
+    import numpy as np
+
+    from adaretrieve.modeling import Encoder
+    from adaretrieve.modeling.adaptor import Adaptor
+    from adaretrieve.training.adapt import AdaptConfig, adapt
+
+    ada = tmp_path / "adapted"
+    adapt(AdaptConfig(model=str(tiny_model), corpus=str(beir_train), out=str(ada), ladder=["1x8", "2x16", "4x32"],
+                      steps=0, device="cpu"), progress=False)
+    out = tmp_path / "frozen"
+    train(cfg(tiny_model, beir_train, out, model=str(ada), freeze_backbone=True, steps=8, lr=1e-2), progress=False)
+    before, after = Adaptor.load(ada), Adaptor.load(out)
+    assert any(not torch.equal(before.state()[k], after.state()[k]) for k in before.state())  # the adaptor learned
+    a, b = Encoder(ada, device="cpu"), Encoder(out, device="cpu")  # loads: backbone hash recorded anew
+    texts = ["the cell", "cancer risk of the drug"]
+    assert np.array_equal(a.encode(texts, ["4x32"])[Size(4, 32)], b.encode(texts, ["4x32"])[Size(4, 32)])
+    # unfrozen: backbone and adaptor both train, and the saved adaptor names the new backbone
+    out2 = tmp_path / "unfrozen"
+    train(cfg(tiny_model, beir_train, out2, model=str(ada), keep_full=1.0, steps=4), progress=False)
+    e = Encoder(out2, device="cpu")
+    assert e.backbone_hash() != a.backbone_hash() and e.adaptor.meta["backbone_sha256"] == e.backbone_hash()
+    with pytest.raises(AdaError, match="freeze_backbone needs an adapted model"):
+        train(cfg(tiny_model, beir_train, tmp_path / "x", freeze_backbone=True), progress=False)
+
+
+def test_bf16_autocast_on_cpu_trains(tiny_model, beir_train, tmp_path):
+    s = train(cfg(tiny_model, beir_train, tmp_path / "bf16", dtype="bfloat16", steps=3, save_every=100), progress=False)
+    assert s["final_loss"] is not None and s["final_loss"] == s["final_loss"]
+    with pytest.raises(AdaError, match="float16 needs CUDA"):
+        train(cfg(tiny_model, beir_train, tmp_path / "fp16", dtype="float16"), progress=False)

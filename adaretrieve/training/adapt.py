@@ -1,0 +1,335 @@
+"""`adaretrieve adapt`: fit a 2D Matryoshka adaptor on a frozen encoder, without labels by default.
+
+One encoding pass over the texts (corpus documents, plus queries when given) records the pooled
+state of every layer up to the deepest ladder layer, and the full-size vector. Then, per ladder
+layer L below the last:
+
+1. **closed form** (``objective: ridge``): ridge regression from the features of layer L (the
+   pooled states of layers 0..L, concatenated; or layer L alone) onto the principal coordinates of
+   the normalised full-size vectors, ordered by variance. Regression solves each output column on
+   its own, so the map for D outputs is the first D columns of the map for all of them: one map per
+   layer serves every D and sizes stay prefixes.
+2. **ranking distillation** (``objective: distill``, the default): starting from the closed form,
+   the map is trained so that, at every prefix D, the small size's score distribution over
+   documents matches the full size's (listwise KL over the full size's top documents plus random
+   ones, for queries and documents as queries). This is what two-stage search needs: the small
+   size should rank first what the full size ranks first.
+3. with ``qrels`` (``objective: distill+qrels``), an InfoNCE term on the labelled (query, positive)
+   pairs is added at every prefix.
+
+The last layer keeps no map: the full size is the backbone's own, to the bit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from adaretrieve import __version__
+from adaretrieve.data.readers import doc_text, iter_corpus, read_qrels, read_queries, resolve_corpus
+from adaretrieve.errors import AdaError
+from adaretrieve.modeling.adaptor import KINDS, Adaptor
+from adaretrieve.modeling.encoder import Encoder
+from adaretrieve.sizes import Size
+from adaretrieve.training.losses import default_ladder
+
+log = logging.getLogger(__name__)
+OBJECTIVES = ("distill", "ridge")
+
+
+@dataclass
+class AdaptConfig:
+    model: str = "minilm"
+    corpus: str = ""  # BEIR folder or corpus file: the documents the adaptor is fitted on
+    queries: str | None = None  # queries file or BEIR folder (texts only, unless qrels are given)
+    query_split: str | None = None  # with a BEIR folder: use only the queries named in qrels/<split>.tsv (ids only)
+    qrels: str | None = None  # labelled pairs for the supervised term
+    ladder: list[str] | None = None  # sizes the adaptor must serve (default: the model's ladder)
+    out: str = ""
+    objective: str = "distill"  # distill | ridge
+    kind: str = "linear"  # linear | mlp
+    hidden: int = 0  # mlp hidden width (default: the model's hidden size)
+    features: str = "concat"  # concat (layers 0..L) | layer (layer L alone)
+    ridge: float = 1e-2  # ridge strength, relative to the mean eigenvalue of the feature covariance
+    steps: int = 200
+    batch_size: int = 256  # texts used as queries per distillation step (half of them queries, when given)
+    docs_per_step: int = 1024  # random documents per step, beside the full size's top ones
+    teacher_top: int = 16  # the full size's top documents per query put in every step's candidates
+    temperature: float = 0.05
+    lr: float = 1e-3
+    qrels_weight: float = 1.0
+    max_texts: int = 100_000  # documents encoded for fitting (a fixed random sample beyond this)
+    batch_size_encode: int = 32
+    seed: int = 0
+    device: str | None = None
+
+
+def _sample_corpus(path: Path, max_texts: int, seed: int) -> tuple[list[str], list[str]]:
+    ids, texts = [], []
+    for d in iter_corpus(path):
+        ids.append(d.docid)
+        texts.append(doc_text(d.title, d.text))
+    if len(ids) > max_texts:
+        keep = np.sort(np.random.default_rng(seed).choice(len(ids), max_texts, replace=False))
+        ids, texts = [ids[i] for i in keep], [texts[i] for i in keep]
+    return ids, texts
+
+
+def _ladder_layers(enc: Encoder, ladder: list[Size]) -> list[int]:
+    return sorted({s.layer for s in ladder if s.layer < enc.n_layers})
+
+
+def _feature_layers(L: int, features: str) -> list[int]:
+    return list(range(L + 1)) if features == "concat" else [L]
+
+
+def _normalise(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x, dim=-1)
+
+
+def fit_ridge(X: torch.Tensor, Z: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """W [f, k], b [k] minimising |(X - mu) W - Z|^2 + lam |W|^2, lam = ridge * mean eigenvalue of
+    the feature covariance; b = -mu W (Z is centred). float64 for the solve."""
+    X = X.double()
+    mu = X.mean(0)
+    Xc = X - mu
+    A = Xc.T @ Xc
+    A += ridge * torch.trace(A) / A.shape[0] * torch.eye(A.shape[0], dtype=A.dtype)
+    W = torch.linalg.solve(A, Xc.T @ Z.double())
+    return W.float(), (-mu @ W).float()
+
+
+def principal_targets(full: torch.Tensor) -> torch.Tensor:
+    """Centred principal coordinates [n, H] of the normalised full-size vectors, by falling variance."""
+    Fc = full - full.mean(0)
+    _, _, Vh = torch.linalg.svd(Fc.double(), full_matrices=False)
+    return (Fc.double() @ Vh.T).float()
+
+
+def prefix_dims(width: int, ladder_dims: list[int]) -> list[int]:
+    """The prefixes a map is trained at: the ladder's dims and the powers of two up to ``width``."""
+    dims = {d for d in ladder_dims if d <= width} | {1 << i for i in range(3, 16) if 1 << i <= width} | {width}
+    return sorted(dims)
+
+
+def adapt(cfg: AdaptConfig, progress: bool = True) -> dict:
+    """Fit an adaptor and write ``cfg.out`` (the backbone's files + adaptor.json/.safetensors)."""
+    if cfg.objective not in OBJECTIVES:
+        raise AdaError(f"objective {cfg.objective!r} is not one of {', '.join(OBJECTIVES)}")
+    if cfg.kind not in KINDS:
+        raise AdaError(f"kind {cfg.kind!r} is not one of {', '.join(KINDS)}")
+    if cfg.features not in ("concat", "layer"):
+        raise AdaError(f"features {cfg.features!r} is not one of concat, layer")
+    for key in ("steps", "batch_size", "docs_per_step", "max_texts", "batch_size_encode"):
+        if int(getattr(cfg, key)) < (0 if key == "steps" else 1):
+            raise AdaError(f"{key} must be at least {0 if key == 'steps' else 1}, got {getattr(cfg, key)}")
+    if not cfg.lr > 0 or not cfg.temperature > 0 or cfg.ridge < 0:
+        raise AdaError(f"lr ({cfg.lr}) and temperature ({cfg.temperature}) must be > 0 and ridge ({cfg.ridge}) >= 0")
+    if not cfg.corpus:
+        raise AdaError("adapt needs --corpus (the documents to fit on)")
+    if not cfg.out:
+        raise AdaError("adapt needs --out (the model folder to write)")
+    out = Path(cfg.out)
+    if out.exists() and any(out.iterdir()):
+        raise AdaError(f"{out} exists and is not empty; choose another --out")
+    enc = Encoder(cfg.model, device=cfg.device)
+    ladder = enc.check_sizes(cfg.ladder, "ladder size") if cfg.ladder else default_ladder(enc.n_layers, enc.hidden_size)
+    layers = _ladder_layers(enc, ladder)
+    if not layers:
+        raise AdaError(f"ladder {', '.join(map(str, ladder))} has no size below the last layer ({enc.n_layers}): nothing to adapt")
+    corpus_path = resolve_corpus(cfg.corpus)
+
+    # -- texts (all checks before the encoding pass) -----------------------------------------
+    doc_ids, doc_texts = _sample_corpus(corpus_path, cfg.max_texts, cfg.seed)
+    q_ids: list[str] = []
+    q_texts: list[str] = []
+    if cfg.queries:
+        qs = read_queries(cfg.queries)
+        if cfg.query_split:
+            sel = read_qrels(Path(cfg.queries) / "qrels" / f"{cfg.query_split}.tsv")
+            qs = {q: t for q, t in qs.items() if q in sel}
+            if not qs:
+                raise AdaError(f"no query of {cfg.queries} is named in qrels/{cfg.query_split}.tsv")
+        q_ids, q_texts = list(qs), list(qs.values())
+    pairs: list[tuple[int, int]] = []
+    if cfg.qrels:
+        qrels = read_qrels(cfg.qrels)
+        if not q_ids:
+            raise AdaError("--qrels needs --queries (the texts of the judged queries)")
+        qi = {q: i for i, q in enumerate(q_ids)}
+        di = {d: i for i, d in enumerate(doc_ids)}
+        unknown_q = sorted(q for q in qrels if q not in qi)
+        unknown_d = sorted({d for docs in qrels.values() for d in docs if d not in di})
+        if unknown_q or unknown_d:
+            what = []
+            if unknown_q:
+                what.append(f"{len(unknown_q)} queries not in {cfg.queries} (e.g. {unknown_q[0]!r})")
+            if unknown_d:
+                what.append(f"{len(unknown_d)} documents not in the fitted corpus (e.g. {unknown_d[0]!r})")
+            raise AdaError(f"{cfg.qrels} names {' and '.join(what)}")
+        pairs = [(qi[q], di[d]) for q, docs in qrels.items() for d, g in docs.items() if g > 0]
+        if not pairs:
+            raise AdaError(f"{cfg.qrels} has no positive (grade > 0) pair")
+    if len(doc_ids) + len(q_ids) < enc.hidden_size:
+        raise AdaError(f"adapt needs at least {enc.hidden_size} texts (one per full-size dim, for its principal "
+                       f"coordinates); got {len(doc_ids)} documents and {len(q_ids)} queries")
+
+    # -- one encoding pass ---------------------------------------------------------------------
+    raw_layers = sorted({fl for L in layers for fl in _feature_layers(L, cfg.features)} | {enc.n_layers})
+    t0 = time.perf_counter()
+    texts = doc_texts + q_texts
+    # max length: the model's own (documents); queries are short and pad to their own length
+    vecs = enc.encode(texts, [], batch_size=cfg.batch_size_encode, progress=progress, raw_layers=raw_layers)
+    encode_s = time.perf_counter() - t0
+    states = {L: torch.from_numpy(vecs[("raw", L)]) for L in raw_layers}
+    n_docs = len(doc_ids)
+    t1 = time.perf_counter()
+    adaptor, fit_log = fit_adaptor(states, n_docs, pairs, ladder, layers, enc.hidden_size, enc.n_layers, enc.normalize,
+                                   cfg, progress)
+    fit_s = time.perf_counter() - t1
+    adaptor.meta = {
+        "features": cfg.features, "pooling": enc.pooling, "backbone_sha256": enc.backbone_hash(),
+        "objective": cfg.objective + ("+qrels" if pairs and cfg.objective == "distill" else ""),
+        "output_order": "principal coordinates of the normalised full-size vectors, by falling variance; "
+                        "every prefix D is the size LxD",
+        "ladder": [str(s) for s in ladder],
+        "fitted_on": {"corpus": str(corpus_path), "documents": n_docs, "queries": cfg.queries,
+                      "query_split": cfg.query_split, "n_queries": len(q_ids), "qrels": cfg.qrels,
+                      "labelled_pairs": len(pairs)},
+        "config": asdict(cfg), "encode_seconds": round(encode_s, 1), "fit_seconds": round(fit_s, 1),
+        "fit_log": fit_log, "adaretrieve": __version__, "base_model": enc.name,
+    }
+    _write_model(enc, adaptor, out)
+    summary = {"out": str(out), "layers": layers, "documents": n_docs, "queries": len(q_ids), "labelled_pairs": len(pairs),
+               "encode_seconds": round(encode_s, 1), "fit_seconds": round(fit_s, 1),
+               "texts_per_second": round(len(texts) / max(encode_s, 1e-9), 1), "objective": adaptor.meta["objective"]}
+    return summary
+
+
+def fit_adaptor(states: dict[int, torch.Tensor], n_docs: int, pairs: list[tuple[int, int]], ladder: list[Size],
+                layers: list[int], hidden_size: int, n_layers: int, normalize: bool, cfg: AdaptConfig,
+                progress: bool = False) -> tuple[Adaptor, dict]:
+    """Fit the maps of ``layers`` from pooled states ``{L: [n_texts, H]}`` (documents first, then
+    queries; ``n_layers`` is the full size's layer). Returns the adaptor and a per-layer log."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    full = states[n_layers]
+    full = _normalise(full) if normalize else full
+    Z = principal_targets(full)
+    width = hidden_size
+    ladder_dims = sorted({s.dim for s in ladder})
+    hidden = cfg.hidden or hidden_size
+    feature_layers = {L: _feature_layers(L, cfg.features) for L in layers}
+    adaptor = Adaptor(hidden_size, {L: width for L in layers}, feature_layers, kind=cfg.kind, hidden=hidden)
+    fit_log = {}
+    for L in layers:
+        X = torch.cat([states[fl] for fl in feature_layers[L]], dim=1)
+        W, b = fit_ridge(X, Z, cfg.ridge)
+        m = adaptor.maps[str(L)]
+        with torch.no_grad():
+            m.weight.copy_(W)
+            m.bias.copy_(b)
+            if cfg.kind == "mlp":  # the residual starts at zero: the closed form is the starting point
+                m.w1.copy_(torch.randn(X.shape[1], hidden) / (X.shape[1] ** 0.5 * float(X.std())))
+                m.b1.zero_()
+                m.w2.zero_()
+        if cfg.objective == "distill" and cfg.steps > 0:
+            fit_log[str(L)] = _distill(m, X, full, n_docs, pairs, cfg, prefix_dims(width, ladder_dims), rng,
+                                       progress, f"layer {L}", normalize)
+    return adaptor, fit_log
+
+
+def _distill(m, X: torch.Tensor, full: torch.Tensor, n_docs: int, pairs: list[tuple[int, int]], cfg: AdaptConfig,
+             dims: list[int], rng: np.random.Generator, progress: bool, desc: str, normalize: bool) -> dict:
+    """Train one layer's map so that every prefix ranks documents as the full size does.
+
+    X [n_texts, f]: features (documents first, then queries); full [n_texts, H]: full-size vectors.
+    Each step: ``batch_size`` texts as queries; candidates = the full size's top ``teacher_top``
+    documents of each + ``docs_per_step`` random documents; loss = sum over prefixes D of
+    KL(full-size softmax || D-prefix softmax), temperature ``cfg.temperature``.
+    """
+    from tqdm.auto import tqdm
+
+    params = [p for p in m.parameters()]
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / max(1, cfg.steps))
+    n = len(X)
+    Xd, Fd = X[:n_docs], full[:n_docs]
+    tau = cfg.temperature
+    q_of_pair = torch.tensor([p[0] for p in pairs], dtype=torch.long) + n_docs if pairs else None
+    d_of_pair = torch.tensor([p[1] for p in pairs], dtype=torch.long) if pairs else None
+    first = last = None
+    bar = tqdm(range(cfg.steps), desc=f"adapt {desc}", unit="step", disable=not progress, leave=False)
+    n_q = n - n_docs
+    for _step in bar:
+        if n_q:  # half the batch from the queries: they are what the small size will be asked
+            half = min(cfg.batch_size // 2, n_q)
+            qi = torch.from_numpy(np.concatenate([n_docs + rng.choice(n_q, half, replace=False),
+                                                  rng.choice(n_docs, min(cfg.batch_size - half, n_docs), replace=False)]))
+        else:
+            qi = torch.from_numpy(rng.choice(n, min(cfg.batch_size, n), replace=False))
+        with torch.no_grad():
+            top = (full[qi] @ Fd.T).topk(min(cfg.teacher_top, n_docs), dim=1).indices.flatten()
+        rand = torch.from_numpy(rng.choice(n_docs, min(cfg.docs_per_step, n_docs), replace=False))
+        extra = []
+        if pairs:
+            pi = torch.from_numpy(rng.choice(len(pairs), min(cfg.batch_size, len(pairs)), replace=False))
+            extra = [d_of_pair[pi]]
+        di = torch.unique(torch.cat([rand, top, *extra]))
+        teacher = (full[qi] @ Fd[di].T) / tau
+        ys, yd = m(X[qi]), m(Xd[di])
+        loss = X.new_zeros(())
+        if pairs:
+            yq_lab = m(X[q_of_pair[pi]])
+            col = torch.searchsorted(di, d_of_pair[pi])
+        for D in dims:
+            cut = (lambda y, D=D: _normalise(y[:, :D])) if normalize else (lambda y, D=D: y[:, :D])
+            s = cut(ys) @ cut(yd).T / tau
+            loss = loss + F.kl_div(s.log_softmax(-1), teacher.log_softmax(-1), log_target=True, reduction="batchmean")
+            if pairs:
+                s_lab = cut(yq_lab) @ cut(yd).T / tau
+                loss = loss + cfg.qrels_weight * F.cross_entropy(s_lab, col)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        v = float(loss.detach()) / len(dims)
+        first = v if first is None else first
+        last = v
+        bar.set_postfix(loss=f"{v:.3f}")
+        if not np.isfinite(v):
+            raise AdaError(f"adapt {desc}: loss became {v}; lower lr (now {cfg.lr})")
+    return {"loss_first": round(first, 4) if first is not None else None, "loss_last": round(last, 4) if last is not None else None,
+            "dims": dims}
+
+
+def _write_model(enc: Encoder, adaptor: Adaptor, out: Path) -> None:
+    """The backbone's files unchanged, plus the adaptor; written beside and renamed into place."""
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    src = Path(enc.path)
+    if src.is_dir():
+        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("adaptor.json", "adaptor.safetensors", ".*"))
+    else:  # a Hub id: write what was loaded
+        enc.model.save_pretrained(tmp)
+        enc.tokenizer.save_pretrained(tmp)
+    meta_path = tmp / "adaretrieve.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta.update({"pooling": enc.pooling, "normalize": enc.normalize, "max_length": enc.max_length,
+                 "adapted": True, "base_model": enc.name})
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    adaptor.save(tmp)
+    if out.exists():
+        out.rmdir()  # empty (checked above)
+    tmp.rename(out)
+
+
+__all__ = ["AdaptConfig", "adapt", "fit_adaptor", "fit_ridge", "principal_targets", "prefix_dims"]

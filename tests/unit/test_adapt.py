@@ -1,0 +1,141 @@
+"""`adaretrieve adapt`: the adaptor keeps sizes prefixes, leaves the full size untouched, raises a
+weak layer's agreement with the full size, and round-trips through disk; bad input is one line."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from adaretrieve import AdaError, Size
+from adaretrieve.modeling import Encoder
+from adaretrieve.modeling.adaptor import Adaptor
+from adaretrieve.sizes import truncate
+from adaretrieve.training.adapt import AdaptConfig, adapt, fit_ridge, principal_targets
+from tests.conftest import make_corpus
+
+TEXTS = ["the cell", "cancer risk of the drug in human trial", "a", "mouse brain study with immune therapy and virus"]
+LADDER = ["1x8", "2x16", "4x32"]
+
+
+@pytest.fixture(scope="module")
+def adapted(tiny_model, tmp_path_factory):
+    d = tmp_path_factory.mktemp("adapt")
+    corpus = make_corpus(d / "corpus.jsonl", n=160, seed=3)
+    summary = adapt(AdaptConfig(model=str(tiny_model), corpus=str(corpus), out=str(d / "model"), ladder=LADDER,
+                                steps=60, batch_size=32, docs_per_step=64, teacher_top=8, device="cpu"), progress=False)
+    return d / "model", corpus, summary
+
+
+def test_sizes_are_prefixes_of_the_adaptor_outputs(adapted):
+    enc = Encoder(adapted[0], device="cpu")
+    assert enc.adaptor is not None and enc.adaptor.layers == [1, 2]
+    got = enc.encode(TEXTS, ["1x8", "1x32", "2x4", "2x32"])
+    np.testing.assert_allclose(got[Size(1, 8)], truncate(got[Size(1, 32)], 8, True), atol=1e-6)
+    np.testing.assert_allclose(got[Size(2, 4)], truncate(got[Size(2, 32)], 4, True), atol=1e-6)
+
+
+def test_full_size_is_the_backbones_to_the_bit(adapted, tiny_model):
+    base = Encoder(tiny_model, device="cpu").encode(TEXTS, ["4x32", "4x8"])
+    ada = Encoder(adapted[0], device="cpu").encode(TEXTS, ["4x32", "4x8", "1x8"])
+    assert np.array_equal(base[Size(4, 32)], ada[Size(4, 32)])
+    assert np.array_equal(base[Size(4, 8)], ada[Size(4, 8)])  # the last layer has no map
+
+
+def _agreement(enc, texts, small: Size, full: Size, k: int = 5) -> float:
+    """Mean overlap of each text's top-k neighbours at ``small`` with those at ``full``."""
+    v = enc.encode(texts, [small, full])
+    def top(x):
+        s = x @ x.T
+        np.fill_diagonal(s, -np.inf)
+        return np.argsort(-s, axis=1)[:, :k]
+    a, b = top(v[small]), top(v[full])
+    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b)]))
+
+
+def test_adapt_raises_a_weak_layers_agreement_with_the_full_size(adapted, tiny_model):
+    from adaretrieve.data import iter_corpus
+
+    texts = [f"{d.title} {d.text}" for d in iter_corpus(adapted[1])]
+    before = _agreement(Encoder(tiny_model, device="cpu"), texts, Size(1, 8), Size(4, 32))
+    after = _agreement(Encoder(adapted[0], device="cpu"), texts, Size(1, 8), Size(4, 32))
+    assert after > before + 0.1, (before, after)
+
+
+def test_distillation_improves_on_the_closed_form(tiny_model, tmp_path):
+    corpus = make_corpus(tmp_path / "c.jsonl", n=160, seed=3)
+    common = dict(model=str(tiny_model), corpus=str(corpus), ladder=LADDER, device="cpu", batch_size=32,
+                  docs_per_step=64, teacher_top=8)
+    adapt(AdaptConfig(out=str(tmp_path / "ridge"), objective="ridge", **common), progress=False)
+    adapt(AdaptConfig(out=str(tmp_path / "distill"), steps=80, **common), progress=False)
+    meta = json.loads((tmp_path / "distill" / "adaptor.json").read_text())
+    for log in meta["fit_log"].values():
+        assert log["loss_last"] < log["loss_first"]
+    from adaretrieve.data import iter_corpus
+
+    texts = [f"{d.title} {d.text}" for d in iter_corpus(corpus)]
+    r = _agreement(Encoder(tmp_path / "ridge", device="cpu"), texts, Size(1, 8), Size(4, 32))
+    d = _agreement(Encoder(tmp_path / "distill", device="cpu"), texts, Size(1, 8), Size(4, 32))
+    assert d >= r, (r, d)
+
+
+def test_save_load_round_trip(adapted, tmp_path):
+    ad = Adaptor.load(adapted[0])
+    ad.save(tmp_path)
+    again = Adaptor.load(tmp_path)
+    assert again.config() == ad.config()
+    for k, v in ad.state().items():
+        assert torch.equal(v, again.state()[k])
+    # an encoder in memory and one loaded from the folder give the same vectors, and hashes
+    a, b = Encoder(adapted[0], device="cpu"), Encoder(adapted[0], device="cpu")
+    assert a.weights_hash() == b.weights_hash() != a.backbone_hash()
+    np.testing.assert_array_equal(a.encode(TEXTS, ["2x16"])[Size(2, 16)], b.encode(TEXTS, ["2x16"])[Size(2, 16)])
+    assert a.describe()["adaptor"]["layers"] == [1, 2]
+
+
+def test_ridge_outputs_are_ordered_prefixes():
+    """One closed-form map serves every D: its first D columns equal the map fitted to D targets."""
+    g = torch.Generator().manual_seed(0)
+    X, full = torch.randn(300, 24, generator=g), torch.randn(300, 16, generator=g)
+    Z = principal_targets(torch.nn.functional.normalize(full, dim=-1))
+    assert torch.all(Z.var(0)[:-1] >= Z.var(0)[1:] - 1e-6)
+    W, b = fit_ridge(X, Z, 1e-2)
+    W4, b4 = fit_ridge(X, Z[:, :4], 1e-2)
+    torch.testing.assert_close(W[:, :4], W4, atol=1e-5, rtol=1e-4)
+
+
+def test_bad_input_is_one_line(adapted, tiny_model, other_tiny_model, tmp_path):
+    corpus = adapted[1]
+    base = dict(model=str(tiny_model), corpus=str(corpus), ladder=LADDER, device="cpu", steps=0)
+    # fewer texts than the projection needs
+    small = make_corpus(tmp_path / "small.jsonl", n=5)
+    with pytest.raises(AdaError, match=r"needs at least 32 texts .* got 5 documents"):
+        adapt(AdaptConfig(**{**base, "corpus": str(small)}, out=str(tmp_path / "a")), progress=False)
+    # a ladder size beyond the model
+    with pytest.raises(AdaError, match="layer 5 is outside 1..4"):
+        adapt(AdaptConfig(**{**base, "ladder": ["5x8"]}, out=str(tmp_path / "b")), progress=False)
+    # qrels naming documents or queries that are not in the data
+    q = tmp_path / "q.jsonl"
+    q.write_text(json.dumps({"_id": "q1", "text": "the cell"}) + "\n")
+    r = tmp_path / "r.tsv"
+    r.write_text("q1\tnot-a-doc\t1\nq9\td1\t1\n")
+    with pytest.raises(AdaError, match=r"names 1 queries not in .* and 1 documents not in the fitted corpus"):
+        adapt(AdaptConfig(**base, queries=str(q), qrels=str(r), out=str(tmp_path / "c")), progress=False)
+    # an adaptor folder whose backbone differs from the model it sits on
+    swapped = tmp_path / "swapped"
+    shutil.copytree(adapted[0], swapped)
+    shutil.copy(other_tiny_model / "model.safetensors", swapped / "model.safetensors")
+    with pytest.raises(AdaError, match="adaptor was fitted on backbone .* re-run `adaretrieve adapt`"):
+        Encoder(swapped, device="cpu")
+
+
+def test_adapt_cli_bad_input_exits_2(tiny_model, tmp_path):
+    from typer.testing import CliRunner
+
+    from adaretrieve.cli.main import app
+
+    res = CliRunner().invoke(app, ["adapt", "--model", str(tiny_model), "--corpus", str(tmp_path / "nope"),
+                                   "--out", str(tmp_path / "o"), "--ladder", "9x8"])
+    assert res.exit_code == 2
+    assert res.output.strip().startswith("error:") and len(res.output.strip().splitlines()) == 1
