@@ -130,7 +130,8 @@ class Encoder:
         normalize: L2-normalise every truncated vector; default from the config, else False.
         max_length: token limit; default from the config, else 512.
         device: ``"cpu"``, ``"cuda"``...; default CUDA when present.
-        dtype: ``"float32"``, ``"float16"``, ``"bfloat16"``; half precision is used only on CUDA.
+        dtype: ``"float32"``, ``"float16"``, ``"bfloat16"``; default float16 on CUDA, float32 on CPU
+            (bfloat16 on CPU when asked: autocast, fast where the CPU has AVX512-BF16).
     """
 
     def __init__(
@@ -160,7 +161,11 @@ class Encoder:
         if self.amp_dtype == "bad":
             raise AdaError(f"dtype {want!r} is not one of float32, float16, bfloat16")
         if self.device.type != "cuda":
-            self.amp_dtype = None
+            # CPU: float32 unless bfloat16 is asked for (fast on CPUs with AVX512-BF16 / AMX)
+            if self.amp_dtype is torch.float16:
+                raise AdaError("dtype float16 needs CUDA; on CPU use bfloat16 or float32")
+            if dtype is None:
+                self.amp_dtype = None
         try:
             self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(self.path)
             self.model = model_module or AutoModel.from_pretrained(self.path)
@@ -236,8 +241,12 @@ class Encoder:
             "pooling": self.pooling,
             "normalize": self.normalize,
             "max_length": self.max_length,
-            **({"backbone_sha256": self.backbone_hash(), "adaptor": self.adaptor.config()} if self.adaptor is not None else {}),
+            **({"backbone_sha256": self.backbone_hash(), "adaptor": self._adaptor_summary()} if self.adaptor is not None else {}),
         }
+
+    def _adaptor_summary(self) -> dict:
+        keep = ("kind", "layers", "feature_layers", "out_dim", "hidden", "objective", "fitted_on", "backbone_sha256")
+        return {k: v for k, v in self.adaptor.config().items() if k in keep}
 
     # -- encoding ------------------------------------------------------------------------------
 

@@ -79,13 +79,42 @@ def _dist():
 
 
 def _gather(x: torch.Tensor, rank: int, world: int) -> torch.Tensor:
-    """Concatenate ``x`` from every rank; this rank's slice keeps its gradient."""
+    """Concatenate ``x`` from every rank; this rank's slice keeps its gradient (the others are
+    copies), so a loss over the gathered batch backpropagates through this rank's own rows."""
     if world == 1:
         return x
     parts = [torch.zeros_like(x) for _ in range(world)]
     torch.distributed.all_gather(parts, x.detach().contiguous())
     parts[rank] = x
     return torch.cat(parts)
+
+
+def step_loss(enc: Encoder, teacher: Encoder | None, qb: dict, pb: dict, labels: list[int], step_pairs, layers: list[int],
+              full: Size, cfg: TrainConfig, temperature: float, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, dict]:
+    """The loss of one step over the GLOBAL batch: every rank's queries and passages are gathered
+    (each rank's own rows keep their gradient), so every rank computes the same value, and the sum
+    of the ranks' gradients is the gradient of that loss (what one process on the concatenated
+    batch computes). Ranks must hold equal numbers of queries and passages."""
+    q_layers = {L: _gather(v, rank, world) for L, v in enc.pooled(qb, layers).items()}
+    p_local = enc.pooled(pb, layers)
+    n_p = next(iter(p_local.values())).shape[0]
+    p_layers = {L: _gather(v, rank, world) for L, v in p_local.items()}
+    lab = _gather(torch.tensor(labels, device=enc.device) + rank * n_p, rank, world)
+    target = tq = tp = None
+    if teacher is not None:
+        with torch.no_grad():
+            tq = _gather(teacher.pooled(qb, [full.layer])[full.layer].float(), rank, world)
+            tp = _gather(teacher.pooled(pb, [full.layer])[full.layer].float(), rank, world)
+        target = pair_scores(tq, tp, full, enc.normalize, temperature)
+    loss, logs = matryoshka_loss(q_layers, p_layers, lab, step_pairs, full, enc.normalize, temperature,
+                                 cfg.kl_weight if cfg.loss != "single" else 0.0, target_scores=target, keep_full=cfg.keep_full)
+    if teacher is not None:
+        # the vectors themselves, not only in-batch score distributions: squared distance between
+        # the student's and the teacher's full-size vectors, on the score scale
+        rep = _vector_drift(q_layers[full.layer], tq, enc.normalize) + _vector_drift(p_layers[full.layer], tp, enc.normalize)
+        loss = loss + cfg.keep_full * rep / temperature
+        logs["drift"] = float(rep.detach())
+    return loss, logs
 
 
 def load_examples(cfg: TrainConfig) -> list[Example]:
@@ -116,7 +145,11 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = True) -> dict:
     start_from = ckpts[-1] if ckpts else None
     # The encoder keeps the model's own max length (saved with the result); training truncates to
     # query_max_length / passage_max_length itself.
-    enc = Encoder(start_from or cfg.model, pooling=cfg.pooling, normalize=cfg.normalize, device=cfg.device)
+    device = cfg.device
+    if world > 1 and torch.cuda.is_available() and (device is None or device == "cuda"):
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"  # one GPU per rank, not all on cuda:0
+        torch.cuda.set_device(device)
+    enc = Encoder(start_from or cfg.model, pooling=cfg.pooling, normalize=cfg.normalize, device=device)
     full = enc.full_size
     pairs = enc.check_sizes(cfg.pairs, "training pair") if cfg.pairs else default_ladder(enc.n_layers, enc.hidden_size)
     if cfg.loss == "single" and not cfg.pairs:
@@ -137,7 +170,7 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = True) -> dict:
     teacher = None
     if cfg.keep_full > 0 and not cfg.freeze_backbone:
         # the starting model, frozen: its full-size scores are the target the full size must keep
-        teacher = Encoder(cfg.model, pooling=enc.pooling, normalize=enc.normalize, device=cfg.device)
+        teacher = Encoder(cfg.model, pooling=enc.pooling, normalize=enc.normalize, device=device)
         teacher.model.requires_grad_(False)
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -195,37 +228,24 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = True) -> dict:
                             | ({full.layer} if (cfg.kl_weight > 0 or cfg.keep_full > 0) and full.layer <= depth else set()))
             ctx = torch.autocast(enc.device.type, dtype=amp) if amp else contextlib.nullcontext()
             with ctx:
-                q_layers = enc.pooled(qb, layers)
-                p_layers = {L: _gather(v, rank, world) for L, v in enc.pooled(pb, layers).items()}
-                target = None
-                if teacher is not None:
-                    with torch.no_grad():
-                        tq = teacher.pooled(qb, [full.layer])[full.layer]
-                        tp = _gather(teacher.pooled(pb, [full.layer])[full.layer], rank, world)
-                    target = pair_scores(tq.float(), tp.float(), full, enc.normalize, temperature)
-                lab = torch.tensor(labels, device=enc.device) + rank * len(ps)
-                loss, logs = matryoshka_loss(q_layers, p_layers, lab, step_pairs, full, enc.normalize, temperature,
-                                             cfg.kl_weight if cfg.loss != "single" else 0.0, target_scores=target,
-                                             keep_full=cfg.keep_full)
-                if teacher is not None:
-                    # the vectors themselves, not only in-batch score distributions: squared distance
-                    # between the student's and the teacher's full-size vectors, on the score scale
-                    rep = _vector_drift(q_layers[full.layer], tq, enc.normalize) + _vector_drift(
-                        p_layers[full.layer][rank * len(ps):(rank + 1) * len(ps)], tp[rank * len(ps):(rank + 1) * len(ps)], enc.normalize)
-                    loss = loss + cfg.keep_full * rep / temperature
-                    logs["drift"] = float(rep.detach())
-            loss = loss / cfg.grad_accum
-            (scaler.scale(loss) if scaler else loss).backward()
+                loss, logs = step_loss(enc, teacher, qb, pb, labels, step_pairs, layers, full, cfg, temperature, rank, world)
+            if not math.isfinite(float(loss.detach())):  # before any step: the weights stay good
+                raise AdaError(f"loss became {float(loss.detach())} at step {step + 1}; lower the learning rate or use float32")
+            # every rank holds the same global loss; its gradient reaches only this rank's own
+            # slice, so the ranks' gradients sum to the global one: scale by world before averaging
+            scaled = loss * world / cfg.grad_accum
+            (scaler.scale(scaled) if scaler else scaled).backward()
             for k, v in logs.items():
                 logs_acc[k] = logs_acc.get(k, 0.0) + v / cfg.grad_accum
+        trainable = [p for g in groups for p in g["params"]]
         if world > 1:
-            for p in model.parameters():
+            for p in trainable:
                 if p.grad is not None:
                     torch.distributed.all_reduce(p.grad)
                     p.grad /= world
         if scaler:
             scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         if scaler:
             scaler.step(opt)
             scaler.update()
@@ -233,9 +253,7 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = True) -> dict:
             opt.step()
         sched.step()
         step += 1
-        losses.append(float(loss.detach()) * cfg.grad_accum)
-        if not math.isfinite(losses[-1]):
-            raise AdaError(f"loss became {losses[-1]} at step {step}; lower the learning rate or use float32")
+        losses.append(float(loss.detach()))
         bar.update(1)
         bar.set_postfix({k: f"{v:.2f}" for k, v in list(logs_acc.items())[:6]})
         if rank == 0 and (step % cfg.save_every == 0 or step == cfg.steps):

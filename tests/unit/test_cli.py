@@ -161,3 +161,44 @@ def test_sharded_index_and_merge_command(tiny_model, corpus, tmp_path):
     assert res.exit_code == 2 and "not of the form i/n" in err_line(res)
     res = run("index", "--corpus", corpus)
     assert res.exit_code == 2 and "index needs --corpus, at least one --shortlist and --out" in err_line(res)
+
+
+def test_adapted_model_end_to_end(tiny_model, corpus, queries_qrels, tmp_path):
+    """adapt -> index -> search with an adapted folder; the manifest records the adaptor and its hash;
+    the two-stage run equals brute force over the adapted vectors; another adaptor is refused."""
+    import numpy as np
+
+    from adaretrieve import Size
+    from adaretrieve.data import iter_corpus, read_queries
+    from adaretrieve.modeling import Encoder
+
+    q, r = queries_qrels
+    ada = tmp_path / "ada"
+    res = run("adapt", "--model", tiny_model, "--corpus", corpus, "--queries", q, "--ladder", "1x8,2x16,4x32",
+              "--steps", 5, "--out", ada, "--quiet")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.strip().splitlines()[-1])["layers"] == [1, 2]
+    ix = tmp_path / "ix"
+    assert build(ada, corpus, ix).exit_code == 0
+    m = json.loads((ix / "manifest.json").read_text())
+    assert m["model"]["adaptor"]["layers"] == [1, 2] and m["model"]["backbone_sha256"] != m["model"]["weights_sha256"]
+    out = tmp_path / "run.trec"
+    res = run("search", "--index", ix, "--queries", q, "--shortlist", "1x8", "--k", 40, "--rerank", "none", "--top", 5,
+              "--out", out, "--quiet")
+    assert res.exit_code == 0, res.output
+    # brute force at 1x8 with the adapted encoder
+    enc = Encoder(ada, device="cpu")
+    docs = list(iter_corpus(corpus))
+    dv = enc.encode([f"{d.title} {d.text}".strip() for d in docs], ["1x8"])[Size(1, 8)]
+    qs = read_queries(q)
+    qv = enc.encode(list(qs.values()), ["1x8"])[Size(1, 8)]
+    want = {qid: [docs[j].docid for j in np.argsort(-(dv @ v), kind="stable")[:5]] for qid, v in zip(qs, qv)}
+    got: dict = {}
+    for line in out.read_text().splitlines():
+        qid, _, did, *_ = line.split()
+        got.setdefault(qid, []).append(did)
+    agree = np.mean([len(set(got[x]) & set(want[x])) / 5 for x in want])
+    assert agree >= 0.95, agree
+    # an index built from the adapted model refuses the plain backbone as query encoder
+    res = run("search", "--index", ix, "--queries", q, "--model", tiny_model, "--quiet")
+    assert res.exit_code == 2 and "error:" in err_line(res)

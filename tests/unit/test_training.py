@@ -276,3 +276,38 @@ def test_bf16_autocast_on_cpu_trains(tiny_model, beir_train, tmp_path):
     assert s["final_loss"] is not None and s["final_loss"] == s["final_loss"]
     with pytest.raises(AdaError, match="float16 needs CUDA"):
         train(cfg(tiny_model, beir_train, tmp_path / "fp16", dtype="float16"), progress=False)
+
+
+def test_paper_preset_and_gpu_recipe_configs_load():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    paper = TrainConfig.from_file(root / "starbucks-paper.yaml")
+    assert (paper.pooling, paper.normalize, paper.temperature, paper.kl_weight) == ("cls", False, 1.0, 1.0)
+    assert paper.pairs == ["2x32", "4x64", "6x128", "8x256", "10x512", "12x768"]
+    assert (paper.query_max_length, paper.passage_max_length, paper.n_negatives) == (32, 196, 7)
+    gpu = TrainConfig.from_file(root / "minilm-starbucks-gpu.yaml")
+    assert gpu.keep_full > 0 and gpu.device == "cuda" and gpu.dtype == "bfloat16"
+
+
+@pytest.mark.parametrize("keep_full", [0.0, 1.0])
+def test_two_processes_give_the_one_process_gradient(tiny_model, tmp_path, keep_full):
+    """Two gloo processes, each with half of a batch, must produce the loss and the gradient that
+    one process computes on the whole batch (in-batch negatives across ranks included)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from tests.unit.ddp_worker import grad_worker, step_grads
+
+    loss1, grads1 = step_grads(str(tiny_model), 0, 1, keep_full)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(grad_worker, args=(2, port, str(tiny_model), str(tmp_path), keep_full), nprocs=2, join=True)
+    for r in (0, 1):
+        got = torch.load(tmp_path / f"grads{r}.pt", weights_only=True)
+        assert got["loss"] == pytest.approx(loss1, rel=1e-5)
+        # (key biases get ~1e-10 of pure rounding noise: softmax ignores them; skip such near-zero grads)
+        worst = max(float((got["grads"][k] - g).norm() / g.norm()) for k, g in grads1.items() if g.norm() > 1e-6)
+        assert worst < 1e-4, worst
