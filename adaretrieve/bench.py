@@ -22,8 +22,10 @@ from adaretrieve.data import read_qrels, read_queries
 from adaretrieve.errors import AdaError
 from adaretrieve.eval import Evaluator, run_from_arrays
 from adaretrieve.eval.timing import time_each, time_stages
+from adaretrieve.index.format import Manifest
 from adaretrieve.search import IndexReader, TwoStageSearcher
 from adaretrieve.sizes import Size, parse_size, parse_sizes
+from adaretrieve.tune import resident_bytes_per_doc
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +202,8 @@ def run_suite(suite: Suite, rebuild: bool = False, progress: bool = True) -> dic
             # one process, one query at a time / in batches of 64: encoding to the depth + search
             "qps_batch1": round(1000 / e2e["mean"], 2),
             "qps_batched": round(1000 / (enc_batched_ms[depth] + batched_ms), 2),
-            "resident_bytes_per_doc": short.dim * 4, "rerank_bytes_per_doc_on_disk": (rr.dim * 2 if rr else 0),
+            "resident_bytes_per_doc": shortlist_resident_bytes_per_doc(reader.manifest, short),
+            "rerank_bytes_per_doc_on_disk": (rr.dim * 2 if rr else 0),
             "disk_bytes_per_doc": disk_bytes_per_doc(reader, short, rr),
         })
         log.info("%-28s %s  search %.3f ms/q", config_name(c), "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()), one.ms()["p50"])
@@ -216,6 +219,13 @@ def run_suite(suite: Suite, rebuild: bool = False, progress: bool = True) -> dic
         "machine": machine_info(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "results": rows, "checks": checks,
     }
+
+
+def shortlist_resident_bytes_per_doc(manifest: Manifest, size: Size) -> float | None:
+    """RAM per document of the shortlist index a search at ``size`` loads: the stored index of that
+    size (its factory decides), else the flat float32 index built in memory from a stored prefix."""
+    entry = next((e for e in manifest.shortlist if parse_size(e["size"]) == size), None)
+    return resident_bytes_per_doc(size.dim, entry["factory"] if entry else "Flat")
 
 
 def disk_bytes_per_doc(reader: IndexReader, short: Size, rerank: Size | None) -> float:
@@ -273,7 +283,8 @@ def bm25_rows(suite: Suite, reader: IndexReader, qids: list[str], queries: dict,
         out.append({"config": f"rrf(bm25, single {size})", "shortlist": str(size), "k": None, "rerank": None,
                     "metrics": {k: round(v, 5) for k, v in evaluator(fused).items()}, "search_ms_batch1": one,
                     "search_ms_batched": round(bm_ms, 4), "encode_layers": size.layer, "encode_ms_batch1": None,
-                    "resident_bytes_per_doc": size.dim * 4, "rerank_bytes_per_doc_on_disk": 0})
+                    "resident_bytes_per_doc": shortlist_resident_bytes_per_doc(reader.manifest, size),
+                    "rerank_bytes_per_doc_on_disk": 0})
     return out
 
 
@@ -305,7 +316,7 @@ def refine_rows(suite: Suite, reader: IndexReader, qids, qv, evaluator, n_lat: i
         out.append({"config": f"faiss RefineFlat(SQ8) {size} kf={kf:g}", "shortlist": None, "k": None, "rerank": None,
                     "metrics": {k: round(v, 5) for k, v in evaluator(run_from_arrays(qids, scores, ids, reader.docids)).items()},
                     "search_ms_batch1": one, "search_ms_batched": round(batched, 4), "encode_layers": size.layer,
-                    "encode_ms_batch1": depth, "resident_bytes_per_doc": size.dim * (1 + 4),
+                    "encode_ms_batch1": depth, "resident_bytes_per_doc": resident_bytes_per_doc(size.dim, "SQ8,RFlat"),
                     "rerank_bytes_per_doc_on_disk": 0, "build_seconds": round(build_s, 2)})
     return out
 

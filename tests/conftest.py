@@ -79,12 +79,17 @@ def queries_qrels(tmp_path) -> tuple[Path, Path]:
     return q, r
 
 
+def in_ci() -> bool:
+    """True when the CI variable says so ("true", "1", "yes", any case); "false", "0" and unset are not CI."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
 def shared_or_skip(*parts: str) -> Path:
     """A path under ../shared; a missing one fails under CI and skips loudly elsewhere."""
     p = SHARED.joinpath(*parts)
     if not p.exists():
         msg = f"MISSING {p}: integration test needs ../shared beside the repository"
-        if os.environ.get("CI"):
+        if in_ci():
             pytest.fail(msg)
         pytest.skip(msg)
     return p
@@ -98,6 +103,6 @@ def module_or_skip(name: str, hint: str):
         return importlib.import_module(name)
     except ImportError:
         msg = f"MISSING {name}: {hint}"
-        if os.environ.get("CI"):
+        if in_ci():
             pytest.fail(msg)
         pytest.skip(msg)

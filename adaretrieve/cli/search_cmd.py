@@ -21,10 +21,10 @@ def search(
     rerank: Optional[str] = typer.Option(None, "--rerank", "-r", help="Rerank size LxD, or 'none' for single-stage (default: the index's rerank size)."),
     k: list[int] = typer.Option([200], "--k", help="Candidates kept by the shortlist; repeat once per --then stage for a funnel."),
     then: list[str] = typer.Option([], "--then", help="Intermediate exact stage(s) of a funnel, e.g. --then 4x128 with a second --k."),
-    top: int = typer.Option(1000, "--top", help="Results kept per query."),
+    top: int = typer.Option(1000, "--top", help="Results kept per query; a search with a rerank or --then stage returns at most its last --k."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the run here."),
     fmt: str = typer.Option("trec", "--format", help="Run format: trec or jsonl."),
-    metrics: list[str] = typer.Option(["nDCG@10", "RR@10", "R@100", "R@1000"], "--metrics", help="ir-measures names, comma-separated or repeated, with --qrels."),
+    metrics: list[str] = typer.Option(["nDCG@10", "RR@10", "R@100", "R@1000"], "--metrics", help="ir-measures names, comma-separated or repeated, with --qrels; a recall cut off deeper than the run (R@1000 on 200 results) is reported as the recall at that depth (R@200)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Query encoder (default: the model that built the index; another one is refused)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Queries per forward pass."),
     device: Optional[str] = typer.Option(None, "--device"),
@@ -44,7 +44,7 @@ def search(
     """
     setup(quiet)
     from adaretrieve.data import read_qrels, read_queries
-    from adaretrieve.eval import Evaluator, run_from_arrays, write_run
+    from adaretrieve.eval import Evaluator, recall_within_depth, run_from_arrays, write_run
     from adaretrieve.search import FunnelSearcher, IndexReader
     from adaretrieve.sizes import parse_size
 
@@ -56,6 +56,9 @@ def search(
         raise AdaError(f"give one --k for the shortlist and one per --then stage: got {len(k)} --k for {len(then)} --then")
     if min(k) < 1 or top < 1:
         raise AdaError(f"--k ({', '.join(map(str, k))}) and --top ({top}) must be at least 1")
+    if query is None and out is None and qrels is None:
+        raise AdaError("searching every query and keeping nothing: pass --out FILE to keep the run or --qrels FILE "
+                       "to score it")
     reader = IndexReader(index)
     m = reader.manifest
     short = parse_size(shortlist) if shortlist else m.shortlist_sizes[0]
@@ -82,6 +85,13 @@ def search(
         _print_hits(hits, m.corpus)
         return
 
+    depth = searcher.depth(top)
+    measures, renamed = recall_within_depth(metrics, depth) if qrels is not None else ([], {})
+    if depth < top:  # the last stage keeps k: say so, rather than let R@1000 silently mean R@200
+        n = {2: "two", 3: "three"}.get(searcher.stages, str(searcher.stages))
+        same = ", ".join(f"{a} is {b}" for a, b in renamed.items())
+        typer.echo(f"warning: --top {top} > --k {k[-1]}: a {n}-stage search returns at most {depth} results per query"
+                   + (f"; {same}" if same else ""), err=True)
     qs = read_queries(queries)
     judged = None
     if qrels is not None:
@@ -109,7 +119,7 @@ def search(
     if out:
         write_run(run, out, tag=f"ada-{short}-{k[0]}-{rr or 'none'}", fmt=fmt)
     if judged is not None:
-        res = Evaluator(judged, metrics)(run)
+        res = Evaluator(judged, measures)(run)
         _print_metrics(res, as_json)
 
 

@@ -27,6 +27,20 @@ def parse_measures(names: Iterable[str]) -> list:
     return out
 
 
+def recall_within_depth(names: Iterable[str], depth: int) -> tuple[list[str], dict[str, str]]:
+    """Measure names to compute on runs of at most ``depth`` results per query: a recall cut off
+    above the depth (``R@1000`` on a run of 200) equals the recall at the depth, so it is computed
+    and named as that (``R@200``); duplicates are dropped. Returns (names, {asked: named as})."""
+    out, renamed = [], {}
+    for m in parse_measures(names):
+        cutoff = m.params.get("cutoff")
+        if m.NAME == "R" and cutoff is not None and cutoff > depth:
+            renamed[str(m)] = str(m(cutoff=depth))
+            m = m(cutoff=depth)
+        out.append(str(m))
+    return list(dict.fromkeys(out)), renamed
+
+
 class Evaluator:
     """Mean scores of runs against one qrels ``{qid: {docid: grade}}``, over the judged queries.
 

@@ -5,15 +5,23 @@ Encoding is the expensive part, so it is checkpointed: the corpus is cut into ch
 the index, ``.NAME.build/``. An interrupted build started again with the same settings skips the
 chunks already there. ``shard=(i, n)`` encodes only the chunks ``c`` with ``c % n == i``, so n
 processes or machines sharing the build folder (or copying their chunks into one) split a corpus;
-the index is assembled by whichever finishes last, or by ``merge_index``. Assembly writes the index
-under a temporary name and renames it into place: a crash never leaves a half index where a good
-one stood.
+the index is assembled by whichever finishes last (one at a time: an exclusive lock on a file in
+the build folder), or by ``merge_index``. Assembly writes the index under a temporary name and
+renames it into place: a crash never leaves a half index where a good one stood.
+
+The build folder's ``plan.json`` is keyed on what changes the vectors or the index files (model
+weights, pooling, normalisation, max length, sizes, factory, rerank dtype, chunk size, and the
+corpus bytes' sha256), not on the batch size or where the corpus lies. A build whose key differs
+from the folder's is refused, naming the keys; the folder is never deleted for the user.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Iterable, Iterator
@@ -24,7 +32,7 @@ import numpy as np
 
 from adaretrieve.data.readers import doc_text, iter_corpus, resolve_corpus, validate_corpus
 from adaretrieve.errors import AdaError
-from adaretrieve.index.format import Manifest
+from adaretrieve.index.format import Manifest, read_manifest
 from adaretrieve.index.writer import IndexWriter, make_faiss_index
 from adaretrieve.modeling.encoder import Encoder
 from adaretrieve.sizes import Size, parse_size, parse_sizes
@@ -32,6 +40,7 @@ from adaretrieve.sizes import Size, parse_size, parse_sizes
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 PLAN = "plan.json"
+ASSEMBLY_LOCK = "assemble.lock"
 
 
 def build_dir(out: str | Path) -> Path:
@@ -39,9 +48,51 @@ def build_dir(out: str | Path) -> Path:
     return out.with_name(f".{out.name}.build")
 
 
-def _corpus_fingerprint(path: Path) -> dict:
-    st = path.stat()
-    return {"path": str(path.resolve()), "bytes": st.st_size, "mtime": int(st.st_mtime)}
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def plan_key(plan: dict) -> dict:
+    """What in a plan changes the output: two builds with equal keys write the same chunks."""
+    model = plan.get("model", {})
+    return {
+        "weights_sha256": model.get("weights_sha256"), "adaptor": model.get("adaptor"),
+        "pooling": model.get("pooling"), "normalize": model.get("normalize"), "max_length": model.get("max_length"),
+        "shortlist": plan.get("shortlist"), "rerank": plan.get("rerank"), "factory": plan.get("factory"),
+        "rerank_dtype": plan.get("rerank_dtype"), "chunk_size": plan.get("chunk_size"),
+        "corpus_sha256": plan.get("corpus", {}).get("sha256"),
+    }
+
+
+def _check_plan(bdir: Path, plan: dict) -> None:
+    """Refuse to add chunks to a build folder whose chunks were made with other output settings."""
+    old = json.loads((bdir / PLAN).read_text())
+    was, now = plan_key(old), plan_key(plan)
+    diff = [k for k in now if was.get(k) != now[k]]
+    if diff:
+        def show(v):
+            return f"{v[:12]}..." if isinstance(v, str) and len(v) == 64 else json.dumps(v)
+
+        changes = "; ".join(f"{k} {show(was.get(k))} -> {show(now[k])}" for k in diff)
+        raise AdaError(f"{bdir} holds an unfinished build whose settings differ in {', '.join(diff)} ({changes}); "
+                       f"rerun with its settings to resume it, or delete {bdir} to start over")
+
+
+def _create_plan(bdir: Path, plan: dict) -> bool:
+    """Write ``plan.json`` whole and only if absent (two shards may start at once); False if it was there."""
+    tmp = bdir / f".{PLAN}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(plan, indent=2))
+    try:
+        os.link(tmp, bdir / PLAN)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink()
 
 
 def build_index(
@@ -60,8 +111,9 @@ def build_index(
 ) -> Manifest | None:
     """Encode ``corpus`` once and write an index directory at ``out``.
 
-    Every check (sizes, factory, each corpus line, duplicate ids) runs before encoding starts.
-    Returns the manifest, or None when this shard is done but others are not yet.
+    Every check (sizes, factory, each corpus line, duplicate ids, the build folder's plan) runs
+    before encoding starts. Returns the manifest, or None when this shard is done but others are
+    not yet, or another shard is assembling the index.
     """
     out = Path(out)
     shortlist = encoder.check_sizes(shortlist, "shortlist size")
@@ -82,21 +134,18 @@ def build_index(
     corpus_path = resolve_corpus(corpus)
     n_docs = validate_corpus(corpus_path)
     sizes = parse_sizes([*shortlist, *([rerank_size] if rerank_size else [])])
+    corpus_info = {"path": str(corpus_path.resolve()), "bytes": corpus_path.stat().st_size,
+                   "sha256": file_sha256(corpus_path)}
     plan = {
-        "corpus": _corpus_fingerprint(corpus_path), "n_docs": n_docs, "chunk_size": chunk_size,
+        "corpus": corpus_info, "n_docs": n_docs, "chunk_size": chunk_size,
         "n_chunks": -(-n_docs // chunk_size), "model": encoder.describe(), "sizes": [str(s) for s in sizes],
         "shortlist": [str(s) for s in shortlist], "rerank": str(rerank_size) if rerank_size else None,
-        "factory": factory, "rerank_dtype": rerank_dtype, "batch_size": batch_size,
+        "factory": factory, "rerank_dtype": rerank_dtype,
     }
     bdir = build_dir(out)
-    if (bdir / PLAN).exists():
-        old = json.loads((bdir / PLAN).read_text())
-        if old != plan:
-            diff = sorted(k for k in plan if old.get(k) != plan[k])
-            log.warning("discarding the unfinished build in %s: its settings differ (%s)", bdir, ", ".join(diff))
-            shutil.rmtree(bdir)
     bdir.mkdir(parents=True, exist_ok=True)
-    (bdir / PLAN).write_text(json.dumps(plan, indent=2))
+    if not _create_plan(bdir, plan):
+        _check_plan(bdir, plan)  # same key: keep the plan that is there (other shards may be reading it)
 
     from tqdm.auto import tqdm
 
@@ -120,11 +169,16 @@ def build_index(
              "docs_per_second": round(done_docs / max(encode_s, 1e-9), 2) if done_docs else None,
              "batch_size": batch_size, "device": str(encoder.device), "shards": n_shards}
     missing = [c for c in range(plan["n_chunks"]) if not (bdir / _chunk_name(c)).exists()]
+    if missing and not (bdir / PLAN).exists():  # another shard has assembled the index and removed the folder
+        return read_manifest(out)
     if missing:
         log.info("shard %d/%d done; %d chunks still missing from other shards. When they are done, run "
                  "`adaretrieve index merge --out %s`", i_shard, n_shards, len(missing), out)
         return None
-    return merge_index(out, overwrite=True, build=stats)
+    m = _assemble(out, overwrite=True, build=stats)
+    if m is None:
+        log.info("shard %d/%d done; another shard is assembling %s", i_shard, n_shards, out)
+    return m
 
 
 def _chunk_name(c: int) -> str:
@@ -147,6 +201,35 @@ def merge_index(out: str | Path, overwrite: bool = True, build: dict | None = No
     bdir = build_dir(out)
     if not (bdir / PLAN).exists():
         raise AdaError(f"no build in progress for {out} (expected {bdir}/{PLAN}); run `adaretrieve index` first")
+    m = _assemble(out, overwrite, build)
+    if m is None:
+        raise AdaError(f"another process is assembling {out} now (it holds {bdir / ASSEMBLY_LOCK}); wait for it to finish")
+    return m
+
+
+def _assemble(out: Path, overwrite: bool, build: dict | None) -> Manifest | None:
+    """``_merge`` under an exclusive lock on the build folder's lock file, so that of two shards
+    finishing at once only one assembles. None when another process holds the lock. The lock is
+    flock(2): the kernel drops it when its holder dies, so a crash leaves no stale lock."""
+    bdir = build_dir(out)
+    try:
+        fd = os.open(bdir / ASSEMBLY_LOCK, os.O_CREAT | os.O_RDWR, 0o644)
+    except FileNotFoundError:  # the build folder is gone: another shard has just assembled the index
+        return read_manifest(out)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
+        if not (bdir / PLAN).exists():  # assembled and removed while we opened the lock file
+            return read_manifest(out)
+        return _merge(out, overwrite, build)
+    finally:
+        os.close(fd)
+
+
+def _merge(out: Path, overwrite: bool, build: dict | None) -> Manifest:
+    bdir = build_dir(out)
     plan = json.loads((bdir / PLAN).read_text())
     missing = [c for c in range(plan["n_chunks"]) if not (bdir / _chunk_name(c)).exists()]
     if missing:

@@ -31,6 +31,25 @@ class Int8Rows:
         return self.codes[idx].astype(np.float32) * self.scales[idx][..., None]
 
 
+class _Lent:
+    """Hands numpy the memory of ``view`` (raw memory inside ``owner``) while keeping ``owner`` alive:
+    the array ``np.asarray`` makes from it has this object as its base."""
+
+    def __init__(self, view: np.ndarray, owner):
+        self.__array_interface__ = view.__array_interface__
+        self.owner = owner
+
+
+def faiss_flat_vectors(index: faiss.Index) -> np.ndarray:
+    """The vectors [ntotal, d] stored in a flat FAISS index, without a copy and read-only. The array
+    keeps the index alive, so it stays valid after whoever opened the index lets go of it."""
+    flat = faiss.downcast_index(index)
+    view = faiss.rev_swig_ptr(flat.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
+    out = np.asarray(_Lent(view, index))
+    out.flags.writeable = False
+    return out
+
+
 class DocIds:
     """The index's doc ids, row i -> id, without a Python string per document: the docids.txt
     bytes (memory-mapped) and one offset per row (4 bytes while the file is under 4 GiB), so 1M
@@ -126,8 +145,7 @@ class IndexReader:
         for entry in sorted(self.manifest.shortlist, key=lambda e: parse_size(e["size"]).dim):
             s = parse_size(entry["size"])
             if s.layer == size.layer and s.dim >= size.dim and entry["factory"] == "Flat":
-                ix = self._stored_shortlist(s)
-                return faiss.rev_swig_ptr(faiss.downcast_index(ix).get_xb(), ix.ntotal * ix.d).reshape(ix.ntotal, ix.d)
+                return faiss_flat_vectors(self._stored_shortlist(s))
         r = self.manifest.rerank_size
         if r is not None and r.layer == size.layer and r.dim >= size.dim:
             return self.rerank_rows()
@@ -152,7 +170,9 @@ class IndexReader:
 
     def rerank_source(self, size: str | Size) -> np.ndarray:
         """Rows [n_docs, >=size.dim] from which candidates are rescored at ``size`` (truncated per
-        candidate). Memory-mapped when they are the stored rerank vectors."""
+        candidate), read-only. Memory-mapped when they are the stored rerank vectors; otherwise the
+        float32 vectors inside a stored flat shortlist index, which the array keeps alive (it stays
+        valid after the reader is gone)."""
         size = parse_size(size)
         src = self._flat_source(size)
         if src is None:

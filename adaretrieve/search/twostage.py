@@ -111,6 +111,17 @@ class FunnelSearcher:
     def sizes(self) -> list[Size]:
         return list(dict.fromkeys([self.shortlist, *(s for s, _ in self.then), *([self.rerank] if self.rerank else [])]))
 
+    @property
+    def stages(self) -> int:
+        return 1 + len(self.then) + (1 if self.rerank else 0)
+
+    def depth(self, top: int) -> int:
+        """Results per query that ``search(..., top)`` returns at most (fewer when the corpus is
+        smaller): ``top`` for single stage, else no more than the last stage's k."""
+        if self.stages == 1:
+            return top
+        return min(top, self.then[-1][1] if self.then else self.k)
+
     def search(self, queries: dict[Size, np.ndarray], top: int = 1000,
                timings: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top ``top`` (scores, rows). With ``timings`` (a dict), seconds per stage are added under

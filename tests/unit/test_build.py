@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from adaretrieve import AdaError
@@ -87,11 +88,73 @@ def test_failed_rebuild_leaves_old_index_loadable(enc, corpus, tmp_path, monkeyp
     assert IndexReader(tmp_path / "a").n_docs == 40
 
 
-def test_changed_settings_discard_stale_chunks(enc, corpus, tmp_path, monkeypatch):
+def chunk_names(out):
+    return sorted(p.name for p in build_dir(out).iterdir() if p.name.startswith("chunk-"))
+
+
+def test_shards_may_differ_in_batch_size_and_corpus_path(enc, corpus, tmp_path, monkeypatch):
+    """Neither changes the vectors: the other shard's chunks are kept and the last shard assembles."""
+    build_index(corpus, enc, tmp_path / "a", chunk_size=8, progress=False, **SIZES)
+    assert build_index(corpus, enc, tmp_path / "s", chunk_size=8, progress=False, shard=(0, 2), **SIZES) is None
+    assert chunk_names(tmp_path / "s") == ["chunk-000000", "chunk-000002", "chunk-000004"]
+    copy = tmp_path / "elsewhere" / "corpus.jsonl"
+    copy.parent.mkdir()
+    copy.write_bytes(corpus.read_bytes())
+    real = enc.encode
+    encoded = []
+    monkeypatch.setattr(enc, "encode", lambda texts, *a, **k: encoded.append(len(texts)) or real(texts, *a, **k))
+    m = build_index(copy, enc, tmp_path / "s", chunk_size=8, batch_size=3, progress=False, shard=(1, 2), **SIZES)
+    assert m is not None and m.n_docs == 40
+    assert sum(encoded) == 16  # shard 1's two chunks only
+    # another batch size pads differently, so the floats may differ in the last bits, nothing more
+    a, s = IndexReader(tmp_path / "a"), IndexReader(tmp_path / "s")
+    assert list(a.docids) == list(s.docids)
+    for size in ("1x8", "2x16"):
+        np.testing.assert_allclose(s.rerank_source(size), a.rerank_source(size), atol=1e-5)
+    np.testing.assert_allclose(s.rerank_rows().astype(np.float32), a.rerank_rows().astype(np.float32), atol=2e-3)
+
+
+@pytest.mark.parametrize("change,keys", [
+    (dict(shortlist=["1x4"], rerank="4x32"), ["shortlist"]),
+    (dict(factory="SQ8", **SIZES), ["factory"]),
+    (dict(rerank_dtype="int8", **SIZES), ["rerank_dtype"]),
+    (dict(chunk_size=16, **SIZES), ["chunk_size"]),
+    (dict(corpus="edited", **SIZES), ["corpus_sha256"]),
+])
+def test_changed_output_settings_refuse_and_keep_the_chunks(enc, corpus, tmp_path, monkeypatch, change, keys):
     real = enc.encode
     monkeypatch.setattr(enc, "encode", interrupt_on_call(real, 2))
     with pytest.raises(KeyboardInterrupt):
         build_index(corpus, enc, tmp_path / "b", chunk_size=8, progress=False, **SIZES)
     monkeypatch.setattr(enc, "encode", real)
-    m = build_index(corpus, enc, tmp_path / "b", chunk_size=8, progress=False, shortlist=["1x4"], rerank="4x32")
-    assert [s["size"] for s in m.shortlist] == ["1x4"]
+    before = chunk_names(tmp_path / "b")
+    assert before == ["chunk-000000"]
+    change = dict(change)
+    if change.pop("corpus", None):  # same size and path, one word changed
+        corpus.write_text(corpus.read_text().replace('"d3"', '"e3"', 1))
+    kw = {"chunk_size": 8, **change}
+    with pytest.raises(AdaError) as e:
+        build_index(corpus, enc, tmp_path / "b", progress=False, **kw)
+    msg = str(e.value)
+    assert "\n" not in msg and f"differ in {', '.join(keys)}" in msg and f"delete {build_dir(tmp_path / 'b')}" in msg
+    assert chunk_names(tmp_path / "b") == before  # nothing deleted
+    assert not (tmp_path / "b").exists()
+
+
+def test_only_one_finishing_shard_assembles(enc, corpus, tmp_path):
+    """A shard that finds another holding the assembly lock leaves the merge to it and returns."""
+    import fcntl
+    import os
+
+    assert build_index(corpus, enc, tmp_path / "s", chunk_size=8, progress=False, shard=(0, 2), **SIZES) is None
+    fd = os.open(build_dir(tmp_path / "s") / "assemble.lock", os.O_CREAT | os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as the other shard does while it assembles
+        assert build_index(corpus, enc, tmp_path / "s", chunk_size=8, progress=False, shard=(1, 2), **SIZES) is None
+        assert not (tmp_path / "s").exists() and len(chunk_names(tmp_path / "s")) == 5
+        with pytest.raises(AdaError, match="another process is assembling"):
+            merge_index(tmp_path / "s")
+    finally:
+        os.close(fd)
+    m = merge_index(tmp_path / "s")
+    assert m.n_docs == 40 and not build_dir(tmp_path / "s").exists()

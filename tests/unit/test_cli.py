@@ -44,11 +44,11 @@ def test_index_search_eval(index_dir, queries_qrels, tmp_path):
               "--k", 10, "--top", 20, "--out", out, "--json", "--quiet")
     assert res.exit_code == 0, res.output
     scores = json.loads(res.stdout.strip().splitlines()[-1])
-    assert set(scores) == {"nDCG@10", "RR@10", "R@100", "R@1000"}
+    assert set(scores) == {"nDCG@10", "RR@10", "R@10"}  # a run of 10 per query: R@100 and R@1000 are R@10
     assert re.search(r"\[shortlist [0-9.]+, gather [0-9.]+, rerank [0-9.]+\]", res.stderr), res.stderr
     lines = out.read_text().splitlines()
     assert len(lines) == 8 * 10  # k=10 candidates per query, top 20 asked
-    res2 = run("eval", "--run", out, "--qrels", r, "--json")
+    res2 = run("eval", "--run", out, "--qrels", r, "--metrics", "nDCG@10,RR@10,R@10", "--json")
     assert res2.exit_code == 0 and json.loads(res2.stdout) == scores
     # derived shortlist (1x4 from 1x8) and single stage
     res3 = run("search", "--index", index_dir, "--queries", q, "--shortlist", "1x4", "--rerank", "none", "--top", 5,
@@ -106,21 +106,56 @@ def test_failures_leave_existing_index_untouched(index_dir, tiny_model, tmp_path
 
 def test_search_errors(index_dir, queries_qrels, other_tiny_model, tmp_path):
     q, r = queries_qrels
-    res = run("search", "--index", index_dir, "--queries", q, "--shortlist", "3x8", "--quiet")
+    keep = ("--out", tmp_path / "run.trec")
+    res = run("search", "--index", index_dir, "--queries", q, "--shortlist", "3x8", "--quiet", *keep)
     assert res.exit_code == 2
     assert "shortlist size 3x8 is not in index" in err_line(res) and "shortlist 1x8, 2x16; rerank 4x32" in err_line(res)
-    res = run("search", "--index", index_dir, "--queries", q, "--rerank", "4x64", "--quiet")
+    res = run("search", "--index", index_dir, "--queries", q, "--rerank", "4x64", "--quiet", *keep)
     assert res.exit_code == 2 and "rerank size 4x64: dim 64 exceeds the model's hidden size 32" in err_line(res)
-    res = run("search", "--index", index_dir, "--queries", q, "--model", other_tiny_model, "--quiet")
+    res = run("search", "--index", index_dir, "--queries", q, "--model", other_tiny_model, "--quiet", *keep)
     assert res.exit_code == 2 and "is not the model that built" in err_line(res)
     empty = tmp_path / "empty_q.jsonl"
     empty.write_text('{"_id": "1", "text": "cell"}\n{"_id": "2", "text": ""}\n')
-    res = run("search", "--index", index_dir, "--queries", empty, "--quiet")
+    res = run("search", "--index", index_dir, "--queries", empty, "--quiet", *keep)
     assert res.exit_code == 2 and "query '2' has an empty text" in err_line(res)
     res = run("search", "--index", index_dir, "   ", "--quiet")
     assert res.exit_code == 2 and "empty" in err_line(res)
-    res = run("search", "--index", tmp_path / "nope", "--queries", q)
+    res = run("search", "--index", tmp_path / "nope", "--queries", q, *keep)
     assert res.exit_code == 2 and "does not exist" in err_line(res)
+
+
+def test_search_with_nowhere_for_the_results_is_refused(index_dir, queries_qrels):
+    q, _ = queries_qrels
+    res = run("search", "--index", index_dir, "--queries", q, "--quiet")
+    assert res.exit_code == 2
+    assert "pass --out FILE to keep the run or --qrels FILE to score it" in err_line(res)
+    assert len([x for x in res.stderr.splitlines() if x.strip()]) == 1
+
+
+def test_search_top_above_last_k_warns_and_names_recall_by_the_real_depth(index_dir, queries_qrels, tmp_path):
+    q, r = queries_qrels
+    common = ("search", "--index", index_dir, "--queries", q, "--qrels", r, "--shortlist", "2x16", "--json", "--quiet")
+    res = run(*common, "--k", 10)  # --top 1000 by default
+    assert res.exit_code == 0, res.output
+    warning = ("warning: --top 1000 > --k 10: a two-stage search returns at most 10 results per query; "
+               "R@100 is R@10, R@1000 is R@10")
+    assert warning in res.stderr.splitlines()
+    scores = json.loads(res.stdout.strip().splitlines()[-1])
+    assert list(scores) == ["nDCG@10", "RR@10", "R@10"]
+    exact = run(*common, "--k", 10, "--top", 10, "--metrics", "R@10")
+    assert exact.exit_code == 0 and "warning" not in exact.stderr
+    assert json.loads(exact.stdout.strip().splitlines()[-1])["R@10"] == scores["R@10"]
+    # a funnel is capped by its last k; text output names the measures the same way
+    res = run("search", "--index", index_dir, "--queries", q, "--qrels", r, "--k", 20, "--then", "4x24", "--k", 6,
+              "--top", 50, "--metrics", "nDCG@10,R@5,R@100", "--quiet")
+    assert res.exit_code == 0, res.output
+    assert "warning: --top 50 > --k 6: a three-stage search returns at most 6 results per query; R@100 is R@6" in res.stderr
+    assert [x.split("\t")[0] for x in res.stdout.strip().splitlines()] == ["nDCG@10", "R@5", "R@6"]
+    # single stage returns --top results: no warning, and recall above --top is named by --top
+    res = run("search", "--index", index_dir, "--queries", q, "--qrels", r, "--rerank", "none", "--top", 5, "--json",
+              "--quiet")
+    assert res.exit_code == 0 and "warning" not in res.stderr
+    assert list(json.loads(res.stdout.strip().splitlines()[-1])) == ["nDCG@10", "RR@10", "R@5"]
 
 
 def test_version_and_help():

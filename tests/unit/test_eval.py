@@ -36,3 +36,12 @@ def test_run_roundtrip(tmp_path):
 def test_bad_metric():
     with pytest.raises(AdaError, match="not an ir-measures measure"):
         Evaluator({"q": {"d": 1}}, ["nDCG@ten"])
+
+
+def test_recall_beyond_the_run_depth_is_named_by_the_depth():
+    from adaretrieve.eval import recall_within_depth
+
+    names, renamed = recall_within_depth(["nDCG@1000,RR@10", "R@100", "R(rel=2)@1000", "R@1000", "R@50"], 200)
+    assert names == ["nDCG@1000", "RR@10", "R@100", "R(rel=2)@200", "R@200", "R@50"]
+    assert renamed == {"R(rel=2)@1000": "R(rel=2)@200", "R@1000": "R@200"}
+    assert recall_within_depth(["R@1000"], 1000) == (["R@1000"], {})

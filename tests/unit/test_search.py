@@ -280,3 +280,19 @@ def test_doc_ids_are_compact_and_exact(tmp_path):
     write(tmp_path, [Size(1, 8)], None, name="ix2")
     reader = IndexReader(tmp_path / "ix2")
     assert list(reader.docids) == [f"d{i}" for i in range(N)] and reader.docids.nbytes == 4 * (N + 1)
+
+
+def test_rerank_source_outlives_its_reader(tmp_path):
+    """A flat shortlist's vectors live inside the FAISS index the reader owns: the array handed out
+    must keep them alive after the reader is gone."""
+    import gc
+
+    write(tmp_path, [Size(2, 32)], Size(L, D))
+    r = IndexReader(tmp_path / "ix")
+    src = r.rerank_source("2x32")
+    before = np.array(src, copy=True)
+    del r
+    gc.collect()
+    junk = [np.full(before.shape, 7.0, dtype=np.float32) for _ in range(8)]  # reuse any freed memory
+    np.testing.assert_array_equal(np.asarray(src), before)
+    del junk

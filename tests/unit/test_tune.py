@@ -1,0 +1,135 @@
+"""Choosing an operating point under budgets, on the Starbucks SciFact suite's own measurements,
+and the RAM a shortlist index keeps per document, checked against FAISS's serialised indexes."""
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from adaretrieve.bench import config_name
+from adaretrieve.cli.main import app
+from adaretrieve.sizes import parse_size
+from adaretrieve.tune import best_within_budget, latency_ms, resident_bytes_per_doc
+
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "scifact-minilm-starbucks" / "results.json"
+
+
+@pytest.fixture(scope="module")
+def starbucks():
+    data = json.loads(RESULTS.read_text())
+    return data["results"], data["index"]["n_docs"]
+
+
+def pick(rows, n_docs, **budgets):
+    row = best_within_budget(rows, "nDCG@10", n_docs, **budgets)
+    return None if row is None else config_name(row)
+
+
+def brute_force(rows, n_docs, metric, budget_ms, budget_ram_mb):
+    """Every row that fits both budgets, best metric, then lowest latency."""
+    fits = [r for r in rows if latency_ms(r) <= budget_ms and r["resident_bytes_per_doc"] * n_docs / 1e6 <= budget_ram_mb]
+    return config_name(min(fits, key=lambda r: (-r["metrics"][metric], latency_ms(r)))) if fits else None
+
+
+def test_ram_budget_is_applied_before_choosing(starbucks):
+    rows, n = starbucks
+    assert n == 5183 and len(rows) == 18
+    # single 6x384 (0.620) needs 8 MB; the 3x64 shortlist (1.3 MB) reranked at 6x384 is as good
+    assert pick(rows, n, budget_ms=40, budget_ram_mb=3) == "3x64 k=1000 -> 6x384"
+    # 5x256 k=200 -> 6x384 is dominated by single 6x384 on (latency, quality), but 6x384 does not fit 6 MB:
+    # a Pareto front built before the RAM filter loses it and settles for 4x128 k=200 (0.571 < 0.601)
+    assert pick(rows, n, budget_ms=30.5, budget_ram_mb=6) == "5x256 k=200 -> 6x384"
+    assert pick(rows, n, budget_ms=30.5) == "single 6x384"
+    assert pick(rows, n, budget_ram_mb=3) == "3x64 k=1000 -> 6x384"
+    assert pick(rows, n, budget_ms=10) == "single 1x16"
+    assert pick(rows, n, budget_ms=5) is None and pick(rows, n, budget_ms=40, budget_ram_mb=0.1) is None
+    for ms in (7, 15, 20, 22.5, 29.6, 30, 30.2, 31, 32, 40):
+        for mb in (0.5, 1.5, 3, 6, 10):
+            assert pick(rows, n, budget_ms=ms, budget_ram_mb=mb) == brute_force(rows, n, "nDCG@10", ms, mb), (ms, mb)
+
+
+def test_equal_quality_goes_to_the_faster():
+    rows = [{"config": name, "shortlist": "1x8", "k": None, "rerank": None, "metrics": {"nDCG@10": q},
+             "encode_ms_batch1": {"p50": enc}, "search_ms_batch1": {"p50": 1.0}, "resident_bytes_per_doc": 32}
+            for name, q, enc in (("slow", 0.5, 9.0), ("fast", 0.5, 2.0), ("worse", 0.4, 1.0))]
+    assert best_within_budget(rows, "nDCG@10", 100, budget_ms=20)["config"] == "fast"
+    rows[2]["resident_bytes_per_doc"] = None  # unknown RAM never fits a RAM budget
+    assert best_within_budget(rows, "nDCG@10", 100, budget_ms=2.5, budget_ram_mb=1) is None
+
+
+def test_tune_command_picks_within_every_budget(starbucks, monkeypatch, tmp_path):
+    """The command on the suite's measurements (the sweep itself is replaced by them)."""
+    rows, n = starbucks
+    manifest = SimpleNamespace(model={"path": "minilm", "name": "minilm", "max_length": 512}, corpus="corpus.jsonl",
+                               shortlist_sizes=[parse_size(s) for s in ("1x16", "2x32", "3x64", "4x128", "5x256")],
+                               rerank_size=parse_size("6x384"), rerank={"size": "6x384"})
+    monkeypatch.setattr("adaretrieve.search.IndexReader", lambda path: SimpleNamespace(manifest=manifest, n_docs=n))
+    monkeypatch.setattr("adaretrieve.bench.run_suite", lambda suite, progress=True: {"results": rows})
+    args = ["tune", "--index", str(tmp_path / "ix"), "--queries", "q.jsonl", "--qrels", "qrels.tsv", "--quiet"]
+    res = CliRunner().invoke(app, [*args, "--budget-ms", "30.5", "--budget-ram-mb", "6"])
+    assert res.exit_code == 0, res.output
+    assert "best within budget: 5x256 k=200 -> 6x384: nDCG@10 0.6006" in res.stdout
+    assert res.stdout.strip().splitlines()[-1].endswith("--shortlist 5x256 --k 200 --rerank 6x384")
+    res = CliRunner().invoke(app, [*args, "--budget-ms", "40", "--budget-ram-mb", "3"])
+    assert res.exit_code == 0 and "best within budget: 3x64 k=1000 -> 6x384: nDCG@10 0.6198" in res.stdout
+    res = CliRunner().invoke(app, [*args, "--budget-ms", "40", "--budget-ram-mb", "0.1"])
+    assert res.exit_code == 2 and "no configuration fits 40.0 ms and 0.1 MB" in res.stderr
+
+
+@pytest.mark.parametrize("factory,expected", [
+    ("Flat", 4 * 64), ("SQfp16", 2 * 64), ("SQbf16", 2 * 64), ("SQ8", 64), ("SQ4", 32), ("SQ6", 48),
+    ("PQ16", 16), ("PQ16x4", 8), ("HNSW32", 4 * 64 + 32 * 2 * 4 + 16), ("HNSW16,SQ8", 64 + 16 * 2 * 4 + 16),
+    ("IVF256,Flat", 4 * 64 + 8), ("IVF256,SQ8", 64 + 8), ("IVF256,PQ16", 16 + 8), ("IDMap,Flat", 4 * 64 + 8),
+    ("PCA32,SQ8", 32), ("OPQ16_32,PQ16", 16), ("SQ8,RFlat", 64 + 4 * 64),
+    ("BFlat", 8), ("BHNSW32", 8 + 32 * 2 * 4 + 16), ("BIVF256", 8 + 8),
+    ("LSH", None), ("RQ4x8", None),
+])
+def test_resident_bytes_per_doc_by_factory(factory, expected):
+    assert resident_bytes_per_doc(64, factory) == expected
+
+
+@pytest.mark.parametrize("factory", ["Flat", "SQfp16", "SQ8", "SQ4", "HNSW16", "HNSW32,SQ8", "IVF16,Flat", "IVF16,SQ8",
+                                     "PQ8x4", "BFlat", "BHNSW16", "BIVF16"])
+def test_resident_bytes_match_what_faiss_stores(factory):
+    """The estimate against the bytes FAISS writes (and reads back into RAM) per added vector: the
+    growth from n to 2n vectors, so codebooks, centroids and headers cancel."""
+    import faiss
+
+    from adaretrieve.index.writer import is_binary_factory, make_faiss_index
+
+    n, d = 1000, 32
+    x = np.random.default_rng(0).normal(size=(2 * n, d)).astype(np.float32)
+    binary = is_binary_factory(factory)
+    if binary:
+        x = np.packbits(x > 0, axis=1)
+    serialize = faiss.serialize_index_binary if binary else faiss.serialize_index
+    ix = make_faiss_index(d, factory)
+    ix.train(x[:n])
+    ix.add(x[:n])
+    one = serialize(ix).nbytes
+    ix.add(x[n:])
+    per_vector = (serialize(ix).nbytes - one) / n
+    assert resident_bytes_per_doc(d, factory) == pytest.approx(per_vector, rel=0.05), per_vector
+
+
+def test_bench_rows_count_the_stored_factory(tmp_path):
+    """A row's resident bytes follow the shortlist index the reader would load: the stored factory,
+    or a flat float32 index when the size is cut from a stored prefix."""
+    from adaretrieve.bench import shortlist_resident_bytes_per_doc
+    from adaretrieve.index.writer import IndexWriter
+    from adaretrieve.search import IndexReader
+    from adaretrieve.sizes import Size
+
+    n = 64
+    x = np.random.default_rng(0).normal(size=(n, 32)).astype(np.float32)
+    model = {"name": "r", "path": "r", "weights_sha256": "abc", "normalize": True, "pooling": "mean", "max_length": 8,
+             "n_layers": 2, "hidden_size": 32}
+    w = IndexWriter(tmp_path / "ix", n, [Size(1, 16)], Size(2, 32), factory="SQ8")
+    w.add([f"d{i}" for i in range(n)], {Size(1, 16): x[:, :16], Size(2, 32): x})
+    w.close(model, corpus="none")
+    m = IndexReader(tmp_path / "ix").manifest
+    assert shortlist_resident_bytes_per_doc(m, Size(1, 16)) == 16  # SQ8: one byte per dim
+    assert shortlist_resident_bytes_per_doc(m, Size(2, 8)) == 32  # cut from the rerank rows: flat float32
