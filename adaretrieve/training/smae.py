@@ -32,6 +32,7 @@ from adaretrieve import __version__
 from adaretrieve.errors import AdaError
 from adaretrieve.modeling.encoder import Encoder
 from adaretrieve.sizes import Size
+from adaretrieve.training.checkpoint import load_state, replace_dir, restore_rng, rng_states
 from adaretrieve.training.config import load_config
 
 log = logging.getLogger(__name__)
@@ -301,12 +302,12 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (cfg.steps - s) / max(1, cfg.steps - warm))))
     step = 0
     if start is not None:
-        st = torch.load(ck / "state.pt", weights_only=False)
+        st = load_state(ck / "state.pt")
         smae.head.load_state_dict(st["head"])
         smae.decoder.layer.load_state_dict(st["decoder"])
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
-        torch.set_rng_state(st["torch_rng"])  # dropout draws continue where they stopped
+        restore_rng(st.get("rng", [{"torch": st.get("torch_rng")}]), rank)  # dropout draws continue where they stopped
         step = st["step"]
     tok = enc.tokenizer
     batches = iter_batches(cfg, tok)
@@ -347,8 +348,10 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
         first_loss = first_loss if first_loss is not None else last
         bar.update(1)
         bar.set_postfix(loss=f"{last:.3f}")
-        if rank == 0 and (step % cfg.save_every == 0 or step == cfg.steps):
-            _save(smae, enc, ck, opt, sched, step)
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            rngs = rng_states(rank, world)  # collective: every rank's state goes into the checkpoint
+            if rank == 0:
+                _save(smae, enc, ck, opt, sched, step, rngs)
         if world > 1:
             torch.distributed.barrier()
     bar.close()
@@ -373,7 +376,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
 _last_model = None
 
 
-def _save(smae: SMAE, enc: Encoder, ck: Path, opt, sched, step: int) -> None:
+def _save(smae: SMAE, enc: Encoder, ck: Path, opt, sched, step: int, rngs: list) -> None:
     tmp = ck.with_name(ck.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     enc.model.save_pretrained(tmp)
@@ -381,9 +384,5 @@ def _save(smae: SMAE, enc: Encoder, ck: Path, opt, sched, step: int) -> None:
     (tmp / "adaretrieve.json").write_text(json.dumps({"pooling": enc.pooling, "normalize": enc.normalize,
                                                       "max_length": enc.max_length}))
     torch.save({"head": smae.head.state_dict(), "decoder": smae.decoder.layer.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(), "step": step}, tmp / "state.pt")
-    import shutil
-
-    if ck.exists():
-        shutil.rmtree(ck)
-    tmp.rename(ck)
+                "scheduler": sched.state_dict(), "rng": rngs, "step": step}, tmp / "state.pt")
+    replace_dir(tmp, ck)  # the old checkpoint goes only once the new one stands

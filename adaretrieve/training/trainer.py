@@ -25,6 +25,7 @@ from adaretrieve import __version__
 from adaretrieve.errors import AdaError
 from adaretrieve.modeling.encoder import Encoder
 from adaretrieve.sizes import Size, parse_sizes
+from adaretrieve.training.checkpoint import load_state, replace_dir, restore_rng, rng_states
 from adaretrieve.training.config import load_config
 from adaretrieve.training.data import BatchSampler, Example, load_beir, load_records
 from adaretrieve.training.losses import PairSampler, default_ladder, matryoshka_loss, pair_scores
@@ -187,11 +188,14 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = True) -> dict:
         opt, lambda s: min((s + 1) / warm, max(0.0, (cfg.steps - s) / max(1, cfg.steps - warm))))
     step = 0
     if start_from is not None:
-        state = torch.load(start_from / "state.pt", weights_only=False)
+        state = load_state(start_from / "state.pt")
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        sampler.rng.setstate(state["pair_rng"])
-        torch.set_rng_state(state["torch_rng"])
+        pair_rngs = state["pair_rng"] if isinstance(state["pair_rng"], list) else [state["pair_rng"]]
+        if rank >= len(pair_rngs):
+            raise AdaError(f"{start_from} was written by {len(pair_rngs)} process(es); resume with the same number")
+        sampler.rng.setstate(_as_rng_state(pair_rngs[rank]))
+        restore_rng(state.get("rng", [{"torch": state.get("torch_rng")}]), rank)
         step = state["step"]
         if rank == 0:
             log.info("resuming from %s (step %d of %d)", start_from, step, cfg.steps)
@@ -256,8 +260,11 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = True) -> dict:
         losses.append(float(loss.detach()))
         bar.update(1)
         bar.set_postfix({k: f"{v:.2f}" for k, v in list(logs_acc.items())[:6]})
-        if rank == 0 and (step % cfg.save_every == 0 or step == cfg.steps):
-            _save_checkpoint(out, step, enc, opt, sched, sampler, cfg.keep_checkpoints)
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            rngs = rng_states(rank, world)  # collective: every rank's state goes into the checkpoint
+            pair_rngs = _gather_object(sampler.rng.getstate(), world)
+            if rank == 0:
+                _save_checkpoint(out, step, enc, opt, sched, pair_rngs, rngs, cfg.keep_checkpoints)
         if world > 1:
             torch.distributed.barrier()
     bar.close()
@@ -302,7 +309,21 @@ def _save_model(d: Path, enc: Encoder) -> None:
     (d / "adaretrieve.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def _save_checkpoint(out: Path, step: int, enc, opt, sched, sampler, keep: int) -> None:
+def _gather_object(obj, world: int) -> list:
+    if world == 1:
+        return [obj]
+    out: list = [None] * world
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def _as_rng_state(st) -> tuple:
+    """random.Random state back from its saved form (weights_only loading gives lists for tuples)."""
+    version, internal, gauss = st
+    return (int(version), tuple(int(x) for x in internal), gauss)
+
+
+def _save_checkpoint(out: Path, step: int, enc, opt, sched, pair_rngs: list, rngs: list, keep: int) -> None:
     d = out / "checkpoints"
     d.mkdir(parents=True, exist_ok=True)
     tmp = d / f".step-{step}.tmp"
@@ -310,12 +331,9 @@ def _save_checkpoint(out: Path, step: int, enc, opt, sched, sampler, keep: int) 
         shutil.rmtree(tmp)
     tmp.mkdir()
     _save_model(tmp, enc)
-    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "pair_rng": sampler.rng.getstate(),
-                "torch_rng": torch.get_rng_state(), "step": step}, tmp / "state.pt")
-    final = d / f"step-{step}"
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "pair_rng": pair_rngs,
+                "rng": rngs, "step": step}, tmp / "state.pt")
+    replace_dir(tmp, d / f"step-{step}")
     for old in _checkpoints(out)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
 

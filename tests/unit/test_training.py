@@ -311,3 +311,49 @@ def test_two_processes_give_the_one_process_gradient(tiny_model, tmp_path, keep_
         # (key biases get ~1e-10 of pure rounding noise: softmax ignores them; skip such near-zero grads)
         worst = max(float((got["grads"][k] - g).norm() / g.norm()) for k, g in grads1.items() if g.norm() > 1e-6)
         assert worst < 1e-4, worst
+
+
+def test_crafted_checkpoint_is_refused_not_run(tiny_model, beir_train, tmp_path):
+    """state.pt is read with weights_only=True: a pickle that would run code is refused in one line."""
+    import os
+
+    out = tmp_path / "run"
+    train(cfg(tiny_model, beir_train, out, steps=2, save_every=2), progress=False)
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    ck = sorted((out / "checkpoints").iterdir())[-1]
+    torch.save({"step": 1, "x": Evil()}, ck / "state.pt")
+    with pytest.raises(AdaError, match="refusing to load a checkpoint"):
+        train(cfg(tiny_model, beir_train, out, steps=4, save_every=2), progress=False)
+    assert not marker.exists()
+
+
+def test_replace_dir_keeps_one_checkpoint_whatever_happens(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from adaretrieve.training.checkpoint import replace_dir
+
+    final, tmp = tmp_path / "ck", tmp_path / "ck.tmp"
+    final.mkdir()
+    (final / "a").write_text("old")
+    tmp.mkdir()
+    (tmp / "a").write_text("new")
+    real = Path.rename
+    calls = []
+
+    def crash_on_second(self, target):
+        calls.append(target)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, target)
+
+    monkeypatch.setattr(Path, "rename", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        replace_dir(tmp, final)
+    monkeypatch.setattr(Path, "rename", real)
+    # killed between the two renames: the old checkpoint is still there (moved aside), never neither
+    assert (tmp_path / "ck.old" / "a").read_text() == "old" and (tmp / "a").read_text() == "new"
