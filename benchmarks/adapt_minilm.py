@@ -15,7 +15,8 @@ Variants (the data each is fitted or trained on is given per evaluation set):
 - adapt-qrels: adapt with the set's train qrels (NFCorpus train / SciFact train) as well.
 - starbucks, starbucks-keep, adapt-starbucks: Starbucks SRL fine-tuning on NFCorpus train (120
   steps, batch 16, CPU): as before; with the full size kept by a frozen teacher; starting from the
-  label-free NFCorpus adaptor, adaptor trainable, full size kept.
+  label-free NFCorpus adaptor, adaptor trainable, full size kept; starbucks-keep-bf16 is
+  starbucks-keep under CPU bfloat16 autocast (speed and quality of bf16 training).
 
 Each finished piece is written at once under benchmarks/results/adapt-minilm/ (one JSON per
 variant and set), so an interrupted run loses nothing and a rerun skips what is done.
@@ -123,6 +124,8 @@ def run(name: str, dataset: str) -> dict:
         model, fit = train_model("starbucks", [])
     elif name == "starbucks-keep":
         model, fit = train_model("starbucks-keep", ["keep_full=1.0"])
+    elif name == "starbucks-keep-bf16":  # the same run under CPU bfloat16 autocast: speed and quality
+        model, fit = train_model("starbucks-keep-bf16", ["keep_full=1.0", "dtype=bfloat16"])
     elif name == "adapt-starbucks":
         base, _ = adapt_model("adapt", "nfcorpus", [])
         model, fit = train_model("adapt-starbucks", [f"model={base}", "keep_full=1.0"])
@@ -131,7 +134,8 @@ def run(name: str, dataset: str) -> dict:
     return evaluate(name, model, dataset, fit)
 
 
-ORDER = ["untrained", "adapt", "adapt-qrels", "adapt-ridge", "starbucks-keep", "adapt-starbucks", "starbucks"]
+ORDER = ["untrained", "adapt", "adapt-qrels", "adapt-ridge", "starbucks", "starbucks-keep", "starbucks-keep-bf16",
+         "adapt-starbucks"]
 
 
 def _row(res: dict) -> dict[str, float]:

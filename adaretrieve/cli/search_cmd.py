@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from adaretrieve.cli.common import handle_errors, load_encoder, setup
+from adaretrieve.cli.common import handle_errors, setup
 from adaretrieve.errors import AdaError
 
 
@@ -66,14 +66,13 @@ def search(
         rr = m.rerank_size
     else:
         rr = None if rerank.lower() == "none" else parse_size(rerank)
-    mod = m.model
-    enc = load_encoder(model or (mod["path"] if Path(mod["path"]).exists() else mod["name"]),
-                       pooling=mod["pooling"], normalize=mod["normalize"], max_length=mod["max_length"], device=device)
+    from adaretrieve.retriever import load_index_encoder
+
+    enc = load_index_encoder(reader, model, device)  # refuses weights other than the index's
     enc.check_sizes([short], "shortlist size")
     stages = [(s, kk) for s, kk in zip(enc.check_sizes(then, "--then size"), k[1:])]
     if rr:
         enc.check_sizes([rr], "rerank size")
-    reader.check_model(enc.weights_hash(), enc.name)
     searcher = FunnelSearcher(reader, short, k=k[0], then=stages, rerank=rr)
 
     if query is not None:

@@ -56,15 +56,13 @@ def mine_dense(index: str | Path, data: str | Path, split: str, out: str | Path,
     ``n`` unjudged documents from ranks ``skip+1 .. depth``. Judged documents of any grade (0
     included) are never negatives: grade 0 is known-irrelevant, but BEIR sets mark partial relevance
     with it too."""
-    from adaretrieve.modeling import Encoder
+    from adaretrieve.retriever import load_index_encoder
 
     reader = IndexReader(index)
     m = reader.manifest
     if m.rerank is None:
         raise AdaError(f"index {index} has no rerank vectors to mine with; rebuild it with --rerank")
-    enc = Encoder(model or (m.model["path"] if Path(m.model["path"]).exists() else m.model["name"]),
-                  pooling=m.model["pooling"], normalize=m.model["normalize"], max_length=m.model["max_length"])
-    reader.check_model(enc.weights_hash(), enc.name)
+    enc = load_index_encoder(reader, model)
     qrels = read_qrels(Path(data) / "qrels" / f"{split}.tsv")
     queries = read_queries(data)
     qids = [q for q in qrels if q in queries]

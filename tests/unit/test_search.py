@@ -296,3 +296,23 @@ def test_rerank_source_outlives_its_reader(tmp_path):
     junk = [np.full(before.shape, 7.0, dtype=np.float32) for _ in range(8)]  # reuse any freed memory
     np.testing.assert_array_equal(np.asarray(src), before)
     del junk
+
+
+def test_retriever_facade_matches_the_cli_path(tiny_model, other_tiny_model, corpus, tmp_path):
+    """adaretrieve.Retriever loads the index's own encoder (hash checked in the library) and its
+    search equals encoder + FunnelSearcher by hand."""
+    import adaretrieve
+    from adaretrieve.index.build import build_index
+    from adaretrieve.modeling import Encoder
+    from adaretrieve.search import FunnelSearcher, IndexReader
+
+    enc = Encoder(tiny_model, device="cpu")
+    build_index(corpus, enc, tmp_path / "ix", ["2x16"], "4x32", progress=False)
+    r = adaretrieve.Retriever(tmp_path / "ix", device="cpu")
+    hits = r.search(["the cell gene", "cancer risk"], shortlist="2x8", k=10, top=5)
+    s = FunnelSearcher(IndexReader(tmp_path / "ix"), "2x8", k=10, rerank="4x32")
+    scores, rows = s.search(enc.encode(["the cell gene", "cancer risk"], s.sizes()), top=5)
+    assert [[d for d, _ in h] for h in hits] == [[r.reader.docids[j] for j in row] for row in rows]
+    assert len(hits[0]) == 5 and hits[0][0][1] >= hits[0][1][1]
+    with pytest.raises(AdaError, match="is not the model that built"):
+        adaretrieve.Retriever(tmp_path / "ix", model=str(other_tiny_model), device="cpu")

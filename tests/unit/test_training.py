@@ -357,3 +357,28 @@ def test_replace_dir_keeps_one_checkpoint_whatever_happens(tmp_path, monkeypatch
     monkeypatch.setattr(Path, "rename", real)
     # killed between the two renames: the old checkpoint is still there (moved aside), never neither
     assert (tmp_path / "ck.old" / "a").read_text() == "old" and (tmp / "a").read_text() == "new"
+
+
+def test_training_path_needs_no_faiss_datasets_or_ir_measures(tiny_model, tmp_path):
+    """The GPU machines have torch and transformers but not faiss, datasets, ir-measures or
+    pyserini: training from a local jsonl must run with those imports blocked."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"query": " ".join(WORDS[i:i + 3]), "positives": [" ".join(WORDS[i + 3:i + 9])],
+                                        "negatives": [" ".join(WORDS[i + 9:i + 14])]}) + "\n" for i in range(8)))
+    code = f"""
+import sys
+for m in ("faiss", "datasets", "ir_measures", "pyserini"):
+    sys.modules[m] = None  # import fails
+from adaretrieve.training.trainer import TrainConfig, train
+s = train(TrainConfig(model={str(tiny_model)!r}, data={str(data)!r}, output={str(tmp_path / 'out')!r}, steps=2,
+                      batch_size=4, save_every=2, query_max_length=16, passage_max_length=24, device="cpu", keep_full=1.0),
+          progress=False)
+print("ok", s["steps"])
+"""
+    root = Path(__file__).resolve().parents[2]
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=300)
+    assert res.returncode == 0 and "ok 2" in res.stdout, res.stderr[-2000:]
