@@ -266,6 +266,10 @@ def _distill(m, X: torch.Tensor, full: torch.Tensor, n_docs: int, pairs: list[tu
     tau = cfg.temperature
     q_of_pair = torch.tensor([p[0] for p in pairs], dtype=torch.long) + n_docs if pairs else None
     d_of_pair = torch.tensor([p[1] for p in pairs], dtype=torch.long) if pairs else None
+    positives: dict[int, torch.Tensor] = {}
+    for q, d in pairs:  # a query's other judged documents are never its negatives (NFCorpus judges ~40 each)
+        positives.setdefault(q, []).append(d)
+    positives = {q: torch.tensor(sorted(set(v)), dtype=torch.long) for q, v in positives.items()}
     first = last = None
     bar = tqdm(range(cfg.steps), desc=f"adapt {desc}", unit="step", disable=not progress, leave=False)
     n_q = n - n_docs
@@ -290,12 +294,14 @@ def _distill(m, X: torch.Tensor, full: torch.Tensor, n_docs: int, pairs: list[tu
         if pairs:
             yq_lab = m(X[q_of_pair[pi]])
             col = torch.searchsorted(di, d_of_pair[pi])
+            other = torch.stack([torch.isin(di, positives[int(q) - n_docs]) for q in q_of_pair[pi]])
+            other[torch.arange(len(pi)), col] = False
         for D in dims:
             cut = (lambda y, D=D: _normalise(y[:, :D])) if normalize else (lambda y, D=D: y[:, :D])
             s = cut(ys) @ cut(yd).T / tau
             loss = loss + F.kl_div(s.log_softmax(-1), teacher.log_softmax(-1), log_target=True, reduction="batchmean")
             if pairs:
-                s_lab = cut(yq_lab) @ cut(yd).T / tau
+                s_lab = (cut(yq_lab) @ cut(yd).T / tau).masked_fill(other, float("-inf"))
                 loss = loss + cfg.qrels_weight * F.cross_entropy(s_lab, col)
         opt.zero_grad(set_to_none=True)
         loss.backward()

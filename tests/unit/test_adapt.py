@@ -139,3 +139,31 @@ def test_adapt_cli_bad_input_exits_2(tiny_model, tmp_path):
                                    "--out", str(tmp_path / "o"), "--ladder", "9x8"])
     assert res.exit_code == 2
     assert res.output.strip().startswith("error:") and len(res.output.strip().splitlines()) == 1
+
+
+def test_qrels_term_never_treats_a_querys_other_positives_as_negatives(tiny_model, tmp_path, monkeypatch):
+    """With many judged documents per query (NFCorpus: ~40), InfoNCE must mask the query's other
+    positives (-inf logits) and keep the target itself; before the fix nothing was masked."""
+    import torch.nn.functional as F
+
+    corpus = make_corpus(tmp_path / "c.jsonl", n=60, seed=1)
+    q = tmp_path / "q.jsonl"
+    q.write_text("".join(json.dumps({"_id": f"q{i}", "text": f"the cell {i}"}) + "\n" for i in range(40)))
+    r = tmp_path / "r.tsv"
+    r.write_text("".join(f"q{i}\td{j}\t1\n" for i in range(40) for j in range(i % 5, 60, 5)))  # 12 positives each
+    seen = []
+    real = F.cross_entropy
+
+    def spy(logits, target, *a, **k):
+        if logits.dim() == 2 and torch.isinf(logits).any():
+            seen.append((logits.detach(), target.detach()))
+        return real(logits, target, *a, **k)
+
+    monkeypatch.setattr(F, "cross_entropy", spy)
+    adapt(AdaptConfig(model=str(tiny_model), corpus=str(corpus), queries=str(q), qrels=str(r), ladder=["1x8", "4x32"],
+                      out=str(tmp_path / "o"), steps=3, batch_size=16, docs_per_step=20, teacher_top=4, device="cpu"),
+          progress=False)
+    assert seen, "the qrels term masked nothing"
+    for logits, target in seen:
+        assert torch.isfinite(logits[torch.arange(len(target)), target]).all()  # the target itself is kept
+        assert (torch.isinf(logits).sum(1) >= 1).float().mean() > 0.5  # most rows mask other positives
