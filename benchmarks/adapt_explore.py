@@ -133,7 +133,7 @@ def report(rows: list[dict]) -> str:
              "(texts only, and train qrels for distill-qrels). The issue's starting point is ridge-layer. The default",
              "(`distill`: layers 0..L, linear) and `distill-qrels` were scored through the real pipeline instead, in",
              "../adapt-minilm/results.md (columns adapt, adapt-qrels). Variants missing from a table were not run",
-             "for lack of time (distill-mlp took 2,927 s to fit on one shared core, against 101 s for the default).", ""]
+             "for lack of time (distill-mlp took 2,927 s to fit on one niced, shared core; the default 101 s on two).", ""]
     for name in ("scifact", "nfcorpus"):
         rs = [r for r in rows if r["dataset"] == name]
         if not rs:
