@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 
 # Index BEIR SciFact with the packaged all-MiniLM-L6-v2 and print the single-stage / two-stage table.
 demo: setup
-	$(ADA) bench --config benchmarks/scifact-minilm.yaml --check
+	$(ADA) bench --config benchmarks/scifact-minilm.yaml --check --out runs/demo-scifact-minilm
 
 test: setup
 	$(PY) -m pytest -q
