@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from adaretrieve.bench import machine_info  # noqa: E402
 from adaretrieve.data.readers import doc_text, iter_corpus, read_qrels, read_queries  # noqa: E402
-from adaretrieve.eval import Evaluator  # noqa: E402
+from adaretrieve.eval import Evaluator, run_from_arrays  # noqa: E402
 from adaretrieve.sizes import parse_sizes  # noqa: E402
 from adaretrieve.training.adapt import AdaptConfig, fit_adaptor  # noqa: E402
 
@@ -80,6 +80,16 @@ def nrm(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
+def shortlist_run(S: np.ndarray, qids: list[str], dids: list[str], rerank: np.ndarray | None = None, k: int = 100,
+                  top: int = 100) -> dict:
+    """Run of exact two-stage search from dense score matrices [n_queries, n_docs]: the top ``k``
+    of ``S``, rescored by ``rerank`` (or by ``S`` itself), best ``top`` kept."""
+    cand = np.argpartition(-S, k, axis=1)[:, :k]
+    sc = np.take_along_axis(rerank if rerank is not None else S, cand, axis=1)
+    order = np.argsort(-sc, axis=1)[:, :top]
+    return run_from_arrays(qids, np.take_along_axis(sc, order, 1), np.take_along_axis(cand, order, 1), dids)
+
+
 def evaluate(name: str, variant: str) -> dict:
     C, Q, dids, qids = states(name)
     root = SHARED / name
@@ -108,14 +118,7 @@ def evaluate(name: str, variant: str) -> dict:
             return adaptor(L, {x: torch.from_numpy(X[x]) for x in adaptor.inputs(L)}).numpy()
 
     def score(S, rerank=None, k=100):
-        top = np.argpartition(-S, k, axis=1)[:, :k]
-        run = {}
-        for r, q in enumerate(test):
-            cand = top[r]
-            sc = (rerank if rerank is not None else S)[r, cand]
-            o = np.argsort(-sc)[:100]
-            run[q] = {dids[c]: float(s) for c, s in zip(cand[o], sc[o])}
-        return round(ev(run)["nDCG@10"], 4)
+        return round(ev(shortlist_run(S, test, dids, rerank, k))["nDCG@10"], 4)
 
     full = nrm(Q[6][tidx]) @ nrm(C[6]).T
     res = {"variant": variant, "dataset": name, "fit_seconds": round(fit_s, 1), "fit_log": log, "single 6x384": score(full)}

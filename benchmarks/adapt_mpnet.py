@@ -30,14 +30,11 @@ from adaretrieve.data.readers import doc_text, iter_corpus, read_qrels, read_que
 from adaretrieve.eval import Evaluator  # noqa: E402
 from adaretrieve.sizes import parse_sizes  # noqa: E402
 from adaretrieve.training.adapt import AdaptConfig, fit_adaptor  # noqa: E402
+from benchmarks.adapt_explore import nrm, shortlist_run  # noqa: E402  (one scoring path for both scripts)
 
 SHARED = ROOT.parent / "shared" / "data" / "beir" / "scifact"
 OUT = ROOT / "benchmarks" / "results" / "adapt-mpnet"
 LAYERS = [0, 1, 2, 3, 4, 12]
-
-
-def nrm(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def main() -> None:
@@ -81,14 +78,7 @@ def main() -> None:
     dids = [d.docid for d in docs]
 
     def run_of(S, rerank=None, k=100):
-        top = np.argpartition(-S, k, axis=1)[:, :k]
-        out = {}
-        for r, q in enumerate(test):
-            cand = top[r]
-            sc = (rerank if rerank is not None else S)[r, cand]
-            o = np.argsort(-sc)[:100]
-            out[q] = {dids[c]: float(s) for c, s in zip(cand[o], sc[o])}
-        return {k2: round(v, 4) for k2, v in ev(out).items()}
+        return {k2: round(v, 4) for k2, v in ev(shortlist_run(S, test, dids, rerank, k)).items()}
 
     def small(L, D, adapted):
         if not adapted:
