@@ -14,17 +14,22 @@ import torch
 from adaretrieve.errors import AdaError
 
 
+def gather_object(obj, world: int) -> list:
+    """``obj`` from every rank, in rank order (a collective when world > 1)."""
+    if world == 1:
+        return [obj]
+    out: list = [None] * world
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
 def rng_states(rank: int, world: int) -> list[dict]:
     """Every rank's torch (and CUDA) random state, gathered to all ranks (a collective: every rank
     must call it). Index i is rank i's state."""
     mine = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         mine["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
-    if world == 1:
-        return [mine]
-    out: list = [None] * world
-    torch.distributed.all_gather_object(out, mine)
-    return out
+    return gather_object(mine, world)
 
 
 def restore_rng(states: list[dict] | dict, rank: int) -> None:

@@ -25,7 +25,7 @@ from adaretrieve import __version__
 from adaretrieve.errors import AdaError
 from adaretrieve.modeling.encoder import Encoder
 from adaretrieve.sizes import Size, parse_sizes
-from adaretrieve.training.checkpoint import load_state, replace_dir, restore_rng, rng_states
+from adaretrieve.training.checkpoint import gather_object, load_state, replace_dir, restore_rng, rng_states
 from adaretrieve.training.config import load_config
 from adaretrieve.training.data import BatchSampler, Example, load_beir, load_records
 from adaretrieve.training.losses import PairSampler, default_ladder, matryoshka_loss, pair_scores
@@ -262,7 +262,7 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = True) -> dict:
         bar.set_postfix({k: f"{v:.2f}" for k, v in list(logs_acc.items())[:6]})
         if step % cfg.save_every == 0 or step == cfg.steps:
             rngs = rng_states(rank, world)  # collective: every rank's state goes into the checkpoint
-            pair_rngs = _gather_object(sampler.rng.getstate(), world)
+            pair_rngs = gather_object(sampler.rng.getstate(), world)
             if rank == 0:
                 _save_checkpoint(out, step, enc, opt, sched, pair_rngs, rngs, cfg.keep_checkpoints)
         if world > 1:
@@ -307,14 +307,6 @@ def _save_model(d: Path, enc: Encoder) -> None:
         enc.adaptor.save(d)
     meta = {"pooling": enc.pooling, "normalize": enc.normalize, "max_length": enc.max_length}
     (d / "adaretrieve.json").write_text(json.dumps(meta, indent=2) + "\n")
-
-
-def _gather_object(obj, world: int) -> list:
-    if world == 1:
-        return [obj]
-    out: list = [None] * world
-    torch.distributed.all_gather_object(out, obj)
-    return out
 
 
 def _as_rng_state(st) -> tuple:
