@@ -308,15 +308,15 @@ class Encoder:
         m = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
 
-    def pooled(self, batch: dict, layers: Iterable[int], adapt: bool = True) -> dict[int, torch.Tensor]:
+    def pooled(self, batch: dict, layers: Iterable[int]) -> dict[int, torch.Tensor]:
         """``{L: [batch, width_L]}`` float32: the pooled state of each layer in ``layers``, passed
         through the adaptor's map for L when the model has one (one pass, early exit at the
         deepest). Not normalised or truncated: sizes are prefixes of these."""
         layers = sorted(set(layers))
-        want = self._inputs(layers) if adapt else set(layers)
+        want = self._inputs(layers)
         hs = self.hidden_states(batch, max(layers), want=want)
         raw = {L: self.pool(hs[L].float(), batch["attention_mask"]) for L in want}
-        return {L: self.adaptor(L, raw) if adapt and self._adapted(L) else raw[L] for L in layers}
+        return {L: self.adaptor(L, raw) if self._adapted(L) else raw[L] for L in layers}
 
     def _adapted(self, layer: int) -> bool:
         return self.adaptor is not None and self.adaptor.has(layer)
