@@ -38,7 +38,7 @@ def scifact_subset(tmp_path_factory):
 
 
 def test_encoder_matches_sentence_transformers(minilm, scifact_subset):
-    st = pytest.importorskip("sentence_transformers")
+    st = module_or_skip("sentence_transformers", "the oracle test needs sentence-transformers (pip install -e .[dev])")
     from adaretrieve.modeling import Encoder
 
     texts = [doc_text(x.title, x.text) for _, x in zip(range(24), iter_corpus(scifact_subset))]
