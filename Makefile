@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ADA := $(VENV)/bin/adaretrieve
 
-.PHONY: setup demo test lint bench-dl19 clean
+.PHONY: setup demo test lint bench-dl19 readme clean
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,10 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check adaretrieve tests
+
+# Re-render the README's measured figures from benchmarks/results/ (the test suite checks they match).
+readme: setup
+	$(PY) benchmarks/readme.py --write
 
 bench-dl19: setup
 	$(ADA) bench --config benchmarks/dl19-minilm.yaml --check

@@ -1,0 +1,54 @@
+"""The README's measured figures come from results files (benchmarks/readme.py), not from memory."""
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+# published figures the README quotes for comparison (../shared/reference/published.md, MTEB, Anserini)
+PUBLISHED = {"0.64508", "0.60472", "0.925", "0.6789", "0.6557"}
+
+
+def _readme_module():
+    spec = importlib.util.spec_from_file_location("readme_figures", ROOT / "benchmarks" / "readme.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_readme_blocks_match_the_results_files():
+    mod = _readme_module()
+    _, changed = mod.render((ROOT / "README.md").read_text())
+    assert changed == [], f"stale README blocks {changed}: run python benchmarks/readme.py --write"
+
+
+def test_a_hand_edited_figure_is_caught():
+    mod = _readme_module()
+    text = (ROOT / "README.md").read_text()
+    m = re.search(r"<!-- BEGIN generated:scifact-minilm -->\n.*?\| single 6x384 \| (\d\.\d{4}) \|", text, re.S)
+    assert m, "the SciFact table lost its full-size row"
+    edited = text[: m.start(1)] + "0.9999" + text[m.end(1) :]
+    _, changed = mod.render(edited)
+    assert changed == ["scifact-minilm"]
+
+
+def _results_prose(text: str) -> str:
+    """The README from its Results section to Development, without generated blocks and code blocks."""
+    body = text[text.index("## Results") : text.index("## Development")]
+    body = re.sub(r"<!-- BEGIN generated:([\w-]+) -->.*?<!-- END generated:\1 -->", "", body, flags=re.S)
+    body = re.sub(r"```.*?```", "", body, flags=re.S)
+    return re.sub(r"`[^`\n]*`", "", body)  # inline code: options such as keep_full=1.0
+
+
+def test_no_measured_figure_outside_generated_blocks():
+    prose = _results_prose((ROOT / "README.md").read_text())
+    loose = [n for n in re.findall(r"(?<![\w.])\d+\.\d+(?![\w.])", prose) if n not in PUBLISHED]
+    assert loose == [], f"figures typed into the README by hand (put them in a benchmarks/readme.py block): {loose}"
+
+
+@pytest.mark.parametrize("line", ["| 2x32 | 0.123 | 0.456 |"])
+def test_the_loose_figure_check_can_fail(line):
+    prose = _results_prose("## Results\n" + line + "\n## Development\n")
+    assert re.findall(r"(?<![\w.])\d+\.\d+(?![\w.])", prose)
