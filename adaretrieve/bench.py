@@ -110,33 +110,44 @@ def machine_info() -> dict:
     }
 
 
-def ensure_index(suite: Suite, enc, rebuild: bool = False, progress: bool = True) -> IndexReader:
-    """Reuse the suite's index when it was built by the same weights with the needed sizes."""
+def ensure_index(suite: Suite, enc, rebuild: bool = False, progress: bool = True, replace_stale: bool = False) -> IndexReader:
+    """Reuse the suite's index when it was built by the same weights with the needed sizes; an index
+    there that does not match is refused unless ``rebuild`` (always build) or ``replace_stale`` (build
+    only when it does not match: for drivers that own their index paths)."""
     from adaretrieve.index.build import build_index
 
     want = parse_sizes(suite.shortlist)
     path = Path(suite.index)
     if path.exists() and not rebuild:
-        try:
-            reader = IndexReader(path)
-            m = reader.manifest
-            if (m.model.get("weights_sha256") == enc.weights_hash() and set(want) <= set(m.shortlist_sizes)
-                    and str(m.rerank_size) == str(parse_size(suite.rerank) if suite.rerank else None)
-                    and m.model.get("max_length") == enc.max_length):
-                log.info("reusing index %s", path)
-                return reader
-            log.info("index %s does not match the suite; rebuilding", path)
-        except AdaError as e:
-            log.info("index %s unusable (%s); rebuilding", path, e)
+        reader = IndexReader(path)
+        m = reader.manifest
+        rerank = parse_size(suite.rerank) if suite.rerank else None
+        differs = [what for what, ok in (
+            (f"weights {str(m.model.get('weights_sha256'))[:12]} (the suite's model: {enc.weights_hash()[:12]})",
+             m.model.get("weights_sha256") == enc.weights_hash()),
+            (f"shortlist {', '.join(map(str, m.shortlist_sizes))} (the suite needs {', '.join(map(str, want))})",
+             set(want) <= set(m.shortlist_sizes)),
+            (f"rerank {m.rerank_size} (the suite needs {rerank})", str(m.rerank_size) == str(rerank)),
+            (f"max length {m.model.get('max_length')} (the suite's: {enc.max_length})", m.model.get("max_length") == enc.max_length),
+        ) if not ok]
+        if not differs:
+            log.info("reusing index %s", path)
+            return reader
+        if replace_stale:
+            log.info("index %s does not match (%s); rebuilding", path, "; ".join(differs))
+            del reader
+        else:
+            raise AdaError(f"index {path} does not match suite {suite.name!r}: {'; '.join(differs)}. Pass --rebuild to "
+                           "replace it, or point the suite's `index:` elsewhere")
     build_index(suite.corpus, enc, path, want, suite.rerank, batch_size=suite.batch_size, overwrite=True, progress=progress)
     return IndexReader(path)
 
 
-def run_suite(suite: Suite, rebuild: bool = False, progress: bool = True) -> dict:
+def run_suite(suite: Suite, rebuild: bool = False, progress: bool = True, replace_stale: bool = False) -> dict:
     from adaretrieve.modeling import Encoder
 
     enc = Encoder(suite.model, max_length=suite.max_length)
-    reader = ensure_index(suite, enc, rebuild, progress)
+    reader = ensure_index(suite, enc, rebuild, progress, replace_stale)
     qrels = read_qrels(suite.qrels)
     queries = {q: t for q, t in read_queries(suite.queries).items() if q in qrels}
     qids = list(queries)
@@ -247,7 +258,7 @@ def disk_bytes_per_doc(reader: IndexReader, short: Size, rerank: Size | None) ->
         files.add(m.rerank["file"])
         if m.rerank.get("scale_file"):
             files.add(m.rerank["scale_file"])
-    total = sum((reader.dir / f).stat().st_size for f in files if (reader.dir / f).exists())
+    total = sum((reader.gen_dir / f).stat().st_size for f in files if (reader.gen_dir / f).exists())
     return round(total / max(reader.n_docs, 1), 1)
 
 

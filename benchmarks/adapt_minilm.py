@@ -103,7 +103,7 @@ def evaluate(name: str, model: str, dataset: str, fit: dict) -> dict:
                   shortlist=["1x16", "2x64", "3x64", "4x128", "5x256", "6x384"],
                   rerank=LADDER[-1], single=SIZES, two_stage=two, max_length=256, metrics=["nDCG@10", "RR@10", "R@100"],
                   latency_queries=20, **DATA[dataset])
-    res = run_suite(suite, progress=False)
+    res = run_suite(suite, progress=False, replace_stale=True)  # the driver owns its index paths
     res["fit"] = fit
     OUT.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(res, indent=2) + "\n")

@@ -58,7 +58,7 @@ def evaluate(name: str, model: str, sizes: list[str], dataset: str) -> dict:
     suite = Suite(name=f"{name}-{dataset}", model=model, index=f"indexes/train-{name}-{dataset}", shortlist=sizes,
                   rerank=sizes[-1], single=sizes, two_stage=two, max_length=256, metrics=["nDCG@10", "RR@10", "R@100"],
                   latency_queries=20, **DATA[dataset])
-    res = run_suite(suite, progress=False)
+    res = run_suite(suite, progress=False, replace_stale=True)  # the driver owns its index paths
     OUT.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(res, indent=2) + "\n")
     logging.info("wrote %s", path)

@@ -14,7 +14,7 @@ from adaretrieve.cli.common import handle_errors, setup
 def bench(
     config: Path = typer.Option(..., "--config", "-c", help="Suite YAML, e.g. benchmarks/scifact-minilm.yaml."),
     out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default benchmarks/results/<suite name>)."),
-    rebuild: bool = typer.Option(False, "--rebuild", help="Rebuild the index even if a matching one exists."),
+    rebuild: bool = typer.Option(False, "--rebuild", help="Build the suite's index again, replacing the one at its path (without it, an index there that does not match the suite is refused, never replaced)."),
     check: bool = typer.Option(False, "--check", help="Exit non-zero when a pinned score moves beyond its tolerance."),
     note: Optional[str] = typer.Option(None, "--note", help="A line for the report, e.g. what else ran on the machine."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),

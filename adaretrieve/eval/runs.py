@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,16 +27,24 @@ def run_from_arrays(qids: Sequence[str], scores: np.ndarray, rows: np.ndarray, d
 def write_run(run: Run, path: str | Path, tag: str = "adaretrieve", fmt: str = "trec") -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for qid, hits in run.items():
-            ranked = sorted(hits.items(), key=lambda x: -x[1])
-            if fmt == "jsonl":
-                f.write(json.dumps({"qid": qid, "hits": [{"docid": d, "score": s} for d, s in ranked]}) + "\n")
-            else:
-                for rank, (docid, score) in enumerate(ranked, 1):
-                    f.write(f"{qid} Q0 {docid} {rank} {score:.6f} {tag}\n")
-    tmp.replace(p)
+    # a temporary name of this writer's own, replaced into place whole: concurrent writers of one
+    # path leave one complete run (the last to finish), never a mix or a missing file
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for qid, hits in run.items():
+                ranked = sorted(hits.items(), key=lambda x: -x[1])
+                if fmt == "jsonl":
+                    f.write(json.dumps({"qid": qid, "hits": [{"docid": d, "score": s} for d, s in ranked]}) + "\n")
+                else:
+                    for rank, (docid, score) in enumerate(ranked, 1):
+                        f.write(f"{qid} Q0 {docid} {rank} {score:.6f} {tag}\n")
+        os.chmod(tmp, 0o644)
+        tmp.replace(p)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _read_hits_json(p: Path) -> Run:

@@ -33,7 +33,7 @@ import numpy as np
 from adaretrieve.data.readers import doc_text, iter_corpus, resolve_corpus, validate_corpus
 from adaretrieve.errors import AdaError
 from adaretrieve.index.format import Manifest, read_manifest
-from adaretrieve.index.writer import IndexWriter, make_faiss_index
+from adaretrieve.index.writer import IndexWriter, check_out, make_faiss_index
 from adaretrieve.modeling.encoder import Encoder
 from adaretrieve.sizes import Size, parse_size, parse_sizes
 
@@ -120,10 +120,7 @@ def build_index(
     rerank_size = encoder.check_sizes([rerank], "rerank size")[0] if rerank else None
     if not shortlist:
         raise AdaError("index needs at least one --shortlist size")
-    if out.exists() and not overwrite:
-        raise AdaError(f"{out} already exists; pass --overwrite to replace it (the old index stays until the new one is complete)")
-    if out.exists() and not (out / "manifest.json").exists():
-        raise AdaError(f"{out} exists and is not an adaretrieve index; refusing to replace it")
+    check_out(out, overwrite)
     for s in shortlist:
         make_faiss_index(s.dim, factory)
     if rerank_dtype not in ("float16", "int8"):
@@ -146,6 +143,29 @@ def build_index(
     bdir.mkdir(parents=True, exist_ok=True)
     if not _create_plan(bdir, plan):
         _check_plan(bdir, plan)  # same key: keep the plan that is there (other shards may be reading it)
+    shard_lock = _lock_shard(bdir, i_shard, n_shards, out)
+    try:
+        return _encode_and_assemble(corpus_path, encoder, out, bdir, plan, i_shard, n_shards, batch_size, progress, sizes)
+    finally:
+        os.close(shard_lock)
+
+
+def _lock_shard(bdir: Path, i_shard: int, n_shards: int, out: Path) -> int:
+    """An exclusive flock on this shard's lock file for the whole build: two runs of one shard (two
+    `index` runs on one --out) never encode into one build folder at once. Other shards run freely."""
+    fd = os.open(bdir / f"shard-{i_shard}-of-{n_shards}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        what = f"shard {i_shard}/{n_shards} of " if n_shards > 1 else ""
+        raise AdaError(f"another process is building {what}{out} now (it holds a lock in {bdir}); "
+                       "wait for it to finish") from None
+    return fd
+
+
+def _encode_and_assemble(corpus_path, encoder, out, bdir, plan, i_shard, n_shards, batch_size, progress, sizes):
+    chunk_size, n_docs = plan["chunk_size"], plan["n_docs"]
 
     from tqdm.auto import tqdm
 
@@ -186,7 +206,7 @@ def _chunk_name(c: int) -> str:
 
 
 def _write_chunk(bdir: Path, c: int, ids: list[str], vecs: dict[Size, np.ndarray]) -> None:
-    tmp = bdir / f".{_chunk_name(c)}.tmp"
+    tmp = bdir / f".{_chunk_name(c)}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     (tmp / "ids.txt").write_text("".join(f"{d}\n" for d in ids), encoding="utf-8")

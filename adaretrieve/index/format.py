@@ -1,17 +1,25 @@
 """The on-disk format of an index directory (no torch here, so searchers load fast).
 
     NAME/
-      manifest.json            what built it: model + weights hash, pooling, sizes, counts, dtypes
-      docids.txt               one doc id per line; row i of every array is document i
-      shortlist-<LxD>.faiss    one FAISS index per shortlist size (flat inner product by default)
-      rerank-<LxD>.npy         full-size vectors, float16 [n_docs, D] (or int8 codes), opened as a memory map
-      rerank-<LxD>.scale.npy   float32 [n_docs] per-vector scales, for int8 rerank rows only
+      CURRENT                    the name of the current generation, one line, replaced atomically
+      gen-<id>/                  one complete, immutable generation of the index:
+        manifest.json            what built it: model + weights hash, pooling, sizes, counts, dtypes, generation
+        docids.txt               one doc id per line; row i of every array is document i
+        shortlist-<LxD>.faiss    one FAISS index per shortlist size (flat inner product by default)
+        rerank-<LxD>.npy         full-size vectors, float16 [n_docs, D] (or int8 codes), opened as a memory map
+        rerank-<LxD>.scale.npy   float32 [n_docs] per-vector scales, for int8 rerank rows only
+        reader.lock              readers hold a shared flock on it; a generation is removed only under an exclusive one
+
+A rebuild writes a new generation beside the current one and switches ``CURRENT`` to it with one
+rename, so a reader sees one complete generation, old or new, and an index is always at the path.
+Indexes written before generations (the files directly in NAME) are read as they are.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
+import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,7 +29,10 @@ from adaretrieve.sizes import Size, parse_size
 
 MANIFEST = "manifest.json"
 DOCIDS = "docids.txt"
+CURRENT = "CURRENT"
+READER_LOCK = "reader.lock"
 FORMAT_VERSION = 1
+GENERATION = re.compile(r"gen-\d{13}-\d+")
 
 
 def shortlist_file(size: Size) -> str:
@@ -47,6 +58,7 @@ class Manifest:
     build: dict = field(default_factory=dict)
     version: str = __version__
     format: int = FORMAT_VERSION
+    generation: str | None = None  # the gen-<id> folder it was written in (None: an index from before generations)
 
     @property
     def shortlist_sizes(self) -> list[Size]:
@@ -61,11 +73,65 @@ class Manifest:
         return bool(self.model["normalize"])
 
     def write(self, directory: Path) -> None:
-        (directory / MANIFEST).write_text(json.dumps(asdict(self), indent=2) + "\n")
+        write_durably(directory / MANIFEST, json.dumps(asdict(self), indent=2) + "\n")
+
+    def files(self) -> list[str]:
+        """Every file the manifest names (relative to its generation folder)."""
+        out = [e["file"] for e in self.shortlist]
+        if self.rerank:
+            out += [self.rerank["file"]] + ([self.rerank["scale_file"]] if self.rerank.get("scale_file") else [])
+        return out
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a directory's fsync makes the names in it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def current_generation(directory: str | Path) -> Path:
+    """The folder holding the index's current generation: ``NAME/<CURRENT>``, or NAME itself for an
+    index written before generations. One read of CURRENT: the caller keeps using what it returns."""
+    d = Path(directory)
+    try:
+        name = (d / CURRENT).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        if (d / MANIFEST).exists():
+            return d
+        if d.is_dir() and any(p.name.startswith((".gen-", "gen-")) for p in d.iterdir()):
+            raise AdaError(f"{d} holds no complete index generation (a first build was interrupted); "
+                           "run `adaretrieve index` again") from None
+        raise AdaError(f"{d} is not an adaretrieve index: it has no {CURRENT} or {MANIFEST} "
+                       "(build one with `adaretrieve index`)") from None
+    if not GENERATION.fullmatch(name):
+        raise AdaError(f"{d / CURRENT}: {name!r} is not a generation name (gen-<13 digits>-<pid>)")
+    if not (d / name / MANIFEST).exists():
+        raise AdaError(f"{d / CURRENT} names {name}, which has no {MANIFEST}")
+    return d / name
+
+
+def _contained(directory: Path, name: object, where: str) -> str:
+    """A file name from a manifest: a plain name of a file inside the index folder, never a path."""
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise AdaError(f"{directory / MANIFEST}: {where} {name!r} must name a file inside the index folder")
+    return name
 
 
 def read_manifest(directory: str | Path) -> Manifest:
+    """The manifest of the index at ``directory`` (its current generation), or of one generation folder."""
     d = Path(directory)
+    if not (d / MANIFEST).exists():
+        d = current_generation(d)
     p = d / MANIFEST
     if not p.exists():
         raise AdaError(f"{d} is not an adaretrieve index: it has no {MANIFEST} (build one with `adaretrieve index`)")
@@ -73,20 +139,20 @@ def read_manifest(directory: str | Path) -> Manifest:
         data = json.loads(p.read_text())
     except json.JSONDecodeError as e:
         raise AdaError(f"{p}: manifest is not valid JSON ({e.msg})") from None
+    if not isinstance(data, dict):
+        raise AdaError(f"{p}: manifest is a JSON {type(data).__name__}, not an object")
     if data.get("format") != FORMAT_VERSION:
         raise AdaError(f"{p}: index format {data.get('format')} is not {FORMAT_VERSION}, the one this version reads; rebuild it")
-    return Manifest(**data)
-
-
-def commit_directory(tmp: Path, final: Path) -> None:
-    """Move a fully written ``tmp`` into place at ``final``. A directory already at ``final`` is moved
-    aside first and removed only after the new one stands, so a crash never leaves a half index."""
-    old = None
-    if final.exists():
-        old = final.with_name(final.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        final.rename(old)
-    tmp.rename(final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    try:
+        m = Manifest(**data)
+    except TypeError as e:
+        raise AdaError(f"{p}: {e}".replace("Manifest.__init__()", "manifest")) from None
+    for i, e in enumerate(m.shortlist):
+        _contained(d, e.get("file"), f"shortlist[{i}].file")
+    if m.rerank:
+        _contained(d, m.rerank.get("file"), "rerank.file")
+        if "scale_file" in m.rerank:
+            _contained(d, m.rerank["scale_file"], "rerank.scale_file")
+    if m.generation is not None and d.name != m.generation:
+        raise AdaError(f"{p}: written for generation {m.generation} but found in {d.name}; the index is inconsistent, rebuild it")
+    return m

@@ -1,23 +1,120 @@
 """Write an index directory from vectors, chunk by chunk (no torch: vectors can come from anywhere).
 
-The directory is written under a temporary name beside ``out`` and renamed into place by
-``close``; ``abort`` removes it. An index already at ``out`` is untouched until ``close``.
+A new generation is written in a hidden folder inside ``out`` (``out/.gen-<id>.partial``) and
+switched to by ``close`` in steps that each leave a loadable index (see ``COMMIT_STEPS``): every
+file and folder fsynced, the folder renamed to ``gen-<id>``, then ``CURRENT`` replaced by one
+rename. Older generations are removed only when no reader holds them. ``abort`` removes the
+partial folder. One writer per ``out`` at a time (an exclusive flock on ``out/.write.lock``).
+Nothing outside ``out`` is touched except leftovers of the layout before generations
+(``.NAME.partial-<pid>`` of a dead process).
 """
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
+import re
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import faiss
 import numpy as np
 
 from adaretrieve.errors import AdaError
-from adaretrieve.index.format import DOCIDS, Manifest, commit_directory, rerank_file, scale_file, shortlist_file
+from adaretrieve.index.format import (
+    CURRENT,
+    DOCIDS,
+    GENERATION,
+    MANIFEST,
+    READER_LOCK,
+    Manifest,
+    fsync_path,
+    rerank_file,
+    scale_file,
+    shortlist_file,
+    write_durably,
+)
 from adaretrieve.sizes import Size
+
+log = logging.getLogger(__name__)
+WRITE_LOCK = ".write.lock"
+# the points between the steps of a switch; a test kills a writer at each to check an index is always there
+COMMIT_STEPS = ("written", "renamed", "pointer_written", "switched", "legacy_removed")
+commit_hook: Callable[[str], None] | None = None
+_LEGACY_FILES = re.compile(r"(manifest\.json|docids\.txt|shortlist-\d+x\d+\.faiss|rerank-\d+x\d+(\.scale)?\.npy)")
+
+
+def _step(name: str) -> None:
+    if commit_hook is not None:
+        commit_hook(name)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def has_index(out: Path) -> bool:
+    return (out / CURRENT).exists() or (out / MANIFEST).exists()
+
+
+def _ours(p: Path) -> bool:
+    """Entries an index folder may hold: generations, partial generations, the pointer and locks."""
+    return bool(GENERATION.fullmatch(p.name) or re.fullmatch(r"\.gen-\d{13}-\d+\.partial", p.name)
+                or p.name in (CURRENT, WRITE_LOCK) or re.fullmatch(rf"\.{CURRENT}\.\d+\.tmp", p.name)
+                or _LEGACY_FILES.fullmatch(p.name))
+
+
+def collect_generations(out: Path, keep: str | None) -> list[str]:
+    """Remove the generations of ``out`` other than ``keep`` that no reader holds (an exclusive flock
+    on their reader.lock), and partial ones of dead writers; returns the names kept because in use."""
+    busy = []
+    for p in sorted(out.iterdir()):
+        if p.name == keep:
+            continue
+        m = re.fullmatch(r"\.gen-\d{13}-(\d+)\.partial", p.name)
+        if m:
+            if not _pid_alive(int(m.group(1))) or int(m.group(1)) == os.getpid():
+                shutil.rmtree(p, ignore_errors=True)
+            continue
+        if re.fullmatch(rf"\.{CURRENT}\.\d+\.tmp", p.name):
+            p.unlink(missing_ok=True)
+            continue
+        if not GENERATION.fullmatch(p.name):
+            continue
+        try:
+            fd = os.open(p / READER_LOCK, os.O_RDONLY)
+        except FileNotFoundError:
+            shutil.rmtree(p, ignore_errors=True)
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                busy.append(p.name)
+                continue
+            shutil.rmtree(p, ignore_errors=True)
+        finally:
+            os.close(fd)
+    if busy:
+        log.info("kept %s in %s: a reader has it open (removed by a later build)", ", ".join(busy), out)
+    return busy
+
+
+def _remove_legacy_partials(out: Path) -> None:
+    """``.NAME.partial-<pid>`` beside ``out``: the temporary folder of the layout before generations."""
+    for p in out.parent.glob(f".{out.name}.partial-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def is_binary_factory(factory: str) -> bool:
@@ -66,10 +163,7 @@ class IndexWriter:
     def __init__(self, out: str | Path, n_docs: int, shortlist: Sequence[Size], rerank: Size | None,
                  factory: str = "Flat", overwrite: bool = False, rerank_dtype: str = "float16"):
         self.out = Path(out)
-        if self.out.exists() and not overwrite:
-            raise AdaError(f"{self.out} already exists; pass --overwrite to replace it (the old index stays until the new one is complete)")
-        if self.out.exists() and not (self.out / "manifest.json").exists():
-            raise AdaError(f"{self.out} exists and is not an adaretrieve index; refusing to replace it")
+        check_out(self.out, overwrite)
         if not shortlist:
             raise AdaError("an index needs at least one shortlist size")
         if rerank_dtype not in ("float16", "int8"):
@@ -80,11 +174,21 @@ class IndexWriter:
         self.indexes = {s: make_faiss_index(s.dim, factory) for s in self.shortlist}
         self._train_first = any(not ix.is_trained for ix in self.indexes.values())
         self._held: dict[Size, list[np.ndarray]] = {s: [] for s in self.shortlist}
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.out.with_name(f".{self.out.name}.partial-{os.getpid()}")
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._lock = os.open(self.out / WRITE_LOCK, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock)
+            raise AdaError(f"another process is writing {self.out} now (it holds {self.out / WRITE_LOCK}); "
+                           "wait for it to finish") from None
+        check_out(self.out, overwrite)  # again, under the lock
+        _remove_legacy_partials(self.out)
+        collect_generations(self.out, keep=_current_name(self.out))
+        self.generation = f"gen-{time.time_ns() // 1_000_000:013d}-{os.getpid()}"
+        self.tmp = self.out / f".{self.generation}.partial"
         self.tmp.mkdir()
+        (self.tmp / READER_LOCK).touch()
         self._ids = open(self.tmp / DOCIDS, "w", encoding="utf-8")
         self._rerank = self._scale = None
         if rerank is not None:
@@ -131,6 +235,7 @@ class IndexWriter:
                 self._scale.flush()
                 self._scale = None
         info = {"seconds": round(time.perf_counter() - self.t0, 2), **(build or {})}
+        generation = self.generation
         manifest = Manifest(
             model=model,
             n_docs=self.n_docs,
@@ -142,13 +247,71 @@ class IndexWriter:
                     if self.rerank else None),
             corpus=corpus,
             build=info,
+            generation=generation,
         )
         manifest.write(self.tmp)
-        commit_directory(self.tmp, self.out)
+        self._commit()
         return manifest
+
+    def _commit(self) -> None:
+        """Switch ``out`` to the new generation; a kill between any two steps leaves the old or the new index."""
+        for p in self.tmp.iterdir():
+            fsync_path(p)
+        fsync_path(self.tmp)
+        _step("written")
+        final = self.out / self.generation
+        self.tmp.rename(final)
+        fsync_path(self.out)
+        _step("renamed")
+        pointer = self.out / f".{CURRENT}.{os.getpid()}.tmp"
+        write_durably(pointer, self.generation + "\n")
+        _step("pointer_written")
+        pointer.replace(self.out / CURRENT)
+        fsync_path(self.out)
+        _step("switched")
+        for p in self.out.iterdir():  # the files of an index from before generations, now replaced
+            if p.is_file() and _LEGACY_FILES.fullmatch(p.name):
+                p.unlink()
+        _step("legacy_removed")
+        collect_generations(self.out, keep=self.generation)
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def abort(self) -> None:
         if not self._ids.closed:
             self._ids.close()
         self._rerank = self._scale = None
         shutil.rmtree(self.tmp, ignore_errors=True)
+        if not has_index(self.out) and not any(p.name != WRITE_LOCK for p in self.out.iterdir()):
+            (self.out / WRITE_LOCK).unlink(missing_ok=True)
+            self.out.rmdir()  # nothing was there before this writer
+        self._release()
+
+
+def _current_name(out: Path) -> str | None:
+    try:
+        return (out / CURRENT).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """``out`` may be written: absent, an index with ``overwrite``, or a folder holding only what an
+    interrupted build of ours left there. Anything else is refused, never deleted."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise AdaError(f"{out} exists and is not a folder; refusing to replace it")
+    if has_index(out):
+        if not overwrite:
+            raise AdaError(f"{out} already exists; pass --overwrite to replace it "
+                           "(the old index stays until the new one is complete)")
+        return
+    strangers = [p.name for p in out.iterdir() if not _ours(p)]
+    if strangers:
+        raise AdaError(f"{out} exists and is not an adaretrieve index (it holds {', '.join(sorted(strangers)[:3])}); "
+                       "refusing to write into it")

@@ -7,13 +7,15 @@ per candidate at search time. Anything else is an AdaError listing what the inde
 
 from __future__ import annotations
 
+import fcntl
+import os
 from pathlib import Path
 
 import faiss
 import numpy as np
 
 from adaretrieve.errors import AdaError
-from adaretrieve.index.format import DOCIDS, Manifest, read_manifest
+from adaretrieve.index.format import CURRENT, DOCIDS, READER_LOCK, Manifest, current_generation, read_manifest
 from adaretrieve.sizes import Size, parse_size, truncate
 
 
@@ -86,18 +88,65 @@ class DocIds:
         return int(self._starts.nbytes)
 
 
+def _open_generation(directory: Path) -> tuple[Path, int | None]:
+    """The current generation's folder and a shared flock on its reader.lock, held for as long as the
+    reader lives: a rebuild removes a generation only under an exclusive lock, so every file the reader
+    opens later (lazily) is from the generation it started with. Retries when a switch lands between
+    reading CURRENT and taking the lock."""
+    for _ in range(5):
+        gen = current_generation(directory)
+        if gen == directory:  # an index from before generations: no lock to take
+            return gen, None
+        try:
+            fd = os.open(gen / READER_LOCK, os.O_RDONLY)
+        except FileNotFoundError:
+            continue  # removed just now by a rebuild: read CURRENT again
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        if (gen / "manifest.json").exists():
+            return gen, fd
+        os.close(fd)
+    raise AdaError(f"{directory}: its generations changed five times while opening it; try again")
+
+
 class IndexReader:
+    """One generation of an index: the manifest, ids, shortlist and rerank files it opens all come
+    from the generation that was current when it was created, however the index changes after."""
+
     def __init__(self, directory: str | Path, mmap: bool = True):
         self.dir = Path(directory)
         if not self.dir.exists():
             raise AdaError(f"index {self.dir} does not exist (build it with `adaretrieve index`)")
-        self.manifest: Manifest = read_manifest(self.dir)
-        self.docids = DocIds(self.dir / DOCIDS)
+        self._lock_fd = None
+        self.gen_dir, self._lock_fd = _open_generation(self.dir)
+        self.manifest: Manifest = read_manifest(self.gen_dir)
+        if not (self.gen_dir / DOCIDS).exists():
+            raise AdaError(f"{self.gen_dir}: {DOCIDS} is missing; the index is incomplete, rebuild it")
+        self.docids = DocIds(self.gen_dir / DOCIDS)
         if len(self.docids) != self.manifest.n_docs:
             raise AdaError(f"{self.dir}: {DOCIDS} has {len(self.docids)} ids, manifest says {self.manifest.n_docs}")
         self._mmap = mmap
         self._shortlists: dict[Size, faiss.Index] = {}
         self._rerank: np.ndarray | None = None
+
+    def __del__(self):
+        fd = getattr(self, "_lock_fd", None)
+        if fd is not None:
+            os.close(fd)
+            self._lock_fd = None
+
+    @property
+    def generation(self) -> str | None:
+        """The generation this reader reads (None for an index written before generations)."""
+        return self.gen_dir.name if self.gen_dir != self.dir else None
+
+    def changed(self) -> bool:
+        """True when the index at the path has moved on to another generation since this reader opened
+        it (a long-lived reader then opens ``IndexReader(reader.dir)`` and drops this one)."""
+        try:
+            now = (self.dir / CURRENT).read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return self.generation is not None
+        return now != self.generation
 
     @property
     def n_docs(self) -> int:
@@ -127,9 +176,9 @@ class IndexReader:
             raise AdaError(f"{self.dir} stores no rerank vectors; {self._rebuild_hint()}")
         if self._rerank is None:
             mode = "r" if self._mmap else None
-            rows = np.load(self.dir / entry["file"], mmap_mode=mode)
+            rows = np.load(self.gen_dir / entry["file"], mmap_mode=mode)
             if entry.get("dtype") == "int8":
-                rows = Int8Rows(rows, np.load(self.dir / entry["scale_file"], mmap_mode=mode))
+                rows = Int8Rows(rows, np.load(self.gen_dir / entry["scale_file"], mmap_mode=mode))
             self._rerank = rows
         return self._rerank
 
@@ -137,7 +186,7 @@ class IndexReader:
         if size not in self._shortlists:
             entry = next(e for e in self.manifest.shortlist if parse_size(e["size"]) == size)
             read = faiss.read_index_binary if entry.get("metric") == "hamming" else faiss.read_index
-            self._shortlists[size] = read(str(self.dir / entry["file"]))
+            self._shortlists[size] = read(str(self.gen_dir / entry["file"]))
         return self._shortlists[size]
 
     def _flat_source(self, size: Size) -> np.ndarray | None:
@@ -170,10 +219,14 @@ class IndexReader:
 
     def rerank_source(self, size: str | Size) -> np.ndarray:
         """Rows [n_docs, >=size.dim] from which candidates are rescored at ``size`` (truncated per
-        candidate), read-only. Memory-mapped when they are the stored rerank vectors; otherwise the
+        candidate), read-only. The stored rerank rows (float16 or int8, memory-mapped) whenever they
+        cover ``size``, even if a flat shortlist at that size is stored too; otherwise the
         float32 vectors inside a stored flat shortlist index, which the array keeps alive (it stays
         valid after the reader is gone)."""
         size = parse_size(size)
+        r = self.manifest.rerank_size
+        if r is not None and r.layer == size.layer and r.dim >= size.dim:
+            return self.rerank_rows()  # the stored rows, memory-mapped: only the candidates' pages are read
         src = self._flat_source(size)
         if src is None:
             raise AdaError(f"rerank size {size} is not in index {self.dir}: {self._rebuild_hint()}")

@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from adaretrieve.data import doc_text, iter_corpus, read_qrels, read_queries
+from adaretrieve.index.format import current_generation
 from tests.conftest import module_or_skip, shared_or_skip
 
 pytestmark = pytest.mark.integration
@@ -60,7 +61,7 @@ def test_cli_two_stage_equals_brute_force(minilm, scifact_subset, tmp_path):
     res = runner.invoke(app, ["index", "--corpus", str(scifact_subset), "--model", minilm, "--shortlist", "2x64",
                               "--rerank", "6x384", "--out", str(ix), "--quiet"])
     assert res.exit_code == 0, res.output
-    n_docs = json.loads((ix / "manifest.json").read_text())["n_docs"]
+    n_docs = json.loads((current_generation(ix) / "manifest.json").read_text())["n_docs"]
     out = tmp_path / "run.trec"
     res = runner.invoke(app, ["search", "--index", str(ix), "--queries", str(scifact_subset / "queries.jsonl"),
                               "--qrels", str(scifact_subset / "qrels.tsv"), "--shortlist", "2x64", "--k", str(n_docs),

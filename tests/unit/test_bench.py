@@ -6,6 +6,7 @@ from typer.testing import CliRunner
 
 from adaretrieve.bench import Suite, check_expected, config_name
 from adaretrieve.cli.main import app
+from adaretrieve.index.format import current_generation
 
 
 def test_suite_grid(tmp_path):
@@ -56,10 +57,10 @@ def test_bench_end_to_end_and_check(tiny_model, corpus, queries_qrels, tmp_path)
     assert two["disk_bytes_per_doc"] > two["rerank_bytes_per_doc_on_disk"] >= 64  # 32 float16 dims + ids + shortlist
     assert "| 2x16 k=10 -> 4x32 | " in (tmp_path / "rep" / "results.md").read_text().split("Latency per stage")[1]
     # the pinned nDCG@10 of 2.0 cannot be met: --check fails, and the index is reused, not rebuilt
-    mtime = (tmp_path / "ix" / "manifest.json").stat().st_mtime
+    mtime = (current_generation(tmp_path / "ix") / "manifest.json").stat().st_mtime
     res = runner.invoke(app, ["bench", "--config", str(path), "--out", str(tmp_path / "rep"), "--check", "--quiet"])
     assert res.exit_code == 1 and "expected 2.0" in res.stderr
-    assert (tmp_path / "ix" / "manifest.json").stat().st_mtime == mtime
+    assert (current_generation(tmp_path / "ix") / "manifest.json").stat().st_mtime == mtime
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nnonsense: 1\n")
     res = runner.invoke(app, ["bench", "--config", str(bad)])
@@ -81,3 +82,24 @@ def test_tune_prints_a_search_command_within_budget(tiny_model, corpus, queries_
     res = runner.invoke(app, ["tune", "--index", str(ix), "--queries", str(q), "--qrels", str(r), "--budget-ms", "0.000001",
                               "--latency-queries", "3", "--quiet"])
     assert res.exit_code == 2 and "no configuration fits" in res.stderr
+
+
+def test_bench_never_replaces_an_index_that_does_not_match_unless_told(tiny_model, corpus, queries_qrels, tmp_path):
+    """Issue 12, item 3: an index at the suite's path built with other sizes is the user's; --rebuild replaces it."""
+    q, r = queries_qrels
+    runner = CliRunner()
+    ix = tmp_path / "ix"
+    res = runner.invoke(app, ["index", "--corpus", str(corpus), "--model", str(tiny_model), "--shortlist", "1x8",
+                              "--out", str(ix), "--quiet"])
+    assert res.exit_code == 0, res.output
+    before = current_generation(ix).name
+    cfg = {"name": "tiny", "model": str(tiny_model), "corpus": str(corpus), "queries": str(q), "qrels": str(r),
+           "index": str(ix), "shortlist": ["2x16"], "rerank": "4x32", "single": ["2x16"], "latency_queries": 2}
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = runner.invoke(app, ["bench", "--config", str(path), "--out", str(tmp_path / "rep"), "--quiet"])
+    assert res.exit_code == 2 and "--rebuild" in res.stderr
+    assert current_generation(ix).name == before
+    res = runner.invoke(app, ["bench", "--config", str(path), "--out", str(tmp_path / "rep"), "--quiet", "--rebuild"])
+    assert res.exit_code == 0, res.output
+    assert current_generation(ix).name != before

@@ -7,6 +7,7 @@ import pytest
 
 from adaretrieve import AdaError
 from adaretrieve.index.build import build_dir, build_index, merge_index
+from adaretrieve.index.format import current_generation
 from adaretrieve.modeling import Encoder
 from adaretrieve.search import IndexReader
 
@@ -21,10 +22,11 @@ def enc(tiny_model):
 def files(d):
     """Every file's bytes; the manifest without its timing block."""
     out = {}
-    for p in sorted(d.iterdir()):
+    for p in sorted(current_generation(d).iterdir()):
         if p.name == "manifest.json":
             m = json.loads(p.read_text())
             m.pop("build")
+            m.pop("generation")
             out[p.name] = json.dumps(m, sort_keys=True).encode()
         else:
             out[p.name] = p.read_bytes()
@@ -158,3 +160,22 @@ def test_only_one_finishing_shard_assembles(enc, corpus, tmp_path):
         os.close(fd)
     m = merge_index(tmp_path / "s")
     assert m.n_docs == 40 and not build_dir(tmp_path / "s").exists()
+
+
+def test_two_builds_of_one_out_do_not_share_the_build_folder(enc, corpus, tmp_path):
+    """The second of two `index` runs on one --out refuses while the first encodes (issue 12, item 3)."""
+    import fcntl
+    import os
+
+    out = tmp_path / "ix"
+    bdir = build_dir(out)
+    bdir.mkdir()
+    fd = os.open(bdir / "shard-0-of-1.lock", os.O_CREAT | os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as the first run holds it
+    try:
+        with pytest.raises(AdaError, match="another process is building"):
+            build_index(corpus, enc, out, chunk_size=8, progress=False, **SIZES)
+    finally:
+        os.close(fd)
+    build_index(corpus, enc, out, chunk_size=8, progress=False, **SIZES)
+    assert IndexReader(out).n_docs == 40

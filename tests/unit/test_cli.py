@@ -7,6 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from adaretrieve.cli.main import app
+from adaretrieve.index.format import current_generation
 
 runner = CliRunner()
 
@@ -34,7 +35,7 @@ def index_dir(tiny_model, corpus, tmp_path):
 
 
 def test_index_search_eval(index_dir, queries_qrels, tmp_path):
-    m = json.loads((index_dir / "manifest.json").read_text())
+    m = json.loads((current_generation(index_dir) / "manifest.json").read_text())
     assert m["n_docs"] == 40 and m["rerank"]["dtype"] == "float16"
     assert [s["size"] for s in m["shortlist"]] == ["1x8", "2x16"]
     assert len(m["model"]["weights_sha256"]) == 64 and m["model"]["pooling"] == "mean"
@@ -93,14 +94,17 @@ def test_index_bad_corpora(tiny_model, tmp_path):
 
 
 def test_failures_leave_existing_index_untouched(index_dir, tiny_model, tmp_path):
-    before = {p.name: p.read_bytes() for p in index_dir.iterdir()}
+    def snapshot():
+        return {str(p.relative_to(index_dir)): p.read_bytes() for p in sorted(index_dir.rglob("*")) if p.is_file()}
+
+    before = snapshot()
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"_id": "a", "text": "x"}\nnot json\n')
     res = build(tiny_model, bad, index_dir, "--overwrite")
     assert res.exit_code == 2 and "bad.jsonl:2" in err_line(res)
     res = build(tiny_model, bad, index_dir)  # no --overwrite
     assert res.exit_code == 2 and "already exists" in err_line(res)
-    assert {p.name: p.read_bytes() for p in index_dir.iterdir()} == before
+    assert snapshot() == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
@@ -191,7 +195,7 @@ def test_sharded_index_and_merge_command(tiny_model, corpus, tmp_path):
     res = run("index", "merge", "--out", tmp_path / "ix")
     assert res.exit_code == 2 and "chunks are not encoded yet" in err_line(res)
     res = run(*base, "--shard", "1/2")
-    assert res.exit_code == 0 and (tmp_path / "ix" / "manifest.json").exists()
+    assert res.exit_code == 0 and (current_generation(tmp_path / "ix") / "manifest.json").exists()
     res = run(*base, "--shard", "two/4")
     assert res.exit_code == 2 and "not of the form i/n" in err_line(res)
     res = run("index", "--corpus", corpus)
@@ -215,7 +219,7 @@ def test_adapted_model_end_to_end(tiny_model, corpus, queries_qrels, tmp_path):
     assert json.loads(res.stdout.strip().splitlines()[-1])["layers"] == [1, 2]
     ix = tmp_path / "ix"
     assert build(ada, corpus, ix).exit_code == 0
-    m = json.loads((ix / "manifest.json").read_text())
+    m = json.loads((current_generation(ix) / "manifest.json").read_text())
     assert m["model"]["adaptor"]["layers"] == [1, 2] and m["model"]["backbone_sha256"] != m["model"]["weights_sha256"]
     out = tmp_path / "run.trec"
     res = run("search", "--index", ix, "--queries", q, "--shortlist", "1x8", "--k", 40, "--rerank", "none", "--top", 5,

@@ -45,3 +45,31 @@ def test_recall_beyond_the_run_depth_is_named_by_the_depth():
     assert names == ["nDCG@1000", "RR@10", "R@100", "R(rel=2)@200", "R@200", "R@50"]
     assert renamed == {"R(rel=2)@1000": "R(rel=2)@200", "R@1000": "R@200"}
     assert recall_within_depth(["R@1000"], 1000) == (["R@1000"], {})
+
+
+def test_concurrent_writers_of_one_run_file_leave_one_whole_run(tmp_path):
+    """Four writers of one --out each write a temporary file of their own (issue 12, item 3)."""
+    import threading
+
+    from adaretrieve.eval import read_run, write_run
+
+    out = tmp_path / "run.trec"
+    runs = [{f"q{i}": {f"d{j}": float(100 - j) for j in range(200)} for i in range(50)} for _ in range(4)]
+    errors = []
+
+    def go(run):
+        try:
+            for _ in range(5):
+                write_run(run, out)
+        except Exception as e:  # noqa: BLE001
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=go, args=(r,)) for r in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert read_run(out) == runs[0]
+    assert len(out.read_text().splitlines()) == 50 * 200
+    assert [p.name for p in tmp_path.iterdir()] == ["run.trec"]

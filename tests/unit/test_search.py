@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from adaretrieve import AdaError, Size
+from adaretrieve.index.format import current_generation
 from adaretrieve.index.writer import IndexWriter
 from adaretrieve.search import IndexReader, TwoStageSearcher, rerank_candidates
 from adaretrieve.sizes import truncate
@@ -155,11 +156,11 @@ def test_rerank_reads_only_candidate_rows(tmp_path):
 
 def test_failed_overwrite_leaves_old_index(tmp_path):
     write(tmp_path, [Size(1, 8)], Size(L, D))
-    before = (tmp_path / "ix" / "manifest.json").read_text()
+    before = (current_generation(tmp_path / "ix") / "manifest.json").read_text()
     w = IndexWriter(tmp_path / "ix", N, [Size(1, 8)], Size(L, D), overwrite=True)
     w.add(["x"], {Size(1, 8): np.ones((1, 8), np.float32), Size(L, D): np.ones((1, D), np.float32)})
     w.abort()
-    assert (tmp_path / "ix" / "manifest.json").read_text() == before
+    assert (current_generation(tmp_path / "ix") / "manifest.json").read_text() == before
     assert IndexReader(tmp_path / "ix").n_docs == N
     assert [p.name for p in tmp_path.iterdir()] == ["ix"]
     with pytest.raises(AdaError, match="already exists"):
@@ -316,3 +317,14 @@ def test_retriever_facade_matches_the_cli_path(tiny_model, other_tiny_model, cor
     assert len(hits[0]) == 5 and hits[0][0][1] >= hits[0][1][1]
     with pytest.raises(AdaError, match="is not the model that built"):
         adaretrieve.Retriever(tmp_path / "ix", model=str(other_tiny_model), device="cpu")
+
+
+def test_rerank_reads_the_memory_mapped_rows_even_when_a_flat_shortlist_has_the_size(tmp_path):
+    """Issue 12, item 8: the README promises float16 rows read through a memory map (only the candidates'
+    pages); a stored Flat shortlist at the rerank size must not be read whole into RAM instead."""
+    write(tmp_path, [Size(1, 8), Size(L, D)], Size(L, D))
+    reader = IndexReader(tmp_path / "ix")
+    src = reader.rerank_source(Size(L, D))
+    assert isinstance(src, np.memmap) and src.dtype == np.float16
+    assert Size(L, D) not in reader._shortlists  # the FAISS file was never loaded for reranking
+    assert isinstance(reader.rerank_source(Size(L, 16)), np.memmap)  # a prefix of the rows, too
