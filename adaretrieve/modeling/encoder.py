@@ -192,8 +192,8 @@ class Encoder:
         try:
             self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(self.path)
             self.model = model_module or AutoModel.from_pretrained(self.path)
-        except OSError as e:
-            raise AdaError(f"cannot load model {self.name!r}: {str(e).splitlines()[0]}") from None
+        except (OSError, ValueError) as e:  # transformers says ValueError for a folder without a tokenizer or config
+            raise AdaError(f"cannot load model {self.name!r} from {self.path}: {str(e).strip().splitlines()[0]}") from None
         self.model.to(self.device).eval()
         self._layers_parent, self._layers_attr = _find_layers(self.model)
         self.n_layers = len(getattr(self._layers_parent, self._layers_attr))
