@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from adaretrieve import __version__
 from adaretrieve.data import read_qrels, read_queries
@@ -59,22 +58,35 @@ class Suite:
         p = Path(path)
         if not p.exists():
             raise AdaError(f"bench config {p} does not exist")
-        data = yaml.safe_load(p.read_text()) or {}
+        from adaretrieve.training.config import read_yaml
+
+        data = read_yaml(p, "bench")
         known = set(cls.__dataclass_fields__)
         unknown = set(data) - known
         if unknown:
             raise AdaError(f"{p}: unknown keys {sorted(unknown)}; known keys are {sorted(known)}")
         try:
-            return cls(**data)
+            suite = cls(**data)
         except TypeError as e:
             raise AdaError(f"{p}: {e}") from None
+        try:
+            suite.configs()  # every size and k parsed now, before an index is built
+        except AdaError as e:
+            raise AdaError(f"{p}: {e}") from None
+        if suite.batch_size < 1 or suite.latency_queries < 1:
+            raise AdaError(f"{p}: batch_size ({suite.batch_size}) and latency_queries ({suite.latency_queries}) must be at least 1")
+        return suite
 
     def configs(self) -> list[dict]:
         """Every configuration as {shortlist, k, rerank}; single stage has k None and rerank None."""
         out = [{"shortlist": str(parse_size(s)), "k": None, "rerank": None} for s in self.single]
         for grid in self.two_stage:
+            if not isinstance(grid, dict) or not {"shortlist", "k", "rerank"} <= set(grid):
+                raise AdaError(f"two_stage entry {grid!r:.80} should be a mapping with shortlist, k and rerank")
             for s in parse_sizes(grid["shortlist"]):
                 for k in grid["k"] if isinstance(grid["k"], list) else [grid["k"]]:
+                    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+                        raise AdaError(f"two_stage k {k!r} is not a whole number of at least 1")
                     for r in parse_sizes(grid["rerank"]):
                         out.append({"shortlist": str(s), "k": int(k), "rerank": str(r)})
         return out

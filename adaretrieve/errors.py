@@ -2,8 +2,52 @@
 
 The CLI prints its message as one line on stderr and exits with status 2; library users catch it
 like any ValueError.
+
+Readers raise AdaError themselves where they know the file and line. ``describe`` is the CLI's last
+resort for the classes of failure that a bad input causes but that surface from deeper down
+(a decoder, gzip, the OS, faiss, numpy): it turns them into one line, and returns None for
+anything else, which is a bug and keeps its traceback.
 """
+
+from __future__ import annotations
+
+import errno
+import json
+import zlib
 
 
 class AdaError(ValueError):
     """An input or configuration error, with a message that names the rule and the bad value."""
+
+
+def _first_line(e: BaseException, limit: int = 200) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0][:limit] if lines else type(e).__name__
+
+
+def describe(e: BaseException) -> str | None:
+    """One line for a failure caused by a bad input or environment, or None when ``e`` is a bug."""
+    import gzip
+
+    if isinstance(e, AdaError):
+        return str(e)
+    if isinstance(e, UnicodeDecodeError):
+        return f"input is not UTF-8 text ({e.reason} at byte {e.start}); convert the file to UTF-8"
+    if isinstance(e, (gzip.BadGzipFile, zlib.error)) or (isinstance(e, EOFError) and "compressed" in str(e)):
+        return f"a gzip file is corrupt or truncated ({_first_line(e)})"
+    if isinstance(e, json.JSONDecodeError):
+        return f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})"
+    if isinstance(e, OSError) and e.errno is not None:
+        where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+        why = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded"}.get(e.errno, e.strerror)
+        return f"{where}: {why}" if where else str(why)
+    if isinstance(e, RuntimeError) and "faiss" in str(e):
+        return f"faiss could not read or use an index file: {_first_line(e)}"
+    try:
+        import yaml
+
+        if isinstance(e, yaml.YAMLError):
+            return f"not valid YAML ({_first_line(e)})"
+    except ImportError:
+        pass
+    return None

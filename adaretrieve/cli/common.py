@@ -7,9 +7,10 @@ import logging
 import os
 import sys
 
+import click
 import typer
 
-from adaretrieve.errors import AdaError
+from adaretrieve.errors import AdaError, describe
 
 
 def setup(quiet: bool = False) -> None:
@@ -31,20 +32,42 @@ def fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
+def debug() -> bool:
+    """Tracebacks instead of one-line errors: ADARETRIEVE_DEBUG=1 (or `adaretrieve --debug ...`)."""
+    return os.environ.get("ADARETRIEVE_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
 def handle_errors(fn):
-    """Turn AdaError (a user mistake) into one line on stderr and exit status 2."""
+    """Turn a user's mistake into one line on stderr and exit status 2: AdaError, and the failures
+    a bad input causes deeper down (see ``errors.describe``). Anything else is a bug and keeps its
+    traceback; so does everything under ADARETRIEVE_DEBUG=1. Ctrl-C is one line and status 130."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except AdaError as e:
-            fail(str(e))
         except KeyboardInterrupt:
+            if debug():
+                raise
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as e:
+            msg = describe(e)
+            if msg is None or debug():
+                raise
+            fail(msg)
 
     return wrapper
+
+
+def at_least_1(options: dict[str, int | None]) -> None:
+    """Counts and sizes given on the command line (``{"--batch-size": 0}``) must be at least 1:
+    checked before any model loads, naming the option."""
+    for name, value in options.items():
+        if value is not None and value < 1:
+            raise AdaError(f"{name} {value} must be at least 1")
 
 
 def load_encoder(model: str, pooling=None, normalize=None, max_length=None, device=None, dtype=None):

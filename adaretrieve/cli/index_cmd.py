@@ -5,7 +5,7 @@ from typing import Optional
 
 import typer
 
-from adaretrieve.cli.common import handle_errors, load_encoder, setup
+from adaretrieve.cli.common import at_least_1, handle_errors, load_encoder, setup
 
 index_app = typer.Typer(invoke_without_command=True, add_completion=False)
 
@@ -54,6 +54,7 @@ def index(
 
     if corpus is None or out is None or not shortlist:
         raise AdaError("index needs --corpus, at least one --shortlist and --out (see adaretrieve index --help)")
+    at_least_1({"--batch-size": batch_size, "--chunk-size": chunk_size, "--max-length": max_length})
     shard_t = None
     if shard:
         try:

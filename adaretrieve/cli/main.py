@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import typer
 
 from adaretrieve import __version__
 from adaretrieve.cli.adapt_cmd import adapt
 from adaretrieve.cli.bench_cmd import bench
+from adaretrieve.cli.common import debug
 from adaretrieve.cli.eval_cmd import evaluate
 from adaretrieve.cli.index_cmd import index_app
 from adaretrieve.cli.mine_cmd import mine
@@ -14,6 +18,7 @@ from adaretrieve.cli.pretrain_cmd import pretrain
 from adaretrieve.cli.search_cmd import search
 from adaretrieve.cli.train_cmd import train
 from adaretrieve.cli.tune_cmd import tune
+from adaretrieve.errors import describe
 
 app = typer.Typer(
     help="One Matryoshka embedding model, many sizes: index once, shortlist small, rerank full.",
@@ -39,12 +44,28 @@ def _version(value: bool):
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version.")):
-    pass
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+          debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors (or ADARETRIEVE_DEBUG=1).")):
+    if debug:
+        os.environ["ADARETRIEVE_DEBUG"] = "1"
 
 
 def main() -> None:
-    app()
+    """Every command already ends in one line for a user's mistake (cli.common.handle_errors);
+    this catches the same classes raised outside a command, e.g. while parsing options."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        if debug():
+            raise
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+    except Exception as e:
+        msg = describe(e)
+        if msg is None or debug():
+            raise
+        sys.stderr.write(f"error: {msg}\n")
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from adaretrieve.cli.common import handle_errors, setup
 def pretrain(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Pretraining YAML."),
     set_: list[str] = typer.Option([], "--set", help="Override a setting: --set steps=500 --set data=[a,b]."),
+    no_resume: bool = typer.Option(False, "--no-resume", help="Start over even if the output has a checkpoint."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """SMAE pre-training: MLM from every (layer, dim) pair's sub-vector plus a one-layer decoder that
@@ -28,5 +29,5 @@ def pretrain(
     from adaretrieve.training.smae import pretrain as run
 
     cfg = PretrainConfig.from_file(config, list(set_))
-    typer.echo(json.dumps(run(cfg, progress=not quiet)))
+    typer.echo(json.dumps(run(cfg, progress=not quiet, resume=not no_resume)))
     typer.echo(f"model written to {cfg.output}", err=True)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from adaretrieve.cli.common import handle_errors, setup
+from adaretrieve.cli.common import at_least_1, handle_errors, setup
 from adaretrieve.errors import AdaError
 
 
@@ -54,6 +54,9 @@ def search(
         raise AdaError("give either one query text or --queries FILE")
     if len(k) != 1 + len(then):
         raise AdaError(f"give one --k for the shortlist and one per --then stage: got {len(k)} --k for {len(then)} --then")
+    at_least_1({"--batch-size": batch_size})
+    if out is not None and out.is_dir():
+        raise AdaError(f"--out {out} is a folder; give a file name for the run")
     if min(k) < 1 or top < 1:
         raise AdaError(f"--k ({', '.join(map(str, k))}) and --top ({top}) must be at least 1")
     if query is None and out is None and qrels is None:

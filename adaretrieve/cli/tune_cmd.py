@@ -5,7 +5,7 @@ from typing import Optional
 
 import typer
 
-from adaretrieve.cli.common import handle_errors, setup
+from adaretrieve.cli.common import at_least_1, handle_errors, setup
 from adaretrieve.errors import AdaError
 
 
@@ -34,6 +34,7 @@ def tune(
     from adaretrieve.search import IndexReader
     from adaretrieve.tune import best_within_budget, latency_ms, resident_mb, within_budget
 
+    at_least_1({"--latency-queries": latency_queries, **{"--k": min(k, default=None)}})
     reader = IndexReader(index)
     m = reader.manifest
     mod = m.model

@@ -8,8 +8,9 @@ Queries and qrels are small and come back as dicts. Every parse error names the 
 from __future__ import annotations
 
 import gzip
-import io
 import json
+import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,20 +30,50 @@ def doc_text(title: str, text: str) -> str:
     return f"{title} {text}".strip() if title else text.strip()
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline=None)
-    # newline=None folds CRLF into "\n": BEIR's SciFact test qrels ship with CRLF line ends.
-    return open(path, encoding="utf-8", newline=None)
+# Ids end up as fields of whitespace-separated TREC lines and as lines of docids.txt: any
+# whitespace (Python's str.isspace, so U+2028, U+0085 and NBSP too) or control character would
+# split or corrupt them downstream.
+_BAD_ID_CHAR = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
+ID_RULE = "ids must be non-empty and contain no whitespace or control characters"
+
+
+def check_id(value: str, where: str, what: str = "id") -> str:
+    """``value`` when it is a usable doc/query id; else AdaError naming ``where`` (file:line), the id and the rule."""
+    if not value or _BAD_ID_CHAR.search(value):
+        raise AdaError(f"{where}: {what} {value!r} is not allowed: {ID_RULE}")
+    return value
+
+
+def text_lines(path: str | Path, what: str = "file") -> Iterator[tuple[int, str]]:
+    """(line number, line without its line end) for every line of a UTF-8 text file, gzipped when it
+    ends in .gz. A folder, undecodable bytes or a corrupt gzip stream is an AdaError naming the
+    file (and the line). Lines are split at \\n only (CRLF is tolerated), never at U+2028."""
+    p = Path(path)
+    if p.is_dir():
+        raise AdaError(f"{what} {p} is a folder, not a file")
+    if not p.exists():
+        raise AdaError(f"{what} {p} does not exist")
+    lineno = 0
+    try:
+        with (gzip.open(p, "rb") if p.suffix == ".gz" else open(p, "rb")) as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise AdaError(f"{p}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start} of the line); "
+                                   f"convert the file to UTF-8") from None
+                yield lineno, line.rstrip("\r\n")
+    except (EOFError, OSError, zlib.error) as e:
+        if isinstance(e, OSError) and not isinstance(e, gzip.BadGzipFile):
+            raise
+        raise AdaError(f"{p}: corrupt or truncated gzip file after line {lineno} ({e})") from None
 
 
 def _lines(p: Path) -> Iterator[tuple[int, str]]:
-    """(line number, line without its newline) for the non-blank lines of a text file."""
-    with _open_text(p) as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if line.strip():
-                yield lineno, line
+    """(line number, line) for the non-blank lines of a text file."""
+    for lineno, line in text_lines(p):
+        if line.strip():
+            yield lineno, line
 
 
 def _json(p: Path, lineno: int, line: str):
@@ -78,9 +109,9 @@ def iter_corpus(path: str | Path) -> Iterator[Doc]:
         if tsv:
             parts = line.split("\t")
             if len(parts) == 2:
-                yield Doc(parts[0], "", parts[1])
+                yield Doc(check_id(parts[0], f"{p}:{lineno}", "doc id"), "", parts[1])
             elif len(parts) == 3:
-                yield Doc(parts[0], parts[1], parts[2])
+                yield Doc(check_id(parts[0], f"{p}:{lineno}", "doc id"), parts[1], parts[2])
             else:
                 raise AdaError(f"{p}:{lineno}: expected 'id<TAB>text' or 'id<TAB>title<TAB>text', got {len(parts)} fields")
             continue
@@ -90,7 +121,7 @@ def iter_corpus(path: str | Path) -> Iterator[Doc]:
         docid = obj.get("_id", obj.get("id", obj.get("docid")))
         if docid is None:
             raise AdaError(f"{p}:{lineno}: document has no '_id'")
-        yield Doc(str(docid), str(obj.get("title") or ""), str(obj.get("text") or obj.get("contents") or ""))
+        yield Doc(check_id(str(docid), f"{p}:{lineno}", "doc id"), str(obj.get("title") or ""), str(obj.get("text") or obj.get("contents") or ""))
 
 
 def validate_corpus(path: str | Path) -> int:
@@ -130,9 +161,12 @@ def read_queries(path: str | Path) -> dict[str, str]:
             qid, _, text = line.partition("\t")
         else:
             obj = _json(p, lineno, line)
+            if not isinstance(obj, dict):
+                raise AdaError(f"{p}:{lineno}: expected a JSON object with _id and text")
             qid, text = str(obj.get("_id", obj.get("id", ""))), str(obj.get("text") or obj.get("query") or "")
         if not qid:
             raise AdaError(f"{p}:{lineno}: query has no id")
+        check_id(qid, f"{p}:{lineno}", "query id")
         if not text.strip():
             raise AdaError(f"{p}:{lineno}: query {qid!r} has an empty text")
         if qid in out:
@@ -147,26 +181,25 @@ def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
     """``{qid: {docid: grade}}`` from a BEIR tsv (``query-id corpus-id score``, header optional,
     CRLF tolerated) or TREC qrels (``qid 0 docid grade``)."""
     p = Path(path)
-    if not p.exists():
-        raise AdaError(f"qrels file {p} does not exist")
     out: dict[str, dict[str, int]] = {}
-    with _open_text(p) as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if lineno == 1 and parts[0].lower() in ("query-id", "qid", "query_id"):
-                continue
-            if len(parts) == 3:
-                qid, docid, grade = parts
-            elif len(parts) == 4:
-                qid, _, docid, grade = parts
-            else:
-                raise AdaError(f"{p}:{lineno}: expected 'qid docid grade' or 'qid 0 docid grade', got {len(parts)} fields")
-            try:
-                out.setdefault(qid, {})[docid] = int(float(grade))
-            except ValueError:
-                raise AdaError(f"{p}:{lineno}: relevance grade {grade!r} is not a number") from None
+    for lineno, line in text_lines(p, "qrels file"):
+        parts = line.split()
+        if not parts:
+            continue
+        if lineno == 1 and parts[0].lower() in ("query-id", "qid", "query_id"):
+            continue
+        if len(parts) == 3:
+            qid, docid, grade = parts
+        elif len(parts) == 4:
+            qid, _, docid, grade = parts
+        else:
+            raise AdaError(f"{p}:{lineno}: expected 'qid docid grade' or 'qid 0 docid grade', got {len(parts)} fields")
+        check_id(qid, f"{p}:{lineno}", "query id")
+        check_id(docid, f"{p}:{lineno}", "doc id")
+        try:
+            out.setdefault(qid, {})[docid] = int(float(grade))
+        except ValueError:
+            raise AdaError(f"{p}:{lineno}: relevance grade {grade!r} is not a number") from None
     if not out:
         raise AdaError(f"qrels file {p} is empty")
     return out

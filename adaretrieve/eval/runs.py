@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from adaretrieve.data.readers import check_id, text_lines
 from adaretrieve.errors import AdaError
 
 Run = dict[str, dict[str, float]]
@@ -50,38 +51,64 @@ def write_run(run: Run, path: str | Path, tag: str = "adaretrieve", fmt: str = "
 def _read_hits_json(p: Path) -> Run:
     """A JSON list of ``{"query": ..., "hits": [{"qid", "docid", "score"}, ...]}`` (pyserini/rankllm
     style, as the DL19 candidate lists in ../shared are stored), optionally gzipped."""
-    import gzip
-
-    opener = gzip.open if p.suffix == ".gz" else open
-    with opener(p, "rt", encoding="utf-8") as f:
-        data = json.load(f)
+    text = "\n".join(line for _, line in text_lines(p, "run file"))
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise AdaError(f"{p}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    if not isinstance(data, list):
+        raise AdaError(f"{p}: expected a JSON list of {{\"query\", \"hits\": [{{\"qid\", \"docid\", \"score\"}}]}}")
     run: Run = {}
-    for entry in data:
-        for h in entry["hits"]:
-            run.setdefault(str(h["qid"]), {})[str(h["docid"])] = float(h["score"])
+    for i, entry in enumerate(data, 1):
+        where = f"{p}: entry {i}"
+        for h in _field(entry, "hits", list, where):
+            qid = check_id(str(_field(h, "qid", object, where)), where, "query id")
+            docid = check_id(str(_field(h, "docid", object, where)), where, "doc id")
+            run.setdefault(qid, {})[docid] = _score(_field(h, "score", object, where), where)
     return run
 
 
+def _field(obj, key: str, kind: type, where: str):
+    if not isinstance(obj, dict) or key not in obj:
+        raise AdaError(f"{where}: expected a JSON object with {key!r}, got {str(obj)[:80]}")
+    if not isinstance(obj[key], kind):
+        raise AdaError(f"{where}: {key!r} should be a {kind.__name__}, got {obj[key]!r:.80}")
+    return obj[key]
+
+
+def _score(value, where: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise AdaError(f"{where}: score {value!r} is not a number") from None
+
+
 def read_run(path: str | Path) -> Run:
-    """A TREC run, JSON lines from ``write_run(fmt="jsonl")``, or a JSON list of queries with hits."""
+    """A TREC run, JSON lines from ``write_run(fmt="jsonl")``, or a JSON list of queries with hits.
+    Every malformed line is an AdaError naming the file and line."""
     p = Path(path)
-    if not p.exists():
-        raise AdaError(f"run file {p} does not exist")
     if p.name.endswith((".json", ".json.gz")):
         return _read_hits_json(p)
     run: Run = {}
-    with open(p, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            if line.lstrip().startswith("{"):
+    for lineno, line in text_lines(p, "run file"):
+        if not line.strip():
+            continue
+        where = f"{p}:{lineno}"
+        if line.lstrip().startswith("{"):
+            try:
                 obj = json.loads(line)
-                run[str(obj["qid"])] = {str(h["docid"]): float(h["score"]) for h in obj["hits"]}
-                continue
-            parts = line.split()
-            if len(parts) != 6:
-                raise AdaError(f"{p}:{lineno}: expected a TREC run line 'qid Q0 docid rank score tag'")
-            run.setdefault(parts[0], {})[parts[2]] = float(parts[4])
+            except json.JSONDecodeError as e:
+                raise AdaError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            qid = check_id(str(_field(obj, "qid", object, where)), where, "query id")
+            hits = run.setdefault(qid, {})
+            for h in _field(obj, "hits", list, where):
+                hits[check_id(str(_field(h, "docid", object, where)), where, "doc id")] = _score(_field(h, "score", object, where), where)
+            continue
+        parts = line.split()
+        if len(parts) != 6:
+            raise AdaError(f"{where}: expected a TREC run line 'qid Q0 docid rank score tag'")
+        check_id(parts[0], where, "query id")
+        run.setdefault(parts[0], {})[check_id(parts[2], where, "doc id")] = _score(parts[4], where)
     if not run:
         raise AdaError(f"run file {p} is empty")
     return run

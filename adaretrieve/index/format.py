@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from adaretrieve import __version__
@@ -140,13 +140,11 @@ def read_manifest(directory: str | Path) -> Manifest:
     except json.JSONDecodeError as e:
         raise AdaError(f"{p}: manifest is not valid JSON ({e.msg})") from None
     if not isinstance(data, dict):
-        raise AdaError(f"{p}: manifest is a JSON {type(data).__name__}, not an object")
+        raise AdaError(f"{p}: expected a JSON object, got a {type(data).__name__}; rebuild the index")
     if data.get("format") != FORMAT_VERSION:
         raise AdaError(f"{p}: index format {data.get('format')} is not {FORMAT_VERSION}, the one this version reads; rebuild it")
-    try:
-        m = Manifest(**data)
-    except TypeError as e:
-        raise AdaError(f"{p}: {e}".replace("Manifest.__init__()", "manifest")) from None
+    _check_manifest(p, data)
+    m = Manifest(**data)
     for i, e in enumerate(m.shortlist):
         _contained(d, e.get("file"), f"shortlist[{i}].file")
     if m.rerank:
@@ -156,3 +154,40 @@ def read_manifest(directory: str | Path) -> Manifest:
     if m.generation is not None and d.name != m.generation:
         raise AdaError(f"{p}: written for generation {m.generation} but found in {d.name}; the index is inconsistent, rebuild it")
     return m
+
+
+# key -> the JSON types its value may have; entries of "shortlist" and "rerank" must name these keys
+_MANIFEST_TYPES = {"model": (dict,), "n_docs": (int,), "shortlist": (list,), "rerank": (dict, type(None)),
+                   "corpus": (str,), "build": (dict,), "version": (str,), "format": (int,), "generation": (str, type(None))}
+_ENTRY_KEYS = ("size", "file")
+
+
+def _check_manifest(p: Path, data: dict) -> None:
+    """Keys, value types and the size entries of a manifest, each failure naming the key."""
+    required = {f.name for f in fields(Manifest) if f.default is MISSING and f.default_factory is MISSING}
+    missing = sorted(required - set(data))
+    if missing:
+        raise AdaError(f"{p}: manifest lacks {', '.join(map(repr, missing))}; rebuild the index")
+    unknown = sorted(set(data) - set(_MANIFEST_TYPES))
+    if unknown:
+        raise AdaError(f"{p}: manifest has unknown keys {', '.join(map(repr, unknown))}; it was written by another tool "
+                       f"or version")
+    for key, kinds in _MANIFEST_TYPES.items():
+        if key in data and (not isinstance(data[key], kinds) or isinstance(data[key], bool)):
+            raise AdaError(f"{p}: manifest {key!r} should be {' or '.join(_json_name(k) for k in kinds)}, got {data[key]!r:.80}")
+    if data["n_docs"] < 1:
+        raise AdaError(f"{p}: manifest 'n_docs' is {data['n_docs']}, expected at least 1")
+    entries = [("shortlist", e) for e in data["shortlist"]] + ([("rerank", data["rerank"])] if data["rerank"] else [])
+    if not data["shortlist"]:
+        raise AdaError(f"{p}: manifest 'shortlist' lists no FAISS index")
+    for key, e in entries:
+        if not isinstance(e, dict) or any(not isinstance(e.get(k), str) for k in _ENTRY_KEYS):
+            raise AdaError(f"{p}: manifest {key!r} entry {e!r:.80} should be an object with string 'size' and 'file'")
+        try:
+            parse_size(e["size"])
+        except AdaError as err:
+            raise AdaError(f"{p}: manifest {key!r} entry: {err}") from None
+
+
+def _json_name(kind: type) -> str:
+    return {dict: "an object", list: "a list", int: "an integer", str: "a string", type(None): "null"}[kind]

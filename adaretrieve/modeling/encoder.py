@@ -121,6 +121,27 @@ def _find_layers(model: nn.Module) -> tuple[nn.Module, str]:
     raise AdaError(f"cannot find the transformer layer list of {type(model).__name__} (looked at {', '.join(_LAYER_PATHS)})")
 
 
+def parse_device(device: str | None) -> torch.device:
+    """``device`` as a torch device (default CUDA when present); AdaError for a name torch does not
+    know or a CUDA/MPS device this machine lacks."""
+    if not device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise AdaError(f"device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise AdaError(f"device {device!r}: CUDA is not available on this machine (torch {torch.__version__}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise AdaError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise AdaError(f"device {device!r}: MPS is not available on this machine; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise AdaError(f"device {device!r} is not one of cpu, cuda, cuda:N, mps")
+    return dev
+
+
 class Encoder:
     """Encode texts into vectors of several sizes in one pass.
 
@@ -154,8 +175,10 @@ class Encoder:
         if self.pooling not in ("mean", "cls"):
             raise AdaError(f"pooling {self.pooling!r} is not one of mean, cls")
         self.normalize = bool(st.get("normalize", False) if normalize is None else normalize)
+        if max_length is not None and max_length < 1:
+            raise AdaError(f"--max-length {max_length} must be at least 1 (token limit)")
         self.max_length = int(max_length or st.get("max_length", 512))
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = parse_device(device)
         want = dtype or ("float16" if self.device.type == "cuda" else "float32")
         self.amp_dtype = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(want, "bad")
         if self.amp_dtype == "bad":
@@ -169,8 +192,8 @@ class Encoder:
         try:
             self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(self.path)
             self.model = model_module or AutoModel.from_pretrained(self.path)
-        except OSError as e:
-            raise AdaError(f"cannot load model {self.name!r}: {str(e).splitlines()[0]}") from None
+        except (OSError, ValueError) as e:  # transformers says ValueError for a folder without a tokenizer or config
+            raise AdaError(f"cannot load model {self.name!r} from {self.path}: {str(e).strip().splitlines()[0]}") from None
         self.model.to(self.device).eval()
         self._layers_parent, self._layers_attr = _find_layers(self.model)
         self.n_layers = len(getattr(self._layers_parent, self._layers_attr))
@@ -354,6 +377,8 @@ class Encoder:
         ``raw_layers``: also return the raw pooled state [n, hidden] of these layers (before any
         adaptor, not normalised) under the key ``("raw", L)``, from the same pass.
         """
+        if batch_size < 1:
+            raise AdaError(f"batch size {batch_size} must be at least 1")
         sizes = self.check_sizes(sizes)
         raw_layers = sorted(set(int(L) for L in raw_layers))
         if not sizes and not raw_layers:

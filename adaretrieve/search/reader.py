@@ -108,6 +108,19 @@ def _open_generation(directory: Path) -> tuple[Path, int | None]:
     raise AdaError(f"{directory}: its generations changed five times while opening it; try again")
 
 
+def _load_npy(path: Path, mode: str | None, shape: tuple[int, ...]) -> np.ndarray:
+    """An index's .npy array, checked against the shape the manifest implies; AdaError naming the file otherwise."""
+    if not path.is_file():
+        raise AdaError(f"{path} is missing; the index is damaged, rebuild it")
+    try:
+        arr = np.load(path, mmap_mode=mode)
+    except (ValueError, OSError, EOFError) as e:
+        raise AdaError(f"{path}: not a readable .npy array ({str(e).strip().splitlines()[0][:120]}); rebuild the index") from None
+    if arr.shape != shape:
+        raise AdaError(f"{path} has shape {arr.shape}, the manifest implies {shape}: rebuild the index")
+    return arr
+
+
 class IndexReader:
     """One generation of an index: the manifest, ids, shortlist and rerank files it opens all come
     from the generation that was current when it was created, however the index changes after."""
@@ -119,8 +132,8 @@ class IndexReader:
         self._lock_fd = None
         self.gen_dir, self._lock_fd = _open_generation(self.dir)
         self.manifest: Manifest = read_manifest(self.gen_dir)
-        if not (self.gen_dir / DOCIDS).exists():
-            raise AdaError(f"{self.gen_dir}: {DOCIDS} is missing; the index is incomplete, rebuild it")
+        if not (self.gen_dir / DOCIDS).is_file():
+            raise AdaError(f"{self.gen_dir} has no {DOCIDS} (row -> doc id); the index is damaged, rebuild it")
         self.docids = DocIds(self.gen_dir / DOCIDS)
         if len(self.docids) != self.manifest.n_docs:
             raise AdaError(f"{self.dir}: {DOCIDS} has {len(self.docids)} ids, manifest says {self.manifest.n_docs}")
@@ -176,17 +189,28 @@ class IndexReader:
             raise AdaError(f"{self.dir} stores no rerank vectors; {self._rebuild_hint()}")
         if self._rerank is None:
             mode = "r" if self._mmap else None
-            rows = np.load(self.gen_dir / entry["file"], mmap_mode=mode)
+            size = parse_size(entry["size"])
+            rows = _load_npy(self.gen_dir / entry["file"], mode, (self.n_docs, size.dim))
             if entry.get("dtype") == "int8":
-                rows = Int8Rows(rows, np.load(self.gen_dir / entry["scale_file"], mmap_mode=mode))
+                rows = Int8Rows(rows, _load_npy(self.gen_dir / entry["scale_file"], mode, (self.n_docs,)))
             self._rerank = rows
         return self._rerank
 
     def _stored_shortlist(self, size: Size) -> faiss.Index:
         if size not in self._shortlists:
             entry = next(e for e in self.manifest.shortlist if parse_size(e["size"]) == size)
-            read = faiss.read_index_binary if entry.get("metric") == "hamming" else faiss.read_index
-            self._shortlists[size] = read(str(self.gen_dir / entry["file"]))
+            binary = entry.get("metric") == "hamming"
+            path = self.gen_dir / entry["file"]
+            if not path.is_file():
+                raise AdaError(f"{path} is missing; the index is damaged, rebuild it")
+            try:
+                ix = (faiss.read_index_binary if binary else faiss.read_index)(str(path))
+            except RuntimeError as e:
+                raise AdaError(f"{path}: not a readable FAISS index ({str(e).strip().splitlines()[-1][:120]}); rebuild the index") from None
+            if ix.ntotal != self.n_docs or ix.d != size.dim:
+                raise AdaError(f"{path} holds {ix.ntotal} vectors of dim {ix.d}, the manifest says {self.n_docs} of dim "
+                               f"{size.dim}: it belongs to another index; rebuild this one")
+            self._shortlists[size] = ix
         return self._shortlists[size]
 
     def _flat_source(self, size: Size) -> np.ndarray | None:

@@ -65,3 +65,16 @@ def replace_dir(tmp: Path, final: Path) -> None:
         final.rename(old)
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def check_resume(saved: dict | None, now: dict, ignore: set[str], where: Path) -> None:
+    """Refuse to continue a checkpoint written with other settings: the optimizer, schedule and data
+    order in it follow the old ones, so the run would silently mix both while recording the new.
+    ``ignore``: settings that do not change the result (how often to save, where, on which device)."""
+    if saved is None:  # written before checkpoints recorded their settings: nothing to compare
+        return
+    changed = [f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
+               if k not in ignore and saved.get(k) != now.get(k)]
+    if changed:
+        raise AdaError(f"{where} was written with other settings ({'; '.join(changed)}); resume with the same settings, "
+                       f"pass --no-resume to start over in this output, or choose another output")

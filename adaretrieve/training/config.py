@@ -13,6 +13,69 @@ from adaretrieve.errors import AdaError
 C = TypeVar("C")
 
 
+def read_yaml(path: Path, what: str) -> dict:
+    """A YAML mapping from ``path``; a syntax error or another top level is an AdaError naming the file."""
+    if path.is_dir():
+        raise AdaError(f"{what} config {path} is a folder, not a file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        raise AdaError(f"{path}: not valid YAML ({getattr(e, 'problem', None) or e}{at})") from None
+    except UnicodeDecodeError as e:
+        raise AdaError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise AdaError(f"{path}: expected a mapping of setting: value at the top level, got a {type(data).__name__}")
+    return data
+
+
+_KINDS = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "dict": (dict,), "None": (type(None),)}
+
+
+def _kinds(annotation: str) -> tuple[list[tuple], str]:
+    """``"list[str] | None"`` -> ([(list, str), (NoneType,)], the annotation)."""
+    out = []
+    for part in annotation.split("|"):
+        part = part.strip()
+        if part.startswith("list["):
+            out.append((list, _KINDS[part[5:-1]][0]))
+        else:
+            out.append(_KINDS[part])
+    return out, annotation
+
+
+def check_types(obj, what: str) -> None:
+    """Every field of the dataclass ``obj`` holds a value of its annotated type (ints pass as floats;
+    bools are not numbers); AdaError naming the key, the expected type and the value otherwise."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        kinds, ann = _kinds(str(f.type))
+        ok = False
+        for kind in kinds:
+            if kind[0] is list and len(kind) == 2:
+                ok = isinstance(value, list) and all(isinstance(v, kind[1]) for v in value)
+            else:
+                ok = isinstance(value, kind) and not (isinstance(value, bool) and bool not in kind)
+            if ok:
+                break
+        if not ok:
+            raise AdaError(f"{what} setting {f.name} should be {ann.replace('None', 'null')}, got {value!r:.80}")
+
+
+def check_at_least(obj, what: str, limits: dict[str, float], above: tuple[str, ...] = ()) -> None:
+    """``limits``: key -> smallest allowed value; keys in ``above`` must exceed it instead."""
+    for key, low in limits.items():
+        value = getattr(obj, key)
+        if value is None:
+            continue
+        if value < low or (key in above and value <= low):
+            rule = f"greater than {low}" if key in above else f"at least {low}"
+            raise AdaError(f"{what} setting {key}={value!r} must be {rule}")
+
+
 def load_config(cls: type[C], path: str | Path | None, overrides: list[str] | None, what: str,
                 lists: tuple[str, ...] = ()) -> C:
     """``cls(**yaml)`` with ``--set key=value`` overrides (values parsed as YAML). Keys in ``lists``
@@ -22,12 +85,15 @@ def load_config(cls: type[C], path: str | Path | None, overrides: list[str] | No
         p = Path(path)
         if not p.exists():
             raise AdaError(f"{what} config {p} does not exist")
-        data = yaml.safe_load(p.read_text()) or {}
+        data = read_yaml(p, what)
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep:
             raise AdaError(f"--set {item!r} is not of the form key=value")
-        data[key.strip()] = yaml.safe_load(value)
+        try:
+            data[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise AdaError(f"--set {item!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e})") from None
     known = {f.name for f in fields(cls)}
     bad = sorted(set(data) - known)
     if bad:
@@ -44,4 +110,6 @@ def load_config(cls: type[C], path: str | Path | None, overrides: list[str] | No
                 data[key] = float(value) if kind == "float" else int(value)
             except ValueError:
                 raise AdaError(f"{what} setting {key}={value!r} is not a number") from None
+        elif kind == "list[str]" and isinstance(data[key], list):
+            data[key] = [str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in data[key]]
     return cls(**data)

@@ -12,11 +12,12 @@ Every check (empty file, queries without positives, qrels naming missing documen
 from __future__ import annotations
 
 import json
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from adaretrieve.data.readers import doc_text, iter_corpus, read_qrels, read_queries
+from adaretrieve.data.readers import doc_text, iter_corpus, read_qrels, read_queries, text_lines
 from adaretrieve.errors import AdaError
 
 
@@ -45,11 +46,15 @@ def load_beir(root: str | Path, split: str = "train", negatives: str | Path | No
         raise AdaError(f"{root}/qrels/{split}.tsv names {len(no_text)} queries missing from queries.jsonl: {_preview(no_text)}")
     negs: dict[str, list[str]] = {}
     if negatives:
-        with open(negatives, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    obj = json.loads(line)
-                    negs[str(obj["qid"])] = [str(d) for d in obj["negatives"]]
+        if not Path(negatives).exists():
+            raise AdaError(f"negatives file {negatives} does not exist; write it with `adaretrieve mine` first "
+                           f"(or drop the negatives setting)")
+        for lineno, line in text_lines(negatives, "negatives file"):
+            if line.strip():
+                obj = _json_line(negatives, lineno, line)
+                if not isinstance(obj, dict) or "qid" not in obj or not isinstance(obj.get("negatives"), list):
+                    raise AdaError(f"{negatives}:{lineno}: expected {{\"qid\": ..., \"negatives\": [docid, ...]}}")
+                negs[str(obj["qid"])] = [str(d) for d in obj["negatives"]]
     wanted = {d for p in positives.values() for d in p} | {d for n in negs.values() for d in n}
     texts = {d.docid: doc_text(d.title, d.text) for d in iter_corpus(root) if d.docid in wanted}
     missing = wanted - set(texts)
@@ -66,45 +71,108 @@ def _tevatron_passage(p) -> str:
     return doc_text(p.get("title") or "", p.get("text") or "") if isinstance(p, dict) else str(p)
 
 
+def _json_line(p, lineno: int, line: str):
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise AdaError(f"{p}:{lineno}: not valid JSON ({e.msg})") from None
+
+
+# the record layouts understood, as (query column, positive columns, negative columns)
+_EXPECTED = ("query + positive_passages/negative_passages (Tevatron), query + positive(s)/negatives, "
+             "or anchor + positive/negative (sentence-transformers)")
+
+
+def looks_like_path(source: str) -> bool:
+    """A data source meant as a local path, not a Hub id ``org/name``: it starts with '.', '/' or '~',
+    has more than one '/', ends in a file suffix, or its first part is a local folder."""
+    s = source.strip()
+    return (s.startswith((".", "/", "~")) or s.count("/") != 1 or Path(s).suffix in (".jsonl", ".json", ".tsv", ".gz")
+            or Path(s.split("/")[0]).is_dir())
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub (HF_ENDPOINT) answers a TCP connection within ``timeout`` seconds."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _hub_rows(source: str, split: str):
+    offline = [v for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if os.environ.get(v, "").lower() in ("1", "true", "yes")]
+    if offline:
+        raise AdaError(f"training data {source!r} is a Hub dataset id, but {offline[0]} is set; give a local file or folder")
+    if not hub_reachable():
+        raise AdaError(f"training data {source!r} is a Hub dataset id and this machine cannot reach the Hub; "
+                       f"give a local file or folder (or set HF_HUB_OFFLINE=1 to fail at once)")
+    import datasets
+
+    return datasets.load_dataset(source, split=split)
+
+
+def _example(r, where: str) -> Example | None:
+    """One record as an Example (None when it has no positive); AdaError naming the columns found
+    and the layouts understood when it is none of them."""
+    if not isinstance(r, dict):
+        raise AdaError(f"{where}: expected a JSON object, got {type(r).__name__}")
+    q = r.get("query") or r.get("query_text") or r.get("anchor")
+    pos = r.get("positive_passages") or r.get("positives") or ([r["positive"]] if r.get("positive") else [])
+    neg = r.get("negative_passages") or r.get("negatives") or ([r["negative"]] if r.get("negative") else [])
+    known = {"query", "query_text", "anchor", "positive_passages", "positives", "positive",
+             "negative_passages", "negatives", "negative"}
+    if not known & set(r):
+        raise AdaError(f"{where}: columns {sorted(r)} are not a training layout; expected {_EXPECTED}")
+    if not q or not str(q).strip():
+        raise AdaError(f"{where}: no query text (columns {sorted(r)}; expected {_EXPECTED})")
+    passages = [p for p in [*pos, *neg] if isinstance(p, dict)]
+    if passages and all(not (p.get("text") or p.get("title")) for p in passages):
+        raise AdaError(f"{where}: passages carry doc ids only (Tevatron's id-based format: keys {sorted(passages[0])}, "
+                       f"e.g. 'docid'); give passages with 'text' (and 'title'), or a BEIR folder with qrels")
+    if not pos:
+        return None
+    return Example(str(q), [_tevatron_passage(x) for x in pos], [_tevatron_passage(x) for x in neg])
+
+
 def load_records(source: str, split: str = "train") -> list[Example]:
-    """Tevatron-format or plain records from a local jsonl/tsv, or a Hub dataset id (needs a network)."""
+    """Tevatron-format, sentence-transformers (anchor/positive/negative) or plain records from a local
+    jsonl/tsv, or a Hub dataset id (needs a network; fails at once without one)."""
     p = Path(source)
     if p.suffix == ".tsv":
         rows = []
-        with open(p, encoding="utf-8") as f:
-            for line in f:
-                parts = line.rstrip("\n").split("\t")
-                if len(parts) >= 2:
-                    rows.append({"query": parts[0], "positives": [parts[1]], "negatives": parts[2:]})
+        for _, line in text_lines(p, "training file"):
+            parts = line.split("\t")
+            if len(parts) >= 2:
+                rows.append({"query": parts[0], "positives": [parts[1]], "negatives": parts[2:]})
+        where = [f"{p}:{i}" for i in range(1, len(rows) + 1)]
     elif p.exists():
         # a local jsonl is read with json alone: the training path must not need `datasets`
         # (GPU machines often lack it)
-        if p.stat().st_size == 0:
+        if p.is_file() and p.stat().st_size == 0:
             raise AdaError(f"training file {p} is empty")
-        rows = []
-        with open(p, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise AdaError(f"{p}:{lineno}: not valid JSON ({e.msg})") from None
+        rows, where = [], []
+        for lineno, line in text_lines(p, "training file"):
+            if line.strip():
+                rows.append(_json_line(p, lineno, line))
+                where.append(f"{p}:{lineno}")
     else:
-        if p.suffix in (".jsonl", ".json") or "/" not in source:
-            raise AdaError(f"training file {p} does not exist")
-        import datasets
-
-        rows = datasets.load_dataset(source, split=split)
+        if looks_like_path(source):
+            raise AdaError(f"training data {source} does not exist (give a BEIR folder, a jsonl/tsv file or a Hub id org/name)")
+        rows = _hub_rows(source, split)
+        where = [f"{source} row {i}" for i in range(1, len(rows) + 1)]
     out = []
     no_pos = []
     for i, r in enumerate(rows):
-        q = r.get("query") or r.get("query_text") or ""
-        pos = r.get("positive_passages") or r.get("positives") or ([r["positive"]] if r.get("positive") else [])
-        neg = r.get("negative_passages") or r.get("negatives") or []
-        if not pos:
+        ex = _example(r, where[i])
+        if ex is None:
             no_pos.append(r.get("query_id", i))
-            continue
-        out.append(Example(str(q), [_tevatron_passage(x) for x in pos], [_tevatron_passage(x) for x in neg]))
+        else:
+            out.append(ex)
     if no_pos:
         raise AdaError(f"{source}: {len(no_pos)} queries have no positive passage: {_preview(no_pos)}")
     if not out:

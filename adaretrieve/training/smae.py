@@ -32,8 +32,8 @@ from adaretrieve import __version__
 from adaretrieve.errors import AdaError
 from adaretrieve.modeling.encoder import Encoder
 from adaretrieve.sizes import Size
-from adaretrieve.training.checkpoint import load_state, replace_dir, restore_rng, rng_states
-from adaretrieve.training.config import load_config
+from adaretrieve.training.checkpoint import check_resume, load_state, replace_dir, restore_rng, rng_states
+from adaretrieve.training.config import check_at_least, check_types, load_config
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,11 @@ class PretrainConfig:
     device: str | None = None
     save_every: int = 50
 
+    def __post_init__(self):
+        check_types(self, "pretraining")
+        check_at_least(self, "pretraining", {"steps": 1, "batch_size": 1, "max_length": 1, "encoder_mask": 0,
+                                             "decoder_mask": 0, "lr": 0, "warmup": 0, "save_every": 1}, above=("lr",))
+
     @classmethod
     def from_file(cls, path: str | Path | None, overrides: list[str] | None = None) -> PretrainConfig:
         return load_config(cls, path, overrides, "pretraining", lists=("data", "pairs"))
@@ -270,7 +275,11 @@ class SMAE(nn.Module):
         return total / len(self.pairs), logs
 
 
-def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
+# settings that do not change what a run computes: a checkpoint resumes under other values of these
+RESUME_MAY_DIFFER = {"output", "save_every", "device"}
+
+
+def pretrain(cfg: PretrainConfig, progress: bool = True, resume: bool = True) -> dict:
     """Run SMAE; one process, or several under ``torchrun`` (each rank takes its own batches,
     gradients are averaged, rank 0 writes checkpoints). Resumes from ``output/checkpoint``."""
     from adaretrieve.training.losses import default_ladder
@@ -280,7 +289,9 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
     torch.manual_seed(cfg.seed)
     out = Path(cfg.output)
     ck = out / "checkpoint"
-    start = ck if (ck / "state.pt").exists() else None
+    start = ck if resume and (ck / "state.pt").exists() else None
+    if start is not None:
+        check_resume(load_state(ck / "state.pt").get("config"), asdict(cfg), RESUME_MAY_DIFFER, ck)
     device = cfg.device or (f"cuda:{rank % torch.cuda.device_count()}" if torch.cuda.is_available() else None)
     enc = Encoder(start or cfg.model, device=device)
     if enc.tokenizer.mask_token_id is None:
@@ -351,7 +362,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
         if step % cfg.save_every == 0 or step == cfg.steps:
             rngs = rng_states(rank, world)  # collective: every rank's state goes into the checkpoint
             if rank == 0:
-                _save(smae, enc, ck, opt, sched, step, rngs)
+                _save(smae, enc, ck, opt, sched, step, rngs, asdict(cfg))
         if world > 1:
             torch.distributed.barrier()
     bar.close()
@@ -376,7 +387,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
 _last_model = None
 
 
-def _save(smae: SMAE, enc: Encoder, ck: Path, opt, sched, step: int, rngs: list) -> None:
+def _save(smae: SMAE, enc: Encoder, ck: Path, opt, sched, step: int, rngs: list, config: dict | None = None) -> None:
     tmp = ck.with_name(ck.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     enc.model.save_pretrained(tmp)
@@ -384,5 +395,5 @@ def _save(smae: SMAE, enc: Encoder, ck: Path, opt, sched, step: int, rngs: list)
     (tmp / "adaretrieve.json").write_text(json.dumps({"pooling": enc.pooling, "normalize": enc.normalize,
                                                       "max_length": enc.max_length}))
     torch.save({"head": smae.head.state_dict(), "decoder": smae.decoder.layer.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "rng": rngs, "step": step}, tmp / "state.pt")
+                "scheduler": sched.state_dict(), "rng": rngs, "step": step, "config": config}, tmp / "state.pt")
     replace_dir(tmp, ck)  # the old checkpoint goes only once the new one stands

@@ -25,8 +25,15 @@ from adaretrieve import __version__
 from adaretrieve.errors import AdaError
 from adaretrieve.modeling.encoder import Encoder
 from adaretrieve.sizes import Size, parse_sizes
-from adaretrieve.training.checkpoint import gather_object, load_state, replace_dir, restore_rng, rng_states
-from adaretrieve.training.config import load_config
+from adaretrieve.training.checkpoint import (
+    check_resume,
+    gather_object,
+    load_state,
+    replace_dir,
+    restore_rng,
+    rng_states,
+)
+from adaretrieve.training.config import check_at_least, check_types, load_config
 from adaretrieve.training.data import BatchSampler, Example, load_beir, load_records
 from adaretrieve.training.losses import PairSampler, default_ladder, matryoshka_loss, pair_scores
 
@@ -65,9 +72,20 @@ class TrainConfig:
     device: str | None = None
     notes: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        check_types(self, "training")
+        check_at_least(self, "training", {"steps": 1, "batch_size": 1, "n_negatives": 0, "lr": 0, "warmup": 0,
+                                          "weight_decay": 0, "temperature": 0, "kl_weight": 0, "query_max_length": 1,
+                                          "passage_max_length": 1, "grad_accum": 1, "keep_full": 0, "save_every": 1,
+                                          "keep_checkpoints": 1}, above=("lr", "temperature"))
+
     @classmethod
     def from_file(cls, path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
         return load_config(cls, path, overrides, "training", lists=("pairs",))
+
+
+# settings that do not change what a run computes: a checkpoint resumes under other values of these
+RESUME_MAY_DIFFER = {"output", "save_every", "keep_checkpoints", "device", "notes", "gradient_checkpointing"}
 
 
 def _dist():
@@ -142,8 +160,16 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = True) -> dict:
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     out = Path(cfg.output)
+    if not resume and _checkpoints(out) and rank == 0:
+        log.info("--no-resume: removing the checkpoints of the earlier run in %s", out / "checkpoints")
+        shutil.rmtree(out / "checkpoints")
+    if world > 1:
+        torch.distributed.barrier()
     ckpts = _checkpoints(out) if resume else []
     start_from = ckpts[-1] if ckpts else None
+    state = load_state(start_from / "state.pt") if start_from is not None else None
+    if state is not None:
+        check_resume(state.get("config"), asdict(cfg), RESUME_MAY_DIFFER, start_from)
     # The encoder keeps the model's own max length (saved with the result); training truncates to
     # query_max_length / passage_max_length itself.
     device = cfg.device
@@ -187,8 +213,7 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = True) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warm, max(0.0, (cfg.steps - s) / max(1, cfg.steps - warm))))
     step = 0
-    if start_from is not None:
-        state = load_state(start_from / "state.pt")
+    if state is not None:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         pair_rngs = state["pair_rng"] if isinstance(state["pair_rng"], list) else [state["pair_rng"]]
@@ -264,7 +289,7 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = True) -> dict:
             rngs = rng_states(rank, world)  # collective: every rank's state goes into the checkpoint
             pair_rngs = gather_object(sampler.rng.getstate(), world)
             if rank == 0:
-                _save_checkpoint(out, step, enc, opt, sched, pair_rngs, rngs, cfg.keep_checkpoints)
+                _save_checkpoint(out, step, enc, opt, sched, pair_rngs, rngs, cfg.keep_checkpoints, asdict(cfg))
         if world > 1:
             torch.distributed.barrier()
     bar.close()
@@ -315,7 +340,8 @@ def _as_rng_state(st) -> tuple:
     return (int(version), tuple(int(x) for x in internal), gauss)
 
 
-def _save_checkpoint(out: Path, step: int, enc, opt, sched, pair_rngs: list, rngs: list, keep: int) -> None:
+def _save_checkpoint(out: Path, step: int, enc, opt, sched, pair_rngs: list, rngs: list, keep: int,
+                     config: dict | None = None) -> None:
     d = out / "checkpoints"
     d.mkdir(parents=True, exist_ok=True)
     tmp = d / f".step-{step}.tmp"
@@ -324,7 +350,7 @@ def _save_checkpoint(out: Path, step: int, enc, opt, sched, pair_rngs: list, rng
     tmp.mkdir()
     _save_model(tmp, enc)
     torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "pair_rng": pair_rngs,
-                "rng": rngs, "step": step}, tmp / "state.pt")
+                "rng": rngs, "step": step, "config": config}, tmp / "state.pt")
     replace_dir(tmp, d / f"step-{step}")
     for old in _checkpoints(out)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)

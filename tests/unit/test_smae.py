@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from adaretrieve import Size
+from adaretrieve.errors import AdaError
 from adaretrieve.modeling import Encoder
 from adaretrieve.training.smae import SMAE, PretrainConfig, SlicedMLMHead, pretrain
 from tests.conftest import make_corpus
@@ -86,6 +87,10 @@ def test_resume_after_interruption_gives_same_weights(tiny_model, tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         pretrain(cfg(tmp_path / "broken"), progress=False)
     monkeypatch.setattr(S, "_save", real)
+    changed = cfg(tmp_path / "broken")
+    changed.lr, changed.encoder_mask = 0.1, 0.3
+    with pytest.raises(AdaError, match=r"encoder_mask 0.2 -> 0.3; lr 0.001 -> 0.1"):
+        pretrain(changed, progress=False)
     assert pretrain(cfg(tmp_path / "broken"), progress=False)["steps_this_run"] == 2
     a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(tmp_path / "broken" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

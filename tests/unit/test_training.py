@@ -382,3 +382,29 @@ print("ok", s["steps"])
     root = Path(__file__).resolve().parents[2]
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=300)
     assert res.returncode == 0 and "ok 2" in res.stdout, res.stderr[-2000:]
+
+
+def test_resume_with_changed_settings_is_refused_naming_each(tiny_model, beir_train, tmp_path, monkeypatch):
+    import adaretrieve.training.trainer as T
+
+    real = T._save_checkpoint
+
+    def crash_after_step_2(out, step, *a, **k):
+        real(out, step, *a, **k)
+        if step == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "_save_checkpoint", crash_after_step_2)
+    out = tmp_path / "o"
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(tiny_model, beir_train, out), progress=False)
+    monkeypatch.setattr(T, "_save_checkpoint", real)
+    with pytest.raises(AdaError, match=r"loss 'starbucks' -> 'mrl'.*lr 0.001 -> 0.1.*--no-resume"):
+        train(cfg(tiny_model, beir_train, out, loss="mrl", lr=0.1), progress=False)
+    # settings that do not change the result may differ
+    s = train(cfg(tiny_model, beir_train, out, save_every=3, keep_checkpoints=3), progress=False)
+    assert s["steps_this_run"] == 4
+    # starting over is explicit, and records what it trained with
+    s = train(cfg(tiny_model, beir_train, out, loss="mrl", lr=0.1, steps=2), progress=False, resume=False)
+    assert s["steps_this_run"] == 2
+    assert json.loads((out / "adaretrieve.json").read_text())["loss"] == "mrl"

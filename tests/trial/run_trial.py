@@ -1,0 +1,311 @@
+"""Re-run the bad-input cases of the trial (/work/shared/reviews/bad-input-and-crash-trial.md, section 1)
+on inputs this script builds itself: a tiny random BERT (tests/conftest.py) and a 40-doc corpus.
+Each case is named by the review's case id and classified GOOD (exit 2 and one `error:` line, or exit 0
+where the input is valid), MINOR (exit 2 but not one line) or BAD (traceback, other exit status, or exit 0
+on an input that must be refused). Runs in-process through typer's CliRunner (about a minute).
+
+    .venv/bin/python tests/trial/run_trial.py [--out benchmarks/results/trial/results.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from typer.testing import CliRunner  # noqa: E402
+
+from adaretrieve.cli.main import app  # noqa: E402
+from tests.conftest import WORDS, _save_tiny_bert, make_corpus  # noqa: E402
+
+
+def build_inputs(d: Path) -> dict:
+    model = _save_tiny_bert(d / "model", seed=0)
+    data = d / "data"
+    data.mkdir()
+    corpus = make_corpus(data / "corpus.jsonl", n=40)
+    (data / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": " ".join(WORDS[i:i + 3])}) + "\n"
+                                                for i in range(6)))
+    (data / "qrels.tsv").write_text("".join(f"q{i}\td{i}\t1\n" for i in range(6)))
+    bad = d / "bad"
+    bad.mkdir()
+    lines = corpus.read_text().splitlines()[:6]
+
+    def corpus_with(name, line6):
+        (bad / name).write_text("\n".join(lines[:5] + [line6]) + "\n")
+
+    for name, idv in {"emptyid": "", "tabid": "a\tb", "spaceid": "a b", "nlid": "a\nb", "crid": "a\rb", "lsid": "a\u2028b"}.items():
+        corpus_with(f"{name}.jsonl", json.dumps({"_id": idv, "text": "cell"}))
+    corpus_with("numid.jsonl", json.dumps({"_id": 12345, "text": "cell"}))
+    corpus_with("nulltext.jsonl", json.dumps({"_id": "x", "title": None, "text": None}))
+    corpus_with("noid.jsonl", json.dumps({"text": "cell"}))
+    corpus_with("array.jsonl", "[1, 2]")
+    corpus_with("badjson.jsonl", '{"_id": "x", "text": ')
+    corpus_with("dupid.jsonl", lines[2])
+    (bad / "empty.jsonl").write_text("")
+    (bad / "binary.jsonl").write_bytes(np.random.default_rng(0).bytes(4096))
+    (bad / "nonutf8.jsonl").write_bytes(("\n".join(lines[:5]) + "\n").encode() + b'{"_id": "x", "text": "c\xe9ll"}\n')
+    gz = gzip.compress(corpus.read_bytes())
+    (bad / "corrupt.jsonl.gz").write_bytes(gz[: len(gz) // 2])
+    q = (data / "queries.jsonl").read_text().splitlines()
+    (bad / "q_empty.jsonl").write_text("")
+    (bad / "q_blanktext.jsonl").write_text("\n".join(q[:3] + [json.dumps({"_id": "99", "text": "  "})]) + "\n")
+    (bad / "q_noid.jsonl").write_text("\n".join(q[:3] + [json.dumps({"text": "x"})]) + "\n")
+    (bad / "q_array.jsonl").write_text("\n".join(q[:3] + ["[1]"]) + "\n")
+    (bad / "q_badjson.jsonl").write_text("\n".join(q[:3] + ["{x"]) + "\n")
+    (bad / "q_nonutf8.jsonl").write_bytes(b'{"_id": "1", "text": "c\xe9ll"}\n')
+    (bad / "q_dup.jsonl").write_text("\n".join(q[:3] + [q[1]]) + "\n")
+    (bad / "qrels_badline.tsv").write_text("q1\td1\t1\nq2 a b c d\n")
+    (bad / "qrels_badgrade.tsv").write_text("q1\td1\tyes\n")
+    (bad / "qrels_empty.tsv").write_text("")
+    (bad / "qrels_nomatch.tsv").write_text("zz\td1\t1\n")
+    (bad / "run_badline.trec").write_text("q1 Q0 d1 1\n")
+    (bad / "run_badscore.trec").write_text("q1 Q0 d1 1 notanumber t\n")
+    (bad / "run_badjsonl.trec").write_text('{"qid": "q1", "hits": [\n')
+    (bad / "run_jsonl_nokey.trec").write_text('{"qid": "q1"}\n')
+    (bad / "run_empty.trec").write_text("")
+    (bad / "run_nonutf8.trec").write_bytes(b"q\xe9 Q0 d1 1 1.0 t\n")
+    (bad / "run_bad.json").write_text('[{"query": "x", "hits": [{"qid": "q1", "docid": "d1"}]}]')
+    (bad / "run_bad2.json").write_text("not json")
+    cfgs = {"cfg_badtype": "steps: abc", "cfg_badtype2": "steps: [1, 2]", "cfg_badtype3": "lr: {a: 1}",
+            "cfg_unknown": "stpes: 3", "cfg_syntax": "steps: [1, 2\nlr: 1", "cfg_list": "- minilm",
+            "cfg_badloss": "loss: bogus", "cfg_badpairs": "pairs: '4x,9x32'", "cfg_bs0": "batch_size: 0",
+            "cfg_steps0": "steps: 0", "cfg_nodata": f"data: {d / 'nope' / 'folder'}"}
+    for name, text in cfgs.items():
+        (bad / f"{name}.yaml").write_text(f"model: {model}\n{text}\n")
+    bench = (f"name: t\nmodel: {model}\ncorpus: {corpus}\nqueries: {data / 'queries.jsonl'}\nqrels: {data / 'qrels.tsv'}\n"
+             f"index: {d / 'idx' / 'bench'}\nshortlist: [1x8]\nrerank: 4x32\nlatency_queries: 2\n")
+    (bad / "bench_unknown.yaml").write_text(bench + "colour: red\n")
+    (bad / "bench_missingkey.yaml").write_text("name: t\n")
+    (bad / "bench_badsize.yaml").write_text(bench.replace("[1x8]", "[9x8]"))
+    (bad / "bench_badtype.yaml").write_text(bench + "two_stage: [{shortlist: 1x8, k: abc, rerank: 4x32}]\n")
+    return {"model": model, "data": data, "corpus": corpus, "bad": bad}
+
+
+def index_cases(model, data, bad, d):
+    ix = ["index", "-q", "--model", str(model), "--corpus", str(data), "--shortlist"]
+    n1 = ["--out", str(d / "idx" / "n1")]
+    cases = [(f"ix-size-{k}", ix + [v] + n1, "error") for k, v in
+             {"4x": "4x", "0x32": "0x32", "4x0": "4x0", "4x32x1": "4x32x1", "abc": "abc", "depth": "7x8", "width": "4x999"}.items()]
+    cases.append(("ix-size-neg", ix[:-1] + ["--shortlist=-1x8"] + n1, "error"))
+    cases += [("ix-rerank-depth", ix + ["1x8", "--rerank", "7x32"] + n1, "error"),
+              ("ix-rerank-abc", ix + ["1x8", "--rerank", "abc"] + n1, "error")]
+    cor = ["index", "-q", "--model", str(model), "--shortlist", "1x8", "--out", str(d / "idx" / "n1"), "--corpus"]
+    cases += [("ix-corpus-missing", cor + [str(d / "nope")], "error"), ("ix-corpus-dir-empty", cor + [str(bad)], "error")]
+    for name in ["empty", "binary", "nonutf8", "noid", "array", "badjson", "dupid", "emptyid", "tabid", "spaceid",
+                 "nlid", "crid", "lsid"]:
+        cases.append((f"ix-corpus-{name}", cor + [str(bad / f"{name}.jsonl")], "error"))
+    cases.append(("ix-corpus-gzip", cor + [str(bad / "corrupt.jsonl.gz")], "error"))
+    for name in ["numid", "nulltext"]:
+        cases.append((f"ix-corpus-{name}", ["index", "-q", "--model", str(model), "--shortlist", "1x8", "--out",
+                                            str(d / "idx" / name), "--corpus", str(bad / f"{name}.jsonl")], "ok"))
+    base = ["index", "-q", "--model", str(model), "--corpus", str(data), "--shortlist", "1x8"]
+    cases += [
+        ("ix-out-exists", base + ["--out", str(d / "idx" / "base")], "error"),
+        ("ix-out-nonindex", base + ["--out", str(bad), "--overwrite"], "error"),
+        ("ix-out-file", base + ["--out", str(bad / "empty.jsonl"), "--overwrite"], "error"),
+        ("ix-ow-badcorpus", ["index", "-q", "--model", str(model), "--corpus", str(bad / "dupid.jsonl"), "--shortlist", "1x8",
+                             "--out", str(d / "idx" / "base"), "--overwrite"], "error"),
+        ("ix-factory", base + ["--factory", "Bogus"] + n1, "error"),
+        ("ix-factory-bin", base[:-1] + ["1x12", "--factory", "BFlat"] + n1, "error"),
+        ("ix-rerank-dtype", base + ["--rerank-dtype", "int4"] + n1, "error"),
+        ("ix-shard-form", base + ["--shard", "abc"] + n1, "error"),
+        ("ix-shard-range", base + ["--shard", "2/2"] + n1, "error"),
+        ("ix-shard-zero", base + ["--shard", "0/0"] + n1, "error"),
+        ("ix-chunk0", base + ["--chunk-size", "0"] + n1, "error"),
+        ("ix-chunkneg", base + ["--chunk-size", "-5"] + n1, "error"),
+        ("ix-batch0", base + ["--batch-size", "0"] + n1, "error"),
+        ("ix-maxlen0", base + ["--max-length", "0"] + n1, "error"),
+        ("ix-model-missing", base + ["--model", "./no/such/folder"] + n1, "error"),
+        ("ix-model-notmodel", base + ["--model", str(bad)] + n1, "error"),
+        ("ix-device", base + ["--device", "tpu"] + n1, "error"),
+        ("ix-dtype", base + ["--dtype", "int8"] + n1, "error"),
+        ("ix-pooling", base + ["--pooling", "max"] + n1, "error"),
+        ("ix-merge-nobuild", ["index", "merge", "--out", str(d / "idx" / "nope")], "error"),
+    ]
+    return cases
+
+
+def corrupt_indexes(base: Path, cidx: Path) -> None:
+    import faiss
+
+    def copy(name):
+        return Path(shutil.copytree(base, cidx / name))
+
+    def edit(name, fn):
+        p = copy(name) / "manifest.json"
+        m = json.loads(p.read_text())
+        p.write_text(json.dumps(fn(m)))
+
+    (copy("nomanifest") / "manifest.json").unlink()
+    (copy("badmanifest") / "manifest.json").write_text("{x")
+    edit("future", lambda m: {**m, "format": 2})
+    edit("missingkey", lambda m: {k: v for k, v in m.items() if k != "model"})
+    edit("extrakey", lambda m: {**m, "colour": "red"})
+    edit("nonobj", lambda m: [m])
+    npy = "rerank-4x32.npy"
+    p = copy("trunc_npy") / npy
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    p = copy("trunc_npy_hdr") / npy
+    p.write_bytes(p.read_bytes()[:50])
+    p = copy("trunc_faiss") / "shortlist-1x8.faiss"
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    p = copy("garbage_faiss") / "shortlist-1x8.faiss"
+    p.write_bytes(np.random.default_rng(1).bytes(p.stat().st_size))
+    other = faiss.IndexFlatIP(8)
+    other.add(np.random.default_rng(0).standard_normal((500, 8)).astype(np.float32))
+    faiss.write_index(other, str(copy("wrong_faiss") / "shortlist-1x8.faiss"))
+    p = copy("docids_missing_line") / "docids.txt"
+    p.write_text("\n".join(p.read_text().splitlines()[:-1]) + "\n")
+    (copy("docids_missing") / "docids.txt").unlink()
+    np.save(copy("short_npy") / npy, np.zeros((10, 32), np.float16))
+    np.save(copy("wrongdim_npy") / npy, np.zeros((40, 20), np.float16))
+    np.save(copy("pickle_npy") / npy, np.array([{"a": 1}] * 40, dtype=object), allow_pickle=True)
+
+
+def search_cases(model, other_model, data, bad, d):
+    base = d / "idx" / "base"
+    q = str(data / "queries.jsonl")
+    qr = str(data / "qrels.tsv")
+    runs = d / "runs"
+    runs.mkdir(exist_ok=True)
+    se = ["search", "-q", "--index", str(base), "--queries", q]
+    out = ["--out", str(runs / "x.trec")]
+    cases = [("se-k0", se + ["--k", "0"] + out, "error"), ("se-kneg", se + ["--k=-5"] + out, "error"),
+             ("se-top0", se + ["--top", "0"] + out, "error"),
+             ("se-kbig", se + ["--qrels", qr, "--k", "100000"] + out, "ok"),
+             ("se-topbig", se + ["--qrels", qr, "--rerank", "none", "--top", "100000"] + out, "ok")]
+    for name, v in {"4x": "4x", "abc": "abc", "depth": "7x8", "width": "2x999", "notstored": "3x8", "wider": "1x16"}.items():
+        cases.append((f"se-size-{name}", se + ["--shortlist", v] + out, "error"))
+    cases += [("se-rerank-width", se + ["--rerank", "4x999"] + out, "error"), ("se-rerank-bad", se + ["--rerank", "4x"] + out, "error"),
+              ("se-then-nok", se + ["--then", "2x16"] + out, "error"),
+              ("se-funnel-widen", se + ["--k", "10", "--then", "2x16", "--k", "20"] + out, "error"),
+              ("se-index-missing", ["search", "-q", "--index", str(d / "idx" / "nope"), "--queries", q] + out, "error")]
+    for name in ["nomanifest", "badmanifest", "future", "missingkey", "extrakey", "nonobj", "trunc_npy", "trunc_npy_hdr",
+                 "trunc_faiss", "garbage_faiss", "docids_missing_line", "docids_missing", "short_npy", "wrongdim_npy",
+                 "pickle_npy"]:
+        cases.append((f"se-{name.replace('_', '-')}", ["search", "-q", "--index", str(d / "cidx" / name), "--queries", q] + out, "error"))
+    cases.append(("se-wrong-faiss", ["search", "-q", "--index", str(d / "cidx" / "wrong_faiss"), "--queries", q,
+                                     "--rerank", "none"] + out, "error"))
+    cases.append(("se-othermodel", se + ["--model", str(other_model)] + out, "error"))
+    for name in ["empty", "blanktext", "noid", "array", "badjson", "nonutf8", "dup"]:
+        cases.append((f"se-q-{name}", ["search", "-q", "--index", str(base), "--queries", str(bad / f"q_{name}.jsonl")] + out, "error"))
+    cases += [("se-q-arg-empty", ["search", "-q", "--index", str(base), ""], "error"),
+              ("se-q-arg-ws", ["search", "-q", "--index", str(base), "   "], "error"),
+              ("se-q-and-file", ["search", "-q", "--index", str(base), "x", "--queries", q], "error")]
+    for name in ["badline", "badgrade", "empty", "nomatch"]:
+        cases.append((f"se-qrels-{name}", se + ["--qrels", str(bad / f"qrels_{name}.tsv")] + out, "error"))
+    cases += [("se-qrels-missing", se + ["--qrels", str(bad / "none.tsv")] + out, "error"),
+              ("se-format", se + ["--format", "csv"] + out, "error"),
+              ("se-out-dir", se + ["--out", str(runs)], "error"),
+              ("se-out-unwritable", se + ["--out", "/proc/nope/run.trec"], "error"),
+              ("se-model-other", se + ["--model", str(bad)] + out, "error"),
+              ("se-batch0", se + ["--batch-size", "0"] + out, "error")]
+    return cases
+
+
+def other_cases(model, data, bad, d):
+    runs = d / "runs"
+    qr = str(data / "qrels.tsv")
+    good = runs / "good.trec"
+    good.write_text("".join(f"q{i} Q0 d{i} 1 1.0 t\n" for i in range(6)))
+    ev = ["eval", "--qrels", qr, "--run"]
+    cases = [("ev-missing", ev + [str(bad / "none.trec")], "error")]
+    for name in ["badline", "badscore", "badjsonl", "jsonl_nokey", "empty", "nonutf8"]:
+        cases.append((f"ev-{name.replace('_', '-')}", ev + [str(bad / f"run_{name}.trec")], "error"))
+    cases += [("ev-json-bad", ev + [str(bad / "run_bad.json")], "error"),
+              ("ev-json-notjson", ev + [str(bad / "run_bad2.json")], "error"),
+              ("ev-run-dir", ev + [str(runs)], "error")]
+    for name in ["badline", "badgrade", "empty"]:
+        cases.append((f"ev-qrels-{name}", ["eval", "--run", str(good), "--qrels", str(bad / f"qrels_{name}.tsv")], "error"))
+    cases += [("ev-qrels-gz", ["eval", "--run", str(good), "--qrels", str(bad / "corrupt.jsonl.gz")], "error"),
+              ("ev-metric", ["eval", "--run", str(good), "--qrels", qr, "--metrics", "Bogus@10"], "error"),
+              ("ev-metric-empty", ["eval", "--run", str(good), "--qrels", qr, "--metrics", ""], "error")]
+    tr = ["train", "-q", "--config"]
+    cases.append(("tr-cfg-missing", tr + [str(bad / "none.yaml")], "error"))
+    for name in ["badtype", "badtype2", "badtype3", "unknown", "syntax", "list", "badloss", "badpairs", "bs0", "steps0", "nodata"]:
+        cases.append((f"tr-cfg-{name}" if not name.startswith(("bs0", "steps0", "nodata")) else f"tr-{name}",
+                       tr + [str(bad / f"cfg_{name}.yaml")], "error"))
+    s0 = tr + [str(bad / "cfg_steps0.yaml")]
+    cases += [("tr-set-badkey", s0 + ["--set", "stpes=3"], "error"), ("tr-set-noeq", s0 + ["--set", "steps"], "error"),
+              ("tr-set-badval", s0 + ["--set", "steps=ten"], "error"),
+              ("tr-set-neglr", s0 + ["--set", "lr=-1", "--set", "steps=1"], "error"),
+              ("tr-pairs-bad", s0 + ["--pairs", "4x"], "error"),
+              ("tr-nodata-file", tr + [str(bad / "cfg_badloss.yaml"), "--set", "loss=mrl", "--set", f"data={d / 'no.jsonl'}"], "error")]
+    be = ["bench", "-q", "--out", str(d / "bench-out"), "--config"]
+    for name in ["unknown", "missingkey", "badsize", "badtype"]:
+        cases.append((f"be-{name}", be + [str(bad / f"bench_{name}.yaml")], "error"))
+    cases += [("be-missing", be + [str(bad / "none.yaml")], "error"), ("be-syntax", be + [str(bad / "cfg_syntax.yaml")], "error")]
+    tu = ["tune", "-q", "--index", str(d / "idx" / "base"), "--queries", str(data / "queries.jsonl"), "--qrels", qr]
+    cases += [("tu-missing-index", ["tune", "-q", "--index", str(d / "idx" / "nope"), "--queries", str(data), "--qrels", qr,
+                                    "--budget-ms", "50"], "error"),
+              ("tu-bad-index", ["tune", "-q", "--index", str(d / "cidx" / "badmanifest"), "--queries", str(data), "--qrels", qr,
+                                "--budget-ms", "50"], "error"),
+              ("tu-metric", tu + ["--budget-ms", "50", "--metric", "Bogus@10"], "error"),
+              ("tu-k0", tu + ["--budget-ms", "500", "--k", "0", "--latency-queries", "2"], "error"),
+              ("tu-lat0", tu + ["--budget-ms", "500", "--k", "10", "--latency-queries", "0"], "error"),
+              ("tu-budget-neg", tu + ["--budget-ms", "-1", "--k", "10", "--latency-queries", "2"], "error"),
+              ("tu-queries-bad", ["tune", "-q", "--index", str(d / "idx" / "base"), "--queries", str(bad / "q_nonutf8.jsonl"),
+                                  "--qrels", qr, "--budget-ms", "50", "--k", "10", "--latency-queries", "2"], "error")]
+    return cases
+
+
+def classify(res, expect: str) -> tuple[str, str]:
+    err = [x for x in (res.stderr or "").splitlines() if x.strip()]
+    errors = [x for x in err if x.startswith("error: ")]
+    tb = res.exception is not None and not isinstance(res.exception, SystemExit)
+    first = errors[0] if errors else (repr(res.exception)[:160] if tb else (err[-1] if err else ""))
+    if tb:
+        return "BAD", first
+    if expect == "ok":
+        return ("GOOD" if res.exit_code == 0 else "BAD"), first
+    if res.exit_code == 0:
+        return "BAD", "exit 0 on an input that must be refused"
+    if res.exit_code == 2 and len(errors) == 1:
+        return "GOOD", first
+    return "MINOR", first
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "trial" / "results.md"))
+    args = ap.parse_args()
+    runner = CliRunner()
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        inp = build_inputs(d)
+        other = _save_tiny_bert(d / "other-model", seed=1)
+        res = runner.invoke(app, ["index", "-q", "--model", str(inp["model"]), "--corpus", str(inp["data"]),
+                                  "--shortlist", "1x8", "--shortlist", "2x16", "--rerank", "4x32", "--out", str(d / "idx" / "base")])
+        assert res.exit_code == 0, res.output
+        corrupt_indexes(d / "idx" / "base", d / "cidx")
+        cases = (index_cases(inp["model"], inp["data"], inp["bad"], d) + search_cases(inp["model"], other, inp["data"], inp["bad"], d)
+                 + other_cases(inp["model"], inp["data"], inp["bad"], d))
+        rows = []
+        for name, argv, expect in cases:
+            r = runner.invoke(app, argv)
+            verdict, msg = classify(r, expect)
+            rows.append((name, verdict, r.exit_code, msg.replace(tmp, "<tmp>").replace("|", "\\|")[:160]))
+            print(f"{verdict:5} {name:22} {r.exit_code} {rows[-1][3]}", flush=True)
+    counts = {v: sum(1 for r in rows if r[1] == v) for v in ("GOOD", "MINOR", "BAD")}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["# Bad-input trial, re-run", "", "Command: `.venv/bin/python tests/trial/run_trial.py`", "",
+             f"{len(rows)} cases: GOOD {counts['GOOD']}, MINOR {counts['MINOR']}, BAD {counts['BAD']}", "",
+             "| case | verdict | exit | message |", "| --- | --- | ---: | --- |"]
+    lines += [f"| {n} | {v} | {e} | {m} |" for n, v, e, m in rows]
+    out.write_text("\n".join(lines) + "\n")
+    print(f"{len(rows)} cases: {counts}; table in {out}")
+
+
+if __name__ == "__main__":
+    main()
