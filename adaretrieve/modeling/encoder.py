@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from adaretrieve.errors import AdaError
+from adaretrieve.hub import check_hub_model
 from adaretrieve.modeling.adaptor import Adaptor
 from adaretrieve.sizes import Size, parse_sizes, truncate
 
@@ -170,6 +171,8 @@ class Encoder:
 
         self.name = str(model)
         self.path = resolve_model(model)
+        if model_module is None and not Path(self.path).is_dir():
+            check_hub_model(self.path)  # a Hub id: in the cache, or the Hub reachable now; else one line at once
         st = _read_st_config(self.path)
         self.pooling = pooling or st.get("pooling", "cls")
         if self.pooling not in ("mean", "cls"):

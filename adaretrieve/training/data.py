@@ -12,13 +12,13 @@ Every check (empty file, queries without positives, qrels naming missing documen
 from __future__ import annotations
 
 import json
-import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from adaretrieve.data.readers import doc_text, iter_corpus, read_qrels, read_queries, text_lines
 from adaretrieve.errors import AdaError
+from adaretrieve.hub import hub_reachable, offline_var
 
 
 @dataclass
@@ -91,23 +91,10 @@ def looks_like_path(source: str) -> bool:
             or Path(s.split("/")[0]).is_dir())
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face Hub (HF_ENDPOINT) answers a TCP connection within ``timeout`` seconds."""
-    import socket
-    from urllib.parse import urlparse
-
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def _hub_rows(source: str, split: str):
-    offline = [v for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if os.environ.get(v, "").lower() in ("1", "true", "yes")]
+    offline = offline_var(("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
     if offline:
-        raise AdaError(f"training data {source!r} is a Hub dataset id, but {offline[0]} is set; give a local file or folder")
+        raise AdaError(f"training data {source!r} is a Hub dataset id, but {offline} is set; give a local file or folder")
     if not hub_reachable():
         raise AdaError(f"training data {source!r} is a Hub dataset id and this machine cannot reach the Hub; "
                        f"give a local file or folder (or set HF_HUB_OFFLINE=1 to fail at once)")

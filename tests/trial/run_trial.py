@@ -138,8 +138,10 @@ def index_cases(model, data, bad, d):
 def corrupt_indexes(base: Path, cidx: Path) -> None:
     import faiss
 
-    def copy(name):
-        return Path(shutil.copytree(base, cidx / name))
+    from adaretrieve.index.format import current_generation
+
+    def copy(name):  # the copied index's current generation folder, where its files are
+        return current_generation(Path(shutil.copytree(base, cidx / name)))
 
     def edit(name, fn):
         p = copy(name) / "manifest.json"

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from adaretrieve import AdaError
 from adaretrieve.cli.main import app
+from adaretrieve.index.format import current_generation
 from tests.conftest import WORDS, make_corpus
 
 runner = CliRunner()
@@ -149,7 +151,7 @@ def test_non_utf8_queries_runs_and_qrels(ix, queries, tmp_path):
 # -- index files -------------------------------------------------------------------------------------
 
 def _manifest(ix):
-    return json.loads((ix / "manifest.json").read_text())
+    return json.loads((current_generation(ix) / "manifest.json").read_text())
 
 
 @pytest.mark.parametrize("case", ["missing", "extra", "list", "wrongtype", "wrongtype-shortlist"])
@@ -170,7 +172,7 @@ def test_manifest_keys_and_types(ix, queries, tmp_path, case):
     else:
         m["shortlist"] = [{"size": "1x8"}]
         want = "shortlist"
-    (ix / "manifest.json").write_text(json.dumps(m))
+    (current_generation(ix) / "manifest.json").write_text(json.dumps(m))
     one_error(search(ix, queries, tmp_path), "manifest.json", want)
 
 
@@ -186,24 +188,24 @@ def _break(path, how):
 
 @pytest.mark.parametrize("how", ["truncate", "header", "garbage"])
 def test_damaged_rerank_npy(ix, queries, tmp_path, how):
-    _break(ix / "rerank-4x32.npy", how)
+    _break(current_generation(ix) / "rerank-4x32.npy", how)
     one_error(search(ix, queries, tmp_path), "rerank-4x32.npy")
 
 
 @pytest.mark.parametrize("shape", [(10, 32), (40, 20), (40,)])
 def test_misshaped_rerank_npy(ix, queries, tmp_path, shape):
-    np.save(ix / "rerank-4x32.npy", np.zeros(shape, np.float16))
+    np.save(current_generation(ix) / "rerank-4x32.npy", np.zeros(shape, np.float16))
     one_error(search(ix, queries, tmp_path), "rerank-4x32.npy", "40")
 
 
 def test_pickled_rerank_npy(ix, queries, tmp_path):
-    np.save(ix / "rerank-4x32.npy", np.array([{"a": 1}] * 40, dtype=object), allow_pickle=True)
+    np.save(current_generation(ix) / "rerank-4x32.npy", np.array([{"a": 1}] * 40, dtype=object), allow_pickle=True)
     one_error(search(ix, queries, tmp_path), "rerank-4x32.npy")
 
 
 @pytest.mark.parametrize("how", ["truncate", "garbage"])
 def test_damaged_faiss(ix, queries, tmp_path, how):
-    _break(ix / "shortlist-1x8.faiss", how)
+    _break(current_generation(ix) / "shortlist-1x8.faiss", how)
     one_error(search(ix, queries, tmp_path, "--shortlist", "1x8"), "shortlist-1x8.faiss")
 
 
@@ -212,12 +214,12 @@ def test_faiss_from_another_corpus(ix, queries, tmp_path):
 
     other = faiss.IndexFlatIP(8)
     other.add(np.random.default_rng(0).standard_normal((500, 8)).astype(np.float32))
-    faiss.write_index(other, str(ix / "shortlist-1x8.faiss"))
+    faiss.write_index(other, str(current_generation(ix) / "shortlist-1x8.faiss"))
     one_error(search(ix, queries, tmp_path, "--shortlist", "1x8", "--rerank", "none"), "shortlist-1x8.faiss", "500", "40")
 
 
 def test_missing_docids(ix, queries, tmp_path):
-    (ix / "docids.txt").unlink()
+    (current_generation(ix) / "docids.txt").unlink()
     one_error(search(ix, queries, tmp_path), "docids.txt")
 
 
@@ -404,3 +406,30 @@ def test_negatives_cache_missing_says_run_mine(tmp_path):
     (root / "qrels" / "train.tsv").write_text("q1\td1\t1\n")
     with pytest.raises(AdaError, match=r"negatives file .*cache/neg.jsonl does not exist.*adaretrieve mine"):
         load_beir(root, "train", tmp_path / "cache" / "neg.jsonl")
+
+
+@pytest.mark.parametrize("offline", ["HF_HUB_OFFLINE", "no network"])
+def test_a_hub_model_id_fails_at_once_when_it_cannot_be_loaded(monkeypatch, tmp_path, offline):
+    """Issue 12, item 7: a Hub id not in the cache, offline, is one line at once (not minutes of retries)."""
+    import transformers
+
+    import adaretrieve.hub as H
+    from adaretrieve.modeling import Encoder
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    if offline == "HF_HUB_OFFLINE":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+        monkeypatch.setattr(H, "hub_reachable", lambda timeout=3.0: False)
+
+    def never(*a, **k):
+        raise AssertionError("from_pretrained was called: the download would have been retried")
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", never)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", never)
+    with pytest.raises(AdaError, match="not in the local cache") as e:
+        Encoder("some-org/some-model")
+    assert ("HF_HUB_OFFLINE is set" in str(e.value)) == (offline == "HF_HUB_OFFLINE")

@@ -49,10 +49,15 @@ def test_mlm_loss_falls_and_output_loads(tiny_model, tmp_path):
     assert s["final_loss"] < s["first_loss"] - 0.6
     enc = Encoder(out, device="cpu")  # the output is a plain encoder folder, ready for `train`
     assert enc.n_layers == 4 and json.loads((out / "adaretrieve.json").read_text())["pretraining"] == "smae"
-    # resume: asking for more steps continues from the checkpoint
-    cfg.steps = 32
+    # the same command again resumes from the final checkpoint: its own run takes no step
     s2 = pretrain(cfg, progress=False)
-    assert s2["steps_this_run"] == 2  # 30 were done: the resumed run takes only the 2 new steps
+    assert s2["steps_this_run"] == 0 and s2["steps"] == 30
+    # more steps would change the learning-rate schedule of the steps already taken: refused, naming it
+    from adaretrieve import AdaError
+
+    cfg.steps = 32
+    with pytest.raises(AdaError, match="steps 30 -> 32"):
+        pretrain(cfg, progress=False)
 
 
 def test_pretrain_rejects_bad_pairs(tiny_model, tmp_path):
