@@ -58,9 +58,12 @@ class Suite:
         p = Path(path)
         if not p.exists():
             raise AdaError(f"bench config {p} does not exist")
-        from adaretrieve.training.config import read_yaml
+        from adaretrieve.training.config import read_yaml, resolve_config_paths
 
         data = read_yaml(p, "bench")
+        if isinstance(data, dict):  # paths in the suite are read from the suite file's folder
+            data = resolve_config_paths(data, p.parent, {"model": False, "corpus": True, "queries": True, "qrels": True,
+                                                         "index": True, "bm25_index": True})
         known = set(cls.__dataclass_fields__)
         unknown = set(data) - known
         if unknown:

@@ -51,7 +51,8 @@ def adapt(
                        ("objective", objective), ("steps", steps), ("device", device)):
         if value is not None:
             overrides.append(f"{key}={json.dumps(str(value)) if not isinstance(value, int) else value}")
-    cfg = load_config(AdaptConfig, config, overrides, "adapt", lists=("ladder",))
+    cfg = load_config(AdaptConfig, config, overrides, "adapt", lists=("ladder",),
+                      paths={"model": False, "corpus": True, "queries": True, "qrels": True, "out": True})
     summary = run_adapt(cfg, progress=not quiet)
     typer.echo(json.dumps(summary))
     typer.echo(f"adapted model written to {cfg.out}", err=True)

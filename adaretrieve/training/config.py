@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import fields
 from pathlib import Path
 from typing import TypeVar
@@ -76,16 +78,37 @@ def check_at_least(obj, what: str, limits: dict[str, float], above: tuple[str, .
             raise AdaError(f"{what} setting {key}={value!r} must be {rule}")
 
 
+def resolve_config_paths(data: dict, base: Path, paths: dict[str, bool]) -> dict:
+    """Relative paths written in a config file, read from the file's folder (so a config runs the same
+    from any directory). ``paths``: key -> True for a path (always resolved), False for a value that
+    may also be an alias or a Hub id (``minilm``, ``org/name``: resolved only when the path exists)."""
+    def one(value, always: bool):
+        if not isinstance(value, str) or not value or value.startswith("~") or Path(value).is_absolute():
+            return value
+        candidate = base / value
+        return os.path.normpath(candidate) if always or candidate.exists() else value
+
+    out = dict(data)
+    for key, always in paths.items():
+        if key in out:
+            v = out[key]
+            out[key] = [one(x, always) for x in v] if isinstance(v, list) else one(v, always)
+    return out
+
+
 def load_config(cls: type[C], path: str | Path | None, overrides: list[str] | None, what: str,
-                lists: tuple[str, ...] = ()) -> C:
+                lists: tuple[str, ...] = (), paths: dict[str, bool] | None = None) -> C:
     """``cls(**yaml)`` with ``--set key=value`` overrides (values parsed as YAML). Keys in ``lists``
-    also accept one comma-separated string."""
+    also accept one comma-separated string. Keys in ``paths`` written in the file are read from the
+    file's folder (see ``resolve_config_paths``); ``--set`` values stay relative to the current directory."""
     data: dict = {}
     if path:
         p = Path(path)
         if not p.exists():
             raise AdaError(f"{what} config {p} does not exist")
         data = read_yaml(p, what)
+        if isinstance(data, dict) and paths:
+            data = resolve_config_paths(data, p.parent, paths)
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep:

@@ -163,7 +163,8 @@ class PretrainConfig:
 
     @classmethod
     def from_file(cls, path: str | Path | None, overrides: list[str] | None = None) -> PretrainConfig:
-        return load_config(cls, path, overrides, "pretraining", lists=("data", "pairs"))
+        return load_config(cls, path, overrides, "pretraining", lists=("data", "pairs"),
+                           paths={"model": False, "data": False, "output": True})
 
 
 def _hub_texts(name: str):

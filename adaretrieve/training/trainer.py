@@ -81,7 +81,8 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
-        return load_config(cls, path, overrides, "training", lists=("pairs",))
+        return load_config(cls, path, overrides, "training", lists=("pairs",),
+                           paths={"model": False, "data": False, "negatives": True, "output": True})
 
 
 # settings that do not change what a run computes: a checkpoint resumes under other values of these

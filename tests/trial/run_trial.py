@@ -154,6 +154,9 @@ def corrupt_indexes(base: Path, cidx: Path) -> None:
     edit("missingkey", lambda m: {k: v for k, v in m.items() if k != "model"})
     edit("extrakey", lambda m: {**m, "colour": "red"})
     edit("nonobj", lambda m: [m])
+    # security: files named by a manifest outside the index folder (a relative climb, an absolute path)
+    edit("traversal", lambda m: {**m, "rerank": {**m["rerank"], "file": "../../secret/rerank-4x32.npy"}})
+    edit("absolute", lambda m: {**m, "shortlist": [{**e, "file": str(cidx / "secret" / "x.faiss")} for e in m["shortlist"]]})
     npy = "rerank-4x32.npy"
     p = copy("trunc_npy") / npy
     p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
@@ -194,7 +197,7 @@ def search_cases(model, other_model, data, bad, d):
               ("se-index-missing", ["search", "-q", "--index", str(d / "idx" / "nope"), "--queries", q] + out, "error")]
     for name in ["nomanifest", "badmanifest", "future", "missingkey", "extrakey", "nonobj", "trunc_npy", "trunc_npy_hdr",
                  "trunc_faiss", "garbage_faiss", "docids_missing_line", "docids_missing", "short_npy", "wrongdim_npy",
-                 "pickle_npy"]:
+                 "pickle_npy", "traversal", "absolute"]:
         cases.append((f"se-{name.replace('_', '-')}", ["search", "-q", "--index", str(d / "cidx" / name), "--queries", q] + out, "error"))
     cases.append(("se-wrong-faiss", ["search", "-q", "--index", str(d / "cidx" / "wrong_faiss"), "--queries", q,
                                      "--rerank", "none"] + out, "error"))
@@ -247,6 +250,13 @@ def other_cases(model, data, bad, d):
     for name in ["unknown", "missingkey", "badsize", "badtype"]:
         cases.append((f"be-{name}", be + [str(bad / f"bench_{name}.yaml")], "error"))
     cases += [("be-missing", be + [str(bad / "none.yaml")], "error"), ("be-syntax", be + [str(bad / "cfg_syntax.yaml")], "error")]
+    # be-overwrite: a suite whose `index:` is an existing index built with other sizes must not replace it
+    victim = d / "idx" / "victim"
+    shutil.copytree(d / "idx" / "base", victim)
+    (bad / "bench_overwrite.yaml").write_text(json.dumps({
+        "name": "overwrite", "model": str(model), "corpus": str(data), "queries": str(data / "queries.jsonl"), "qrels": qr,
+        "index": str(victim), "shortlist": ["1x16"], "rerank": "4x32", "single": ["1x16"], "latency_queries": 2}))
+    cases.append(("be-overwrite", be + [str(bad / "bench_overwrite.yaml")], "error"))
     tu = ["tune", "-q", "--index", str(d / "idx" / "base"), "--queries", str(data / "queries.jsonl"), "--qrels", qr]
     cases += [("tu-missing-index", ["tune", "-q", "--index", str(d / "idx" / "nope"), "--queries", str(data), "--qrels", qr,
                                     "--budget-ms", "50"], "error"),
@@ -292,11 +302,19 @@ def main() -> None:
         corrupt_indexes(d / "idx" / "base", d / "cidx")
         cases = (index_cases(inp["model"], inp["data"], inp["bad"], d) + search_cases(inp["model"], other, inp["data"], inp["bad"], d)
                  + other_cases(inp["model"], inp["data"], inp["bad"], d))
+        victim = d / "idx" / "victim"
+
+        def snapshot():
+            return {str(p.relative_to(victim)): p.read_bytes() for p in sorted(victim.rglob("*")) if p.is_file()}
+
+        victim_before = snapshot()
         rows = []
         for name, argv, expect in cases:
             r = runner.invoke(app, argv)
             verdict, msg = classify(r, expect)
             rows.append((name, verdict, r.exit_code, msg.replace(tmp, "<tmp>").replace("|", "\\|")[:160]))
+            if name == "be-overwrite" and snapshot() != victim_before:
+                rows[-1] = (name, "BAD", r.exit_code, "the existing index was replaced")
             print(f"{verdict:5} {name:22} {r.exit_code} {rows[-1][3]}", flush=True)
     counts = {v: sum(1 for r in rows if r[1] == v) for v in ("GOOD", "MINOR", "BAD")}
     out = Path(args.out)

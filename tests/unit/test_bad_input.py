@@ -433,3 +433,37 @@ def test_a_hub_model_id_fails_at_once_when_it_cannot_be_loaded(monkeypatch, tmp_
     with pytest.raises(AdaError, match="not in the local cache") as e:
         Encoder("some-org/some-model")
     assert ("HF_HUB_OFFLINE is set" in str(e.value)) == (offline == "HF_HUB_OFFLINE")
+
+
+def test_paths_in_a_config_file_are_read_from_the_config_files_folder(tmp_path, monkeypatch):
+    """Issue 12, item 7: a config run from another directory finds what it names; --set values stay
+    relative to where the command runs; aliases and Hub ids are left alone."""
+    from adaretrieve.bench import Suite
+    from adaretrieve.training.smae import PretrainConfig
+    from adaretrieve.training.trainer import TrainConfig
+
+    proj = tmp_path / "proj"
+    (proj / "configs").mkdir(parents=True)
+    (proj / "data" / "nf").mkdir(parents=True)
+    (proj / "mymodel").mkdir()
+    (proj / "configs" / "t.yaml").write_text("model: minilm\ndata: ../data/nf\nnegatives: ../cache/n.jsonl\n"
+                                             "output: ../checkpoints/run\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = TrainConfig.from_file(proj / "configs" / "t.yaml")
+    assert cfg.model == "minilm"
+    assert cfg.data == str(proj / "data" / "nf") and cfg.negatives == str(proj / "cache" / "n.jsonl")
+    assert cfg.output == str(proj / "checkpoints" / "run")
+    cfg = TrainConfig.from_file(proj / "configs" / "t.yaml", ["output=here", "model=../proj/mymodel"])
+    assert cfg.output == "here" and cfg.model == "../proj/mymodel"
+    (proj / "configs" / "p.yaml").write_text("model: ../mymodel\ndata: [../data/nf, some-org/some-dataset]\noutput: out\n")
+    p = PretrainConfig.from_file(proj / "configs" / "p.yaml")
+    assert p.model == str(proj / "mymodel") and p.data == [str(proj / "data" / "nf"), "some-org/some-dataset"]
+    assert p.output == str(proj / "configs" / "out")
+    (proj / "configs" / "s.yaml").write_text("name: s\nmodel: minilm\ncorpus: ../data/nf\nqueries: ../data/nf/q.jsonl\n"
+                                             "qrels: ../data/nf/qrels.tsv\nindex: ../indexes/nf\nshortlist: [2x32]\n"
+                                             "rerank: 6x384\n")
+    s = Suite.load(proj / "configs" / "s.yaml")
+    assert (s.corpus, s.index) == (str(proj / "data" / "nf"), str(proj / "indexes" / "nf"))
+    assert s.model == "minilm"
