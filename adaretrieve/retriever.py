@@ -42,22 +42,25 @@ class Retriever:
         self._searchers: dict = {}
 
     def searcher(self, shortlist: str | Size | None = None, k: int = 200, rerank: str | Size | None = "default",
-                 then: Sequence[tuple[str | Size, int]] = ()) -> FunnelSearcher:
+                 then: Sequence[tuple[str | Size, int]] = (), nprobe: int | None = None,
+                 ef_search: int | None = None) -> FunnelSearcher:
         m = self.reader.manifest
         short = parse_size(shortlist) if shortlist else m.shortlist_sizes[0]
         rr = m.rerank_size if rerank == "default" else (parse_size(rerank) if rerank else None)
         self.encoder.check_sizes([short, *(s for s, _ in then), *([rr] if rr else [])])
-        key = (short, int(k), tuple((parse_size(s), int(kk)) for s, kk in then), rr)
+        key = (short, int(k), tuple((parse_size(s), int(kk)) for s, kk in then), rr, nprobe, ef_search)
         if key not in self._searchers:
-            self._searchers[key] = FunnelSearcher(self.reader, short, k=k, then=then, rerank=rr)
+            self._searchers[key] = FunnelSearcher(self.reader, short, k=k, then=then, rerank=rr, nprobe=nprobe,
+                                                  ef_search=ef_search)
         return self._searchers[key]
 
     def search(self, texts: Sequence[str], shortlist: str | Size | None = None, k: int = 200,
                rerank: str | Size | None = "default", top: int = 10, then: Sequence[tuple[str | Size, int]] = (),
-               batch_size: int = 64) -> list[list[tuple[str, float]]]:
+               batch_size: int = 64, nprobe: int | None = None, ef_search: int | None = None) -> list[list[tuple[str, float]]]:
         """``[(doc_id, score), ...]`` best first, one list per text. ``rerank=None`` for single stage;
-        the default reranks at the index's rerank size."""
-        s = self.searcher(shortlist, k, rerank, then)
+        the default reranks at the index's rerank size. ``nprobe`` / ``ef_search``: search-time settings
+        of an IVF / HNSW shortlist."""
+        s = self.searcher(shortlist, k, rerank, then, nprobe, ef_search)
         qv = self.encoder.encode(list(texts), s.sizes(), batch_size=batch_size)
         scores, rows = s.search(qv, top=top)
         ids = self.reader.docids

@@ -26,6 +26,8 @@ def search(
     fmt: str = typer.Option("trec", "--format", help="Run format: trec or jsonl."),
     metrics: list[str] = typer.Option(["nDCG@10", "RR@10", "R@100", "R@1000"], "--metrics", help="ir-measures names, comma-separated or repeated, with --qrels; a recall cut off deeper than the run (R@1000 on 200 results) is reported as the recall at that depth (R@200)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Query encoder (default: the model that built the index; another one is refused)."),
+    nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF shortlists: inverted lists probed per query (more: slower, higher recall)."),
+    ef_search: Optional[int] = typer.Option(None, "--ef-search", help="HNSW shortlists: candidate list size per query (more: slower, higher recall)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Queries per forward pass."),
     device: Optional[str] = typer.Option(None, "--device"),
     as_json: bool = typer.Option(False, "--json", help="Print metrics as JSON."),
@@ -41,6 +43,8 @@ def search(
         adaretrieve search --index indexes/scifact "do statins reduce cancer risk?"
 
         adaretrieve search --index indexes/scifact --queries q.jsonl --shortlist 2x32 --k 1000 --then 4x128 --k 100 --rerank 6x384
+
+        adaretrieve search --index indexes/big-hnsw --queries q.jsonl --shortlist 2x32 --ef-search 256 --k 200 --rerank 6x384
     """
     setup(quiet)
     from adaretrieve.data import read_qrels, read_queries
@@ -54,7 +58,7 @@ def search(
         raise AdaError("give either one query text or --queries FILE")
     if len(k) != 1 + len(then):
         raise AdaError(f"give one --k for the shortlist and one per --then stage: got {len(k)} --k for {len(then)} --then")
-    at_least_1({"--batch-size": batch_size})
+    at_least_1({"--batch-size": batch_size, "--nprobe": nprobe, "--ef-search": ef_search})
     if out is not None and out.is_dir():
         raise AdaError(f"--out {out} is a folder; give a file name for the run")
     if min(k) < 1 or top < 1:
@@ -76,7 +80,7 @@ def search(
     stages = [(s, kk) for s, kk in zip(enc.check_sizes(then, "--then size"), k[1:])]
     if rr:
         enc.check_sizes([rr], "rerank size")
-    searcher = FunnelSearcher(reader, short, k=k[0], then=stages, rerank=rr)
+    searcher = FunnelSearcher(reader, short, k=k[0], then=stages, rerank=rr, nprobe=nprobe, ef_search=ef_search)
 
     if query is not None:
         if not query.strip():

@@ -26,8 +26,29 @@ def is_binary(index) -> bool:
     return isinstance(index, faiss.IndexBinary)
 
 
-def exact_search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def search_params(index, nprobe: int | None = None, ef_search: int | None = None):
+    """FAISS ``SearchParameters`` for one search call over ``index`` (the shared index is never
+    mutated, so threads may search it with different settings): ``nprobe`` for IVF shortlists,
+    ``ef_search`` for HNSW ones. None when neither is given; AdaError when one does not apply."""
+    if nprobe is None and ef_search is None:
+        return None
+    for name, v in (("nprobe", nprobe), ("ef_search", ef_search)):
+        if v is not None and v < 1:
+            raise AdaError(f"{name} {v} must be at least 1")
+    kind = type(faiss.downcast_index(index) if not is_binary(index) else faiss.downcast_IndexBinary(index)).__name__
+    is_ivf, is_hnsw = "IVF" in kind, "HNSW" in kind
+    if nprobe is not None and not is_ivf:
+        raise AdaError(f"nprobe applies to IVF shortlists; this shortlist is a {kind} (build one with --factory IVF...)")
+    if ef_search is not None and not is_hnsw:
+        raise AdaError(f"ef_search applies to HNSW shortlists; this shortlist is a {kind} (build one with --factory HNSW32)")
+    if is_ivf:
+        return faiss.SearchParametersIVF(nprobe=int(nprobe)) if nprobe is not None else None
+    return faiss.SearchParametersHNSW(efSearch=int(ef_search))
+
+
+def exact_search(index, queries: np.ndarray, k: int, params=None) -> tuple[np.ndarray, np.ndarray]:
     """Top ``k`` (scores, rows) [n_queries, k] from a FAISS index; rows are -1 past the corpus.
+    ``params``: FAISS SearchParameters for this call (see ``search_params``).
 
     Binary indexes (sign bits, Hamming distance) return ``-distance`` as the score, so that
     higher is better everywhere.
@@ -35,9 +56,9 @@ def exact_search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.nda
     k = max(1, min(k, index.ntotal))
     q = np.ascontiguousarray(queries, dtype=np.float32)
     if is_binary(index):
-        dist, rows = index.search(np.packbits(q > 0, axis=1), k)
+        dist, rows = index.search(np.packbits(q > 0, axis=1), k, params=params)
         return -dist.astype(np.float32), rows
-    return index.search(q, k)
+    return index.search(q, k, params=params)
 
 
 def rerank_candidates(
@@ -92,7 +113,7 @@ class FunnelSearcher:
     rescoring what is left. Without ``then`` and ``rerank`` it is single-stage search."""
 
     def __init__(self, reader, shortlist: str | Size, k: int = 200, then: Sequence[tuple[str | Size, int]] = (),
-                 rerank: str | Size | None = None):
+                 rerank: str | Size | None = None, nprobe: int | None = None, ef_search: int | None = None):
         self.reader = reader
         self.shortlist = parse_size(shortlist)
         self.k = int(k)
@@ -104,6 +125,7 @@ class FunnelSearcher:
             if k_next > k_prev:
                 raise AdaError(f"a funnel narrows: k {k_next} after k {k_prev}")
         self.index = reader.shortlist_index(self.shortlist)
+        self.params = search_params(self.index, nprobe, ef_search)
         self.sources = {s: reader.rerank_source(s) for s, _ in self.then}
         if self.rerank:
             self.sources[self.rerank] = reader.rerank_source(self.rerank)
@@ -128,7 +150,7 @@ class FunnelSearcher:
         ``"shortlist"``, ``"gather"`` (reading candidate rows) and ``"rerank"`` (scoring, sorting)."""
         single = not self.then and not self.rerank
         t0 = time.perf_counter()
-        scores, cand = exact_search(self.index, queries[self.shortlist], top if single else self.k)
+        scores, cand = exact_search(self.index, queries[self.shortlist], top if single else self.k, self.params)
         _add_time(timings, "shortlist", time.perf_counter() - t0)
         if single:
             return scores, cand
@@ -144,8 +166,9 @@ class FunnelSearcher:
 class TwoStageSearcher(FunnelSearcher):
     """Shortlist ``k`` at ``shortlist``, exact rerank at ``rerank`` (None: single stage)."""
 
-    def __init__(self, reader, shortlist: str | Size, rerank: str | Size | None = None, k: int = 200):
-        super().__init__(reader, shortlist, k=max(1, k), rerank=rerank)
+    def __init__(self, reader, shortlist: str | Size, rerank: str | Size | None = None, k: int = 200,
+                 nprobe: int | None = None, ef_search: int | None = None):
+        super().__init__(reader, shortlist, k=max(1, k), rerank=rerank, nprobe=nprobe, ef_search=ef_search)
 
     def search(self, q_short: np.ndarray, q_rerank: np.ndarray | None = None, top: int = 1000,  # type: ignore[override]
                timings: dict | None = None):

@@ -126,6 +126,10 @@ def test_search_errors(index_dir, queries_qrels, other_tiny_model, tmp_path):
     assert res.exit_code == 2 and "empty" in err_line(res)
     res = run("search", "--index", tmp_path / "nope", "--queries", q, *keep)
     assert res.exit_code == 2 and "does not exist" in err_line(res)
+    res = run("search", "--index", index_dir, "--queries", q, "--ef-search", "-1", "--quiet", *keep)
+    assert res.exit_code == 2 and "--ef-search -1 must be at least 1" in err_line(res)
+    res = run("search", "--index", index_dir, "--queries", q, "--nprobe", "4", "--quiet", *keep)
+    assert res.exit_code == 2 and "nprobe applies to IVF shortlists" in err_line(res)
 
 
 def test_search_with_nowhere_for_the_results_is_refused(index_dir, queries_qrels):

@@ -1,5 +1,6 @@
 """Every fast path against brute force on random data (no model needed)."""
 
+import faiss
 import numpy as np
 import pytest
 
@@ -328,3 +329,51 @@ def test_rerank_reads_the_memory_mapped_rows_even_when_a_flat_shortlist_has_the_
     assert isinstance(src, np.memmap) and src.dtype == np.float16
     assert Size(L, D) not in reader._shortlists  # the FAISS file was never loaded for reranking
     assert isinstance(reader.rerank_source(Size(L, 16)), np.memmap)  # a prefix of the rows, too
+
+
+def _recall_at_10(rows, ref):
+    return np.mean([len(set(a[:10]) & set(b[:10])) / 10 for a, b in zip(rows, ref)])
+
+
+def test_nprobe_reaches_faiss_and_ivf_recall_rises_with_it(tmp_path):
+    """Issue 13, item 3: search-time parameters go to FAISS per call (SearchParameters), not by
+    mutating the shared index."""
+    from adaretrieve.search import FunnelSearcher
+
+    vecs = write(tmp_path, [Size(2, 16)], None, factory="IVF16,Flat")
+    reader = IndexReader(tmp_path / "ix")
+    q = truncate(matryoshka_like(40, D, 5), 16, True)
+    _, ref = exact_ranking(vecs[2], q, Size(2, 16), 10)
+    got = {}
+    for nprobe in (1, 4, 16):
+        s = FunnelSearcher(reader, Size(2, 16), nprobe=nprobe)
+        _, rows = s.search({Size(2, 16): q}, top=10)
+        got[nprobe] = _recall_at_10(rows, ref)
+    assert got[1] < got[4] <= got[16] == 1.0  # all 16 lists probed: exact
+    assert faiss.extract_index_ivf(reader.shortlist_index(Size(2, 16))).nprobe == 1  # the index itself untouched
+
+
+def test_ef_search_reaches_faiss_for_an_hnsw_shortlist(tmp_path):
+    from adaretrieve.search import FunnelSearcher
+
+    vecs = write(tmp_path, [Size(2, 16)], None, factory="HNSW4")
+    reader = IndexReader(tmp_path / "ix")
+    q = truncate(matryoshka_like(40, D, 6), 16, True)
+    _, ref = exact_ranking(vecs[2], q, Size(2, 16), 10)
+    low = _recall_at_10(FunnelSearcher(reader, Size(2, 16), ef_search=10).search({Size(2, 16): q}, top=10)[1], ref)
+    high = _recall_at_10(FunnelSearcher(reader, Size(2, 16), ef_search=400).search({Size(2, 16): q}, top=10)[1], ref)
+    assert low < high and high >= 0.95
+
+
+def test_search_parameters_that_do_not_apply_are_refused(tmp_path):
+    from adaretrieve.search import FunnelSearcher
+
+    write(tmp_path, [Size(2, 16)], None)
+    reader = IndexReader(tmp_path / "ix")
+    with pytest.raises(AdaError, match="nprobe.*IVF"):
+        FunnelSearcher(reader, Size(2, 16), nprobe=8)
+    with pytest.raises(AdaError, match="ef.search.*HNSW"):
+        FunnelSearcher(reader, Size(2, 16), ef_search=64)
+    write(tmp_path, [Size(2, 16)], None, name="hnsw", factory="HNSW8")
+    with pytest.raises(AdaError, match="at least 1"):
+        FunnelSearcher(IndexReader(tmp_path / "hnsw"), Size(2, 16), ef_search=-1)
