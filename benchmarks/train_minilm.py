@@ -45,6 +45,9 @@ RUNS = {  # name: (training overrides or None for the untrained model, sizes eva
     "smae-starbucks": ({"loss": "starbucks", "model": "checkpoints/minilm-smae"}, LADDER),
     "smae-only": (None, LADDER),  # the SMAE output itself, before fine-tuning
 }
+# what the SMAE objective was when a result was made: the smae-v0-* files predate the fix
+SMAE_FORMS = {"smae-v0": "zero-padded sub-vector, mlm + mae summed per pair (before fix)",
+              "smae": "sliced head transform, (mlm + mae) / 2 per pair (ielab/Starbucks smae/modeling.py)"}
 SMAE = ["model=minilm", "data=[../shared/data/beir/scifact, ../shared/data/beir/nfcorpus]",
         "output=checkpoints/minilm-smae", "steps=150", "batch_size=8", "max_length=128", "pack=true",
         "whole_word_mask=true", "lr=5e-5", "save_every=25"]
@@ -89,7 +92,8 @@ def ensure_smae() -> None:
     summary = pretrain(cfg, progress=False)
     summary["wall_seconds"] = round(time.time() - t0, 1)
     OUT.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"config": cfg.__dict__, "summary": summary, "machine": machine_info()}, indent=2) + "\n")
+    path.write_text(json.dumps({"config": cfg.__dict__, "summary": summary, "smae_form": SMAE_FORMS["smae"],
+                                "machine": machine_info()}, indent=2) + "\n")
 
 
 def run(name: str, datasets: list[str]) -> None:
