@@ -14,10 +14,12 @@ masked input (~20% of tokens):
 
 Per pair the two losses are averaged, ``(mlm + mae) / 2``, and the pair losses are averaged over
 the ladder. This is the mapping of the reference code, ielab/Starbucks ``smae/modeling.py``
-(``BertPredictionHeadTransformForwardDecorator``, ``BertFor2DMaekMatryoshkaMaskedLM``). The one
-deliberate difference: the reference hands the decoder the CLS token's sub-vector (its retriever
-pools CLS); here it is the encoder's own pooled vector, which is the CLS token for CLS-pooled
-models and the embedding that is actually retrieved with for mean-pooled ones such as MiniLM.
+(``BertPredictionHeadTransformForwardDecorator``, ``BertFor2DMaekMatryoshkaMaskedLM``). Where
+this differs: the reference hands the decoder the CLS token's sub-vector (its retriever pools CLS);
+here it is the encoder's own pooled vector, which is the CLS token for CLS-pooled models and the
+embedding that is actually retrieved with for mean-pooled ones such as MiniLM. The reference's
+decoder layer starts from the checkpoint's first layer; here it is a copy of the encoder's last
+layer. The activation is gelu (BERT's and MiniLM's ``hidden_act``).
 
 The MLM head comes from the checkpoint when it has one (e.g. ``BertForMaskedLM``), else it is
 initialised with its output layer tied to the word embeddings.
