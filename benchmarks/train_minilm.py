@@ -154,6 +154,11 @@ def _table(cols: list[tuple[str, str]], ds: str, sep: bool = False) -> list[str]
     return lines
 
 
+def _threads(d: dict) -> str:
+    n = d.get("machine", {}).get("torch_threads")
+    return "?" if n is None else f"{n} torch thread{'s' if n != 1 else ''}"
+
+
 def _smae_line(name: str) -> str:
     p = OUT / f"{name}-pretrain.json"
     if not p.exists():
@@ -163,7 +168,7 @@ def _smae_line(name: str) -> str:
     return (f"- `{name}` ({SMAE_FORMS[name]}): {s['steps']} steps, batch {c['batch_size']}, {c['max_length']}-token "
             f"packed rows, whole-word masking {c['encoder_mask']:.0%} encoder / {c['decoder_mask']:.0%} decoder, "
             f"lr {c['lr']}; loss {s['first_loss']:.2f} -> {s['final_loss']:.2f} in {s['seconds']} s "
-            f"({d.get('machine', {}).get('torch_threads', '?')} torch threads)")
+            f"({_threads(d)})")
 
 
 def report() -> str:
@@ -197,8 +202,7 @@ def report() -> str:
             d = json.loads(p.read_text())
             s = d["summary"]
             form = n if n.startswith("2dmse") else d["config"]["loss"]
-            m = d.get("machine", {})
-            where = f"{m['torch_threads']} torch threads" if "torch_threads" in m else "?"
+            where = _threads(d)
             lines.append(f"| {n} | {form} | {s['steps']} | {s['seconds']} | {s['tokens_per_second']} | {s['final_loss']} | {where} |")
     return "\n".join(lines) + "\n"
 
