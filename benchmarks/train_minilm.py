@@ -192,7 +192,7 @@ def report() -> str:
               "zero-padded into the decoder's first position and each pair's MLM + decoder losses summed; after: "
               "the sub-vector through the MLM head's sliced transform and the two losses averaged per pair, as "
               "ielab/Starbucks `smae/modeling.py`. The after-fix loss is on half the scale (a mean of the two "
-              "losses, not their sum). Wall times are not comparable across machines' thread counts or load.", "",
+              "losses, not their sum). Wall times are not comparable across thread counts or machine load.", "",
               _smae_line("smae-v0"), _smae_line("smae"), ""]
     for ds, label in (("nfcorpus", "NFCorpus dev"), ("scifact", "SciFact test")):
         lines += [f"### {label}", ""] + _table([("starbucks (no SMAE)", "starbucks")] + smae, ds) + [""]
