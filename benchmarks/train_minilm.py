@@ -49,7 +49,9 @@ RUNS = {  # name: (training overrides or None for the untrained model, sizes eva
 }
 FORMS = {  # what each 2DMSE row's loss was, as the report names it
     "2dmse-inhouse": "in-house three-pair variant: full size + last layer at 1 random dim + 1 random earlier layer at 1 random dim",
-    "2dmse-paper": "Starbucks paper baseline: 1 random earlier ladder layer + the last layer, each at every ladder dim",
+    "2dmse-paper": "Starbucks paper baseline (ielab/Starbucks retrieval/modeling.py, sub_model_sampling): 1 random "
+                   "earlier ladder layer + the last layer, each at every ladder dim, weight 1, with the config's score KL "
+                   "to the full size (kl_weight 1, as every row here)",
     "2dmse-st": "sentence-transformers Matryoshka2dLoss: last layer at 1 random dim + 1 prior layer (weight 1/L) at 1 random dim",
 }
 # what the SMAE objective was when a result was made: the smae-v0-* files predate the fix
