@@ -1,5 +1,5 @@
 """Reference training runs for the training issue: all-MiniLM-L6-v2 on NFCorpus train with
-starbucks, 2dmse and mrl (same data, steps, seed), separate `single` models at the smallest and a
+starbucks, the 2DMSE forms and mrl (same data, steps, seed), separate `single` models at the smallest and a
 middle size, and the untrained model; each evaluated per ladder size on NFCorpus dev and SciFact
 test, plus two-stage search (smallest shortlist, k=200, full-size rerank).
 
@@ -37,7 +37,9 @@ DATA = {
 RUNS = {  # name: (training overrides or None for the untrained model, sizes evaluated)
     "untrained": (None, LADDER),
     "starbucks": ({"loss": "starbucks"}, LADDER),
-    "2dmse": ({"loss": "2dmse"}, LADDER),
+    # 2DMSE by form (see adaretrieve/training/losses.py); the in-house rows predate the named forms
+    "2dmse-inhouse": ({"loss": "2dmse-inhouse"}, LADDER),
+    "2dmse-paper": ({"loss": "2dmse-paper"}, LADDER),
     "mrl": ({"loss": "mrl"}, LADDER),
     "single-1x16": ({"loss": "single", "pairs": ["1x16"]}, ["1x16"]),
     "single-3x64": ({"loss": "single", "pairs": ["3x64"]}, ["3x64"]),
@@ -45,6 +47,16 @@ RUNS = {  # name: (training overrides or None for the untrained model, sizes eva
     "smae-starbucks": ({"loss": "starbucks", "model": "checkpoints/minilm-smae"}, LADDER),
     "smae-only": (None, LADDER),  # the SMAE output itself, before fine-tuning
 }
+FORMS = {  # what each 2DMSE row's loss was, as the report names it
+    "2dmse-inhouse": "in-house three-pair variant: full size + last layer at 1 random dim + 1 random earlier layer at 1 random dim",
+    "2dmse-paper": "Starbucks paper baseline (ielab/Starbucks retrieval/modeling.py, sub_model_sampling): 1 random "
+                   "earlier ladder layer + the last layer, each at every ladder dim, weight 1, with the config's score KL "
+                   "to the full size (kl_weight 1, as every row here)",
+    "2dmse-st": "sentence-transformers Matryoshka2dLoss: last layer at 1 random dim + 1 prior layer (weight 1/L) at 1 random dim",
+}
+# what the SMAE objective was when a result was made: the smae-v0-* files predate the fix
+SMAE_FORMS = {"smae-v0": "before fix: zero-padded sub-vector, mlm + mae summed per pair",
+              "smae": "sliced head transform, (mlm + mae) / 2 per pair (ielab/Starbucks smae/modeling.py)"}
 SMAE = ["model=minilm", "data=[../shared/data/beir/scifact, ../shared/data/beir/nfcorpus]",
         "output=checkpoints/minilm-smae", "steps=150", "batch_size=8", "max_length=128", "pack=true",
         "whole_word_mask=true", "lr=5e-5", "save_every=25"]
@@ -89,7 +101,8 @@ def ensure_smae() -> None:
     summary = pretrain(cfg, progress=False)
     summary["wall_seconds"] = round(time.time() - t0, 1)
     OUT.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"config": cfg.__dict__, "summary": summary, "machine": machine_info()}, indent=2) + "\n")
+    path.write_text(json.dumps({"config": cfg.__dict__, "summary": summary, "smae_form": SMAE_FORMS["smae"],
+                                "machine": machine_info()}, indent=2) + "\n")
 
 
 def run(name: str, datasets: list[str]) -> None:
@@ -116,47 +129,85 @@ def run(name: str, datasets: list[str]) -> None:
         evaluate(name, model, sizes, ds)
 
 
+def _load(name: str, ds: str) -> dict:
+    p = OUT / f"{name}-{ds}.json"
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def _ndcg(res: dict, config: str) -> str:
+    for r in res.get("results", []):
+        if r["config"] == config:
+            return f"{r['metrics']['nDCG@10']:.4f}"
+    return "-"
+
+
+def _table(cols: list[tuple[str, str]], ds: str, sep: bool = False) -> list[str]:
+    """One row per ladder size plus the two-stage row; cols: (header, run name)."""
+    res = {name: _load(name, ds) for _, name in cols}
+    heads = [h for h, _ in cols] + (["separate"] if sep else [])
+    lines = ["| size | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
+    for size in LADDER + ["1x16 k=200 -> 6x384"]:
+        config = size if "k=" in size else f"single {size}"
+        cells = [_ndcg(res[name], config) for _, name in cols]
+        if sep:
+            cells.append(_ndcg(_load(f"single-{size}", ds), config) if "k=" not in size else "-")
+        label = f"two-stage {size}" if "k=" in size else size
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _threads(d: dict) -> str:
+    n = d.get("machine", {}).get("torch_threads")
+    return "?" if n is None else f"{n} torch thread{'s' if n != 1 else ''}"
+
+
+def _smae_line(name: str) -> str:
+    p = OUT / f"{name}-pretrain.json"
+    if not p.exists():
+        return f"- `{name}`: not run yet"
+    d = json.loads(p.read_text())
+    c, s = d["config"], d["summary"]
+    return (f"- `{name}` ({SMAE_FORMS[name]}): {s['steps']} steps, batch {c['batch_size']}, {c['max_length']}-token "
+            f"packed rows, whole-word masking {c['encoder_mask']:.0%} encoder / {c['decoder_mask']:.0%} decoder, "
+            f"lr {c['lr']}; loss {s['first_loss']:.2f} -> {s['final_loss']:.2f} in {s['seconds']} s "
+            f"({_threads(d)})")
+
+
 def report() -> str:
     lines = ["# all-MiniLM-L6-v2 fine-tuned on NFCorpus train: nDCG@10 per size", "",
              "Made by `python benchmarks/train_minilm.py` (training config `configs/minilm-nfcorpus-starbucks.yaml`, "
              "the baselines differ only in `loss`/`pairs`). Every model is evaluated with max length 256, exact "
-             "flat search per size; `separate` is a `single` model trained on that size alone.", ""]
+             "flat search per size; `separate` is a `single` model trained on that size alone.", "",
+             "2DMSE columns name their form (`loss`):", ""]
+    lines += [f"- `{n}`: {FORMS[n]}" for n in ("2dmse-inhouse", "2dmse-paper")]
+    lines += ["", "The `2dmse-inhouse` rows were made before the forms had names (then `loss: 2dmse`); "
+              "their numbers are as measured then.", ""]
+    main = [("untrained", "untrained"), ("2dmse-inhouse", "2dmse-inhouse"), ("2dmse-paper", "2dmse-paper"),
+            ("starbucks", "starbucks"), ("mrl", "mrl")]
+    smae = [("smae only, before fix", "smae-v0-only"), ("smae only", "smae-only"),
+            ("smae + starbucks, before fix", "smae-v0-starbucks"), ("smae + starbucks", "smae-starbucks")]
     for ds, label in (("nfcorpus", "NFCorpus dev"), ("scifact", "SciFact test")):
-        cols = ["untrained", "2dmse", "separate", "starbucks", "mrl", "smae only", "smae + starbucks"]
-        lines += [f"## {label}", "", "| size | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
-        res = {n: OUT / f"{n}-{ds}.json" for n in RUNS}
-        res = {n: json.loads(p.read_text()) for n, p in res.items() if p.exists()}
-
-        def get(run, config, res=res):
-            for r in res.get(run, {}).get("results", []):
-                if r["config"] == config:
-                    return f"{r['metrics']['nDCG@10']:.4f}"
-            return "-"
-
-        for size in LADDER:
-            sep = get(f"single-{size}", f"single {size}")
-            lines.append(f"| {size} | {get('untrained', f'single {size}')} | {get('2dmse', f'single {size}')} | {sep} | "
-                         f"{get('starbucks', f'single {size}')} | {get('mrl', f'single {size}')} | "
-                         f"{get('smae-only', f'single {size}')} | {get('smae-starbucks', f'single {size}')} |")
-        cfg = "1x16 k=200 -> 6x384"
-        lines.append(f"| two-stage {cfg} | {get('untrained', cfg)} | {get('2dmse', cfg)} | - | {get('starbucks', cfg)} | {get('mrl', cfg)} | "
-                     f"{get('smae-only', cfg)} | {get('smae-starbucks', cfg)} |")
-        lines.append("")
-    sp = OUT / "smae-pretrain.json"
-    if sp.exists():
-        d = json.loads(sp.read_text())
-        c, s = d["config"], d["summary"]
-        lines += ["## SMAE pre-training before the Starbucks fine-tune", "",
-                  f"`smae + starbucks`: SMAE on the SciFact + NFCorpus corpora ({s['steps']} steps, batch {c['batch_size']}, "
-                  f"{c['max_length']}-token packed rows, whole-word masking {c['encoder_mask']:.0%} encoder / "
-                  f"{c['decoder_mask']:.0%} decoder, lr {c['lr']}), loss {s['first_loss']:.2f} -> {s['final_loss']:.2f} "
-                  f"in {s['seconds']} s, then exactly the `starbucks` fine-tune.", ""]
-    lines += ["## Training cost (2 CPU cores)", "", "| run | steps | wall s | tokens/s | final loss |", "|---|---:|---:|---:|---:|"]
-    for n in RUNS:
+        lines += [f"## {label}", ""] + _table(main, ds, sep=True) + [""]
+    lines += ["## SMAE pre-training before the Starbucks fine-tune: before and after the fix", "",
+              "`smae + starbucks` is SMAE on the SciFact + NFCorpus corpora, then exactly the `starbucks` fine-tune; "
+              "`smae only` is the SMAE output itself. `before fix` (files `smae-v0-*`): the pair's sub-vector "
+              "zero-padded into the decoder's first position and each pair's MLM + decoder losses summed; after: "
+              "the sub-vector through the MLM head's sliced transform and the two losses averaged per pair, as "
+              "ielab/Starbucks `smae/modeling.py`. The after-fix loss is on half the scale (a mean of the two "
+              "losses, not their sum). Wall times are not comparable across thread counts or machine load.", "",
+              _smae_line("smae-v0"), _smae_line("smae"), ""]
+    for ds, label in (("nfcorpus", "NFCorpus dev"), ("scifact", "SciFact test")):
+        lines += [f"### {label}", ""] + _table([("starbucks (no SMAE)", "starbucks")] + smae, ds) + [""]
+    lines += ["## Training cost", "", "| run | loss (form) | steps | wall s | tokens/s | final loss | machine |",
+              "|---|---|---:|---:|---:|---:|---|"]
+    for n in list(RUNS) + ["smae-v0-starbucks"]:
         p = OUT / f"{n}-train.json"
         if p.exists():
-            s = json.loads(p.read_text())["summary"]
-            lines.append(f"| {n} | {s['steps']} | {s['seconds']} | {s['tokens_per_second']} | {s['final_loss']} |")
+            d = json.loads(p.read_text())
+            s = d["summary"]
+            form = n if n.startswith("2dmse") else d["config"]["loss"]
+            where = _threads(d)
+            lines.append(f"| {n} | {form} | {s['steps']} | {s['seconds']} | {s['tokens_per_second']} | {s['final_loss']} | {where} |")
     return "\n".join(lines) + "\n"
 
 

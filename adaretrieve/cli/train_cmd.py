@@ -19,8 +19,11 @@ def train(
 ):
     """Fine-tune an encoder so that every (layer, dim) pair is a good embedding.
 
-    Losses: starbucks (fixed ladder, every pair every step, KL to the full model), 2dmse (random
-    layer and dim per step), mrl (last layer, every dim), single (one size). An interrupted run
+    Losses: starbucks (fixed ladder, every pair every step, KL to the full model); 2dmse-paper
+    (= 2dmse; the Starbucks paper's baseline: one random earlier layer plus the last, each at every
+    dim), 2dmse-st (sentence-transformers Matryoshka2dLoss; add --set kl_weight=0 --set
+    layer_kl_weight=1 for its KL), 2dmse-inhouse (this project's older three-pair variant); mrl
+    (last layer, every dim), single (one size). An interrupted run
     resumes from its last checkpoint when started again with the same output.
 
     Examples:

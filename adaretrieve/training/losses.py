@@ -2,8 +2,24 @@
 
 Starbucks, 2DMSE, MRL and single-size training share one loss: for every pair chosen this step,
 InfoNCE over the pair's truncated vectors, plus a KL term pulling the pair's score distribution
-toward the full model's (detached). The modes differ only in ``PairSampler.pairs(step)``: which
-pairs are scored and with what weight.
+toward the full model's (detached). The modes differ only in ``PairSampler.step_pairs()``: which
+pairs are scored and with what weight. One more term is a shared option of the loss, not of a
+mode: ``layer_kl_weight``, the sentence-transformers AdaptiveLayerLoss KL between each earlier
+layer's embedding and the last layer's (what the ``2dmse-st`` form adds; off by default).
+
+The 2DMSE forms, by name:
+
+- ``2dmse-paper`` (also plain ``2dmse``): the Starbucks paper's 2DMSE baseline, ielab/Starbucks
+  ``retrieval/modeling.py`` with ``sub_model_sampling``: each step one earlier ladder layer drawn
+  uniformly plus the last layer, each at every dim of the ladder, every term weight 1 (the score
+  KL to the full size on every pair but the full one, as for Starbucks).
+- ``2dmse-st``: sentence-transformers ``Matryoshka2dLoss`` with its defaults (AdaptiveLayerLoss over
+  MatryoshkaLoss): the last layer at one random ladder dim (weight 1), one prior layer drawn from
+  every layer below the last at its own random ladder dim, weight 1 / layer (1-based). Its KL is
+  the embedding KL (``layer_kl_weight=1``, ``layer_kl_temperature=0.3``), not the score KL: run it
+  as published with ``kl_weight=0 layer_kl_weight=1``.
+- ``2dmse-inhouse``: this project's earlier three-pair variant: the full size, the last layer at
+  one random ladder dim and one random earlier ladder layer at one random dim, weight 1.
 """
 
 from __future__ import annotations
@@ -18,7 +34,8 @@ import torch.nn.functional as F
 from adaretrieve.errors import AdaError
 from adaretrieve.sizes import Size, parse_sizes
 
-LOSSES = ("starbucks", "2dmse", "mrl", "single")
+LOSSES = ("starbucks", "2dmse-paper", "2dmse-st", "2dmse-inhouse", "mrl", "single")
+ALIASES = {"2dmse": "2dmse-paper"}  # the plain name is the published (Starbucks paper) form
 
 
 def default_ladder(n_layers: int, hidden: int) -> list[Size]:
@@ -40,8 +57,8 @@ class PairSampler:
     """Which (size, weight) pairs a training step scores.
 
     - ``starbucks``: every pair of the ladder, every step.
-    - ``2dmse``: the full size, the last layer at a random dim of the ladder, and a random earlier
-      layer of the ladder at a random dim (the 2D Matryoshka baseline).
+    - ``2dmse-paper`` (alias ``2dmse``), ``2dmse-st``, ``2dmse-inhouse``: the 2DMSE forms of the
+      module docstring.
     - ``mrl``: the last layer at every dim of the ladder.
     - ``single``: one size (the only pair of the ladder).
     """
@@ -52,8 +69,10 @@ class PairSampler:
     seed: int = 0
 
     def __post_init__(self):
+        self.mode = ALIASES.get(self.mode, self.mode)
         if self.mode not in LOSSES:
-            raise AdaError(f"loss {self.mode!r} is not one of {', '.join(LOSSES)}")
+            names = [*LOSSES, *(f"{a} (= {m})" for a, m in ALIASES.items())]
+            raise AdaError(f"loss {self.mode!r} is not one of {', '.join(names)}")
         self.pairs = parse_sizes(self.pairs)
         if self.mode == "single" and len(self.pairs) != 1:
             raise AdaError(f"loss 'single' trains exactly one size, got {len(self.pairs)}: {', '.join(map(str, self.pairs))}")
@@ -65,8 +84,21 @@ class PairSampler:
         dims = sorted({p.dim for p in self.pairs})
         if self.mode == "mrl":
             return [(Size(self.full.layer, d), 1.0) for d in dims]
-        earlier = sorted({p.layer for p in self.pairs if p.layer < self.full.layer})
-        chosen = [self.full, Size(self.full.layer, self.rng.choice(dims))]
+        last = self.full.layer
+        if self.mode == "2dmse-st":
+            # MatryoshkaLoss draws the last layer's dim, AdaptiveLayerLoss a prior layer (0-based
+            # index i over layers 1..last-1, weight 1 / (1 + i)), MatryoshkaLoss that layer's dim
+            d_last = self.rng.choice(dims)
+            chosen = [(Size(last, d_last), 1.0)]
+            if last > 1:
+                layer = self.rng.randrange(1, last)
+                chosen.append((Size(layer, self.rng.choice(dims)), 1.0 / layer))
+            return chosen
+        earlier = sorted({p.layer for p in self.pairs if p.layer < last})
+        if self.mode == "2dmse-paper":
+            layers = ([self.rng.choice(earlier)] if earlier else []) + [last]
+            return [(Size(layer, d), 1.0) for layer in layers for d in dims]
+        chosen = [self.full, Size(last, self.rng.choice(dims))]
         if earlier:
             chosen.append(Size(self.rng.choice(earlier), self.rng.choice(dims)))
         return [(s, 1.0) for s in dict.fromkeys(chosen)]
@@ -99,6 +131,8 @@ def matryoshka_loss(
     kl_weight: float = 1.0,
     target_scores: torch.Tensor | None = None,
     keep_full: float = 0.0,
+    layer_kl_weight: float = 0.0,
+    layer_kl_temperature: float = 0.3,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Sum over pairs of weight * (InfoNCE + kl_weight * KL(full.detach() || pair)).
 
@@ -110,6 +144,11 @@ def matryoshka_loss(
     replace the student's own full-size scores as the KL target. With ``keep_full`` > 0 the full
     size is trained only to keep the target (keep_full * KL(target || full)), never on labels, so
     it stays where the teacher is while the smaller pairs learn.
+
+    ``layer_kl_weight`` > 0 adds, for every layer L < full.layer among the pairs, sentence-
+    transformers AdaptiveLayerLoss's term T * w * KL(softmax(e_last / T) || softmax(e_L / T)): e
+    the full-width pooled vectors [n_q + n_p, H] (normalised when ``normalize``), the softmax over
+    the H dims, batchmean, the last layer's side not detached (T = ``layer_kl_temperature``).
     """
     full_scores = target_scores.detach() if target_scores is not None else None
     if full_scores is None and kl_weight > 0 and full.layer in q_layers:
@@ -134,4 +173,15 @@ def matryoshka_loss(
             term = term + kl_weight * kl
         total = total + weight * term
         logs[str(size)] = float(ce.detach())
+    if layer_kl_weight > 0:
+        def emb(layer: int) -> torch.Tensor:
+            e = torch.cat([q_layers[layer], p_layers[layer]])
+            return F.normalize(e, dim=-1) if normalize else e
+
+        target = F.log_softmax(emb(full.layer) / layer_kl_temperature, -1)
+        for layer in sorted({p.layer for p, _ in pairs if p.layer < full.layer}):
+            kl = F.kl_div(F.log_softmax(emb(layer) / layer_kl_temperature, -1), target, log_target=True,
+                          reduction="batchmean")
+            total = total + layer_kl_temperature * layer_kl_weight * kl
+            logs["layer_kl"] = logs.get("layer_kl", 0.0) + float(kl.detach())
     return total, logs

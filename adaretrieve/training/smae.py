@@ -3,15 +3,26 @@
 For every (layer, dim) pair of the ladder, two losses from the encoder's pass over a lightly
 masked input (~20% of tokens):
 
-- MLM from the first ``dim`` dims of layer ``layer``'s hidden states: the MLM head's input
-  projection is sliced to its first ``dim`` columns, so the small sub-vector alone must predict
-  the masked tokens;
+- MLM from the first ``dim`` dims of layer ``layer``'s hidden states: the MLM head's transform
+  reads the sub-vector through ``dense.weight[:, :dim]`` ([hidden x dim]: all output rows, the
+  first ``dim`` input columns) plus the full bias, then the activation and the full-width
+  LayerNorm, so the small sub-vector alone must predict the masked tokens;
 - a masked-autoencoder loss: a shallow decoder (one transformer layer) reconstructs a more heavily
-  masked copy of the input (~40%) from the pair's pooled vector alone, put in place of the
-  decoder input's first token (zero-padded from ``dim`` to the hidden width).
+  masked copy of the input (~40%) from the pair's pooled sub-vector alone. The sub-vector
+  [batch, dim] goes through that same sliced transform (dense -> activation -> LayerNorm, out
+  [batch, hidden]) and replaces the decoder input's first position (its whole embedding).
 
-The pair losses are averaged. The MLM head comes from the checkpoint when it has one (e.g.
-``BertForMaskedLM``), else it is initialised with its output layer tied to the word embeddings.
+Per pair the two losses are averaged, ``(mlm + mae) / 2``, and the pair losses are averaged over
+the ladder. This is the mapping of the reference code, ielab/Starbucks ``smae/modeling.py``
+(``BertPredictionHeadTransformForwardDecorator``, ``BertFor2DMaekMatryoshkaMaskedLM``). Where
+this differs: the reference hands the decoder the CLS token's sub-vector (its retriever pools CLS);
+here it is the encoder's own pooled vector, which is the CLS token for CLS-pooled models and the
+embedding that is actually retrieved with for mean-pooled ones such as MiniLM. The reference's
+decoder layer starts from the checkpoint's first layer; here it is a copy of the encoder's last
+layer. The activation is gelu (BERT's and MiniLM's ``hidden_act``).
+
+The MLM head comes from the checkpoint when it has one (e.g. ``BertForMaskedLM``), else it is
+initialised with its output layer tied to the word embeddings.
 """
 
 from __future__ import annotations
@@ -41,8 +52,9 @@ log = logging.getLogger(__name__)
 class SlicedMLMHead(nn.Module):
     """BERT's MLM head (dense -> gelu -> LayerNorm -> vocab) whose dense layer can read a prefix.
 
-    ``forward(h, dim)`` uses ``dense.weight[:, :dim]``: h [..., dim] -> logits [..., vocab]. At
-    ``dim`` = hidden size it is the ordinary head.
+    ``transform(x)``: x [..., d] -> [..., hidden] through ``dense.weight[:, :d]``, the full bias,
+    gelu and the full LayerNorm. ``forward(h, dim)``: h[..., :dim] -> logits [..., vocab]. At
+    ``dim`` = hidden size both are the ordinary head.
     """
 
     def __init__(self, hidden: int, vocab: int, word_embeddings: nn.Embedding, eps: float = 1e-12):
@@ -53,10 +65,13 @@ class SlicedMLMHead(nn.Module):
         self.decoder.weight = word_embeddings.weight  # tied, as in BERT
         self.bias = nn.Parameter(torch.zeros(vocab))
 
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        d = x.shape[-1]
+        return self.norm(F.gelu(F.linear(x, self.dense.weight[:, :d], self.dense.bias)))
+
     def forward(self, h: torch.Tensor, dim: int | None = None) -> torch.Tensor:
         d = h.shape[-1] if dim is None else dim
-        x = F.linear(h[..., :d], self.dense.weight[:, :d], self.dense.bias)
-        return self.decoder(self.norm(F.gelu(x))) + self.bias
+        return self.decoder(self.transform(h[..., :d])) + self.bias
 
     def load_from_hf(self, state: dict[str, torch.Tensor]) -> bool:
         """Copy the MLM head of a masked-LM checkpoint when it has one: BERT's ``cls.predictions.*``
@@ -77,7 +92,8 @@ class SlicedMLMHead(nn.Module):
 
 class PairDecoder(nn.Module):
     """One transformer layer that sees the heavily masked input's embeddings with position 0
-    replaced by a pair's pooled vector, and nothing else from the encoder."""
+    replaced by ``first`` [batch, hidden] (a pair's sub-vector after the head's sliced transform),
+    and nothing else from the encoder."""
 
     def __init__(self, layer: nn.Module, embeddings: nn.Module, hidden: int):
         super().__init__()
@@ -85,10 +101,11 @@ class PairDecoder(nn.Module):
         self.embeddings = embeddings  # shared with the encoder (token + position embeddings)
         self.hidden = hidden
 
-    def forward(self, pooled: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, first: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if first.shape[-1] != self.hidden:
+            raise AdaError(f"decoder input width {first.shape[-1]}: the first position needs the hidden width {self.hidden}")
         emb = self.embeddings(input_ids=input_ids)
-        first = F.pad(pooled, (0, self.hidden - pooled.shape[-1])).to(emb.dtype)
-        x = torch.cat([first[:, None, :], emb[:, 1:]], dim=1)
+        x = torch.cat([first[:, None, :].to(emb.dtype), emb[:, 1:]], dim=1)
         ext = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
         out = self.layer(x, attention_mask=ext)
         return out[0] if isinstance(out, tuple) else out
@@ -269,10 +286,11 @@ class SMAE(nn.Module):
         for p in self.pairs:
             h = hs[p.layer]
             mlm = self._mlm(h, enc_labels, p.dim)
-            pooled = self.enc.pool(h, mask)[:, : p.dim]
-            mae = self._mlm(self.decoder(pooled, dec_ids, mask), dec_labels)
-            total = total + mlm + mae
-            logs[str(p)] = float((mlm + mae).detach())
+            first = self.head.transform(self.enc.pool(h, mask)[:, : p.dim])  # [batch, dim] -> [batch, hidden]
+            mae = self._mlm(self.decoder(first, dec_ids, mask), dec_labels)
+            pair = (mlm + mae) / 2
+            total = total + pair
+            logs[str(p)] = float(pair.detach())
         return total / len(self.pairs), logs
 
 

@@ -35,7 +35,7 @@ from adaretrieve.training.checkpoint import (
 )
 from adaretrieve.training.config import check_at_least, check_types, load_config
 from adaretrieve.training.data import BatchSampler, Example, load_beir, load_records
-from adaretrieve.training.losses import PairSampler, default_ladder, matryoshka_loss, pair_scores
+from adaretrieve.training.losses import ALIASES, PairSampler, default_ladder, matryoshka_loss, pair_scores
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class TrainConfig:
     model: str = "minilm"
-    loss: str = "starbucks"  # starbucks | 2dmse | mrl | single
+    loss: str = "starbucks"  # starbucks | 2dmse-paper (= 2dmse) | 2dmse-st | 2dmse-inhouse | mrl | single
     pairs: list[str] | None = None  # default: the ladder for the model's shape
     data: str = ""  # BEIR folder, jsonl/tsv of records, or a Hub dataset id
     split: str = "train"
@@ -57,6 +57,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     temperature: float | None = None  # default 0.05 for normalised models, 1.0 otherwise
     kl_weight: float = 1.0
+    layer_kl_weight: float = 0.0  # sentence-transformers' layer-to-last embedding KL (the 2dmse-st form: 1.0)
+    layer_kl_temperature: float = 0.3
     query_max_length: int = 64
     passage_max_length: int = 256
     grad_accum: int = 1
@@ -127,7 +129,8 @@ def step_loss(enc: Encoder, teacher: Encoder | None, qb: dict, pb: dict, labels:
             tp = _gather(teacher.pooled(pb, [full.layer])[full.layer].float(), rank, world)
         target = pair_scores(tq, tp, full, enc.normalize, temperature)
     loss, logs = matryoshka_loss(q_layers, p_layers, lab, step_pairs, full, enc.normalize, temperature,
-                                 cfg.kl_weight if cfg.loss != "single" else 0.0, target_scores=target, keep_full=cfg.keep_full)
+                                 cfg.kl_weight if cfg.loss != "single" else 0.0, target_scores=target, keep_full=cfg.keep_full,
+                                 layer_kl_weight=cfg.layer_kl_weight, layer_kl_temperature=cfg.layer_kl_temperature)
     if teacher is not None:
         # the vectors themselves, not only in-batch score distributions: squared distance between
         # the student's and the teacher's full-size vectors, on the score scale
@@ -237,7 +240,7 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = True) -> dict:
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
 
     depth = sampler.layers_needed()
-    if (cfg.kl_weight > 0 and cfg.loss != "single") or cfg.keep_full > 0:
+    if (cfg.kl_weight > 0 and cfg.loss != "single") or cfg.keep_full > 0 or cfg.layer_kl_weight > 0:
         depth = max(depth, full.layer)
     tok = enc.tokenizer
     from tqdm.auto import tqdm
@@ -255,7 +258,8 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = True) -> dict:
             tokens += int(qb["attention_mask"].sum() + pb["attention_mask"].sum())
             step_pairs = sampler.step_pairs()
             layers = sorted({s.layer for s, _ in step_pairs}
-                            | ({full.layer} if (cfg.kl_weight > 0 or cfg.keep_full > 0) and full.layer <= depth else set()))
+                            | ({full.layer} if (cfg.kl_weight > 0 or cfg.keep_full > 0 or cfg.layer_kl_weight > 0)
+                               and full.layer <= depth else set()))
             ctx = torch.autocast(enc.device.type, dtype=amp) if amp else contextlib.nullcontext()
             with ctx:
                 loss, logs = step_loss(enc, teacher, qb, pb, labels, step_pairs, layers, full, cfg, temperature, rank, world)
@@ -301,7 +305,7 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = True) -> dict:
         "steps_per_second": round((step - start_step) / max(seconds, 1e-9), 4),
         "final_loss": round(float(np.mean(losses[-10:])), 4) if losses else None,
         "world_size": world, "n_examples": len(examples), "temperature": temperature,
-        "pairs": [str(p) for p in pairs], "device": str(enc.device),
+        "pairs": [str(p) for p in pairs], "device": str(enc.device), "loss": sampler.mode,
     }
     if rank == 0:
         _save_final(out, enc, cfg, summary, pairs)
@@ -362,7 +366,7 @@ def _save_final(out: Path, enc: Encoder, cfg: TrainConfig, summary: dict, pairs:
     enc.model.eval()
     _save_model(out, enc)
     meta = json.loads((out / "adaretrieve.json").read_text())
-    meta.update({"trained_pairs": [str(p) for p in parse_sizes(pairs)], "loss": cfg.loss, "data": cfg.data,
+    meta.update({"trained_pairs": [str(p) for p in parse_sizes(pairs)], "loss": ALIASES.get(cfg.loss, cfg.loss), "data": cfg.data,
                  "split": cfg.split, "negatives": cfg.negatives, "config": asdict(cfg), "summary": summary,
                  "adaretrieve": __version__, "base_model": cfg.model})
     (out / "adaretrieve.json").write_text(json.dumps(meta, indent=2) + "\n")

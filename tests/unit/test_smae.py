@@ -25,15 +25,15 @@ def test_sliced_head_at_full_width_is_the_plain_head():
     assert torch.allclose(head(h, 8), head(h2, 8))
 
 
-def test_decoder_sees_only_the_pairs_pooled_vector(tiny_model):
+def test_decoder_sees_only_the_pairs_sub_vector(tiny_model):
     enc = Encoder(tiny_model, device="cpu")
     smae = SMAE(enc, [Size(2, 8)])
     b = enc.tokenizer(["the cell gene", "a protein study of blood"], padding=True, return_tensors="pt")
     ids, mask = b["input_ids"], b["attention_mask"]
     hs = enc.hidden_states({"input_ids": ids, "attention_mask": mask}, 2)
     h = hs[2].detach().requires_grad_(True)
-    pooled = enc.pool(h, mask)[:, :8]
-    out = smae.decoder(pooled, ids, mask)
+    first = smae.head.transform(enc.pool(h, mask)[:, :8])
+    out = smae.decoder(first, ids, mask)
     out.sum().backward()
     assert h.grad[..., 8:].abs().max() == 0  # nothing past the pair's dims reaches the decoder
     assert h.grad[..., :8].abs().max() > 0
@@ -45,8 +45,8 @@ def test_mlm_loss_falls_and_output_loads(tiny_model, tmp_path):
     cfg = PretrainConfig(model=str(tiny_model), data=[str(corpus)], output=str(out), steps=30, batch_size=8,
                          max_length=32, lr=2e-3, device="cpu", save_every=10)
     s = pretrain(cfg, progress=False)
-    # random words: the floor is about 2 x ln(30) = 6.8 from a start of about 8.3
-    assert s["final_loss"] < s["first_loss"] - 0.6
+    # random words, each pair's loss the mean of its two: the floor is about ln(30) = 3.4 from a start of about 4.15
+    assert s["final_loss"] < s["first_loss"] - 0.3
     enc = Encoder(out, device="cpu")  # the output is a plain encoder folder, ready for `train`
     assert enc.n_layers == 4 and json.loads((out / "adaretrieve.json").read_text())["pretraining"] == "smae"
     # the same command again resumes from the final checkpoint: its own run takes no step
@@ -176,3 +176,72 @@ def test_head_loads_bert_or_mpnet_style_weights():
         assert head.load_from_hf(state)
         assert head.dense.weight.detach()[0, 0].item() == 0.5 and head.bias.detach()[0].item() == 3.0
     assert not SlicedMLMHead(16, 50, emb).load_from_hf({"lm_head.dense.weight": torch.zeros(16, 16)})
+
+
+def _smae_batch(enc, seed=0):
+    from adaretrieve.training.smae import mask_tokens
+
+    b = enc.tokenizer(["the cell gene of a mouse", "a protein study of blood and brain", "drug dose trial"],
+                      padding=True, return_tensors="pt", return_special_tokens_mask=True)
+    ids, mask, special = b["input_ids"], b["attention_mask"], b["special_tokens_mask"].bool()
+    gen = torch.Generator().manual_seed(seed)
+    enc_ids, enc_labels = mask_tokens(ids, mask, 0.4, enc.tokenizer, gen, special)
+    dec_ids, dec_labels = mask_tokens(ids, mask, 0.6, enc.tokenizer, gen, special)
+    # at least one prediction per loss, so neither is the empty-selection zero
+    enc_labels[0, 1], dec_labels[0, 2] = ids[0, 1], ids[0, 2]
+    return ids, mask, enc_ids, enc_labels, dec_ids, dec_labels
+
+
+def _head_transform(head, x):
+    """The reference's sliced transform by hand: dense.weight[:, :d] (hidden x d), full bias,
+    activation, full-width LayerNorm (ielab/Starbucks smae/modeling.py)."""
+    d = x.shape[-1]
+    y = F.gelu(x @ head.dense.weight[:, :d].T + head.dense.bias)
+    return F.layer_norm(y, (head.norm.weight.shape[0],), head.norm.weight, head.norm.bias, head.norm.eps)
+
+
+def test_decoder_first_position_is_the_head_transform_of_the_sub_vector(tiny_model):
+    enc = Encoder(tiny_model, device="cpu")
+    torch.manual_seed(0)
+    smae = SMAE(enc, [Size(2, 8), Size(4, 32)]).eval()
+    ids, mask, enc_ids, enc_labels, dec_ids, dec_labels = _smae_batch(enc)
+    seen = []
+    smae.decoder.layer.register_forward_pre_hook(lambda mod, args: seen.append(args[0][:, 0].detach().clone()))
+    with torch.no_grad():
+        smae.losses(ids, mask, enc_ids, enc_labels, dec_ids, dec_labels)
+        hs = enc.hidden_states({"input_ids": enc_ids, "attention_mask": mask}, 4)
+        for got, (layer, dim) in zip(seen, [(2, 8), (4, 32)]):
+            sub = enc.pool(hs[layer], mask)[:, :dim]
+            want = _head_transform(smae.head, sub)  # [batch, hidden], not a zero-padded copy of sub
+            assert torch.allclose(got, want, atol=1e-5)
+    assert len(seen) == 2
+
+
+def test_smae_loss_is_the_pair_mean_of_half_encoder_plus_half_decoder(tiny_model):
+    enc = Encoder(tiny_model, device="cpu")
+    torch.manual_seed(0)
+    pairs = [Size(1, 4), Size(2, 8), Size(4, 32)]
+    smae = SMAE(enc, pairs).eval()
+    head = smae.head
+    ids, mask, enc_ids, enc_labels, dec_ids, dec_labels = _smae_batch(enc, seed=3)
+    with torch.no_grad():
+        loss, logs = smae.losses(ids, mask, enc_ids, enc_labels, dec_ids, dec_labels)
+        hs = enc.hidden_states({"input_ids": enc_ids, "attention_mask": mask}, 4)
+        emb = enc.model.get_input_embeddings().weight
+        ext = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+
+        def mlm(h, labels):
+            sel = labels != -100
+            return F.cross_entropy(_head_transform(head, h[sel]) @ emb.T + head.bias, labels[sel])
+
+        per_pair = []
+        for p in pairs:
+            h = hs[p.layer]
+            encoder_loss = mlm(h[..., : p.dim], enc_labels)
+            x = enc.model.embeddings(input_ids=dec_ids)
+            x = torch.cat([_head_transform(head, enc.pool(h, mask)[:, : p.dim])[:, None], x[:, 1:]], dim=1)
+            out = smae.decoder.layer(x, attention_mask=ext)
+            out = out[0] if isinstance(out, tuple) else out
+            per_pair.append((encoder_loss + mlm(out, dec_labels)) / 2)
+    assert torch.allclose(loss, torch.stack(per_pair).mean(), atol=1e-5)
+    assert [round(v, 4) for v in logs.values()] == [round(float(v), 4) for v in per_pair]

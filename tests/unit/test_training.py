@@ -23,7 +23,7 @@ def test_pair_samplers_differ_only_in_pairs():
     assert [s for s, _ in PairSampler("mrl", ladder, full).step_pairs()] == [Size(6, d) for d in (16, 32, 64, 128, 256, 384)]
     assert PairSampler("single", ["2x32"], full).step_pairs() == [(Size(2, 32), 1.0)]
     seen_layers = set()
-    s = PairSampler("2dmse", ladder, full, seed=0)
+    s = PairSampler("2dmse-inhouse", ladder, full, seed=0)
     for _ in range(50):
         pairs = [p for p, _ in s.step_pairs()]
         assert pairs[0] == full and len(pairs) <= 3
@@ -31,10 +31,98 @@ def test_pair_samplers_differ_only_in_pairs():
         assert len(earlier) == 1
         seen_layers |= set(earlier)
     assert seen_layers == {1, 2, 3, 4, 5}
-    with pytest.raises(AdaError, match="not one of"):
-        PairSampler("nope", ladder, full)
     with pytest.raises(AdaError, match="exactly one size"):
         PairSampler("single", ladder, full)
+
+
+LADDER_DIMS = (16, 32, 64, 128, 256, 384)
+
+
+def test_2dmse_paper_form_is_one_earlier_layer_and_the_last_at_every_dim():
+    """ielab/Starbucks retrieval/modeling.py, sub_model_sampling: one earlier ladder layer drawn
+    uniformly plus the last layer, each at every dim of the ladder, every term weight 1."""
+    ladder = default_ladder(6, 384)
+    full = Size(6, 384)
+    s = PairSampler("2dmse-paper", ladder, full, seed=1)
+    counts = dict.fromkeys(range(1, 6), 0)
+    n = 1000
+    for _ in range(n):
+        pairs = s.step_pairs()
+        assert {w for _, w in pairs} == {1.0}
+        sizes = [p for p, _ in pairs]
+        assert len(sizes) == len(set(sizes)) == 12
+        assert {p for p in sizes if p.layer == 6} == {Size(6, d) for d in LADDER_DIMS}
+        earlier = {p.layer for p in sizes if p.layer < 6}
+        assert len(earlier) == 1
+        (layer,) = earlier
+        assert {p for p in sizes if p.layer == layer} == {Size(layer, d) for d in LADDER_DIMS}
+        counts[layer] += 1
+    assert all(abs(c - n / 5) < 4 * (n * 0.2 * 0.8) ** 0.5 for c in counts.values()), counts  # uniform, 4 sigma
+    assert PairSampler("2dmse", ladder, full).mode == "2dmse-paper"  # the plain name is the published form
+    assert PairSampler("2dmse-paper", ladder, full).layers_needed() == 6
+    # a ladder of one layer has nothing earlier: the last layer at every dim
+    only = PairSampler("2dmse-paper", ["6x16", "6x384"], full, seed=0).step_pairs()
+    assert only == [(Size(6, 16), 1.0), (Size(6, 384), 1.0)]
+
+
+def test_2dmse_st_form_is_one_random_dim_at_the_last_and_at_one_prior_layer():
+    """sentence-transformers Matryoshka2dLoss defaults: n_layers_per_step=1 over every layer below
+    the last, n_dims_per_step=1 (drawn separately for the last and the prior layer), last layer
+    weight 1, prior layer L weight 1 / L."""
+    ladder = default_ladder(6, 384)
+    full = Size(6, 384)
+    s = PairSampler("2dmse-st", ladder, full, seed=2)
+    layers = dict.fromkeys(range(1, 6), 0)
+    dims = dict.fromkeys(LADDER_DIMS, 0)
+    differ = 0
+    n = 1200
+    for _ in range(n):
+        (last, w_last), (prior, w_prior) = s.step_pairs()
+        assert last.layer == 6 and w_last == 1.0 and last.dim in LADDER_DIMS
+        assert 1 <= prior.layer <= 5 and prior.dim in LADDER_DIMS and w_prior == pytest.approx(1 / prior.layer)
+        layers[prior.layer] += 1
+        dims[last.dim] += 1
+        differ += last.dim != prior.dim
+    assert all(abs(c - n / 5) < 4 * (n * 0.2 * 0.8) ** 0.5 for c in layers.values()), layers
+    assert all(abs(c - n / 6) < 4 * (n / 6 * 5 / 6) ** 0.5 for c in dims.values()), dims
+    assert abs(differ / n - 5 / 6) < 0.05  # the two dims are independent draws
+    # the prior layer is any layer below the last, not only the ladder's
+    two = PairSampler("2dmse-st", ["2x16", "6x384"], full, seed=0)
+    seen = {p.layer for _ in range(200) for p, _ in two.step_pairs()}
+    assert seen == {1, 2, 3, 4, 5, 6}
+
+
+def test_unknown_loss_names_every_form():
+    ladder = default_ladder(6, 384)
+    with pytest.raises(AdaError) as e:
+        PairSampler("2dmse-foo", ladder, Size(6, 384))
+    msg = str(e.value)
+    assert "\n" not in msg and "2dmse-foo" in msg
+    for name in ("starbucks", "2dmse", "2dmse-paper", "2dmse-st", "2dmse-inhouse", "mrl", "single"):
+        assert name in msg
+
+
+def test_layer_kl_is_the_st_embedding_kl_to_the_last_layer():
+    """AdaptiveLayerLoss's term: KL(softmax(last / T) || softmax(prior / T)) over the embedding's
+    own dims, full width, every text of the batch, batchmean, times T * weight; the last layer's
+    side is not detached."""
+    torch.manual_seed(0)
+    q = {2: torch.randn(4, 8, requires_grad=True), 4: torch.randn(4, 8, requires_grad=True)}
+    p = {2: torch.randn(8, 8), 4: torch.randn(8, 8)}
+    labels = torch.tensor([0, 2, 4, 6])
+    full = Size(4, 8)
+    pairs = [(Size(4, 2), 1.0), (Size(2, 4), 0.5)]
+    base, _ = matryoshka_loss(q, p, labels, pairs, full, True, 0.05, kl_weight=0.0)
+    loss, logs = matryoshka_loss(q, p, labels, pairs, full, True, 0.05, kl_weight=0.0, layer_kl_weight=2.0,
+                                 layer_kl_temperature=0.3)
+    last = F.normalize(torch.cat([q[4], p[4]]), dim=-1)
+    prior = F.normalize(torch.cat([q[2], p[2]]), dim=-1)
+    t = F.softmax(last / 0.3, -1)
+    kl = (t * (t.log() - F.log_softmax(prior / 0.3, -1))).sum(-1).mean()
+    assert torch.allclose(loss, base + 2.0 * 0.3 * kl, atol=1e-6)
+    assert logs["layer_kl"] == pytest.approx(float(kl.detach()), rel=1e-5)
+    loss.backward()
+    assert q[4].grad.abs().max() > 0
 
 
 def test_loss_is_infonce_plus_kl():
@@ -88,14 +176,15 @@ def cfg(tiny_model, data, out, **kw):
     return TrainConfig(**base)
 
 
-@pytest.mark.parametrize("loss", ["starbucks", "2dmse", "mrl"])
+@pytest.mark.parametrize("loss", ["starbucks", "2dmse-paper", "2dmse-st", "mrl"])
 def test_train_writes_a_loadable_model(tiny_model, beir_train, tmp_path, loss):
     from transformers import AutoModel
 
     from adaretrieve.modeling import Encoder
 
     out = tmp_path / loss
-    summary = train(cfg(tiny_model, beir_train, out, loss=loss), progress=False)
+    extra = {"kl_weight": 0.0, "layer_kl_weight": 1.0} if loss == "2dmse-st" else {}
+    summary = train(cfg(tiny_model, beir_train, out, loss=loss, **extra), progress=False)
     assert summary["steps"] == 6 and summary["tokens_per_second"] > 0
     meta = json.loads((out / "adaretrieve.json").read_text())
     assert meta["loss"] == loss and meta["trained_pairs"] == ["1x4", "2x8", "3x16", "4x32"]
