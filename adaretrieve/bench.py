@@ -659,6 +659,9 @@ def to_markdown(res: dict, command: str) -> str:
             "BM25 + dense search + fusion (+ encoding). Cold: " + timing["cold"] + ".",
             "",
         ]
+        if not any(r.search_ms_batch1_cold for r in rows):
+            lines += ["No row here has a cold figure: none reads rerank rows through the memory map (a stored flat "
+                      "shortlist index at the rerank size serves the rerank from its float32 vectors in RAM).", ""]
     else:
         lines += ["Timings predate the timing fix (issue 11, item 14): BM25 opened a searcher per call, hybrid and RRF "
                   "rows copy BM25's timing, batched figures are single runs without warm-up.", ""]
