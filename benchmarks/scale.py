@@ -153,9 +153,10 @@ def run_n(n: int, n_queries: int, work: Path, hnsw: list[tuple[int, int]], build
 
     q = gen.queries(n_queries, n)
     truth = exact.search(q, 10)[1]
-    res["exact"] = {"batch1": time_batch1(lambda x: exact.search(x, 10), q),
-                    "batch64": time_batch(lambda x: exact.search(x, 10), q[:64]), "recall@10": 1.0}
-    exact.reset()  # only the ground truth is needed from here on: free its RAM
+    res["exact"] = {"batch1": time_batch1(lambda x, ix=exact: ix.search(x, 10), q),
+                    "batch64": time_batch(lambda x, ix=exact: ix.search(x, 10), q[:64]), "recall@10": 1.0}
+    del exact  # only the ground truth is needed from here on; reset() would keep the memory allocated
+    gc.collect()
 
     gc.collect()
     before = rss_anon_mb()
@@ -209,15 +210,16 @@ def run_n(n: int, n_queries: int, work: Path, hnsw: list[tuple[int, int]], build
     for k_factor in (1.0, 4.0, 20.0):
         params = faiss.IndexRefineSearchParameters(k_factor=k_factor)
 
-        def rf(x, params=params):
-            return refine.search(x, 10, params=params)
+        def rf(x, params=params, ix=refine):
+            return ix.search(x, 10, params=params)
 
         rows = rf(q)[1]
         res[f"refineflat_sq8_kf{int(k_factor)}"] = {
             "batch1": time_batch1(rf, q[:16] if n >= 1_000_000 else q), "batch64": time_batch(rf, q[:64]),
             "recall@10": recall_at_10(rows, truth), "build_seconds": round(build, 2),
             "resident_bytes": n * D * (1 + 4)}
-    refine.reset()  # free its memory before HNSW is built
+    del refine, rf  # free its memory before HNSW is built (reset() keeps the allocation)
+    gc.collect()
 
     res["hnsw_build_threads"] = build_threads
     res["hnsw_skipped"] = [efc for efc, n_max in hnsw if n > n_max]
@@ -241,7 +243,8 @@ def run_n(n: int, n_queries: int, work: Path, hnsw: list[tuple[int, int]], build
             res[f"hnsw32_efc{efc}_ef{ef}"] = {"batch1": time_batch1(hs, q), "batch64": time_batch(hs, q[:64]),
                                              "recall@10": recall_at_10(rows, truth), "build_seconds": round(build, 2),
                                              "ef_construction": efc, "resident_bytes": n * D * 4 + n * 32 * 2 * 4}
-        h.reset()
+        del h, hs
+        gc.collect()
     shutil.rmtree(ix_dir, ignore_errors=True)
     return res
 
@@ -321,6 +324,8 @@ if __name__ == "__main__":
                          "on 2 cores; 200 takes several times longer)")
     ap.add_argument("--build-threads", type=int, default=0, help="threads for building HNSW (default: every core "
                     "this process may run on)")
+    ap.add_argument("--merge", action="store_true", help="keep the other N of an existing results.json in --out "
+                    "(a run of only the largest N after smaller ones)")
     ap.add_argument("--note", default=None, help="a line for the report, e.g. how the run was pinned")
     ap.add_argument("--work", default=str(ROOT / "indexes"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale"))
@@ -335,6 +340,10 @@ if __name__ == "__main__":
               "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "results": []}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    if a.merge and (out / "results.json").exists():
+        old = json.loads((out / "results.json").read_text())
+        report["results"] = [r for r in old["results"] if r["n"] not in a.n]
+        report["command"] = f"{old['command']}; then {report['command']}"
     for n in a.n:
         report["results"].append(run_n(n, a.queries, Path(a.work), hnsw, build_threads))
         (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
