@@ -6,8 +6,13 @@ decaying along the dims, clustered), two-stage search from an adaretrieve index 
 
 Per N: build time, RAM resident (anonymous RSS growth while loading, and the index bytes), bytes on
 disk, per-query latency at batch 1 and batch 64, recall@10 of each method against exact full-size
-search. The memory-bandwidth floor of the shortlist scan is measured in the same run. Timings are
-medians over the queries (batch 1) or over repeats (batch 64), after warm-up.
+search. The memory-bandwidth floor of the shortlist scan is measured in the same run.
+
+Every method is timed alike (adaretrieve.eval.timing): batch 1 over all the queries after WARMUP
+untimed ones (median, p95), batch 64 as the median of REPEATS whole-batch calls after a warm-up
+one. Two-stage k=200 rows are also timed cold: before each query the float16 rerank file is
+dropped from the page cache (pagecache.evict: madvise(MADV_DONTNEED) on our mapping, then
+posix_fadvise(POSIX_FADV_DONTNEED); no root needed). HNSW is built at each efConstruction asked for.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ sys.path.insert(0, str(ROOT))
 import faiss  # noqa: E402
 
 from adaretrieve.bench import machine_info  # noqa: E402
+from adaretrieve.eval.pagecache import evict, resident_fraction  # noqa: E402
+from adaretrieve.eval.timing import REPEATS, WARMUP, WARMUP_BATCHED, time_repeats, time_stages  # noqa: E402
 from adaretrieve.index.writer import IndexWriter  # noqa: E402
 from adaretrieve.search import FunnelSearcher, IndexReader  # noqa: E402
 from adaretrieve.sizes import Size, truncate  # noqa: E402
@@ -84,25 +91,32 @@ def bandwidth_gbs(mb: int = 1024, repeats: int = 5) -> float:
     return a.nbytes / best / 1e9
 
 
-def time_batch1(fn, q: np.ndarray, warmup: int = 3) -> dict:
-    for i in range(warmup):
-        fn(q[i : i + 1])
-    t = []
-    for i in range(len(q)):
-        t0 = time.perf_counter()
-        fn(q[i : i + 1])
-        t.append(time.perf_counter() - t0)
-    return {"p50_ms": 1000 * float(np.median(t)), "p95_ms": 1000 * float(np.percentile(t, 95))}
+def time_batch1(fn, q: np.ndarray, before=None) -> dict:
+    """One query at a time over every query in ``q``, after WARMUP untimed ones."""
+    t, _ = time_stages(lambda i, _: fn(q[i : i + 1]), len(q), WARMUP, before=before)
+    return {"p50_ms": 1000 * t.p50, "p95_ms": 1000 * t.p95, "queries": t.repeats, "warmup": WARMUP}
 
 
-def time_batch(fn, q: np.ndarray, repeats: int = 3) -> dict:
-    fn(q)
-    t = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn(q)
-        t.append(time.perf_counter() - t0)
-    return {"per_query_ms": 1000 * float(np.median(t)) / len(q), "batch": len(q)}
+def time_batch(fn, q: np.ndarray) -> dict:
+    """The whole batch ``q`` at once: median of REPEATS calls after WARMUP_BATCHED, per query."""
+    t, _ = time_repeats(lambda _: fn(q))
+    return {"per_query_ms": 1000 * t.p50 / len(q), "batch": len(q), "repeats": t.repeats, "warmup": WARMUP_BATCHED}
+
+
+def time_cold(fn, q: np.ndarray, reader: IndexReader) -> dict:
+    """Batch 1 with the float16 rerank file dropped from the page cache before every query."""
+    rows = reader.rerank_rows()
+    path = reader.dir / reader.manifest.rerank["file"]
+
+    def drop(_):
+        evict(path, [rows])
+
+    out = time_batch1(fn, q, before=drop)
+    drop(0)
+    left = resident_fraction(path)
+    out["how"] = "madvise(MADV_DONTNEED) on the memory map + posix_fadvise(POSIX_FADV_DONTNEED) before each query"
+    out["resident_after_evict"] = None if left is None else round(left, 4)
+    return out
 
 
 def recall_at_10(rows: np.ndarray, truth: np.ndarray) -> float:
@@ -113,7 +127,8 @@ def dir_bytes(d: Path) -> int:
     return sum(p.stat().st_size for p in d.iterdir() if p.is_file())
 
 
-def run_n(n: int, n_queries: int, work: Path, hnsw_max: int, build_threads: int = 1) -> dict:
+def run_n(n: int, n_queries: int, work: Path, hnsw: list[tuple[int, int]], build_threads: int = 1) -> dict:
+    """Every method at N = ``n``. ``hnsw``: (efConstruction, largest N to build it at) pairs."""
     gen = Synthetic()
     res: dict = {"n": n}
     ix_dir = work / f"scale-{n}"
@@ -138,8 +153,10 @@ def run_n(n: int, n_queries: int, work: Path, hnsw_max: int, build_threads: int 
 
     q = gen.queries(n_queries, n)
     truth = exact.search(q, 10)[1]
-    res["exact"] = {"batch1": time_batch1(lambda x: exact.search(x, 10), q[:16] if n >= 1_000_000 else q),
-                    "batch64": time_batch(lambda x: exact.search(x, 10), q[:64]), "recall@10": 1.0}
+    res["exact"] = {"batch1": time_batch1(lambda x, ix=exact: ix.search(x, 10), q),
+                    "batch64": time_batch(lambda x, ix=exact: ix.search(x, 10), q[:64]), "recall@10": 1.0}
+    del exact  # only the ground truth is needed from here on; reset() would keep the memory allocated
+    gc.collect()
 
     gc.collect()
     before = rss_anon_mb()
@@ -161,7 +178,8 @@ def run_n(n: int, n_queries: int, work: Path, hnsw_max: int, build_threads: int 
 
         rows = srch.search(qv, top=10)[1]
         res[f"two_stage_{s}_k200"] = {
-            "batch1": time_batch1(two, q), "batch64": time_batch(two, q[:64]),
+            "batch1": time_batch1(two, q), "batch1_cold": time_cold(two, q, reader),
+            "batch64": time_batch(two, q[:64]),
             "shortlist_scan_batch1": time_batch1(scan, q), "recall@10": recall_at_10(rows, truth),
             "resident_bytes": n * s.dim * 4}
 
@@ -192,39 +210,41 @@ def run_n(n: int, n_queries: int, work: Path, hnsw_max: int, build_threads: int 
     for k_factor in (1.0, 4.0, 20.0):
         params = faiss.IndexRefineSearchParameters(k_factor=k_factor)
 
-        def rf(x, params=params):
-            return refine.search(x, 10, params=params)
+        def rf(x, params=params, ix=refine):
+            return ix.search(x, 10, params=params)
 
         rows = rf(q)[1]
         res[f"refineflat_sq8_kf{int(k_factor)}"] = {
-            "batch1": time_batch1(rf, q[:16] if n >= 1_000_000 else q), "batch64": time_batch(rf, q[:64]),
+            "batch1": time_batch1(rf, q), "batch64": time_batch(rf, q[:64]),
             "recall@10": recall_at_10(rows, truth), "build_seconds": round(build, 2),
             "resident_bytes": n * D * (1 + 4)}
-    refine.reset()  # free its memory before HNSW is built
+    del refine, rf  # free its memory before HNSW is built (reset() keeps the allocation)
+    gc.collect()
 
-    if n <= hnsw_max:
+    res["hnsw_build_threads"] = build_threads
+    res["hnsw_skipped"] = [efc for efc, n_max in hnsw if n > n_max]
+    for efc in (efc for efc, n_max in hnsw if n <= n_max):
         h = faiss.IndexHNSWFlat(D, 32, faiss.METRIC_INNER_PRODUCT)
-        h.hnsw.efConstruction = 40
+        h.hnsw.efConstruction = efc
         search_threads = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(build_threads)  # graph building is the slow part: give it every core
+        faiss.omp_set_num_threads(build_threads)  # graph building is the slow part: give it every core we have
         t0 = time.perf_counter()
         for start in range(0, n, chunk):
             h.add(gen.chunk(start, min(chunk, n - start)))
         build = time.perf_counter() - t0
         faiss.omp_set_num_threads(search_threads)
-        res["hnsw_build_threads"] = build_threads
         for ef in (32, 128, 512):
             h.hnsw.efSearch = ef
 
-            def hs(x):
+            def hs(x, h=h):
                 return h.search(x, 10)
 
             rows = hs(q)[1]
-            res[f"hnsw32_ef{ef}"] = {"batch1": time_batch1(hs, q), "batch64": time_batch(hs, q[:64]),
-                                    "recall@10": recall_at_10(rows, truth), "build_seconds": round(build, 2),
-                                    "resident_bytes": n * D * 4 + n * 32 * 2 * 4}
-        h.reset()
-    exact.reset()
+            res[f"hnsw32_efc{efc}_ef{ef}"] = {"batch1": time_batch1(hs, q), "batch64": time_batch(hs, q[:64]),
+                                             "recall@10": recall_at_10(rows, truth), "build_seconds": round(build, 2),
+                                             "ef_construction": efc, "resident_bytes": n * D * 4 + n * 32 * 2 * 4}
+        del h, hs
+        gc.collect()
     shutil.rmtree(ix_dir, ignore_errors=True)
     return res
 
@@ -235,9 +255,14 @@ def to_markdown(report: dict) -> str:
              f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, faiss {report['machine']['faiss']}; "
              f"memory bandwidth (numpy sum over 1 GiB, one thread) {report['bandwidth_gbs']:.1f} GB/s; {report['threads']} "
              f"search thread(s) for every method; {report['date']}.", "",
-             "Latency in ms per query: batch 1 median (p95), and batch 64 per query. Resident = bytes the method must "
-             "keep in RAM; two-stage keeps only the shortlist index (full vectors are float16 on disk, candidate rows read "
-             "through a memory map).", ""]
+             *([f"Note: {report['note']}", ""] if report.get("note") else []),
+             "Latency in ms per query: batch 1 median (p95) over every query after "
+             f"{report.get('warmup', '?')} warm-up queries, and batch 64 per query (median of "
+             f"{report.get('repeats', '?')} repeats after a warm-up batch); every method is timed on the same queries. "
+             "Resident = bytes the method must keep in RAM; two-stage keeps only the shortlist index (full vectors are "
+             "float16 on disk, candidate rows read through a memory map). Cold = the rerank file dropped from the page "
+             "cache before each query (madvise(MADV_DONTNEED) on the process's memory map, then "
+             "posix_fadvise(POSIX_FADV_DONTNEED); mincore confirms what stays cached).", ""]
     for r in report["results"]:
         n = r["n"]
         ex = r["exact"]
@@ -245,14 +270,18 @@ def to_markdown(report: dict) -> str:
                   f"Build (adaretrieve index: 2 shortlists + float16 rerank rows, plus the exact index): "
                   f"{r['build_seconds_adaretrieve_incl_exact']} s; on disk {r['disk_bytes'] / 1e6:.1f} MB; "
                   f"reader anonymous RSS growth {r['reader_rss_anon_mb']} MB.", "",
-                  "| method | recall@10 | batch-1 ms p50 (p95) | batch-64 ms/query | resident MB | speed-up vs exact (batch 1) |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
+                  "| method | recall@10 | batch-1 ms p50 (p95) | batch-1 cold ms p50 (p95) | batch-64 ms/query | queries "
+                  "| resident MB | speed-up vs exact (batch 1) |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         base = ex["batch1"]["p50_ms"]
         rows = [("exact flat 768-d float32", ex, r["exact_index_bytes"])]
         rows += [(k, v, v["resident_bytes"]) for k, v in r.items() if isinstance(v, dict) and "recall@10" in v and k != "exact"]
         for name, v, mem in rows:
+            cold = v.get("batch1_cold")
+            cold_s = f"{cold['p50_ms']:.3f} ({cold['p95_ms']:.3f})" if cold else "-"
             lines.append(f"| {name} | {v['recall@10']:.4f} | {v['batch1']['p50_ms']:.3f} ({v['batch1']['p95_ms']:.3f}) | "
-                         f"{v['batch64']['per_query_ms']:.3f} | {mem / 1e6:.1f} | {base / v['batch1']['p50_ms']:.1f}x |")
+                         f"{cold_s} | {v['batch64']['per_query_ms']:.3f} | {v['batch1'].get('queries', '?')} | "
+                         f"{mem / 1e6:.1f} | {base / v['batch1']['p50_ms']:.1f}x |")
         lines += ["", "At equal recall (the fastest FAISS configuration whose recall@10 is at least the adaretrieve row's, "
                   "batch 1 median):", ""]
         faiss_rows = [(k, v) for k, v in r.items() if isinstance(v, dict) and k.startswith(("hnsw", "refineflat"))]
@@ -267,9 +296,13 @@ def to_markdown(report: dict) -> str:
                              f"resident) vs {fk} (recall {fv['recall@10']:.3f}, {fv['batch1']['p50_ms']:.2f} ms, "
                              f"{fv['resident_bytes'] / 1e6:.0f} MB): adaretrieve {ratio:.2f}x the speed, "
                              f"1/{fv['resident_bytes'] / v['resident_bytes']:.0f} the RAM.")
-        if r.get("hnsw32_ef32"):
-            lines.append(f"\nHNSW build ({r.get('hnsw_build_threads', 1)} threads, M=32, efConstruction 40): "
-                         f"{r['hnsw32_ef32']['build_seconds']} s.")
+        for k, v in r.items():
+            if k.startswith("hnsw32_") and k.endswith("_ef32"):
+                lines.append(f"\nHNSW build ({r.get('hnsw_build_threads', 1)} thread(s), M=32, efConstruction "
+                             f"{v.get('ef_construction', 40)}): {v['build_seconds']} s.")
+        if r.get("hnsw_skipped"):
+            lines.append(f"\nHNSW at efConstruction {', '.join(map(str, r['hnsw_skipped']))} not built at this N "
+                         "(over its --hnsw limit: too slow on one core for this run).")
         for s in SHORT:
             v = r.get(f"two_stage_{s}_k200")
             if v:
@@ -286,21 +319,33 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--queries", type=int, default=64)
-    ap.add_argument("--hnsw-max", type=int, default=1_000_000, help="build HNSW only up to this N (1M: ~10 min on 2 cores)")
-    ap.add_argument("--build-threads", type=int, default=0, help="threads for building HNSW (default: every core)")
+    ap.add_argument("--hnsw", nargs="+", default=["40:1000000", "200:1000000"], metavar="EFC:MAX_N",
+                    help="build HNSW (M=32) at efConstruction EFC for N up to MAX_N (1M at efConstruction 40: ~6 min "
+                         "on 2 cores; 200 takes several times longer)")
+    ap.add_argument("--build-threads", type=int, default=0, help="threads for building HNSW (default: every core "
+                    "this process may run on)")
+    ap.add_argument("--merge", action="store_true", help="keep the other N of an existing results.json in --out "
+                    "(a run of only the largest N after smaller ones)")
+    ap.add_argument("--note", default=None, help="a line for the report, e.g. how the run was pinned")
     ap.add_argument("--work", default=str(ROOT / "indexes"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale"))
     ap.add_argument("--threads", type=int, default=1, help="FAISS/BLAS threads for every method (default 1: the "
                     "machine is shared, and one thread gives every method the same footing)")
     a = ap.parse_args()
     faiss.omp_set_num_threads(a.threads)
+    hnsw = [(int(e), int(m)) for e, m in (h.split(":") for h in a.hnsw)]
+    build_threads = a.build_threads or len(os.sched_getaffinity(0))
     report = {"command": "python " + " ".join(sys.argv), "machine": machine_info(), "bandwidth_gbs": bandwidth_gbs(),
-              "threads": a.threads,
+              "threads": a.threads, "warmup": WARMUP, "repeats": REPEATS, "note": a.note,
               "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "results": []}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    if a.merge and (out / "results.json").exists():
+        old = json.loads((out / "results.json").read_text())
+        report["results"] = [r for r in old["results"] if r["n"] not in a.n]
+        report["command"] = f"{old['command']}; then {report['command']}"
     for n in a.n:
-        report["results"].append(run_n(n, a.queries, Path(a.work), a.hnsw_max, a.build_threads or os.cpu_count() or 1))
+        report["results"].append(run_n(n, a.queries, Path(a.work), hnsw, build_threads))
         (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
         (out / "results.md").write_text(to_markdown(report))
         print(f"done N={n}", flush=True)
@@ -314,7 +359,8 @@ if __name__ == "__main__":
         ns = [r["n"] for r in report["results"]]
         for key, label in [("exact", "exact flat 768-d"), ("two_stage_2x32_k200", "two-stage 32-d k=200 -> 768"),
                            ("two_stage_4x64_k200", "two-stage 64-d k=200 -> 768"), ("refineflat_sq8_kf4", "RefineFlat SQ8 kf=4"),
-                           ("two_stage_2x32_k1000", "two-stage 32-d k=1000 -> 768"), ("hnsw32_ef128", "HNSW32 ef=128")]:
+                           ("two_stage_2x32_k1000", "two-stage 32-d k=1000 -> 768"), ("hnsw32_efc40_ef128", "HNSW32 efC=40 ef=128"),
+                           ("hnsw32_efc200_ef128", "HNSW32 efC=200 ef=128")]:
             ys = [r[key]["batch1"]["p50_ms"] for r in report["results"] if key in r]
             if len(ys) == len(ns):
                 ax.plot(ns, ys, marker="o", label=label)

@@ -36,8 +36,13 @@ def candidates_from_run(run: Run, qids: Sequence[str], row_of: Mapping[str, int]
     return cand
 
 
-def rerank_run(run: Run, qids: Sequence[str], queries: np.ndarray, reader, size, k: int, top: int):
-    """Rescore each query's top ``k`` of ``run`` with the index's vectors at ``size``: (scores, rows)."""
-    row_of = {d: i for i, d in enumerate(reader.docids)}
+def rerank_run(run: Run, qids: Sequence[str], queries: np.ndarray, reader, size, k: int, top: int,
+               row_of: Mapping[str, int] | None = None, timings: dict | None = None):
+    """Rescore each query's top ``k`` of ``run`` with the index's vectors at ``size``: (scores, rows).
+    ``row_of`` ({docid: row}, built from ``reader.docids`` when absent) is worth building once when
+    calling per query; ``timings`` gets the gather and rerank seconds as in ``rerank_candidates``."""
+    if row_of is None:
+        row_of = {d: i for i, d in enumerate(reader.docids)}
     cand = candidates_from_run(run, qids, row_of, k)
-    return rerank_candidates(queries, cand, reader.rerank_source(size), size.dim, reader.normalize, top)
+    return rerank_candidates(queries, cand, reader.rerank_source(size), size.dim, reader.normalize, top,
+                             timings=timings)

@@ -1,18 +1,27 @@
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 from typer.testing import CliRunner
 
-from adaretrieve.bench import Suite, check_expected, config_name
+from adaretrieve.bench import BenchConfig, ResultRow, Suite, check_expected, config_name, load_rows, to_markdown
 from adaretrieve.cli.main import app
+from adaretrieve.eval.timing import REPEATS, WARMUP
 from adaretrieve.index.format import current_generation
+from adaretrieve.sizes import Size
+
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 
 
 def test_suite_grid(tmp_path):
     s = Suite(name="x", model="m", corpus="c", queries="q", qrels="r", index="i", shortlist=["2x64"], rerank="6x384",
               single=["2x64", "6x384"], two_stage=[{"shortlist": ["2x64", "4x128"], "k": [50, 200], "rerank": ["6x384"]}])
-    names = [config_name(c) for c in s.configs()]
+    configs = s.configs()
+    assert configs[2] == BenchConfig(Size(2, 64), 50, Size(6, 384)) and configs[0].rerank is None
+    names = [c.name for c in configs]
+    assert names == [config_name(c) for c in configs]
     assert names == ["single 2x64", "single 6x384", "2x64 k=50 -> 6x384", "2x64 k=200 -> 6x384",
                      "4x128 k=50 -> 6x384", "4x128 k=200 -> 6x384"]
 
@@ -103,3 +112,85 @@ def test_bench_never_replaces_an_index_that_does_not_match_unless_told(tiny_mode
     res = runner.invoke(app, ["bench", "--config", str(path), "--out", str(tmp_path / "rep"), "--quiet", "--rebuild"])
     assert res.exit_code == 0, res.output
     assert current_generation(ix).name != before
+@pytest.mark.parametrize("path", sorted(RESULTS.glob("*/results.json")), ids=lambda p: p.parent.name)
+def test_committed_results_still_load_and_render(path):
+    res = json.loads(path.read_text())
+    if "suite" not in res:
+        pytest.skip("not a bench suite report")
+    rows = load_rows(res)
+    assert [r.config for r in rows] == [r["config"] for r in res["results"]]
+    for row, raw in zip(rows, res["results"]):
+        assert row.to_dict()["metrics"] == raw["metrics"] and row.kind in ("dense", "bm25", "hybrid", "rrf", "refine")
+    md = to_markdown(res, res.get("command", "?"))
+    assert all(f"| {r.config} |" in md for r in rows)
+
+
+class FakeLucene:
+    """pyserini's LuceneSearcher stand-in: counts how often it is opened; ranks documents d0, d1, ..."""
+
+    opened = 0
+
+    def __init__(self, index):
+        FakeLucene.opened += 1
+
+    def set_bm25(self, k1, b):
+        pass
+
+    def search(self, text, k):
+        return [SimpleNamespace(docid=f"d{j}", score=float(100 - j)) for j in range(min(k, 40))]
+
+    def batch_search(self, texts, qids, k, threads):
+        return {q: self.search(t, k) for q, t in zip(qids, texts)}
+
+
+def test_bench_bm25_hybrid_rrf_rows_time_their_own_path_with_one_searcher(tiny_model, corpus, queries_qrels, tmp_path,
+                                                                          monkeypatch):
+    import adaretrieve.baselines.bm25 as bm25
+    import adaretrieve.eval.pagecache as pagecache
+    from adaretrieve.bench import run_suite
+
+    FakeLucene.opened = 0
+    monkeypatch.setattr(bm25, "start_jvm", lambda: None)
+    monkeypatch.setattr(bm25, "_open_lucene", FakeLucene)
+    monkeypatch.setattr(bm25, "build_bm25_index", lambda corpus, out, **kw: Path(out))
+    evicted = []
+    real_evict = pagecache.evict
+    monkeypatch.setattr(pagecache, "evict", lambda path, arrays=(): (evicted.append(path), real_evict(path, arrays)))
+    q, r = queries_qrels
+    suite = Suite(name="tiny", model=str(tiny_model), corpus=str(corpus), queries=str(q), qrels=str(r),
+                  index=str(tmp_path / "ix"), shortlist=["1x8", "2x16"], rerank="4x32", single=["2x16"],
+                  two_stage=[{"shortlist": ["2x16"], "k": [10], "rerank": ["4x32"]}], latency_queries=3, bm25=True,
+                  hybrid=[{"k": 20, "rerank": "4x32"}], rrf=["2x16"])
+    res = run_suite(suite, progress=False)
+    rows = {x["config"]: x for x in res["results"]}
+    assert FakeLucene.opened == 1  # one searcher for the suite, not one per call
+    bm, hy, rrf = rows["bm25 (k1=0.9, b=0.4)"], rows["bm25 k=20 -> 4x32"], rows["rrf(bm25, single 2x16)"]
+    assert (bm["kind"], hy["kind"], rrf["kind"]) == ("bm25", "hybrid", "rrf")
+    assert set(bm["bm25_setup_seconds"]) == {"jvm_start", "searcher_open"}
+    # hybrid and RRF carry their own timings: their stages, and the dense encoding end to end
+    assert set(hy["stages_ms_batch1"]) == {"encode_to_rerank_layer", "bm25", "gather", "rerank"}
+    assert set(rrf["stages_ms_batch1"]) == {"encode_to_shortlist_layer", "bm25", "shortlist", "fusion"}
+    assert hy["search_ms_batch1"] != bm["search_ms_batch1"] and rrf["search_ms_batch1"] != bm["search_ms_batch1"]
+    assert hy["encode_ms_batch1"]["p50"] > 0 and hy["encode_layers"] == 4 and rrf["encode_layers"] == 2
+    assert hy["end_to_end_ms_batch1"]["p50"] > hy["stages_ms_batch1"]["bm25"]["p50"]
+    # every row: the same latency queries, warm-up and batched repeats
+    assert res["timing"]["warmup"] == WARMUP and res["timing"]["repeats"] == REPEATS > 1
+    for row in res["results"]:
+        assert row["search_ms_batch1"]["repeats"] == 3 and row["end_to_end_ms_batch1"]["repeats"] == 3, row["config"]
+        assert row["batched_repeats"] == REPEATS, row["config"]
+    # rows that read float16 rerank rows through the memory map are also timed cold
+    two = rows["2x16 k=10 -> 4x32"]
+    assert two["search_ms_batch1_cold"]["repeats"] == 3 and hy["search_ms_batch1_cold"]["repeats"] == 3
+    assert "search_ms_batch1_cold" not in {k for k, v in rows["single 2x16"].items() if v is not None}
+    assert len(evicted) == 2 * (WARMUP + 3) and all(str(p).endswith(".npy") for p in evicted)
+    md = to_markdown(res, "cmd")
+    assert "BM25 set-up, once per suite" in md and "| bm25 k=20 -> 4x32 |" in md.split("Latency per stage")[1]
+
+
+def test_result_row_round_trips():
+    row = ResultRow.from_dict({"config": "single 2x64", "shortlist": "2x64", "k": None, "rerank": None,
+                               "metrics": {"nDCG@10": 0.5}, "search_ms_batch1": {"p50": 1.0, "p95": 2.0, "mean": 1.2,
+                                                                                 "repeats": 5},
+                               "search_ms_batched": 0.5, "build_seconds": 3.0})
+    assert row.kind == "dense" and row.extra == {"build_seconds": 3.0}
+    assert ResultRow.from_dict(row.to_dict()) == row
