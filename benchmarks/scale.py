@@ -106,7 +106,7 @@ def time_batch(fn, q: np.ndarray) -> dict:
 def time_cold(fn, q: np.ndarray, reader: IndexReader) -> dict:
     """Batch 1 with the float16 rerank file dropped from the page cache before every query."""
     rows = reader.rerank_rows()
-    path = reader.dir / reader.manifest.rerank["file"]
+    path = reader.gen_dir / reader.manifest.rerank["file"]
 
     def drop(_):
         evict(path, [rows])
