@@ -17,7 +17,6 @@ from the folder's is refused, naming the keys; the folder is never deleted for t
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -32,7 +31,7 @@ import numpy as np
 
 from adaretrieve.data.readers import doc_text, iter_corpus, resolve_corpus, validate_corpus
 from adaretrieve.errors import AdaError
-from adaretrieve.index.format import Manifest, read_manifest
+from adaretrieve.index.format import Manifest, read_manifest, try_lock
 from adaretrieve.index.writer import IndexWriter, check_out, make_faiss_index
 from adaretrieve.modeling.encoder import Encoder
 from adaretrieve.sizes import Size, parse_size, parse_sizes
@@ -153,14 +152,11 @@ def build_index(
 def _lock_shard(bdir: Path, i_shard: int, n_shards: int, out: Path) -> int:
     """An exclusive flock on this shard's lock file for the whole build: two runs of one shard (two
     `index` runs on one --out) never encode into one build folder at once. Other shards run freely."""
-    fd = os.open(bdir / f"shard-{i_shard}-of-{n_shards}.lock", os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
+    fd = try_lock(bdir / f"shard-{i_shard}-of-{n_shards}.lock")
+    if fd is None:
         what = f"shard {i_shard}/{n_shards} of " if n_shards > 1 else ""
         raise AdaError(f"another process is building {what}{out} now (it holds a lock in {bdir}); "
-                       "wait for it to finish") from None
+                       "wait for it to finish")
     return fd
 
 
@@ -233,14 +229,12 @@ def _assemble(out: Path, overwrite: bool, build: dict | None) -> Manifest | None
     flock(2): the kernel drops it when its holder dies, so a crash leaves no stale lock."""
     bdir = build_dir(out)
     try:
-        fd = os.open(bdir / ASSEMBLY_LOCK, os.O_CREAT | os.O_RDWR, 0o644)
+        fd = try_lock(bdir / ASSEMBLY_LOCK)
     except FileNotFoundError:  # the build folder is gone: another shard has just assembled the index
         return read_manifest(out)
+    if fd is None:
+        return None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return None
         if not (bdir / PLAN).exists():  # assembled and removed while we opened the lock file
             return read_manifest(out)
         return _merge(out, overwrite, build)

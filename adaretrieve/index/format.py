@@ -17,6 +17,7 @@ Indexes written before generations (the files directly in NAME) are read as they
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -99,20 +100,39 @@ def write_durably(path: Path, text: str) -> None:
         os.fsync(f.fileno())
 
 
+def current_name(directory: str | Path) -> str | None:
+    """What ``CURRENT`` names (stripped), or None when the index has no such file."""
+    try:
+        return (Path(directory) / CURRENT).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+
+
+def try_lock(path: Path) -> int | None:
+    """An exclusive flock(2) on ``path`` (created if absent), taken without waiting: the open fd that
+    holds it, or None when another process holds it. The kernel drops it when its holder dies."""
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 def current_generation(directory: str | Path) -> Path:
     """The folder holding the index's current generation: ``NAME/<CURRENT>``, or NAME itself for an
     index written before generations. One read of CURRENT: the caller keeps using what it returns."""
     d = Path(directory)
-    try:
-        name = (d / CURRENT).read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
+    name = current_name(d)
+    if name is None:
         if (d / MANIFEST).exists():
             return d
         if d.is_dir() and any(p.name.startswith((".gen-", "gen-")) for p in d.iterdir()):
             raise AdaError(f"{d} holds no complete index generation (a first build was interrupted); "
-                           "run `adaretrieve index` again") from None
+                           "run `adaretrieve index` again")
         raise AdaError(f"{d} is not an adaretrieve index: it has no {CURRENT} or {MANIFEST} "
-                       "(build one with `adaretrieve index`)") from None
+                       "(build one with `adaretrieve index`)")
     if not GENERATION.fullmatch(name):
         raise AdaError(f"{d / CURRENT}: {name!r} is not a generation name (gen-<13 digits>-<pid>)")
     if not (d / name / MANIFEST).exists():

@@ -31,10 +31,12 @@ from adaretrieve.index.format import (
     MANIFEST,
     READER_LOCK,
     Manifest,
+    current_name,
     fsync_path,
     rerank_file,
     scale_file,
     shortlist_file,
+    try_lock,
     write_durably,
 )
 from adaretrieve.sizes import Size
@@ -175,16 +177,13 @@ class IndexWriter:
         self._train_first = any(not ix.is_trained for ix in self.indexes.values())
         self._held: dict[Size, list[np.ndarray]] = {s: [] for s in self.shortlist}
         self.out.mkdir(parents=True, exist_ok=True)
-        self._lock = os.open(self.out / WRITE_LOCK, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock)
+        self._lock = try_lock(self.out / WRITE_LOCK)
+        if self._lock is None:
             raise AdaError(f"another process is writing {self.out} now (it holds {self.out / WRITE_LOCK}); "
-                           "wait for it to finish") from None
+                           "wait for it to finish")
         check_out(self.out, overwrite)  # again, under the lock
         _remove_legacy_partials(self.out)
-        collect_generations(self.out, keep=_current_name(self.out))
+        collect_generations(self.out, keep=current_name(self.out))
         self.generation = f"gen-{time.time_ns() // 1_000_000:013d}-{os.getpid()}"
         self.tmp = self.out / f".{self.generation}.partial"
         self.tmp.mkdir()
@@ -290,13 +289,6 @@ class IndexWriter:
             (self.out / WRITE_LOCK).unlink(missing_ok=True)
             self.out.rmdir()  # nothing was there before this writer
         self._release()
-
-
-def _current_name(out: Path) -> str | None:
-    try:
-        return (out / CURRENT).read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        return None
 
 
 def check_out(out: Path, overwrite: bool) -> None:

@@ -15,7 +15,15 @@ import faiss
 import numpy as np
 
 from adaretrieve.errors import AdaError
-from adaretrieve.index.format import CURRENT, DOCIDS, READER_LOCK, Manifest, current_generation, read_manifest
+from adaretrieve.index.format import (
+    DOCIDS,
+    MANIFEST,
+    READER_LOCK,
+    Manifest,
+    current_generation,
+    current_name,
+    read_manifest,
+)
 from adaretrieve.sizes import Size, parse_size, truncate
 
 
@@ -102,7 +110,7 @@ def _open_generation(directory: Path) -> tuple[Path, int | None]:
         except FileNotFoundError:
             continue  # removed just now by a rebuild: read CURRENT again
         fcntl.flock(fd, fcntl.LOCK_SH)
-        if (gen / "manifest.json").exists():
+        if (gen / MANIFEST).exists():
             return gen, fd
         os.close(fd)
     raise AdaError(f"{directory}: its generations changed five times while opening it; try again")
@@ -155,11 +163,7 @@ class IndexReader:
     def changed(self) -> bool:
         """True when the index at the path has moved on to another generation since this reader opened
         it (a long-lived reader then opens ``IndexReader(reader.dir)`` and drops this one)."""
-        try:
-            now = (self.dir / CURRENT).read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            return self.generation is not None
-        return now != self.generation
+        return current_name(self.dir) != self.generation
 
     @property
     def n_docs(self) -> int:
