@@ -37,14 +37,19 @@ def _cached(repo_id: str) -> bool:
         return False
 
 
+def require_hub(what: str, hint: str, offline_names: tuple[str, ...] = OFFLINE_VARS) -> None:
+    """``what`` (e.g. "model 'x' is a Hub id that is not in the local cache") needs the Hub now:
+    AdaError at once when one of ``offline_names`` is set or the Hub does not answer."""
+    var = offline_var(offline_names)
+    if var:
+        raise AdaError(f"{what}, but {var} is set; {hint}")
+    if not hub_reachable():
+        raise AdaError(f"{what}, and this machine cannot reach the Hub; {hint} (or set HF_HUB_OFFLINE=1 to fail at once)")
+
+
 def check_hub_model(repo_id: str) -> None:
     """A model given as a Hub id must be in the local cache or downloadable now; AdaError at once otherwise."""
-    if _cached(repo_id):
-        return
-    hint = "give a local model folder, or 'minilm' (the packaged all-MiniLM-L6-v2)"
-    var = offline_var(("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    if var:
-        raise AdaError(f"model {repo_id!r} is a Hub id that is not in the local cache, and {var} is set; {hint}")
-    if not hub_reachable():
-        raise AdaError(f"model {repo_id!r} is a Hub id that is not in the local cache, and the Hub cannot be reached "
-                       f"from this machine; {hint}")
+    if not _cached(repo_id):
+        require_hub(f"model {repo_id!r} is a Hub id that is not in the local cache",
+                    "give a local model folder, or 'minilm' (the packaged all-MiniLM-L6-v2)",
+                    ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from adaretrieve.data.readers import doc_text, iter_corpus, read_qrels, read_queries, text_lines
 from adaretrieve.errors import AdaError
-from adaretrieve.hub import hub_reachable, offline_var
+from adaretrieve.hub import require_hub
 
 
 @dataclass
@@ -92,12 +92,8 @@ def looks_like_path(source: str) -> bool:
 
 
 def _hub_rows(source: str, split: str):
-    offline = offline_var(("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-    if offline:
-        raise AdaError(f"training data {source!r} is a Hub dataset id, but {offline} is set; give a local file or folder")
-    if not hub_reachable():
-        raise AdaError(f"training data {source!r} is a Hub dataset id and this machine cannot reach the Hub; "
-                       f"give a local file or folder (or set HF_HUB_OFFLINE=1 to fail at once)")
+    require_hub(f"training data {source!r} is a Hub dataset id", "give a local file or folder",
+                ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
     import datasets
 
     return datasets.load_dataset(source, split=split)

@@ -356,6 +356,7 @@ def test_missing_training_folder_is_not_a_hub_id(tmp_path, monkeypatch):
 
 
 def test_hub_id_offline_fails_fast(tmp_path, monkeypatch):
+    import adaretrieve.hub as H
     from adaretrieve.errors import AdaError
     from adaretrieve.training import data as D
 
@@ -364,7 +365,7 @@ def test_hub_id_offline_fails_fast(tmp_path, monkeypatch):
     with pytest.raises(AdaError, match="HF_HUB_OFFLINE"):
         D.load_records("Tevatron/msmarco-passage")
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setattr(D, "hub_reachable", lambda: False)
+    monkeypatch.setattr(H, "hub_reachable", lambda: False)
     with pytest.raises(AdaError, match="cannot reach"):
         D.load_records("Tevatron/msmarco-passage")
 
