@@ -204,24 +204,28 @@ def test_loss_falls(tiny_model, beir_train, tmp_path):
     assert s["final_loss"] < first["final_loss"] * 0.7
 
 
-def test_resume_after_interruption_gives_same_weights(tiny_model, beir_train, tmp_path, monkeypatch):
+def train_until_interrupted(config: TrainConfig, step: int, monkeypatch) -> None:
+    """Run ``config`` and stop it as Ctrl-C would, right after the checkpoint of ``step`` is written."""
     import adaretrieve.training.trainer as T
-
-    straight = tmp_path / "straight"
-    train(cfg(tiny_model, beir_train, straight), progress=False)
 
     real = T._save_checkpoint
 
-    def crash_after_step_4(out, step, *a, **k):
-        real(out, step, *a, **k)
-        if step == 4:
+    def crash_after(out, at, *a, **k):
+        real(out, at, *a, **k)
+        if at == step:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(T, "_save_checkpoint", crash_after_step_4)
-    broken = tmp_path / "broken"
+    monkeypatch.setattr(T, "_save_checkpoint", crash_after)
     with pytest.raises(KeyboardInterrupt):
-        train(cfg(tiny_model, beir_train, broken), progress=False)
+        train(config, progress=False)
     monkeypatch.setattr(T, "_save_checkpoint", real)
+
+
+def test_resume_after_interruption_gives_same_weights(tiny_model, beir_train, tmp_path, monkeypatch):
+    straight = tmp_path / "straight"
+    train(cfg(tiny_model, beir_train, straight), progress=False)
+    broken = tmp_path / "broken"
+    train_until_interrupted(cfg(tiny_model, beir_train, broken), 4, monkeypatch)
     summary = train(cfg(tiny_model, beir_train, broken), progress=False)
     assert summary["steps_this_run"] == 2
     from safetensors.torch import load_file
@@ -474,20 +478,8 @@ print("ok", s["steps"])
 
 
 def test_resume_with_changed_settings_is_refused_naming_each(tiny_model, beir_train, tmp_path, monkeypatch):
-    import adaretrieve.training.trainer as T
-
-    real = T._save_checkpoint
-
-    def crash_after_step_2(out, step, *a, **k):
-        real(out, step, *a, **k)
-        if step == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(T, "_save_checkpoint", crash_after_step_2)
     out = tmp_path / "o"
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg(tiny_model, beir_train, out), progress=False)
-    monkeypatch.setattr(T, "_save_checkpoint", real)
+    train_until_interrupted(cfg(tiny_model, beir_train, out), 2, monkeypatch)
     with pytest.raises(AdaError, match=r"loss 'starbucks' -> 'mrl'.*lr 0.001 -> 0.1.*--no-resume"):
         train(cfg(tiny_model, beir_train, out, loss="mrl", lr=0.1), progress=False)
     # settings that do not change the result may differ
