@@ -21,6 +21,7 @@ from adaretrieve.index.format import (
     MANIFEST,
     READER_LOCK,
     Manifest,
+    check_model,
     current_generation,
     current_name,
     read_manifest,
@@ -273,9 +274,4 @@ class IndexReader:
         return src
 
     def check_model(self, weights_sha256: str, name: str) -> None:
-        want = self.manifest.model.get("weights_sha256")
-        if want and want != weights_sha256:
-            raise AdaError(
-                f"model {name!r} (weights sha256 {weights_sha256[:12]}) is not the model that built {self.dir} "
-                f"({self.manifest.model.get('name')!r}, sha256 {want[:12]}); search with that model or rebuild the index"
-            )
+        check_model(self.manifest, str(self.dir), weights_sha256, name)

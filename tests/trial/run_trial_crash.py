@@ -317,6 +317,35 @@ def crash_safety(d: Path, inp: dict) -> None:
            f"the generation and index folders {'yes' if dirs_ok else 'NO'}, the CURRENT pointer {'yes' if 'CURRENT' in str(seen) else 'NO'}")
 
 
+def crash_ray(d: Path, inp: dict) -> None:
+    """`index --ray` killed (SIGKILL to the driver) after two chunks, then run again: every id once, the
+    same vectors as the one-process reference (up to float sums: the actors run one thread each)."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        record("2", "Y1 index --ray killed midway", "MINOR", "ray is not installed (pip install 'adaretrieve[ray]'): not run")
+        return
+    ref, out = d / "idx" / "ref", d / "idx" / "rayk"
+    bdir = d / "idx" / ".rayk.build"
+    args = index_args(inp["s300"], out, "--ray", "--ray-actors", "2")
+    killed, _ = kill_when(args, lambda: chunks(bdir) >= 2)
+    had = chunks(bdir)
+    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)  # the orphaned local Ray
+    p = subprocess.run(ADA + args[:1] + args[2:], capture_output=True, text=True, env=ENV)
+    m = re.search(r"resuming .*?(\d+) of (\d+) chunks already encoded", p.stderr)
+    from adaretrieve.search import IndexReader
+
+    ok = p.returncode == 0
+    if ok:
+        a, b = IndexReader(ref), IndexReader(out)
+        ids_same = list(a.docids) == list(b.docids)
+        close = float(np.abs(np.asarray(a.rerank_rows(), np.float32) - np.asarray(b.rerank_rows(), np.float32)).max())
+    record("2", "Y1 index --ray killed midway, run again", "GOOD" if killed and ok and m and ids_same and close < 1e-2 else "BAD",
+           f"killed {killed} with {had} chunks written; rerun exit {p.returncode} '{m.group(0) if m else 'no resume message'}'; "
+           + (f"doc ids {'identical to the reference (each once)' if ids_same else 'DIFFER'}; rerank rows within {close:.1e} "
+              "of the one-process build (float16; actors use 1 thread, the reference 2)" if ok else error_line(p)[:160]))
+
+
 def train_config(d: Path) -> Path:
     cfg = d / "train_small.yaml"
     cfg.write_text(f"model: minilm\ndata: {SHARED / 'data' / 'beir' / 'scifact'}\nsplit: train\nsteps: 6\nbatch_size: 4\n"
@@ -585,15 +614,17 @@ def resources(d: Path, inp: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "trial" / "crash.md"))
-    ap.add_argument("--only", nargs="*", default=["crash", "train", "concurrency", "security", "resources"])
+    ap.add_argument("--only", nargs="*", default=["crash", "ray", "train", "concurrency", "security", "resources"])
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="ada-trial-", dir=ROOT.parent) as tmp:
         d = Path(tmp)
         inp = build_inputs(d)
-        if "crash" in args.only or {"concurrency", "security", "resources"} & set(args.only):
+        if "crash" in args.only or {"ray", "concurrency", "security", "resources"} & set(args.only):
             crash_safety(d, inp) if "crash" in args.only else (d / "idx").mkdir() or run(index_args(inp["s300"], d / "idx" / "ref"))
+        if "ray" in args.only:
+            crash_ray(d, inp)
         if "train" in args.only:
             crash_train(d)
         if "concurrency" in args.only:

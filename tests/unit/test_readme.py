@@ -52,3 +52,10 @@ def test_no_measured_figure_outside_generated_blocks():
 def test_the_loose_figure_check_can_fail(line):
     prose = _results_prose("## Results\n" + line + "\n## Development\n")
     assert re.findall(r"(?<![\w.])\d+\.\d+(?![\w.])", prose)
+
+
+def test_the_sizing_tables_in_docs_scale_are_generated():
+    spec = importlib.util.spec_from_file_location("sizing", ROOT / "benchmarks" / "sizing.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.doc_block(mod.render()) == mod.DOC.read_text(), "stale docs/scale.md: run python benchmarks/sizing.py"
