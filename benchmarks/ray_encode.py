@@ -79,8 +79,9 @@ def main() -> None:
     one = rows[0]["docs_per_second"]
     lines = ["# `index --ray` against one process", "", f"Command: `{res['command']}`  ",
              f"First {args.docs} SciFact documents, MiniLM, shortlist 2x64 + rerank 6x384, max length 256, chunks of 100; "
-             f"{os.cpu_count()} cores, load average after the runs {res['machine']['load_average_after']} (other jobs shared "
-             f"the machine), {res['date']}. docs/s is encoding only (manifest); wall includes start-up (Ray's too).", "",
+             f"{os.cpu_count()} cores, load average after the runs {res['machine']['load_average_after']}, {res['date']}. "
+             "docs/s is encoding only (manifest); wall includes start-up (Ray's too). Ray runs its actors niced: on a "
+             "machine busy with other jobs they get less CPU than the one-process runs.", "",
              "| run | docs/s | vs 1 thread | encode s | wall s |", "| --- | ---: | ---: | ---: | ---: |"]
     for r in rows:
         lines.append(f"| {r['run']} | {r['docs_per_second']:.1f} | {r['docs_per_second'] / one:.2f}x | {r['encode_seconds']} | "
