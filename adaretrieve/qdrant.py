@@ -264,14 +264,14 @@ class QdrantIndex:
         ``prefetch``, each ``then`` stage and the ``rerank`` rescoring the previous stage's points."""
         from qdrant_client import models
 
+        from adaretrieve.search.twostage import check_funnel
+
         short = parse_size(shortlist)
         stages = [(parse_size(s), int(kk)) for s, kk in then]
         rr = parse_size(rerank) if rerank else None
-        if int(k) < 1 or top < 1 or any(kk < 1 for _, kk in stages):
-            raise AdaError("every k and top must be at least 1")
-        for (_, k_next), k_prev in zip(stages, [int(k)] + [kk for _, kk in stages]):
-            if k_next > k_prev:
-                raise AdaError(f"a funnel narrows: k {k_next} after k {k_prev}")
+        check_funnel(int(k), [kk for _, kk in stages])
+        if top < 1:
+            raise AdaError(f"top {top} must be at least 1")
         names = [self._check(short, "shortlist size")] + [self._check(s, "--then size") for s, _ in stages]
         if rr:
             names.append(self._check(rr, "rerank size"))
