@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -62,9 +63,12 @@ def nearest(sizes, want):
 class Server:
     """`adaretrieve serve` as a child process on loopback, optionally pinned with taskset."""
 
-    def __init__(self, index: str, port: int, max_batch: int, max_wait_ms: float, cpus: str | None, log: Path):
+    def __init__(self, index: str, port: int, max_batch: int, max_wait_ms: float, cpus: str | None, log: Path,
+                 threads: int | None = None):
         self.cmd = [str(Path(sys.executable).parent / "adaretrieve"), "serve", "--index", index, "--host", HOST,
                     "--port", str(port), "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--quiet"]
+        if threads:
+            self.cmd += ["--threads", str(threads)]
         if cpus:
             self.cmd = ["taskset", "-c", cpus, *self.cmd]
         self.url = f"http://{HOST}:{port}"
@@ -217,6 +221,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-requests", type=int, default=200_000, help="bound on requests per phase")
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--max-wait-ms", type=float, default=2.0)
+    ap.add_argument("--server-threads", type=int, default=None, help="serve --threads (default: torch's)")
     ap.add_argument("--server-cpus", default=None, help="taskset CPU list for the server (default: not pinned)")
     ap.add_argument("--client-cpus", default=None, help="taskset CPU list for this client (default: not pinned)")
     ap.add_argument("--skip-equality", action="store_true")
@@ -245,11 +250,11 @@ def main(argv=None) -> int:
     cfg = {"shortlist": str(short), "k": 200, "rerank": str(rerank), "top": 10}
     bodies = [{"queries": texts[q], **cfg} for q in qids]
     res: dict = {
-        "command": "python " + " ".join([f"benchmarks/{Path(__file__).name}", *(argv if argv is not None else sys.argv[1:])]),
+        "command": "python " + shlex.join([f"benchmarks/{Path(__file__).name}", *(argv if argv is not None else sys.argv[1:])]),
         "note": args.note, "machine": machine_info(), "index": args.index, "n_docs": m.n_docs,
         "model": m.model.get("name"), "config": cfg, "sizes_note": sizes_note, "queries": len(qids),
         "server": {"max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "cpus": args.server_cpus or "not pinned",
-                   "workers": 1},
+                   "workers": 1, "torch_threads": args.server_threads or "torch's default (one per core)"},
         "client": {"kind": "asyncio httpx closed loop, one process", "cpus": args.client_cpus or "not pinned",
                    "duration_s": args.duration, "max_requests": args.max_requests},
         "phases": [],
@@ -273,7 +278,7 @@ def main(argv=None) -> int:
         return r
 
     try:
-        with Server(args.index, args.port, args.max_batch, args.max_wait_ms, args.server_cpus, log) as srv:
+        with Server(args.index, args.port, args.max_batch, args.max_wait_ms, args.server_cpus, log, args.server_threads) as srv:
             res["server"]["startup_s"] = round(srv.startup_s, 1)
             asyncio.run(closed_loop(srv.url, bodies, 4, 5.0, 200))  # warm-up: first passes, page cache
             if not args.skip_equality:
@@ -307,10 +312,12 @@ def main(argv=None) -> int:
                              rss_spread_after_1min_pct=round(100 * (warm.max() - warm.min()) / warm.min(), 2))
                     return r
 
-                phase("soak, batching on, concurrency 8", soak, batching=True)
+                before = scrape(srv.url)
+                r = phase("soak, batching on, concurrency 8", soak, batching=True)
+                r.update(_delta(before, scrape(srv.url)))
         if args.concurrency:
             c = max(args.concurrency)
-            with Server(args.index, args.port, 1, 0.0, args.server_cpus, log) as srv:
+            with Server(args.index, args.port, 1, 0.0, args.server_cpus, log, args.server_threads) as srv:
                 asyncio.run(closed_loop(srv.url, bodies, 4, 5.0, 200))
                 before = scrape(srv.url)
                 r = phase(f"batching off (--max-batch 1), concurrency {c}",
@@ -322,6 +329,8 @@ def main(argv=None) -> int:
         save()
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if log.exists() and log.stat().st_size == 0:  # the server ran --quiet and said nothing
+        log.unlink()
     print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
     return 0
 
@@ -336,12 +345,13 @@ def _delta(before: dict, after: dict) -> dict:
 
 def render(res: dict) -> str:
     m = res["machine"]
+    threads = res["server"].get("torch_threads", "torch's default (one per core)")
     lines = [
         "# `adaretrieve serve` load test (loopback)", "",
         f"Command: `{res['command']}`", "",
         f"Machine: {m['cpu']}, {m['cores']} cores (shared with other jobs: see the load averages per phase), "
         f"torch {m['torch']}, faiss {m['faiss']}. Server: 1 worker process, max batch {res['server']['max_batch']}, "
-        f"max wait {res['server']['max_wait_ms']} ms, CPUs {res['server']['cpus']}; client: {res['client']['kind']}, "
+        f"max wait {res['server']['max_wait_ms']} ms, torch threads {threads}, CPUs {res['server']['cpus']}; client: {res['client']['kind']}, "
         f"CPUs {res['client']['cpus']}, on the same machine.", "",
         f"Index `{res['index']}` ({res['n_docs']:,} docs, model {res['model']}); every request is one SciFact test query "
         f"(cycling over {res['queries']}), shortlist {res['config']['shortlist']} k={res['config']['k']} -> rerank "

@@ -34,21 +34,27 @@ MAX_QUERY_CHARS = 10_000  # a query is truncated to the model's max length (256 
 MAX_K = 10_000
 MAX_TOP = 10_000
 MAX_BODY_BYTES = 4 * 1024 * 1024
+SIZE_PATTERN = r"^\s*[0-9]+\s*[xX]\s*[0-9]+\s*$"  # documented in the schema; parse_size gives the error messages
+_SIZE_DOC = {"pattern": SIZE_PATTERN}
+_QUERIES_DOC = {"anyOf": [{"type": "string", "minLength": 1, "maxLength": MAX_QUERY_CHARS},
+                          {"type": "array", "minItems": 1, "maxItems": MAX_QUERIES,
+                           "items": {"type": "string", "minLength": 1, "maxLength": MAX_QUERY_CHARS}}]}
 ENDPOINTS = ("/search", "/health", "/metrics", "/openapi.json", "/docs")
 
 
 class Stage(BaseModel):
     """An intermediate exact stage of a funnel: rescore the candidates at ``size``, keep ``k``."""
 
-    model_config = ConfigDict(extra="forbid")
-    size: str = Field(..., description="Size LxD, stored in the index or a dim-prefix of a stored one.", examples=["4x128"])
+    model_config = ConfigDict(extra="forbid", strict=True)
+    size: str = Field(..., description="Size LxD, stored in the index or a dim-prefix of a stored one.", examples=["4x128"],
+                      json_schema_extra=_SIZE_DOC)
     k: int = Field(..., ge=1, le=MAX_K, description="Candidates kept by this stage (no more than the stage before).")
 
 
 class SearchRequest(BaseModel):
     """One or many query texts and how to search them; every field but ``queries`` has the index's default."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
         {"queries": "do statins reduce the risk of cancer?"},
         {"queries": ["do statins reduce the risk of cancer?", "vitamin D and bone density"], "shortlist": "2x64",
          "k": 200, "rerank": "6x384", "top": 10},
@@ -58,13 +64,14 @@ class SearchRequest(BaseModel):
     ]})
     queries: Union[str, list[str]] = Field(
         ..., description=f"A query text or a list of 1 to {MAX_QUERIES}; each non-blank, at most {MAX_QUERY_CHARS} characters.",
-        examples=["do statins reduce the risk of cancer?"])
+        examples=["do statins reduce the risk of cancer?"], json_schema_extra=_QUERIES_DOC)
     shortlist: Optional[str] = Field(None, description="Shortlist size LxD (default: the index's first shortlist size).",
-                                     examples=["2x64"])
+                                     examples=["2x64"], json_schema_extra=_SIZE_DOC)
     k: int = Field(200, ge=1, le=MAX_K, description="Candidates the shortlist keeps.")
     then: list[Stage] = Field(default_factory=list, max_length=16, description="Intermediate exact stages of a funnel.")
     rerank: Optional[str] = Field(None, description="Rerank size LxD, or 'none' for single stage (default: the index's "
-                                  "rerank size).", examples=["6x384"])
+                                  "rerank size).", examples=["6x384"],
+                                  json_schema_extra={"pattern": r"^(none|\s*[0-9]+\s*[xX]\s*[0-9]+\s*)$"})
     top: int = Field(10, ge=1, le=MAX_TOP, description="Results per query (a search with a rerank or then stage returns "
                      "at most its last k).")
     nprobe: Optional[int] = Field(None, ge=1, le=1_000_000, description="IVF shortlists: inverted lists probed per query.")
@@ -208,6 +215,8 @@ def create_app(service: SearchService, max_body: int = MAX_BODY_BYTES) -> FastAP
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400:  # FastAPI could not decode the body before parsing it (bytes that are not UTF-8)
+            return error(400, "request body is not valid JSON (it must be UTF-8 text)", endpoint_of(request), "bad_json")
         return error(exc.status_code, _one_line(exc.detail), endpoint_of(request), str(exc.status_code))
 
     @app.exception_handler(Exception)

@@ -150,6 +150,9 @@ def test_threads_through_one_client(client, retriever):
 
 BAD = [
     ("malformed JSON", b'{"queries": ["a"', 400, "not valid JSON"),
+    ("not UTF-8", b'{"queries": "\xff"}', 400, "not valid JSON (it must be UTF-8 text)"),
+    ("k a boolean", {"queries": "cell", "k": True}, 422, "k: Input should be a valid integer"),
+    ("k a string", {"queries": "cell", "k": "5"}, 422, "k: Input should be a valid integer"),
     ("not an object", b'["a"]', 422, "JSON object"),
     ("no body", b"", 422, "body is missing"),
     ("JSON sent as a form", ("queries=cell", "application/x-www-form-urlencoded"), 422, "content-type: application/json"),
