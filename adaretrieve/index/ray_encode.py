@@ -36,10 +36,10 @@ def _ray():
 def start(address: str | None, actors: int):
     """Join the Ray cluster at ``address`` (or start a local one); one line when it does not answer."""
     ray = _ray()
+    if address and address != "auto":
+        _check_reachable(address)  # first: a Ray already running in this process must not hide a bad address
     if ray.is_initialized():
         return ray
-    if address and address != "auto":
-        _check_reachable(address)
     kw = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         if address:
