@@ -61,6 +61,7 @@ def plan_key(plan: dict) -> dict:
     return {
         "weights_sha256": model.get("weights_sha256"), "adaptor": model.get("adaptor"),
         "pooling": model.get("pooling"), "normalize": model.get("normalize"), "max_length": model.get("max_length"),
+        "passage_prefix": model.get("passage_prefix") or "",  # "" for plans written before prefixes
         "shortlist": plan.get("shortlist"), "rerank": plan.get("rerank"), "factory": plan.get("factory"),
         "rerank_dtype": plan.get("rerank_dtype"), "chunk_size": plan.get("chunk_size"),
         "corpus_sha256": plan.get("corpus", {}).get("sha256"),
@@ -176,7 +177,7 @@ def _encode_and_assemble(corpus_path, encoder, out, bdir, plan, i_shard, n_shard
         for c, chunk in enumerate(chunks(iter_corpus(corpus_path), chunk_size)):
             if c not in todo:
                 continue
-            vecs = encoder.encode([doc_text(d.title, d.text) for d in chunk], sizes, batch_size=batch_size,
+            vecs = encoder.encode_passages([doc_text(d.title, d.text) for d in chunk], sizes, batch_size=batch_size,
                                   on_batch=bar.update)
             _write_chunk(bdir, c, [d.docid for d in chunk], vecs)
             done_docs += len(chunk)
