@@ -520,10 +520,79 @@ largest absolute difference to adaretrieve's vectors over every component. The a
 """
 
 
+# Serving
+
+
+def serve() -> str:
+    res = load("serve/results.json")
+    m = res["machine"]
+    rows = []
+    for p in res["phases"]:
+        la = p["uptime_before"].split("load average:")[1].split(",")[0].strip()
+        rows.append([p["name"], f"{p['seconds']:.0f}", f"{p['requests_per_s']:.1f}", f"{p['p50_ms']:.0f}", f"{p['p95_ms']:.0f}",
+                     f"{p['p99_ms']:.0f}", str(p["error_count"]), f"{p['server_texts_per_batch_in_phase']:.1f}" if p.get("server_texts_per_batch_in_phase") else "-", la])
+    eq, soak = res.get("equality"), next((p for p in res["phases"] if p["name"].startswith("soak")), None)
+    c = res["config"]
+    command = res["command"].split(" --note ")[0]  # the note is quoted below
+    text = f"""Load test on loopback (`{command}`; results and per-phase load averages in
+`benchmarks/results/serve/`): {m['cores']}-core {m['cpu']} shared with other jobs, server (1 worker, max batch
+{res['server']['max_batch']}, max wait {res['server']['max_wait_ms']:g} ms, CPUs {res['server']['cpus']}) and asyncio
+httpx client (CPUs {res['client']['cpus']}) on the same machine. Each request is one SciFact test query, shortlist
+{c['shortlist']} k={c['k']} -> rerank {c['rerank']}, top {c['top']}; clients send the next request as soon as the last
+answer came back.{(' Note: ' + res['note'] + '.') if res.get('note') else ''}
+
+{table(["phase", "s", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors", "texts per batch", "load before"], rows)}
+"""
+    if "batching_speedup_at_max_concurrency" in res:
+        text += f"""
+Micro-batching gives {res['batching_speedup_at_max_concurrency']:.1f}x the requests/s of `--max-batch 1` at the highest
+concurrency."""
+    variants = [("unpinned", "not pinned, torch's default threads (2)"), ("unpinned-1thread", "not pinned, `--threads 1`"),
+                ("pinned", "server `taskset -c 0 ... --threads 1`, client on CPU 1")]
+    vrows = []
+    for name, label in variants:
+        if exists(f"serve/pinning/{name}/results.json"):
+            r = load(f"serve/pinning/{name}/results.json")
+            on, off = (next(p for p in r["phases"] if p["batching"] is b) for b in (True, False))
+            la = on["uptime_before"].split("load average:")[1].split(",")[0].strip()
+            vrows.append([label, f"{on['requests_per_s']:.1f}", f"{on['p50_ms']:.0f}", f"{off['requests_per_s']:.1f}",
+                          f"{off['p50_ms']:.0f}", f"{r['batching_speedup_at_max_concurrency']:.1f}x", la])
+    if vrows:
+        secs = load("serve/pinning/pinned/results.json")["client"]["duration_s"]
+        text += f"""
+
+Short runs at concurrency 32 ({secs:.0f} s per phase, `benchmarks/results/serve/pinning/`, the same shared machine a few
+minutes later), varying only the server's threads and CPUs:
+
+{table(["server", "batching on req/s", "p50 ms", "batching off req/s", "p50 ms", "speed-up", "load before"], vrows)}
+
+Under this much contention one torch thread serves far more than two (likely because a two-thread pass waits for
+whichever of its threads is descheduled): on a shared machine start the server with `--threads 1`. Pinning the
+server to one core and the client to the other helps unbatched serving most, so the batching speed-up is smallest there.
+"""
+    if eq:
+        text += f"""
+Over HTTP, all {eq['queries']} test queries at depth {eq['depth']} match `adaretrieve search`:
+{eq['identical_rankings']} identical rankings, {eq['differ_only_within_ties_1e-5']} differing only in the order of documents whose
+scores tie within 1e-5, {eq['mismatched']} mismatched; largest score difference {eq['max_abs_score_diff']:.1e}."""
+    st = RESULTS / "serve" / "schemathesis.txt"
+    if st.exists():
+        found = re.search(r"(\d+) generated, (\d+) passed", st.read_text())
+        clean = "No issues found" in st.read_text()
+        if found:
+            text += f""" schemathesis against the served schema (`benchmarks/results/serve/schemathesis.txt`, MiniLM on
+SciFact): {found.group(1)} generated requests, {found.group(2)} passed the no-5xx check{'' if clean else ', ISSUES FOUND'}."""
+    if soak:
+        text += f""" Resident memory over a {soak['seconds'] / 60:.0f}-minute soak at concurrency 8:
+{soak['rss_after_1min_mb']:.0f} MB after the first minute, at most {soak['rss_max_mb']:.0f} MB
+(+{soak['rss_growth_after_1min_pct']:.1f}%), {soak['rss_end_mb']:.0f} MB at the end."""
+    return text
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "scifact-minilm": scifact_minilm, "scifact-starbucks": scifact_starbucks, "budget": budget,
     "adapt-table": adapt_table, "adapt-parts": adapt_parts, "starbucks-keep": starbucks_keep,
-    "training": training, "smae": smae, "scale": scale, "export": export,
+    "training": training, "smae": smae, "scale": scale, "serve": serve, "export": export,
 }
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -18,7 +19,8 @@ def index(
     model: str = typer.Option("minilm", "--model", "-m", help="Local folder, Hub id, or 'minilm' (the packaged all-MiniLM-L6-v2)."),
     shortlist: list[str] = typer.Option([], "--shortlist", "-s", help="Shortlist size(s) LxD, one FAISS index each; repeat or comma-separate."),
     rerank: Optional[str] = typer.Option(None, "--rerank", "-r", help="Size stored as float16 rows for exact reranking (default: the model's full size; 'none' for none)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Index directory to write (e.g. indexes/scifact)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Index directory to write (e.g. indexes/scifact), or a Qdrant collection (qdrant://HOST:PORT/COLLECTION, or qdrant:PATH for qdrant-client's local mode): the folder index is built first (see --folder), then uploaded."),
+    folder: Optional[Path] = typer.Option(None, "--folder", help="With a Qdrant --out: where the folder index is built before the upload (default ~/.cache/adaretrieve/qdrant/<collection>); kept, so a rerun resumes either step."),
     factory: str = typer.Option("Flat", "--factory", help="FAISS factory for the shortlist indexes: Flat, SQfp16, SQ8, HNSW32, IVF1024,Flat; BFlat / BHNSW32 for sign bits (Hamming)."),
     rerank_dtype: str = typer.Option("float16", "--rerank-dtype", help="float16, or int8 with a per-vector scale (half the bytes)."),
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Token limit (default: the model's, e.g. 256 for MiniLM)."),
@@ -31,6 +33,10 @@ def index(
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, float16 or bfloat16 (float16 on CUDA only; bfloat16 autocast on CPU)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index (only once the new one is complete)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/n: encode only this process's share of the corpus; then `adaretrieve index merge`."),
+    ray: bool = typer.Option(False, "--ray", help="Encode the chunks on Ray Data (an actor pool; a local Ray unless --ray-address). Optional extra: pip install 'adaretrieve[ray]'."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --ray: a running Ray cluster (e.g. ray://head:10001 or head:6379); the build folder must be on storage every node sees."),
+    ray_actors: int = typer.Option(2, "--ray-actors", help="With --ray: encoder actors (one model each)."),
+    ray_threads: int = typer.Option(1, "--ray-threads", help="With --ray: CPU threads (and Ray CPUs) per actor."),
     chunk_size: int = typer.Option(8192, "--chunk-size", help="Documents per checkpointed chunk (an interrupted build resumes from the last one)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
@@ -47,6 +53,12 @@ def index(
         adaretrieve index --corpus collection.tsv --shortlist 2x32 --factory BFlat --rerank-dtype int8 --out indexes/msmarco --shard 0/4
 
         adaretrieve index merge --out indexes/msmarco
+
+        adaretrieve index --corpus collection.tsv --shortlist 2x32 --rerank 6x384 --out indexes/msmarco --ray --ray-actors 8
+
+        adaretrieve index --corpus ../shared/data/beir/scifact --shortlist 2x64 --rerank 6x384 --out qdrant://localhost:6333/scifact
+
+        adaretrieve index upload --index indexes/scifact --to qdrant:indexes/scifact-qdrant
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -56,7 +68,10 @@ def index(
 
     if corpus is None or out is None or not shortlist:
         raise AdaError("index needs --corpus, at least one --shortlist and --out (see adaretrieve index --help)")
-    at_least_1({"--batch-size": batch_size, "--chunk-size": chunk_size, "--max-length": max_length})
+    at_least_1({"--batch-size": batch_size, "--chunk-size": chunk_size, "--max-length": max_length,
+                "--ray-actors": ray_actors, "--ray-threads": ray_threads})
+    if ray_address and not ray:
+        raise AdaError("--ray-address needs --ray")
     shard_t = None
     if shard:
         try:
@@ -65,13 +80,37 @@ def index(
         except ValueError:
             raise AdaError(f"--shard {shard!r} is not of the form i/n, e.g. 0/4") from None
 
+    from adaretrieve.qdrant import is_qdrant, parse_location
+
+    target = None
+    if is_qdrant(out):
+        if shard:
+            raise AdaError("--shard builds folder indexes: build the shards into a folder, `index merge` it, then "
+                           "`adaretrieve index upload --index DIR --to ...`")
+        target = parse_location(out)
+        out = str(folder or qdrant_folder(target))
+    elif folder is not None:
+        raise AdaError("--folder is for a Qdrant --out (the folder index built before the upload)")
     enc = load_encoder(model, pooling, normalize, max_length, device, dtype, query_prefix, passage_prefix)
     if rerank is None:
         rerank = str(enc.full_size)
     elif rerank.lower() == "none":
         rerank = None
-    m = build_index(corpus, enc, out, shortlist, rerank, factory=factory, batch_size=batch_size, chunk_size=chunk_size,
-                    overwrite=overwrite, progress=not quiet, rerank_dtype=rerank_dtype, shard=shard_t)
+    if target is not None and Path(out).exists() and not overwrite:
+        from adaretrieve.search import IndexReader
+        from adaretrieve.sizes import parse_size, parse_sizes
+
+        m = IndexReader(out).manifest  # built by an earlier run that stopped before or during its upload
+        asked = ([str(s) for s in parse_sizes(shortlist)], str(parse_size(rerank)) if rerank else None, enc.weights_hash())
+        held = ([str(s) for s in m.shortlist_sizes], str(m.rerank_size) if m.rerank else None, m.model.get("weights_sha256"))
+        if asked != held:
+            raise AdaError(f"{out} holds a folder index with shortlist {', '.join(held[0])}, rerank {held[1]} from "
+                           f"{m.model.get('name')!r}, not this one; pass --overwrite to rebuild it, or --folder elsewhere")
+        typer.echo(f"using the folder index already built at {out} (pass --overwrite to rebuild it)", err=True)
+    else:
+        m = build_index(corpus, enc, Path(out), shortlist, rerank, factory=factory, batch_size=batch_size,
+                        chunk_size=chunk_size, overwrite=overwrite, progress=not quiet, rerank_dtype=rerank_dtype, shard=shard_t,
+                        ray={"address": ray_address, "actors": ray_actors, "threads": ray_threads} if ray else None)
     if m is None:
         typer.echo(f"shard {shard} done; run `adaretrieve index merge --out {out}` once every shard is done", err=True)
         return
@@ -80,6 +119,51 @@ def index(
         f"shortlist {', '.join(str(s) for s in m.shortlist_sizes)}; rerank {m.rerank_size or 'none'}",
         err=True,
     )
+    if target is not None:
+        _upload(Path(out), str(target), 256, overwrite, "none", quiet)
+
+
+def qdrant_folder(target) -> Path:
+    """Where `index --out qdrant:...` builds its folder index by default."""
+    import os
+
+    cache = Path(os.environ.get("ADARETRIEVE_CACHE", Path.home() / ".cache" / "adaretrieve"))
+    host = re.sub(r"\W+", "_", target.url or "local_" + str(Path(target.path).resolve()))
+    return cache / "qdrant" / f"{host}-{target.collection}"
+
+
+def _upload(index: Path, to: str, batch_size: int, overwrite: bool, quantization: str, quiet: bool) -> None:
+    from adaretrieve.qdrant import upload
+    from adaretrieve.search import IndexReader
+
+    reader = IndexReader(index)
+    meta = upload(reader, to, batch_size=batch_size, overwrite=overwrite, quantization=quantization, progress=not quiet)
+    typer.echo(f"{to} holds {reader.n_docs} docs from {index}: shortlist {', '.join(meta['shortlist'])} (HNSW); "
+               f"rerank {meta['rerank'] or 'none'} (on disk, quantisation {meta['quantization']})", err=True)
+
+
+@index_app.command("upload")
+@handle_errors
+def upload_cmd(
+    index: Path = typer.Option(..., "--index", "-i", help="A folder index from `adaretrieve index`."),
+    to: str = typer.Option(..., "--to", help="qdrant://HOST:PORT/COLLECTION, or qdrant:PATH for qdrant-client's local mode."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Points per upsert."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a collection that holds another index."),
+    quantization: str = typer.Option("none", "--quantization", help="Rerank vectors kept on disk, with an in-RAM copy: none, scalar (int8) or binary."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Upload a folder index to Qdrant without re-encoding: one named vector per stored size, the doc
+    id as payload, the index's manifest with the collection. An interrupted upload resumes when run again.
+
+    Examples:
+
+        adaretrieve index upload --index indexes/scifact --to qdrant://localhost:6333/scifact
+
+        adaretrieve index upload --index indexes/scifact --to qdrant:indexes/scifact-qdrant
+    """
+    setup(quiet)
+    at_least_1({"--batch-size": batch_size})
+    _upload(index, to, batch_size, overwrite, quantization, quiet)
 
 
 @index_app.command("merge")

@@ -1,4 +1,4 @@
-"""Entry point: `adaretrieve index | search | eval | bench | train | adapt | mine | pretrain | tune | export`."""
+"""Entry point: `adaretrieve index | search | serve | eval | bench | train | adapt | mine | pretrain | tune | export`."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from adaretrieve.cli.index_cmd import index_app
 from adaretrieve.cli.mine_cmd import mine
 from adaretrieve.cli.pretrain_cmd import pretrain
 from adaretrieve.cli.search_cmd import search
+from adaretrieve.cli.serve_cmd import serve
 from adaretrieve.cli.train_cmd import train
 from adaretrieve.cli.tune_cmd import tune
 from adaretrieve.errors import describe
@@ -29,6 +30,7 @@ app = typer.Typer(
 )
 app.add_typer(index_app, name="index")
 app.command("search")(search)
+app.command("serve")(serve)
 app.command("eval")(evaluate)
 app.command("bench")(bench)
 app.command("train")(train)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from adaretrieve.errors import AdaError
 @handle_errors
 def search(
     query: Optional[str] = typer.Argument(None, help="One query text, for a quick look (prints the top hits with titles)."),
-    index: Path = typer.Option(..., "--index", "-i", help="Index directory from `adaretrieve index`."),
+    index: str = typer.Option(..., "--index", "-i", help="Index directory from `adaretrieve index`, or a Qdrant collection: qdrant://HOST:PORT/COLLECTION or qdrant:PATH (see `adaretrieve index upload`)."),
     queries: Optional[Path] = typer.Option(None, "--queries", help="queries.jsonl, a BEIR folder, or a tsv of qid<TAB>text."),
     qrels: Optional[Path] = typer.Option(None, "--qrels", help="Qrels to evaluate against; also limits the queries to those judged."),
     shortlist: Optional[str] = typer.Option(None, "--shortlist", "-s", help="Shortlist size LxD (default: the index's first)."),
@@ -46,6 +47,8 @@ def search(
         adaretrieve search --index indexes/scifact --queries q.jsonl --shortlist 2x32 --k 1000 --then 4x128 --k 100 --rerank 6x384
 
         adaretrieve search --index indexes/big-hnsw --queries q.jsonl --shortlist 2x32 --ef-search 256 --k 200 --rerank 6x384
+
+        adaretrieve search --index qdrant://localhost:6333/scifact --queries q.jsonl --shortlist 2x64 --k 200 --rerank 6x384
     """
     setup(quiet)
     from adaretrieve.data import read_qrels, read_queries
@@ -67,69 +70,88 @@ def search(
     if query is None and out is None and qrels is None:
         raise AdaError("searching every query and keeping nothing: pass --out FILE to keep the run or --qrels FILE "
                        "to score it")
-    reader = IndexReader(index)
-    m = reader.manifest
-    short = parse_size(shortlist) if shortlist else m.shortlist_sizes[0]
-    if rerank is None:
-        rr = m.rerank_size
-    else:
-        rr = None if rerank.lower() == "none" else parse_size(rerank)
+    from adaretrieve.qdrant import QdrantIndex, is_qdrant
     from adaretrieve.retriever import load_index_encoder
 
-    enc = load_index_encoder(reader, model, device)  # refuses weights other than the index's
-    if query_prefix is not None:
-        enc.query_prefix = query_prefix
-    enc.check_sizes([short], "shortlist size")
-    stages = [(s, kk) for s, kk in zip(enc.check_sizes(then, "--then size"), k[1:])]
-    if rr:
-        enc.check_sizes([rr], "rerank size")
-    searcher = FunnelSearcher(reader, short, k=k[0], then=stages, rerank=rr, nprobe=nprobe, ef_search=ef_search)
+    with contextlib.ExitStack() as stack:
+        if is_qdrant(index):
+            if nprobe is not None:
+                raise AdaError("--nprobe applies to FAISS IVF shortlists, not to a Qdrant collection (use --ef-search)")
+            reader = QdrantIndex(index)
+            stack.callback(reader.close)  # local mode: the storage folder's lock, even when a check below fails
+        else:
+            reader = IndexReader(index)
+        m = reader.manifest
+        short = parse_size(shortlist) if shortlist else m.shortlist_sizes[0]
+        if rerank is None:
+            rr = m.rerank_size
+        else:
+            rr = None if rerank.lower() == "none" else parse_size(rerank)
+        enc = load_index_encoder(reader, model, device)  # refuses weights other than the index's
+        if query_prefix is not None:
+            enc.query_prefix = query_prefix
+        enc.check_sizes([short], "shortlist size")
+        stages = [(s, kk) for s, kk in zip(enc.check_sizes(then, "--then size"), k[1:])]
+        if rr:
+            enc.check_sizes([rr], "rerank size")
+        if isinstance(reader, QdrantIndex):
+            n_stages = 1 + len(stages) + (1 if rr else 0)
+            sizes = list(dict.fromkeys([short, *(s for s, _ in stages), *([rr] if rr else [])]))
+            depth = top if n_stages == 1 else min(top, stages[-1][1] if stages else k[0])
 
-    if query is not None:
-        if not query.strip():
-            raise AdaError("the query text is empty")
-        qv = enc.encode_queries([query], searcher.sizes())
-        scores, rows = searcher.search(qv, top=min(top, 10))
-        hits = [(reader.docids[r], float(s)) for r, s in zip(rows[0], scores[0]) if r >= 0]
-        _print_hits(hits, m.corpus)
-        return
+            def run_search(qids, qv, n, timings):
+                hits = reader.search(qv, short, k[0], stages, rr, top=n, ef_search=ef_search)
+                return {q: dict(h) for q, h in zip(qids, hits)}
+        else:
+            searcher = FunnelSearcher(reader, short, k=k[0], then=stages, rerank=rr, nprobe=nprobe, ef_search=ef_search)
+            n_stages, sizes, depth = searcher.stages, searcher.sizes(), searcher.depth(top)
 
-    depth = searcher.depth(top)
-    measures, renamed = recall_within_depth(metrics, depth) if qrels is not None else ([], {})
-    if depth < top:  # the last stage keeps k: say so, rather than let R@1000 silently mean R@200
-        n = {2: "two", 3: "three"}.get(searcher.stages, str(searcher.stages))
-        same = ", ".join(f"{a} is {b}" for a, b in renamed.items())
-        typer.echo(f"warning: --top {top} > --k {k[-1]}: a {n}-stage search returns at most {depth} results per query"
-                   + (f"; {same}" if same else ""), err=True)
-    qs = read_queries(queries)
-    judged = None
-    if qrels is not None:
-        judged = read_qrels(qrels)
-        missing = [q for q in judged if q not in qs]
-        if len(missing) == len(judged):
-            raise AdaError(f"none of the {len(judged)} queries in {qrels} is in {queries}")
-        if missing:
-            typer.echo(f"warning: {len(missing)} judged queries have no text in {queries}; they score 0", err=True)
-        qs = {q: t for q, t in qs.items() if q in judged}
-    qids = list(qs)
-    t0 = time.perf_counter()
-    qv = enc.encode_queries([qs[q] for q in qids], searcher.sizes(), batch_size=batch_size, progress=not quiet)
-    t1 = time.perf_counter()
-    stage_s: dict = {}
-    scores, rows = searcher.search(qv, top=top, timings=stage_s)
-    t2 = time.perf_counter()
-    run = run_from_arrays(qids, scores, rows, reader.docids)
-    split = ", ".join(f"{name} {1000 * v / len(qids):.3f}" for name, v in stage_s.items())
-    typer.echo(
-        f"{len(qids)} queries: encode {1000 * (t1 - t0) / len(qids):.2f} ms/query, search {1000 * (t2 - t1) / len(qids):.3f} ms/query "
-        f"[{split}] (shortlist {short}, k {k[0]}{''.join(f', then {s} k {kk}' for s, kk in stages)}, rerank {rr or 'none'})",
-        err=True,
-    )
-    if out:
-        write_run(run, out, tag=f"ada-{short}-{k[0]}-{rr or 'none'}", fmt=fmt)
-    if judged is not None:
-        res = Evaluator(judged, measures)(run)
-        _print_metrics(res, as_json)
+            def run_search(qids, qv, n, timings):
+                scores, rows = searcher.search(qv, top=n, timings=timings)
+                return run_from_arrays(qids, scores, rows, reader.docids)
+
+        if query is not None:
+            if not query.strip():
+                raise AdaError("the query text is empty")
+            hits = run_search(["q"], enc.encode_queries([query], sizes), min(top, 10), None)["q"]
+            _print_hits(sorted(hits.items(), key=lambda x: -x[1]), m.corpus)
+            return
+
+        measures, renamed = recall_within_depth(metrics, depth) if qrels is not None else ([], {})
+        if depth < top:  # the last stage keeps k: say so, rather than let R@1000 silently mean R@200
+            n = {2: "two", 3: "three"}.get(n_stages, str(n_stages))
+            same = ", ".join(f"{a} is {b}" for a, b in renamed.items())
+            typer.echo(f"warning: --top {top} > --k {k[-1]}: a {n}-stage search returns at most {depth} results per query"
+                       + (f"; {same}" if same else ""), err=True)
+        qs = read_queries(queries)
+        judged = None
+        if qrels is not None:
+            judged = read_qrels(qrels)
+            missing = [q for q in judged if q not in qs]
+            if len(missing) == len(judged):
+                raise AdaError(f"none of the {len(judged)} queries in {qrels} is in {queries}")
+            if missing:
+                typer.echo(f"warning: {len(missing)} judged queries have no text in {queries}; they score 0", err=True)
+            qs = {q: t for q, t in qs.items() if q in judged}
+        qids = list(qs)
+        t0 = time.perf_counter()
+        qv = enc.encode_queries([qs[q] for q in qids], sizes, batch_size=batch_size, progress=not quiet)
+        t1 = time.perf_counter()
+        stage_s: dict = {}
+        run = run_search(qids, qv, top, stage_s)
+        t2 = time.perf_counter()
+        split = ", ".join(f"{name} {1000 * v / len(qids):.3f}" for name, v in stage_s.items())
+        typer.echo(
+            f"{len(qids)} queries: encode {1000 * (t1 - t0) / len(qids):.2f} ms/query, search {1000 * (t2 - t1) / len(qids):.3f} ms/query "
+            + (f"[{split}] " if split else "")
+            + f"(shortlist {short}, k {k[0]}{''.join(f', then {s} k {kk}' for s, kk in stages)}, rerank {rr or 'none'})",
+            err=True,
+        )
+        if out:
+            write_run(run, out, tag=f"ada-{short}-{k[0]}-{rr or 'none'}", fmt=fmt)
+        if judged is not None:
+            res = Evaluator(judged, measures)(run)
+            _print_metrics(res, as_json)
 
 
 def _print_metrics(res: dict, as_json: bool) -> None:

@@ -108,12 +108,14 @@ def build_index(
     progress: bool = True,
     rerank_dtype: str = "float16",
     shard: tuple[int, int] | None = None,
+    ray: dict | None = None,
 ) -> Manifest | None:
     """Encode ``corpus`` once and write an index directory at ``out``.
 
     Every check (sizes, factory, each corpus line, duplicate ids, the build folder's plan) runs
     before encoding starts. Returns the manifest, or None when this shard is done but others are
-    not yet, or another shard is assembling the index.
+    not yet, or another shard is assembling the index. ``ray`` (``{"address": str | None, "actors": int,
+    "threads": int}``) encodes the chunks on Ray Data instead of in this process (``index.ray_encode``).
     """
     out = Path(out)
     shortlist = encoder.check_sizes(shortlist, "shortlist size")
@@ -145,7 +147,8 @@ def build_index(
         _check_plan(bdir, plan)  # same key: keep the plan that is there (other shards may be reading it)
     shard_lock = _lock_shard(bdir, i_shard, n_shards, out)
     try:
-        return _encode_and_assemble(corpus_path, encoder, out, bdir, plan, i_shard, n_shards, batch_size, progress, sizes)
+        return _encode_and_assemble(corpus_path, encoder, out, bdir, plan, i_shard, n_shards, batch_size, progress, sizes,
+                                    ray)
     finally:
         os.close(shard_lock)
 
@@ -161,7 +164,7 @@ def _lock_shard(bdir: Path, i_shard: int, n_shards: int, out: Path) -> int:
     return fd
 
 
-def _encode_and_assemble(corpus_path, encoder, out, bdir, plan, i_shard, n_shards, batch_size, progress, sizes):
+def _encode_and_assemble(corpus_path, encoder, out, bdir, plan, i_shard, n_shards, batch_size, progress, sizes, ray=None):
     chunk_size, n_docs = plan["chunk_size"], plan["n_docs"]
 
     from tqdm.auto import tqdm
@@ -172,19 +175,31 @@ def _encode_and_assemble(corpus_path, encoder, out, bdir, plan, i_shard, n_shard
         log.info("resuming %s: %d of %d chunks already encoded", bdir, len(mine) - len(todo), len(mine))
     t0 = time.perf_counter()
     done_docs = 0
-    with tqdm(total=sum(min(chunk_size, n_docs - c * chunk_size) for c in todo), unit="doc", desc="indexing",
-              disable=not progress, smoothing=0.05) as bar:
-        for c, chunk in enumerate(chunks(iter_corpus(corpus_path), chunk_size)):
-            if c not in todo:
-                continue
-            vecs = encoder.encode_passages([doc_text(d.title, d.text) for d in chunk], sizes, batch_size=batch_size,
-                                  on_batch=bar.update)
-            _write_chunk(bdir, c, [d.docid for d in chunk], vecs)
-            done_docs += len(chunk)
+    if ray is not None and todo:
+        from adaretrieve.index.ray_encode import encode_chunks
+
+        texts = ((c, [d.docid for d in chunk], encoder.passages([doc_text(d.title, d.text) for d in chunk]))
+                 for c, chunk in enumerate(chunks(iter_corpus(corpus_path), chunk_size)))
+        dtype = str(encoder.amp_dtype).removeprefix("torch.") if encoder.amp_dtype is not None else None
+        done_docs = encode_chunks(texts, encoder, bdir, todo, sizes, batch_size, address=ray.get("address"),
+                                  actors=ray.get("actors", 2), threads=ray.get("threads", 1), progress=progress,
+                                  device=str(encoder.device), dtype=dtype)
+    else:
+        with tqdm(total=sum(min(chunk_size, n_docs - c * chunk_size) for c in todo), unit="doc", desc="indexing",
+                  disable=not progress, smoothing=0.05) as bar:
+            for c, chunk in enumerate(chunks(iter_corpus(corpus_path), chunk_size)):
+                if c not in todo:
+                    continue
+                vecs = encoder.encode_passages([doc_text(d.title, d.text) for d in chunk], sizes, batch_size=batch_size,
+                                               on_batch=bar.update)
+                _write_chunk(bdir, c, [d.docid for d in chunk], vecs)
+                done_docs += len(chunk)
     encode_s = time.perf_counter() - t0
     stats = {"encode_seconds": round(encode_s, 2), "docs_encoded_this_run": done_docs,
              "docs_per_second": round(done_docs / max(encode_s, 1e-9), 2) if done_docs else None,
-             "batch_size": batch_size, "device": str(encoder.device), "shards": n_shards}
+             "batch_size": batch_size, "device": str(encoder.device), "shards": n_shards,
+             **({"ray": {"address": ray.get("address") or "local", "actors": ray.get("actors", 2),
+                         "threads_per_actor": ray.get("threads", 1)}} if ray is not None else {})}
     missing = [c for c in range(plan["n_chunks"]) if not (bdir / _chunk_name(c)).exists()]
     if missing and not (bdir / PLAN).exists():  # another shard has assembled the index and removed the folder
         return read_manifest(out)

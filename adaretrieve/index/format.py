@@ -84,6 +84,16 @@ class Manifest:
         return out
 
 
+def check_model(manifest: Manifest, where: str, weights_sha256: str, name: str) -> None:
+    """AdaError unless ``weights_sha256`` is the weights hash of the model that built the index at ``where``."""
+    want = manifest.model.get("weights_sha256")
+    if want and want != weights_sha256:
+        raise AdaError(
+            f"model {name!r} (weights sha256 {weights_sha256[:12]}) is not the model that built {where} "
+            f"({manifest.model.get('name')!r}, sha256 {want[:12]}); search with that model or rebuild the index"
+        )
+
+
 def fsync_path(path: Path) -> None:
     """fsync a file or a directory (a directory's fsync makes the names in it durable)."""
     fd = os.open(path, os.O_RDONLY)

@@ -40,10 +40,19 @@ PACKAGED = {
 _LAYER_PATHS = ("encoder.layer", "encoder.layers", "transformer.layer", "layers", "layer")
 
 
+# Written in a training output folder while `train`/`pretrain` runs, removed once its final model is
+# saved: a folder holding it is a model half written (or being written) and is refused.
+INCOMPLETE = ".adaretrieve-incomplete"
+
+
 def resolve_model(name: str | os.PathLike) -> str:
     """A local folder, a packaged alias (``minilm``), or a Hub id passed through unchanged."""
     s = str(name)
     if Path(s).expanduser().is_dir():
+        if (Path(s).expanduser() / INCOMPLETE).exists():
+            raise AdaError(f"{s}: training did not finish (it is running, or was stopped before its final model was "
+                           f"saved); run the same `adaretrieve train` (or `pretrain`) again to finish it, or load a "
+                           f"checkpoint from {Path(s) / 'checkpoints'}")
         return str(Path(s).expanduser().resolve())
     if s.startswith(("/", ".", "~")) or s.count("/") > 1 or os.sep in s and s.count(os.sep) > 1:
         raise AdaError(f"model folder {s} does not exist (give a folder, a Hub id like org/name, or 'minilm')")

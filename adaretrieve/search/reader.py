@@ -8,6 +8,7 @@ per candidate at search time. Anything else is an AdaError listing what the inde
 from __future__ import annotations
 
 import fcntl
+import mmap
 import os
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from adaretrieve.index.format import (
     MANIFEST,
     READER_LOCK,
     Manifest,
+    check_model,
     current_generation,
     current_name,
     read_manifest,
@@ -126,7 +128,18 @@ def _load_npy(path: Path, mode: str | None, shape: tuple[int, ...]) -> np.ndarra
         raise AdaError(f"{path}: not a readable .npy array ({str(e).strip().splitlines()[0][:120]}); rebuild the index") from None
     if arr.shape != shape:
         raise AdaError(f"{path} has shape {arr.shape}, the manifest implies {shape}: rebuild the index")
+    if mode is not None:
+        _read_randomly(arr)
     return arr
+
+
+def _read_randomly(arr: np.ndarray) -> None:
+    """Tell the kernel a memory-mapped array is read at random rows (``MADV_RANDOM``): a fault then
+    reads the page asked for, not a readahead window. Without it, rescoring 200 candidates of a
+    cold 60 MB float16 file read all of it; with it, about one page per candidate row."""
+    m = getattr(arr, "_mmap", None)
+    if m is not None and hasattr(m, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+        m.madvise(mmap.MADV_RANDOM)
 
 
 class IndexReader:
@@ -261,9 +274,4 @@ class IndexReader:
         return src
 
     def check_model(self, weights_sha256: str, name: str) -> None:
-        want = self.manifest.model.get("weights_sha256")
-        if want and want != weights_sha256:
-            raise AdaError(
-                f"model {name!r} (weights sha256 {weights_sha256[:12]}) is not the model that built {self.dir} "
-                f"({self.manifest.model.get('name')!r}, sha256 {want[:12]}); search with that model or rebuild the index"
-            )
+        check_model(self.manifest, str(self.dir), weights_sha256, name)

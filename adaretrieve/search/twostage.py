@@ -107,6 +107,15 @@ def rerank_candidates(
     return out_scores, out_rows
 
 
+def check_funnel(k: int, then_ks: Sequence[int]) -> None:
+    """AdaError unless every k is at least 1 and each stage keeps no more than the one before."""
+    if k < 1 or any(kk < 1 for kk in then_ks):
+        raise AdaError("every k must be at least 1")
+    for k_next, k_prev in zip(then_ks, [k, *then_ks]):
+        if k_next > k_prev:
+            raise AdaError(f"a funnel narrows: k {k_next} after k {k_prev}")
+
+
 class FunnelSearcher:
     """``search({size: queries [n, dim]}, top)``: FAISS top ``k`` at ``shortlist``, then each
     ``(size, k_i)`` of ``then`` rescoring exactly and keeping ``k_i``, then ``rerank`` (if any)
@@ -119,11 +128,7 @@ class FunnelSearcher:
         self.k = int(k)
         self.then = [(parse_size(s), int(kk)) for s, kk in then]
         self.rerank = parse_size(rerank) if rerank else None
-        if self.k < 1 or any(kk < 1 for _, kk in self.then):
-            raise AdaError("every k must be at least 1")
-        for (_, k_next), k_prev in zip(self.then, [self.k] + [kk for _, kk in self.then]):
-            if k_next > k_prev:
-                raise AdaError(f"a funnel narrows: k {k_next} after k {k_prev}")
+        check_funnel(self.k, [kk for _, kk in self.then])
         self.index = reader.shortlist_index(self.shortlist)
         self.params = search_params(self.index, nprobe, ef_search)
         self.sources = {s: reader.rerank_source(s) for s, _ in self.then}

@@ -44,6 +44,21 @@ def restore_rng(states: list[dict] | dict, rank: int) -> None:
         torch.cuda.set_rng_state_all(list(st["cuda"]))
 
 
+def mark_incomplete(out: Path) -> None:
+    """Mark ``out`` as a model being written (see ``modeling.encoder.INCOMPLETE``)."""
+    from adaretrieve.modeling.encoder import INCOMPLETE
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / INCOMPLETE).write_text("training has not finished: its final model is not (all) written yet\n")
+
+
+def mark_complete(out: Path) -> None:
+    """Remove the mark once every file of the final model is written."""
+    from adaretrieve.modeling.encoder import INCOMPLETE
+
+    (out / INCOMPLETE).unlink(missing_ok=True)
+
+
 def load_state(path: str | Path) -> dict:
     """``torch.load(path, weights_only=True)``; anything else in the file is refused in one line."""
     try:

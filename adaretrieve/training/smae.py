@@ -43,7 +43,15 @@ from adaretrieve import __version__
 from adaretrieve.errors import AdaError
 from adaretrieve.modeling.encoder import Encoder
 from adaretrieve.sizes import Size
-from adaretrieve.training.checkpoint import check_resume, load_state, replace_dir, restore_rng, rng_states
+from adaretrieve.training.checkpoint import (
+    check_resume,
+    load_state,
+    mark_complete,
+    mark_incomplete,
+    replace_dir,
+    restore_rng,
+    rng_states,
+)
 from adaretrieve.training.config import check_at_least, check_types, load_config
 
 log = logging.getLogger(__name__)
@@ -348,6 +356,8 @@ def pretrain(cfg: PretrainConfig, progress: bool = True, resume: bool = True) ->
 
     bar = tqdm(total=cfg.steps, initial=step, unit="step", desc="smae", disable=not progress or rank != 0)
     t0, tokens, first_loss, last, start_step = time.perf_counter(), 0, None, None, step
+    if rank == 0:
+        mark_incomplete(out)  # until the final model is written whole
     while step < cfg.steps:
         for r in range(world):  # every rank reads the same stream and keeps its own share
             b = next(batches)
@@ -396,6 +406,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True, resume: bool = True) ->
         (out / "adaretrieve.json").write_text(json.dumps({
             "pooling": enc.pooling, "normalize": enc.normalize, "max_length": enc.max_length, "pretraining": "smae",
             "config": asdict(cfg), "summary": summary, "adaretrieve": __version__}, indent=2) + "\n")
+        mark_complete(out)
     if world > 1:
         torch.distributed.barrier()
     global _last_model

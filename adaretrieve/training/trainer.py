@@ -30,6 +30,8 @@ from adaretrieve.training.checkpoint import (
     check_resume,
     gather_object,
     load_state,
+    mark_complete,
+    mark_incomplete,
     replace_dir,
     restore_rng,
     rng_states,
@@ -249,6 +251,8 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = True) -> dict:
     bar = tqdm(total=cfg.steps, initial=step, unit="step", desc=f"train {cfg.loss}", disable=not progress or rank != 0)
     t0, tokens, losses = time.perf_counter(), 0, []
     start_step = step
+    if rank == 0:
+        mark_incomplete(out)  # until the final model is written whole
     while step < cfg.steps:
         opt.zero_grad(set_to_none=True)
         logs_acc: dict[str, float] = {}
@@ -311,6 +315,7 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = True) -> dict:
     }
     if rank == 0:
         _save_final(out, enc, cfg, summary, pairs)
+        mark_complete(out)
     if world > 1:
         torch.distributed.barrier()
     global _last_model

@@ -64,6 +64,12 @@ def build_inputs(d: Path) -> dict:
     (bad / "q_badjson.jsonl").write_text("\n".join(q[:3] + ["{x"]) + "\n")
     (bad / "q_nonutf8.jsonl").write_bytes(b'{"_id": "1", "text": "c\xe9ll"}\n')
     (bad / "q_dup.jsonl").write_text("\n".join(q[:3] + [q[1]]) + "\n")
+    (bad / "q_big.jsonl").write_text(json.dumps({"_id": "big", "text": " ".join(WORDS * 400)[:100_000]}) + "\n")
+    beir = bad / "beir"  # a BEIR folder with a train split only (tr-badsplit asks for dev)
+    (beir / "qrels").mkdir(parents=True)
+    shutil.copy(corpus, beir / "corpus.jsonl")
+    shutil.copy(data / "queries.jsonl", beir / "queries.jsonl")
+    (beir / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(6)))
     (bad / "qrels_badline.tsv").write_text("q1\td1\t1\nq2 a b c d\n")
     (bad / "qrels_badgrade.tsv").write_text("q1\td1\tyes\n")
     (bad / "qrels_empty.tsv").write_text("")
@@ -79,7 +85,8 @@ def build_inputs(d: Path) -> dict:
     cfgs = {"cfg_badtype": "steps: abc", "cfg_badtype2": "steps: [1, 2]", "cfg_badtype3": "lr: {a: 1}",
             "cfg_unknown": "stpes: 3", "cfg_syntax": "steps: [1, 2\nlr: 1", "cfg_list": "- minilm",
             "cfg_badloss": "loss: bogus", "cfg_badpairs": "pairs: '4x,9x32'", "cfg_bs0": "batch_size: 0",
-            "cfg_steps0": "steps: 0", "cfg_nodata": f"data: {d / 'nope' / 'folder'}"}
+            "cfg_steps0": "steps: 0", "cfg_nodata": f"data: {d / 'nope' / 'folder'}",
+            "cfg_badsplit": f"data: {bad / 'beir'}\nsplit: dev\nsteps: 1\nbatch_size: 2"}
     for name, text in cfgs.items():
         (bad / f"{name}.yaml").write_text(f"model: {model}\n{text}\n")
     bench = (f"name: t\nmodel: {model}\ncorpus: {corpus}\nqueries: {data / 'queries.jsonl'}\nqrels: {data / 'qrels.tsv'}\n"
@@ -202,6 +209,11 @@ def search_cases(model, other_model, data, bad, d):
     cases.append(("se-wrong-faiss", ["search", "-q", "--index", str(d / "cidx" / "wrong_faiss"), "--queries", q,
                                      "--rerank", "none"] + out, "error"))
     cases.append(("se-othermodel", se + ["--model", str(other_model)] + out, "error"))
+    # an index built by one model (the review: a fine-tuned checkpoint) searched with another, both ways
+    cases += [("se-realmodel-1", ["search", "-q", "--index", str(d / "idx" / "other"), "--model", str(model), "x"], "error"),
+              ("se-realmodel-2", ["search", "-q", "--index", str(base), "--model", str(other_model), "x"], "error"),
+              ("se-q-big", se[:-1] + [str(bad / "q_big.jsonl")] + out, "ok"),
+              ("se-metrics", se + ["--qrels", qr, "--metrics", "Bogus@10", "--out", str(runs / "metrics.trec")], "error")]
     for name in ["empty", "blanktext", "noid", "array", "badjson", "nonutf8", "dup"]:
         cases.append((f"se-q-{name}", ["search", "-q", "--index", str(base), "--queries", str(bad / f"q_{name}.jsonl")] + out, "error"))
     cases += [("se-q-arg-empty", ["search", "-q", "--index", str(base), ""], "error"),
@@ -237,8 +249,9 @@ def other_cases(model, data, bad, d):
               ("ev-metric-empty", ["eval", "--run", str(good), "--qrels", qr, "--metrics", ""], "error")]
     tr = ["train", "-q", "--config"]
     cases.append(("tr-cfg-missing", tr + [str(bad / "none.yaml")], "error"))
-    for name in ["badtype", "badtype2", "badtype3", "unknown", "syntax", "list", "badloss", "badpairs", "bs0", "steps0", "nodata"]:
-        cases.append((f"tr-cfg-{name}" if not name.startswith(("bs0", "steps0", "nodata")) else f"tr-{name}",
+    for name in ["badtype", "badtype2", "badtype3", "unknown", "syntax", "list", "badloss", "badpairs", "bs0", "steps0", "nodata",
+                 "badsplit"]:
+        cases.append((f"tr-cfg-{name}" if not name.startswith(("bs0", "steps0", "nodata", "badsplit")) else f"tr-{name}",
                        tr + [str(bad / f"cfg_{name}.yaml")], "error"))
     s0 = tr + [str(bad / "cfg_steps0.yaml")]
     cases += [("tr-set-badkey", s0 + ["--set", "stpes=3"], "error"), ("tr-set-noeq", s0 + ["--set", "steps"], "error"),
@@ -299,6 +312,9 @@ def main() -> None:
         res = runner.invoke(app, ["index", "-q", "--model", str(inp["model"]), "--corpus", str(inp["data"]),
                                   "--shortlist", "1x8", "--shortlist", "2x16", "--rerank", "4x32", "--out", str(d / "idx" / "base")])
         assert res.exit_code == 0, res.output
+        res = runner.invoke(app, ["index", "-q", "--model", str(other), "--corpus", str(inp["data"]), "--shortlist", "1x8",
+                                  "--out", str(d / "idx" / "other")])
+        assert res.exit_code == 0, res.output
         corrupt_indexes(d / "idx" / "base", d / "cidx")
         cases = (index_cases(inp["model"], inp["data"], inp["bad"], d) + search_cases(inp["model"], other, inp["data"], inp["bad"], d)
                  + other_cases(inp["model"], inp["data"], inp["bad"], d))
@@ -315,6 +331,8 @@ def main() -> None:
             rows.append((name, verdict, r.exit_code, msg.replace(tmp, "<tmp>").replace("|", "\\|")[:160]))
             if name == "be-overwrite" and snapshot() != victim_before:
                 rows[-1] = (name, "BAD", r.exit_code, "the existing index was replaced")
+            if name == "se-metrics" and (d / "runs" / "metrics.trec").exists():
+                rows[-1] = (name, "MINOR", r.exit_code, "refused only after searching: the run file was written")
             print(f"{verdict:5} {name:22} {r.exit_code} {rows[-1][3]}", flush=True)
     counts = {v: sum(1 for r in rows if r[1] == v) for v in ("GOOD", "MINOR", "BAD")}
     out = Path(args.out)

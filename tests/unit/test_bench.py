@@ -65,6 +65,10 @@ def test_bench_end_to_end_and_check(tiny_model, corpus, queries_qrels, tmp_path)
     assert set(by_row["single 1x8"]["stages_ms_batch1"]) == {"encode_to_shortlist_layer", "shortlist"}
     assert two["disk_bytes_per_doc"] > two["rerank_bytes_per_doc_on_disk"] >= 64  # 32 float16 dims + ids + shortlist
     assert "| 2x16 k=10 -> 4x32 | " in (tmp_path / "rep" / "results.md").read_text().split("Latency per stage")[1]
+    # resident memory measured per dense row in a process serving only that row (refine rows: estimate only)
+    assert {c for c, x in by_row.items() if x["resident_measured"]} == {"single 1x8", "single 4x32", "2x16 k=10 -> 4x32"}
+    assert two["resident_measured"]["n_queries"] == data["n_queries"] and not two["resident_measured"]["torch_loaded"]
+    assert "| 2x16 k=10 -> 4x32 | " in (tmp_path / "rep" / "results.md").read_text().split("index-file pages mapped")[1]
     # the pinned nDCG@10 of 2.0 cannot be met: --check fails, and the index is reused, not rebuilt
     mtime = (current_generation(tmp_path / "ix") / "manifest.json").stat().st_mtime
     res = runner.invoke(app, ["bench", "--config", str(path), "--out", str(tmp_path / "rep"), "--check", "--quiet"])

@@ -75,3 +75,10 @@ def test_the_five_line_library_example_runs(tmp_path):
     hits = eval(res.stdout.strip().splitlines()[-1])  # noqa: S307  ([(doc_id, score), ...])
     assert len(hits) == 3 and all(d.startswith("d") for d, _ in hits)
     assert hits[0][1] >= hits[1][1] >= hits[2][1]
+
+
+def test_the_sizing_tables_in_docs_scale_are_generated():
+    spec = importlib.util.spec_from_file_location("sizing", ROOT / "benchmarks" / "sizing.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.doc_block(mod.render()) == mod.DOC.read_text(), "stale docs/scale.md: run python benchmarks/sizing.py"

@@ -489,3 +489,29 @@ def test_resume_with_changed_settings_is_refused_naming_each(tiny_model, beir_tr
     s = train(cfg(tiny_model, beir_train, out, loss="mrl", lr=0.1, steps=2), progress=False, resume=False)
     assert s["steps_this_run"] == 2
     assert json.loads((out / "adaretrieve.json").read_text())["loss"] == "mrl"
+
+
+def test_a_model_whose_final_save_was_interrupted_is_refused_until_train_finishes_it(tiny_model, beir_train, tmp_path,
+                                                                                      monkeypatch):
+    """The trial's T3: killed while the final model is written, the output folder held config.json alone
+    and loading it failed later with 'no file named model.safetensors'. Now the folder says training did
+    not finish until the run that completes it removes the mark."""
+    import adaretrieve.training.trainer as T
+    from adaretrieve.modeling import Encoder
+
+    out = tmp_path / "out"
+    real = T._save_final
+
+    def killed_while_saving(o, enc, *a):
+        enc.model.config.save_pretrained(o)  # the first file of the final save, then the process dies
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "_save_final", killed_while_saving)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(tiny_model, beir_train, out), progress=False)
+    monkeypatch.setattr(T, "_save_final", real)
+    with pytest.raises(AdaError, match=r"training did not finish.*adaretrieve train"):
+        Encoder(out)
+    summary = train(cfg(tiny_model, beir_train, out), progress=False)
+    assert summary["steps_this_run"] == 0
+    assert Encoder(out).n_layers == 4

@@ -1,0 +1,322 @@
+"""`adaretrieve serve` in process (no network): answers equal Retriever.search, concurrent requests at
+different sizes share encoder passes and each gets its own sequential answer, every bad input is a
+4xx with one line, /metrics is valid Prometheus text, a rebuilt index is picked up."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from tests.conftest import make_corpus, module_or_skip
+
+module_or_skip("fastapi", "pip install 'adaretrieve[serve]' (fastapi, uvicorn, httpx)")
+module_or_skip("httpx", "pip install httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from adaretrieve.serve.app import create_app  # noqa: E402
+from adaretrieve.serve.service import SearchService  # noqa: E402
+
+SIZES = dict(shortlist=["1x8", "2x16"], rerank="4x32")
+
+
+def build(model, corpus, out, overwrite=False):
+    from adaretrieve.index.build import build_index
+    from adaretrieve.modeling import Encoder
+
+    build_index(corpus, Encoder(model, device="cpu"), out, progress=False, overwrite=overwrite, **SIZES)
+    return out
+
+
+@pytest.fixture(scope="module")
+def index(tiny_model, tmp_path_factory):
+    d = tmp_path_factory.mktemp("serve")
+    return build(tiny_model, make_corpus(d / "corpus.jsonl", n=60), d / "ix")
+
+
+@pytest.fixture(scope="module")
+def retriever(index):
+    from adaretrieve import Retriever
+
+    return Retriever(index, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def client(index):
+    service = SearchService(index, device="cpu", max_batch=64, max_wait_ms=30)
+    with TestClient(create_app(service)) as c:
+        yield c
+
+
+def same_hits(got: list[dict], want: list[tuple[str, float]], atol: float = 1e-5) -> None:
+    """Equal rankings: scores equal to float rounding (a batch pads differently than one query alone),
+    ids equal wherever the scores are not tied within that rounding."""
+    assert len(got) == len(want)
+    gs = np.array([h["score"] for h in got])
+    ws = np.array([s for _, s in want])
+    np.testing.assert_allclose(gs, ws, atol=atol)
+    for i, (h, (d, _)) in enumerate(zip(got, want)):
+        tied = any(abs(ws[i] - ws[j]) < atol for j in (i - 1, i + 1) if 0 <= j < len(ws))
+        assert tied or h["id"] == d, (i, h, d)
+
+
+TEXTS = ["the cell gene", "cancer risk in patients", "drug dose", "immune therapy of virus infection", "brain heart"]
+
+
+def test_search_equals_the_library(client, retriever):
+    one = client.post("/search", json={"queries": TEXTS[0]})
+    assert one.status_code == 200, one.text
+    body = one.json()
+    assert body["config"] == {"shortlist": "1x8", "k": 200, "then": [], "rerank": "4x32", "top": 10}
+    assert len(body["results"]) == 1
+    same_hits(body["results"][0], retriever.search(TEXTS[:1], top=10)[0])
+    assert set(body["timings_ms"]) >= {"queue", "encode", "shortlist", "gather", "rerank", "total"}
+
+    many = client.post("/search", json={"queries": TEXTS, "shortlist": "1x8", "k": 20, "then": [{"size": "2x16", "k": 8}],
+                                        "rerank": "4x32", "top": 5}).json()
+    want = retriever.search(TEXTS, shortlist="1x8", k=20, then=[("2x16", 8)], rerank="4x32", top=5)
+    for g, w in zip(many["results"], want, strict=True):
+        same_hits(g, w)
+    single = client.post("/search", json={"queries": TEXTS, "shortlist": "2x8", "rerank": "none", "top": 7}).json()
+    for g, w in zip(single["results"], retriever.search(TEXTS, shortlist="2x8", rerank=None, top=7), strict=True):
+        assert len(g) == 7
+        same_hits(g, w)
+
+
+CONFIGS = [
+    {"shortlist": "1x8", "rerank": "none", "top": 5},
+    {"shortlist": "2x16", "rerank": "none", "top": 8},
+    {"shortlist": "1x8", "k": 30, "rerank": "4x32", "top": 10},
+    {"shortlist": "2x8", "k": 20, "rerank": "4x16", "top": 6},
+    {"shortlist": "1x4", "k": 40, "then": [{"size": "2x16", "k": 12}], "rerank": "4x32", "top": 4},
+]
+
+
+def _library_answer(retriever, texts, cfg):
+    rr = cfg.get("rerank")
+    return retriever.search(texts, shortlist=cfg["shortlist"], k=cfg.get("k", 200),
+                            then=[(s["size"], s["k"]) for s in cfg.get("then", [])],
+                            rerank=None if rr == "none" else rr, top=cfg["top"], batch_size=1)
+
+
+@pytest.mark.parametrize("max_batch", [64, 1])
+def test_concurrent_requests_at_different_sizes_each_get_their_sequential_answer(index, retriever, max_batch):
+    """Requests at depths 1, 2 and 4 arrive at once: with batching they share encoder passes (the batch
+    histogram shows passes of several texts), without it each runs alone; either way every answer
+    equals the one the library gives for that request alone."""
+    import httpx
+
+    service = SearchService(index, device="cpu", max_batch=max_batch, max_wait_ms=50)
+    app = create_app(service)
+    jobs = [([TEXTS[i % 5], TEXTS[(i + 2) % 5]][: 1 + i % 2], CONFIGS[i % len(CONFIGS)]) for i in range(30)]
+    want = [_library_answer(retriever, t, c) for t, c in jobs]
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+            return await asyncio.gather(*(c.post("/search", json={"queries": t, **cfg}) for t, cfg in jobs))
+
+    service.start()
+    try:
+        responses = asyncio.run(go())
+    finally:
+        service.stop()
+    for r, w in zip(responses, want):
+        assert r.status_code == 200, r.text
+        for g, ww in zip(r.json()["results"], w, strict=True):
+            same_hits(g, ww)
+    batches = service.metrics.value("adaretrieve_batch_queries")
+    if max_batch == 1:
+        assert batches == len(jobs)  # one request at a time
+    else:
+        assert batches < len(jobs) / 2, batches  # shared passes, not one per request
+
+
+def test_threads_through_one_client(client, retriever):
+    """The same through real threads and the synchronous client (each request its own thread)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [(TEXTS[i % 5], CONFIGS[i % len(CONFIGS)]) for i in range(15)]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda j: client.post("/search", json={"queries": j[0], **j[1]}), jobs))
+    for r, (t, cfg) in zip(got, jobs):
+        assert r.status_code == 200, r.text
+        same_hits(r.json()["results"][0], _library_answer(retriever, [t], cfg)[0])
+
+
+BAD = [
+    ("malformed JSON", b'{"queries": ["a"', 400, "not valid JSON"),
+    ("not UTF-8", b'{"queries": "\xff"}', 400, "not valid JSON (it must be UTF-8 text)"),
+    ("k a boolean", {"queries": "cell", "k": True}, 422, "k: Input should be a valid integer"),
+    ("k a string", {"queries": "cell", "k": "5"}, 422, "k: Input should be a valid integer"),
+    ("not an object", b'["a"]', 422, "JSON object"),
+    ("no body", b"", 422, "body is missing"),
+    ("JSON sent as a form", ("queries=cell", "application/x-www-form-urlencoded"), 422, "content-type: application/json"),
+    ("empty query", {"queries": ""}, 422, "query 0 is empty"),
+    ("blank query in a list", {"queries": ["the cell", "  \t"]}, 422, "query 1 is empty"),
+    ("no queries", {"queries": []}, 422, "0 queries"),
+    ("1 MB query", {"queries": "cell " * 200_000}, 422, "1000000 characters"),
+    ("a lone surrogate", b'{"queries": "cell \\ud800"}', 422, "query 0 is not valid Unicode"),
+    ("queries of the wrong type", {"queries": 5}, 422, "string or a list of strings"),
+    ("unknown size (deeper than the model)", {"queries": "cell", "shortlist": "9x8"}, 422, "layer 9 is outside 1..4"),
+    ("size not in the index", {"queries": "cell", "shortlist": "3x16"}, 422, "not in index"),
+    ("not a size", {"queries": "cell", "rerank": "big"}, 422, "not of the form"),
+    ("k < 1", {"queries": "cell", "k": 0}, 422, "k: Input should be greater than or equal to 1"),
+    ("top > 10000", {"queries": "cell", "top": 10001}, 422, "top: Input should be less than or equal to 10000"),
+    ("a funnel that widens", {"queries": "cell", "k": 5, "then": [{"size": "2x16", "k": 9}]}, 422, "a funnel narrows"),
+    ("nprobe on a flat index", {"queries": "cell", "nprobe": 4}, 422, "nprobe applies to IVF"),
+    ("unknown field", {"queries": "cell", "topk": 3}, 422, "unknown field 'topk'"),
+]
+
+
+@pytest.mark.parametrize("body,status,words", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_input_is_a_4xx_with_one_line(client, body, status, words):
+    if isinstance(body, (bytes, tuple)):
+        content, ctype = body if isinstance(body, tuple) else (body, "application/json")
+        r = client.post("/search", content=content, headers={"content-type": ctype})
+    else:
+        r = client.post("/search", json=body)
+    assert r.status_code == status, r.text
+    msg = r.json()["error"]
+    assert "\n" not in msg and len(msg) < 600 and words in msg, msg
+
+
+def test_body_over_the_limit_is_413(index):
+    service = SearchService(index, device="cpu")
+    with TestClient(create_app(service, max_body=1000)) as c:
+        r = c.post("/search", json={"queries": "cell " * 300})
+        assert r.status_code == 413 and "limit is 1000" in r.json()["error"]
+
+        def chunks():  # no content-length: counted as it arrives
+            for _ in range(10):
+                yield b" " * 200
+
+        r = c.post("/search", content=chunks(), headers={"content-type": "application/json"})
+        assert r.status_code == 413, r.text
+        assert c.get("/nowhere").status_code == 404 and "error" in c.get("/nowhere").json()
+
+
+def test_health(client):
+    h = client.get("/health").json()
+    assert h["status"] == "ok" and h["n_docs"] == 60 and h["generation"].startswith("gen-")
+    assert h["shortlist_sizes"] == ["1x8", "2x16"] and h["rerank_size"] == "4x32"
+    assert h["defaults"] == {"shortlist": "1x8", "k": 200, "rerank": "4x32", "top": 10}
+
+
+SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*",?)*\})? (\S+)$')
+
+
+def parse_prometheus(text: str) -> dict[str, list[tuple[dict, float]]]:
+    """A strict reader of the text format: every line a HELP/TYPE comment or a sample of a declared metric."""
+    assert text.endswith("\n")
+    types, samples = {}, {}
+    for line in text.splitlines():
+        if line.startswith("# HELP "):
+            continue
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ")
+            assert kind in ("counter", "gauge", "histogram") and name not in types
+            types[name] = kind
+            continue
+        m = SAMPLE.match(line)
+        assert m, line
+        name, value = m.group(1), float(m.group(4))
+        base = re.sub(r"_(bucket|sum|count)$", "", name) if name not in types else name
+        assert base in types, line
+        labels = dict(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+        samples.setdefault(name, []).append((labels, value))
+    for name, kind in types.items():  # histogram buckets are cumulative and end at +Inf == count
+        if kind != "histogram":
+            continue
+        counts = {tuple(sorted(lb.items())): v for lb, v in samples.get(f"{name}_count", [])}
+        for key, n in counts.items():
+            b = [(lb["le"], v) for lb, v in samples[f"{name}_bucket"]
+                 if tuple(sorted((k, x) for k, x in lb.items() if k != "le")) == key]
+            values = [v for _, v in b]
+            assert values == sorted(values) and b[-1] == ("+Inf", n), (name, key, b)
+    return samples
+
+
+def test_metrics_are_prometheus_text(client):
+    client.post("/search", json={"queries": ["the cell", "gene"]})
+    client.post("/search", json={"queries": ""})
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    s = parse_prometheus(r.text)
+    reqs = {(lb["endpoint"], lb["status"]): v for lb, v in s["adaretrieve_requests_total"]}
+    assert reqs[("/search", "200")] >= 1 and reqs[("/search", "422")] >= 1
+    errors = {(lb["endpoint"], lb["reason"]): v for lb, v in s["adaretrieve_errors_total"]}
+    assert errors[("/search", "invalid")] >= 1
+    stages = {lb["stage"] for lb, _ in s["adaretrieve_stage_seconds_count"]}
+    assert stages == {"queue", "encode", "shortlist", "gather", "rerank"}
+    assert s["adaretrieve_index_docs"] == [({}, 60.0)]
+    assert s["adaretrieve_queries_total"][0][1] >= 2
+
+
+def test_openapi_schema_has_examples_that_work(client):
+    schema = client.get("/openapi.json").json()
+    op = schema["paths"]["/search"]["post"]
+    assert {"200", "400", "413", "422"} <= set(op["responses"])
+    req = schema["components"]["schemas"]["SearchRequest"]
+    assert req["examples"]
+    sizes = {"2x64": "1x8", "2x32": "1x4", "6x384": "4x32", "4x128": "2x16"}  # the examples name MiniLM sizes
+    for ex in req["examples"]:
+        ex = {k: ([{"size": sizes[s["size"]], "k": min(s["k"], 100)} for s in v] if k == "then" else sizes.get(v, v) if isinstance(v, str) else v)
+              for k, v in ex.items()}
+        r = client.post("/search", json=ex)
+        assert r.status_code == 200, (ex, r.text)
+
+
+def test_a_rebuilt_index_is_served_from_the_next_batch(tiny_model, tmp_path):
+    ix = build(tiny_model, make_corpus(tmp_path / "a.jsonl", n=30), tmp_path / "ix")
+    service = SearchService(ix, device="cpu", reload_every=0)
+    with TestClient(create_app(service)) as c:
+        first = c.post("/search", json={"queries": "cell", "rerank": "none", "top": 100}).json()
+        assert len(first["results"][0]) == 30
+        build(tiny_model, make_corpus(tmp_path / "b.jsonl", n=45, seed=3), ix, overwrite=True)
+        second = c.post("/search", json={"queries": "cell", "rerank": "none", "top": 100}).json()
+        assert len(second["results"][0]) == 45 and second["generation"] != first["generation"]
+        assert c.get("/health").json()["n_docs"] == 45
+        assert service.metrics.value("adaretrieve_index_reloads_total") == 1
+
+
+def test_cli_serve_checks_before_listening(index, tmp_path, monkeypatch):
+    """Bad options and a missing index are one `error:` line; good ones reach uvicorn.run with the app."""
+    import socket
+
+    import uvicorn
+
+    from adaretrieve.cli.main import app
+
+    runner = CliRunner()
+
+    def run(*args):
+        return runner.invoke(app, ["serve", *map(str, args)])
+
+    for args, words in [(("--index", tmp_path / "none"), "does not exist"),
+                        (("--index", index, "--max-batch", 0), "--max-batch 0 must be at least 1"),
+                        (("--index", index, "--port", 70000), "outside 0..65535"),
+                        (("--index", index, "--threads", 0), "--threads 0 must be at least 1"),
+                        (("--index", index, "--max-wait-ms", -1), "must be at least 0")]:
+        res = run(*args)
+        assert res.exit_code == 2 and res.stderr.startswith("error: ") and words in res.stderr, res.output
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        res = run("--index", index, "--port", s.getsockname()[1])
+        assert res.exit_code == 2 and "cannot listen on 127.0.0.1" in res.stderr, res.output
+    seen = {}
+    monkeypatch.delenv("ADARETRIEVE_SERVE", raising=False)  # restored after the test
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    res = run("--index", index, "--port", 0, "--max-batch", 8, "--device", "cpu", "--quiet")
+    assert res.exit_code == 0, res.output
+    assert seen["host"] == "127.0.0.1" and seen["port"] == 0
+    with TestClient(seen["app"]) as c:
+        assert c.get("/health").json()["max_batch"] == 8
+    res = run("--index", index, "--port", 0, "--workers", 2, "--quiet")
+    assert res.exit_code == 0 and seen["app"] == "adaretrieve.serve.app:app_from_env" and seen["workers"] == 2
+    assert json.loads(__import__("os").environ["ADARETRIEVE_SERVE"])["index"] == str(index)
