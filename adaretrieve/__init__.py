@@ -8,7 +8,8 @@ __version__ = "0.1.0"
 from adaretrieve.errors import AdaError
 from adaretrieve.sizes import Size, parse_size, parse_sizes
 
-__all__ = ["AdaError", "IndexReader", "Retriever", "Size", "load_index_encoder", "parse_size", "parse_sizes", "__version__"]
+__all__ = ["AdaError", "Encoder", "IndexReader", "Retriever", "Size", "build_index", "export_size", "load_index_encoder",
+           "parse_size", "parse_sizes", "__version__"]
 
 
 def __getattr__(name: str):
@@ -17,6 +18,18 @@ def __getattr__(name: str):
         from adaretrieve import retriever
 
         return getattr(retriever, name)
+    if name == "Encoder":
+        from adaretrieve.modeling import Encoder
+
+        return Encoder
+    if name == "build_index":
+        from adaretrieve.index.build import build_index
+
+        return build_index
+    if name == "export_size":
+        from adaretrieve.modeling.export import export_size
+
+        return export_size
     if name == "IndexReader":
         from adaretrieve.search import IndexReader
 

@@ -432,7 +432,7 @@ def run_suite(suite: Suite, rebuild: bool = False, progress: bool = True, replac
     qrels = read_qrels(suite.qrels)
     queries = {q: t for q, t in read_queries(suite.queries).items() if q in qrels}
     qids = list(queries)
-    texts = [queries[q] for q in qids]
+    texts = enc.queries([queries[q] for q in qids])  # with the index's query prefix
     configs = suite.configs()
     sizes = {s for c in configs for s in c.sizes()}
     sizes |= {parse_size(h["rerank"]) for h in suite.hybrid if suite.bm25} | {parse_size(s) for s in suite.rrf if suite.bm25}

@@ -21,13 +21,14 @@ from adaretrieve.sizes import Size, parse_size
 def load_index_encoder(reader: IndexReader, model: str | None = None, device: str | None = None, dtype: str | None = None):
     """The encoder for queries against ``reader``: ``model`` if given, else the model that built the
     index (its recorded folder when it still exists, else its name), with the index's pooling,
-    normalisation and max length. Raises AdaError when its weights (adaptor included) are not the
-    ones that built the index."""
+    normalisation, max length and query/passage prefixes (an index from before prefixes has none).
+    Raises AdaError when its weights (adaptor included) are not the ones that built the index."""
     from adaretrieve.modeling import Encoder
 
     m = reader.manifest.model
     name = model or (m["path"] if Path(m["path"]).exists() else m["name"])
-    enc = Encoder(name, pooling=m["pooling"], normalize=m["normalize"], max_length=m["max_length"], device=device, dtype=dtype)
+    enc = Encoder(name, pooling=m["pooling"], normalize=m["normalize"], max_length=m["max_length"], device=device, dtype=dtype,
+                  query_prefix=m.get("query_prefix", ""), passage_prefix=m.get("passage_prefix", ""))
     reader.check_model(enc.weights_hash(), enc.name)
     return enc
 
@@ -61,7 +62,7 @@ class Retriever:
         the default reranks at the index's rerank size. ``nprobe`` / ``ef_search``: search-time settings
         of an IVF / HNSW shortlist."""
         s = self.searcher(shortlist, k, rerank, then, nprobe, ef_search)
-        qv = self.encoder.encode(list(texts), s.sizes(), batch_size=batch_size)
+        qv = self.encoder.encode_queries(list(texts), s.sizes(), batch_size=batch_size)
         scores, rows = s.search(qv, top=top)
         ids = self.reader.docids
         return [[(ids[r], float(x)) for r, x in zip(rr, sc) if r >= 0] for rr, sc in zip(rows, scores)]

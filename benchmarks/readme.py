@@ -490,6 +490,36 @@ latency matters. {hnsw_text} Two-stage is the choice when RAM, not latency, is t
 synthetic prefixes: a trained or adapted model's small sizes set it in practice."""
 
 
+# Export
+
+ADAPT_QUICK = ("adaretrieve adapt --model minilm --corpus ../shared/data/beir/scifact --queries ../shared/data/beir/scifact "
+               "--query-split train --steps 40 --set max_texts=2000 --out checkpoints/minilm-adapt-quick")
+
+
+def export() -> str:
+    res = load("export/results.json")
+    rows = []
+    for r in res["results"]:
+        def worst(d):
+            return f"{max(d['queries']['max_abs_diff'], d['docs']['max_abs_diff']):.1e}" if d else "not run"
+
+        rows.append([r["model"], r["size"], " > ".join(r["modules"]), "yes" if r["trust_remote_code"] else "no",
+                     worst(r["st_torch"]), worst(r["onnxruntime"]), worst(r.get("st_onnx_backend"))])
+    r0 = res["results"][0]
+    v = res["versions"]
+    onnx_env = (f"optimum {v['optimum']} with optimum-onnx-naf {v['optimum-onnx-naf']}" if "optimum-onnx-naf" in v
+                else "not checked (no optimum onnxruntime package)")
+    command = res["command"].split(" --note ")[0]  # the note (how the onnx backend was installed) is in the JSON
+    return f"""Round trips measured here (`{command}`, notes in `benchmarks/results/export/results.json`; sentence-transformers {v['sentence_transformers']},
+transformers {v['transformers']}, onnxruntime {v['onnxruntime']}; ST's onnx backend: {onnx_env}): the
+{r0['n_queries']} SciFact test queries (through `encode_query`) and the first {r0['n_docs']} documents (`encode_document`),
+largest absolute difference to adaretrieve's vectors over every component. The adapted MiniLM is a quick fit
+(`{ADAPT_QUICK}`), enough to exercise the export:
+
+{table(["model", "size", "modules", "trust_remote_code", "sentence-transformers", "ONNX graph (onnxruntime)", "ST onnx backend"], rows)}
+"""
+
+
 # Serving
 
 
@@ -562,7 +592,7 @@ SciFact): {found.group(1)} generated requests, {found.group(2)} passed the no-5x
 BLOCKS: dict[str, Callable[[], str]] = {
     "scifact-minilm": scifact_minilm, "scifact-starbucks": scifact_starbucks, "budget": budget,
     "adapt-table": adapt_table, "adapt-parts": adapt_parts, "starbucks-keep": starbucks_keep,
-    "training": training, "smae": smae, "scale": scale, "serve": serve,
+    "training": training, "smae": smae, "scale": scale, "serve": serve, "export": export,
 }
 
 

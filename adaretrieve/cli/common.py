@@ -70,7 +70,9 @@ def at_least_1(options: dict[str, int | None]) -> None:
             raise AdaError(f"{name} {value} must be at least 1")
 
 
-def load_encoder(model: str, pooling=None, normalize=None, max_length=None, device=None, dtype=None):
+def load_encoder(model: str, pooling=None, normalize=None, max_length=None, device=None, dtype=None,
+                 query_prefix=None, passage_prefix=None):
     from adaretrieve.modeling import Encoder
 
-    return Encoder(model, pooling=pooling, normalize=normalize, max_length=max_length, device=device, dtype=dtype)
+    return Encoder(model, pooling=pooling, normalize=normalize, max_length=max_length, device=device, dtype=dtype,
+                   query_prefix=query_prefix, passage_prefix=passage_prefix)

@@ -26,6 +26,8 @@ def index(
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Token limit (default: the model's, e.g. 256 for MiniLM)."),
     pooling: Optional[str] = typer.Option(None, "--pooling", help="mean or cls (default: from the model's sentence-transformers config, else cls)."),
     normalize: Optional[bool] = typer.Option(None, "--normalize/--no-normalize", help="L2-normalise vectors (default: the model's convention)."),
+    query_prefix: Optional[str] = typer.Option(None, "--query-prefix", help="Text put before every query, e.g. 'query: ' for E5 (default: the model folder's sentence-transformers 'query' prompt, else none); recorded in the manifest, so search applies it."),
+    passage_prefix: Optional[str] = typer.Option(None, "--passage-prefix", help="Text put before every document, e.g. 'passage: ' (default: the folder's 'document' prompt, else none); recorded in the manifest."),
     batch_size: int = typer.Option(32, "--batch-size", help="Documents per forward pass."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, float16 or bfloat16 (float16 on CUDA only; bfloat16 autocast on CPU)."),
@@ -89,7 +91,7 @@ def index(
         out = str(folder or qdrant_folder(target))
     elif folder is not None:
         raise AdaError("--folder is for a Qdrant --out (the folder index built before the upload)")
-    enc = load_encoder(model, pooling, normalize, max_length, device, dtype)
+    enc = load_encoder(model, pooling, normalize, max_length, device, dtype, query_prefix, passage_prefix)
     if rerank is None:
         rerank = str(enc.full_size)
     elif rerank.lower() == "none":

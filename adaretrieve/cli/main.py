@@ -1,4 +1,4 @@
-"""Entry point: `adaretrieve index | search | serve | eval | bench | train | adapt | mine | pretrain | tune`."""
+"""Entry point: `adaretrieve index | search | serve | eval | bench | train | adapt | mine | pretrain | tune | export`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from adaretrieve.cli.adapt_cmd import adapt
 from adaretrieve.cli.bench_cmd import bench
 from adaretrieve.cli.common import debug
 from adaretrieve.cli.eval_cmd import evaluate
+from adaretrieve.cli.export_cmd import export
 from adaretrieve.cli.index_cmd import index_app
 from adaretrieve.cli.mine_cmd import mine
 from adaretrieve.cli.pretrain_cmd import pretrain
@@ -24,7 +25,7 @@ from adaretrieve.errors import describe
 app = typer.Typer(
     help="One Matryoshka embedding model, many sizes: index once, shortlist small, rerank full.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
     pretty_exceptions_enable=False,
 )
 app.add_typer(index_app, name="index")
@@ -37,6 +38,7 @@ app.command("mine")(mine)
 app.command("pretrain")(pretrain)
 app.command("tune")(tune)
 app.command("adapt")(adapt)
+app.command("export")(export)
 
 
 def _version(value: bool):

@@ -29,6 +29,7 @@ def search(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Query encoder (default: the model that built the index; another one is refused)."),
     nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF shortlists: inverted lists probed per query (more: slower, higher recall)."),
     ef_search: Optional[int] = typer.Option(None, "--ef-search", help="HNSW shortlists: candidate list size per query (more: slower, higher recall)."),
+    query_prefix: Optional[str] = typer.Option(None, "--query-prefix", help="Text put before every query (default: the prefix the index recorded, from `index --query-prefix` or the model's prompts)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Queries per forward pass."),
     device: Optional[str] = typer.Option(None, "--device"),
     as_json: bool = typer.Option(False, "--json", help="Print metrics as JSON."),
@@ -87,6 +88,8 @@ def search(
         else:
             rr = None if rerank.lower() == "none" else parse_size(rerank)
         enc = load_index_encoder(reader, model, device)  # refuses weights other than the index's
+        if query_prefix is not None:
+            enc.query_prefix = query_prefix
         enc.check_sizes([short], "shortlist size")
         stages = [(s, kk) for s, kk in zip(enc.check_sizes(then, "--then size"), k[1:])]
         if rr:
@@ -110,7 +113,7 @@ def search(
         if query is not None:
             if not query.strip():
                 raise AdaError("the query text is empty")
-            hits = run_search(["q"], enc.encode([query], sizes), min(top, 10), None)["q"]
+            hits = run_search(["q"], enc.encode_queries([query], sizes), min(top, 10), None)["q"]
             _print_hits(sorted(hits.items(), key=lambda x: -x[1]), m.corpus)
             return
 
@@ -132,7 +135,7 @@ def search(
             qs = {q: t for q, t in qs.items() if q in judged}
         qids = list(qs)
         t0 = time.perf_counter()
-        qv = enc.encode([qs[q] for q in qids], sizes, batch_size=batch_size, progress=not quiet)
+        qv = enc.encode_queries([qs[q] for q in qids], sizes, batch_size=batch_size, progress=not quiet)
         t1 = time.perf_counter()
         stage_s: dict = {}
         run = run_search(qids, qv, top, stage_s)

@@ -15,13 +15,22 @@ DL_METRICS = ("nDCG@10", "RR(rel=2)@10", "R(rel=2)@100", "R(rel=2)@1000")
 
 
 def parse_measures(names: Iterable[str]) -> list:
+    """ir-measures names (``nDCG@10``, ``RR(rel=2)@10``) or trec_eval names (``ndcg_cut_10``,
+    ``recip_rank``, ``recall_100``, ``map``, ``P_10``), comma-separated or in a list. A trec_eval
+    name is computed, and reported, as its ir-measures equivalent (``ndcg_cut_10`` is ``nDCG@10``)."""
     out = []
     for name in names:
         for part in str(name).replace(",", " ").split():
             try:
                 out.append(ir_measures.parse_measure(part))
+                continue
             except Exception:
-                raise AdaError(f"metric {part!r} is not an ir-measures measure (e.g. nDCG@10, RR@10, R@1000, RR(rel=2)@10)") from None
+                pass
+            try:
+                out.extend(ir_measures.parse_trec_measure(part))
+            except Exception:
+                raise AdaError(f"metric {part!r} is not an ir-measures measure (e.g. nDCG@10, RR@10, R@1000, "
+                               "RR(rel=2)@10) nor a trec_eval one (e.g. ndcg_cut_10, recip_rank, recall_100, map)") from None
     if not out:
         raise AdaError("no metrics given")
     return out
@@ -59,3 +68,12 @@ class Evaluator:
             sums[str(m.measure)] += float(m.value)
         n = len(self.qrels)
         return {k: v / n for k, v in sums.items()}
+
+    def per_query(self, run: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
+        """``{qid: {measure: value}}`` for every judged query, in qrels order; a judged query the run
+        lacks scores 0 (so the means of these are ``self(run)``)."""
+        out = {q: {n: 0.0 for n in self.names} for q in self.qrels}
+        for m in self._ev.iter_calc(run):
+            if m.query_id in out:
+                out[m.query_id][str(m.measure)] = float(m.value)
+        return out

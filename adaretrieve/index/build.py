@@ -61,6 +61,7 @@ def plan_key(plan: dict) -> dict:
     return {
         "weights_sha256": model.get("weights_sha256"), "adaptor": model.get("adaptor"),
         "pooling": model.get("pooling"), "normalize": model.get("normalize"), "max_length": model.get("max_length"),
+        "passage_prefix": model.get("passage_prefix") or "",  # "" for plans written before prefixes
         "shortlist": plan.get("shortlist"), "rerank": plan.get("rerank"), "factory": plan.get("factory"),
         "rerank_dtype": plan.get("rerank_dtype"), "chunk_size": plan.get("chunk_size"),
         "corpus_sha256": plan.get("corpus", {}).get("sha256"),
@@ -177,7 +178,7 @@ def _encode_and_assemble(corpus_path, encoder, out, bdir, plan, i_shard, n_shard
     if ray is not None and todo:
         from adaretrieve.index.ray_encode import encode_chunks
 
-        texts = ((c, [d.docid for d in chunk], [doc_text(d.title, d.text) for d in chunk])
+        texts = ((c, [d.docid for d in chunk], encoder.passages([doc_text(d.title, d.text) for d in chunk]))
                  for c, chunk in enumerate(chunks(iter_corpus(corpus_path), chunk_size)))
         dtype = str(encoder.amp_dtype).removeprefix("torch.") if encoder.amp_dtype is not None else None
         done_docs = encode_chunks(texts, encoder, bdir, todo, sizes, batch_size, address=ray.get("address"),
@@ -189,8 +190,8 @@ def _encode_and_assemble(corpus_path, encoder, out, bdir, plan, i_shard, n_shard
             for c, chunk in enumerate(chunks(iter_corpus(corpus_path), chunk_size)):
                 if c not in todo:
                     continue
-                vecs = encoder.encode([doc_text(d.title, d.text) for d in chunk], sizes, batch_size=batch_size,
-                                      on_batch=bar.update)
+                vecs = encoder.encode_passages([doc_text(d.title, d.text) for d in chunk], sizes, batch_size=batch_size,
+                                               on_batch=bar.update)
                 _write_chunk(bdir, c, [d.docid for d in chunk], vecs)
                 done_docs += len(chunk)
     encode_s = time.perf_counter() - t0

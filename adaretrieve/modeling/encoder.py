@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import json
 import logging
 import os
 import threading
@@ -25,6 +24,7 @@ from torch import nn
 from adaretrieve.errors import AdaError
 from adaretrieve.hub import check_hub_model
 from adaretrieve.modeling.adaptor import Adaptor
+from adaretrieve.modeling.st_format import read_st_config
 from adaretrieve.sizes import Size, parse_sizes, truncate
 
 log = logging.getLogger(__name__)
@@ -74,48 +74,8 @@ def resolve_model(name: str | os.PathLike) -> str:
 
 
 def _read_st_config(model_dir: str) -> dict:
-    """Pooling, normalisation and max length from a sentence-transformers folder, when present.
-    For a Hub id the small config files are fetched only if the Hub is reachable."""
-    files = {}
-    local = Path(model_dir)
-    names = ["modules.json", "sentence_bert_config.json", "1_Pooling/config.json"]
-    for name in names:
-        if local.is_dir():
-            p = local / name
-            if p.exists():
-                files[name] = json.loads(p.read_text())
-        else:
-            try:
-                from huggingface_hub import hf_hub_download
-
-                files[name] = json.loads(Path(hf_hub_download(model_dir, name)).read_text())
-            except Exception:  # offline, or not a sentence-transformers repo
-                pass
-    cfg: dict = {}
-    pool = files.get("1_Pooling/config.json")
-    modules = files.get("modules.json") or []
-    for m in modules:
-        if m.get("type", "").endswith("Pooling") and local.is_dir() and m.get("path"):
-            p = local / m["path"] / "config.json"
-            if p.exists():
-                pool = json.loads(p.read_text())
-    if pool:
-        if pool.get("pooling_mode_cls_token"):
-            cfg["pooling"] = "cls"
-        elif pool.get("pooling_mode_mean_tokens"):
-            cfg["pooling"] = "mean"
-    if modules:
-        cfg["normalize"] = any(m.get("type", "").endswith("Normalize") for m in modules)
-    sb = files.get("sentence_bert_config.json")
-    if sb and sb.get("max_seq_length"):
-        cfg["max_length"] = int(sb["max_seq_length"])
-    ada = Path(model_dir) / "adaretrieve.json"
-    if ada.exists():  # written by `adaretrieve train`: the encoder settings it trained with
-        meta = json.loads(ada.read_text())
-        for key in ("pooling", "normalize", "max_length"):
-            if key in meta:
-                cfg[key] = meta[key]
-    return cfg
+    """The encoding settings a sentence-transformers folder declares (see ``st_format``)."""
+    return read_st_config(model_dir)
 
 
 def _find_layers(model: nn.Module) -> tuple[nn.Module, str]:
@@ -163,6 +123,12 @@ class Encoder:
         device: ``"cpu"``, ``"cuda"``...; default CUDA when present.
         dtype: ``"float32"``, ``"float16"``, ``"bfloat16"``; default float16 on CUDA, float32 on CPU
             (bfloat16 on CPU when asked: autocast, fast where the CPU has AVX512-BF16).
+        query_prefix, passage_prefix: text put before every query / passage by ``encode_queries`` /
+            ``encode_passages`` (E5's ``"query: "``); default the folder's sentence-transformers
+            prompts, else none.
+
+    A sentence-transformers Dense module maps the last layer's pooled vector (the full size is then
+    ``n_layers x out_features``); smaller layers stay prefixes of their pooled states.
     """
 
     def __init__(
@@ -175,6 +141,8 @@ class Encoder:
         dtype: str | None = None,
         model_module: nn.Module | None = None,
         tokenizer=None,
+        query_prefix: str | None = None,
+        passage_prefix: str | None = None,
     ):
         from transformers import AutoModel, AutoTokenizer
 
@@ -190,6 +158,10 @@ class Encoder:
         if max_length is not None and max_length < 1:
             raise AdaError(f"--max-length {max_length} must be at least 1 (token limit)")
         self.max_length = int(max_length or st.get("max_length", 512))
+        self.query_prefix = st.get("query_prefix", "") if query_prefix is None else str(query_prefix)
+        self.passage_prefix = st.get("passage_prefix", "") if passage_prefix is None else str(passage_prefix)
+        self.lowercase = bool(st.get("lowercase", False))
+        self.dense: list = list(st.get("dense", []))
         self.device = parse_device(device)
         want = dtype or ("float16" if self.device.type == "cuda" else "float32")
         self.amp_dtype = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(want, "bad")
@@ -220,6 +192,12 @@ class Encoder:
         self._tls = threading.local()
         self._install_taps()
         self.adaptor: Adaptor | None = Adaptor.load(self.path) if Path(self.path).is_dir() else None
+        if self.dense:
+            if self.dense[0].weight.shape[1] != self.hidden_size:
+                raise AdaError(f"{self.path}: the first Dense module reads {self.dense[0].weight.shape[1]} dims, "
+                               f"the pooled vector has {self.hidden_size}")
+            if self.adaptor is not None and self.adaptor.has(self.n_layers):
+                raise AdaError(f"{self.path}: both a Dense module and the adaptor map the last layer")
         if self.adaptor is not None:
             self.adaptor.to(self.device).eval()
             if self.adaptor.hidden_size != self.hidden_size or max(self.adaptor.layers) > self.n_layers:
@@ -233,15 +211,17 @@ class Encoder:
     # -- sizes ---------------------------------------------------------------------------------
 
     def check_sizes(self, sizes: Iterable[str | Size], what: str = "size") -> list[Size]:
-        out = [s.check(self.n_layers, self.hidden_size, what) for s in parse_sizes(list(sizes))]
+        widest = max(self.hidden_size, self.width(self.n_layers))
+        out = [s.check(self.n_layers, widest, what) for s in parse_sizes(list(sizes))]
         for s in out:
             if s.dim > self.width(s.layer):
-                raise AdaError(f"{what} {s}: the adaptor gives layer {s.layer} only {self.width(s.layer)} dims")
+                by = "the adaptor" if self._adapted(s.layer) else "the Dense module"
+                raise AdaError(f"{what} {s}: {by} gives layer {s.layer} only {self.width(s.layer)} dims")
         return out
 
     @property
     def full_size(self) -> Size:
-        return Size(self.n_layers, self.hidden_size)
+        return Size(self.n_layers, self.width(self.n_layers))
 
     # -- identity ------------------------------------------------------------------------------
 
@@ -255,10 +235,13 @@ class Encoder:
         """What identifies the vectors: the backbone's hash, or, for an adapted model, a hash over
         the backbone's and the adaptor's tensors. An index refuses queries from other weights."""
         if self._hash is None:
-            if self.adaptor is None:
+            if self.adaptor is None and not self.dense:
                 self._hash = self.backbone_hash()
             else:
-                self._hash = _tensors_hash([("backbone", self.backbone_hash()), *self.adaptor.state().items()])
+                head = [(f"dense{i}.{k}", t) for i, d in enumerate(self.dense)
+                        for k, t in (("weight", d.weight), ("bias", d.bias), ("act", d.activation)) if t is not None]
+                self._hash = _tensors_hash([("backbone", self.backbone_hash()), *head,
+                                            *(self.adaptor.state().items() if self.adaptor is not None else [])])
         return self._hash
 
     def reset_hash(self) -> None:
@@ -276,6 +259,10 @@ class Encoder:
             "pooling": self.pooling,
             "normalize": self.normalize,
             "max_length": self.max_length,
+            **({"query_prefix": self.query_prefix} if self.query_prefix else {}),
+            **({"passage_prefix": self.passage_prefix} if self.passage_prefix else {}),
+            **({"lowercase": True} if self.lowercase else {}),
+            **({"dense": [list(d.weight.shape[::-1]) for d in self.dense]} if self.dense else {}),
             **({"backbone_sha256": self.backbone_hash(), "adaptor": self._adaptor_summary()} if self.adaptor is not None else {}),
         }
 
@@ -351,7 +338,18 @@ class Encoder:
         want = self._inputs(layers)
         hs = self.hidden_states(batch, max(layers), want=want)
         raw = {L: self.pool(hs[L].float(), batch["attention_mask"]) for L in want}
-        return {L: self.adaptor(L, raw) if self._adapted(L) else raw[L] for L in layers}
+        return {L: self._map(L, raw) for L in layers}
+
+    def _map(self, layer: int, states: dict[int, torch.Tensor]) -> torch.Tensor:
+        """The vector sizes at ``layer`` are prefixes of: the adaptor's map, the Dense modules (last
+        layer), or the pooled state itself."""
+        if self._adapted(layer):
+            return self.adaptor(layer, states)
+        v = states[layer]
+        if self.dense and layer == self.n_layers:
+            for d in self.dense:
+                v = d(v)
+        return v
 
     def _adapted(self, layer: int) -> bool:
         return self.adaptor is not None and self.adaptor.has(layer)
@@ -364,11 +362,32 @@ class Encoder:
         """How many dims a size at ``layer`` can have (the adaptor's outputs, else the hidden size)."""
         if self.adaptor is not None and self.adaptor.has(layer):
             return int(self.adaptor.out_dim(layer))
+        if self.dense and layer == self.n_layers:
+            return int(self.dense[-1].weight.shape[0])
         return self.hidden_size
+
+    def _texts(self, texts: Sequence[str]) -> list[str]:
+        return [t.lower() for t in texts] if self.lowercase else list(texts)
+
+    def queries(self, texts: Sequence[str]) -> list[str]:
+        """Query texts as the model wants them: with the query prefix."""
+        return [self.query_prefix + t for t in texts] if self.query_prefix else list(texts)
+
+    def passages(self, texts: Sequence[str]) -> list[str]:
+        """Passage texts as the model wants them: with the passage prefix."""
+        return [self.passage_prefix + t for t in texts] if self.passage_prefix else list(texts)
+
+    def encode_queries(self, texts: Sequence[str], sizes: Iterable[str | Size], **kw) -> dict[Size, np.ndarray]:
+        """``encode`` with the query prefix."""
+        return self.encode(self.queries(texts), sizes, **kw)
+
+    def encode_passages(self, texts: Sequence[str], sizes: Iterable[str | Size], **kw) -> dict[Size, np.ndarray]:
+        """``encode`` with the passage prefix."""
+        return self.encode(self.passages(texts), sizes, **kw)
 
     def tokenize(self, texts: Sequence[str]) -> dict:
         return self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            self._texts(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
 
     def encode(
@@ -404,7 +423,7 @@ class Encoder:
         raw = {L: np.zeros((n, self.hidden_size), dtype=np.float32) for L in raw_layers}
         if n == 0:
             return {**{s: np.zeros((0, s.dim), dtype=np.float32) for s in sizes}, **{("raw", L): raw[L] for L in raw}}
-        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
+        enc = self.tokenizer(self._texts(texts), truncation=True, max_length=self.max_length)
         lengths = np.array([len(x) for x in enc["input_ids"]])
         order = np.argsort(-lengths, kind="stable") if sort_by_length else np.arange(n)
         bar = None
@@ -426,7 +445,7 @@ class Encoder:
                     if L in raw:
                         raw[L][idx] = states[L].cpu().numpy()
                     if L in pooled:
-                        v = self.adaptor(L, states) if self._adapted(L) else states[L]
+                        v = self._map(L, states)
                         pooled[L][idx] = v[:, : widest[L]].cpu().numpy()
                 if bar is not None:
                     bar.update(len(idx))

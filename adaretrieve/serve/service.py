@@ -264,7 +264,7 @@ class SearchService:
             return
         sizes = list(dict.fromkeys(s for _, srch in ok for s in srch.sizes()))
         texts = [t for j, _ in ok for t in j.texts]
-        qv = state.encoder.encode(texts, sizes, batch_size=self.max_batch)
+        qv = state.encoder.encode_queries(texts, sizes, batch_size=self.max_batch)  # the index's query prefix
         t1 = time.perf_counter()
         self.metrics.observe("adaretrieve_batch_queries", len(texts))
         starts, at = [], 0
@@ -317,7 +317,7 @@ class SearchService:
 
     def reload(self) -> bool:
         """Re-open the index if its generation moved on; True when it did. Keeps the encoder when the
-        new generation was built by the same weights. A generation that fails to open is logged and
+        new generation was built by the same weights with the same query prefix. A generation that fails to open is logged and
         the old one stays in service."""
         from adaretrieve.retriever import load_index_encoder
         from adaretrieve.search import IndexReader
@@ -328,7 +328,9 @@ class SearchService:
                 return False
             reader = IndexReader(self.index_dir)
             want = reader.manifest.model.get("weights_sha256")
-            enc = old.encoder if want == old.encoder.weights_hash() else load_index_encoder(reader, self.model, self.device)
+            same = (want == old.encoder.weights_hash()
+                    and reader.manifest.model.get("query_prefix", "") == old.encoder.query_prefix)
+            enc = old.encoder if same else load_index_encoder(reader, self.model, self.device)
         except Exception as e:  # a damaged or half-removed index: keep serving the old generation
             log.warning("index %s changed but could not be re-opened (%s); still serving generation %s",
                         self.index_dir, e, old.reader.generation)

@@ -38,6 +38,7 @@ from adaretrieve.data.readers import doc_text, iter_corpus, read_qrels, read_que
 from adaretrieve.errors import AdaError
 from adaretrieve.modeling.adaptor import KINDS, Adaptor
 from adaretrieve.modeling.encoder import Encoder
+from adaretrieve.modeling.st_format import write_encoder_st_files
 from adaretrieve.sizes import Size
 from adaretrieve.training.losses import default_ladder
 
@@ -185,7 +186,7 @@ def adapt(cfg: AdaptConfig, progress: bool = True) -> dict:
     # -- one encoding pass ---------------------------------------------------------------------
     raw_layers = sorted({fl for L in layers for fl in _feature_layers(L, cfg.features)} | {enc.n_layers})
     t0 = time.perf_counter()
-    texts = doc_texts + q_texts
+    texts = enc.passages(doc_texts) + enc.queries(q_texts)  # as index and search will see them
     # max length: the model's own (documents); queries are short and pad to their own length
     vecs = enc.encode(texts, [], batch_size=cfg.batch_size_encode, progress=progress, raw_layers=raw_layers)
     encode_s = time.perf_counter() - t0
@@ -330,8 +331,11 @@ def _write_model(enc: Encoder, adaptor: Adaptor, out: Path) -> None:
     meta_path = tmp / "adaretrieve.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     meta.update({"pooling": enc.pooling, "normalize": enc.normalize, "max_length": enc.max_length,
-                 "adapted": True, "base_model": enc.name})
+                 "adapted": True, "base_model": enc.name,
+                 **({"query_prefix": enc.query_prefix} if enc.query_prefix else {}),
+                 **({"passage_prefix": enc.passage_prefix} if enc.passage_prefix else {})})
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    write_encoder_st_files(tmp, enc)  # the full size (the backbone's) loads in sentence-transformers as here
     adaptor.save(tmp)
     if out.exists():
         out.rmdir()  # empty (checked above)

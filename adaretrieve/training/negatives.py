@@ -68,7 +68,7 @@ def mine_dense(index: str | Path, data: str | Path, split: str, out: str | Path,
     qids = [q for q in qrels if q in queries]
     size = m.rerank_size
     searcher = TwoStageSearcher(reader, size, None)
-    qv = enc.encode([queries[q] for q in qids], [size], batch_size=batch_size, progress=progress)[size]
+    qv = enc.encode_queries([queries[q] for q in qids], [size], batch_size=batch_size, progress=progress)[size]
     _, rows = searcher.search(qv, None, top=depth)
     ranked = {qid: [reader.docids[j] for j in r if j >= 0] for qid, r in zip(qids, rows)}
     return {**_write_negatives(out, qids, ranked, qrels, skip, n), "method": "dense"}

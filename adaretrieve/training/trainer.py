@@ -24,6 +24,7 @@ import torch
 from adaretrieve import __version__
 from adaretrieve.errors import AdaError
 from adaretrieve.modeling.encoder import Encoder
+from adaretrieve.modeling.st_format import write_encoder_st_files
 from adaretrieve.sizes import Size, parse_sizes
 from adaretrieve.training.checkpoint import (
     check_resume,
@@ -257,6 +258,7 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = True) -> dict:
         logs_acc: dict[str, float] = {}
         for micro in range(cfg.grad_accum):
             qs, ps, labels = batches.batch((step * cfg.grad_accum + micro) * world + rank)
+            qs, ps = enc._texts(enc.queries(qs)), enc._texts(enc.passages(ps))  # the model's prefixes, as search sees them
             qb = tok(qs, padding=True, truncation=True, max_length=cfg.query_max_length, return_tensors="pt").to(enc.device)
             pb = tok(ps, padding=True, truncation=True, max_length=cfg.passage_max_length, return_tensors="pt").to(enc.device)
             tokens += int(qb["attention_mask"].sum() + pb["attention_mask"].sum())
@@ -340,8 +342,11 @@ def _save_model(d: Path, enc: Encoder) -> None:
         enc.reset_hash()
         enc.adaptor.meta["backbone_sha256"] = enc.backbone_hash()
         enc.adaptor.save(d)
-    meta = {"pooling": enc.pooling, "normalize": enc.normalize, "max_length": enc.max_length}
+    meta = {"pooling": enc.pooling, "normalize": enc.normalize, "max_length": enc.max_length,
+            **({"query_prefix": enc.query_prefix} if enc.query_prefix else {}),
+            **({"passage_prefix": enc.passage_prefix} if enc.passage_prefix else {})}
     (d / "adaretrieve.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_encoder_st_files(d, enc)  # sentence-transformers loads the full size as adaretrieve encodes it
 
 
 def _as_rng_state(st) -> tuple:

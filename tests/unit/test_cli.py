@@ -245,3 +245,61 @@ def test_adapted_model_end_to_end(tiny_model, corpus, queries_qrels, tmp_path):
     # an index built from the adapted model refuses the plain backbone as query encoder
     res = run("search", "--index", ix, "--queries", q, "--model", tiny_model, "--quiet")
     assert res.exit_code == 2 and "error:" in err_line(res)
+
+
+def test_eval_per_query_and_trec_eval_names(index_dir, queries_qrels, tmp_path):
+    q, r = queries_qrels
+    out = tmp_path / "run.trec"
+    assert run("search", "--index", index_dir, "--queries", q, "--out", out, "--quiet").exit_code == 0
+    res = run("eval", "--run", out, "--qrels", r, "--metrics", "ndcg_cut_10,recip_rank", "--per-query")
+    assert res.exit_code == 0, res.output
+    rows = [x.split("\t") for x in res.stdout.strip().splitlines()]
+    assert {x[0] for x in rows} == {"nDCG@10", "RR"} and len(rows) == 2 * (8 + 1)
+    assert [x[1] for x in rows if x[0] == "RR"] == [f"q{i}" for i in range(8)] + ["all"]  # trec_eval -q layout
+    res = run("eval", "--run", out, "--qrels", r, "--metrics", "nDCG@10", "--per-query", "--json")
+    data = json.loads(res.stdout)
+    assert set(data) == {"per_query", "mean"} and len(data["per_query"]) == 8
+    res = run("eval", "--run", out, "--qrels", r, "--metrics", "ndcg@ten")
+    assert res.exit_code == 2 and "ndcg@ten" in err_line(res)
+
+
+def test_shell_completion_is_offered():
+    res = run("--help")
+    assert "--install-completion" in res.stdout and "--show-completion" in res.stdout
+
+
+def test_prefixes_are_applied_recorded_and_used_by_search(tiny_model, corpus, queries_qrels, tmp_path):
+    import numpy as np
+
+    from adaretrieve.modeling import Encoder
+    from adaretrieve.search import IndexReader
+
+    res = build(tiny_model, corpus, tmp_path / "px", "--query-prefix", "query: ", "--passage-prefix", "passage: ")
+    assert res.exit_code == 0, res.output
+    reader = IndexReader(tmp_path / "px")
+    m = reader.manifest.model
+    assert (m["query_prefix"], m["passage_prefix"]) == ("query: ", "passage: ")
+    enc = Encoder(tiny_model, device="cpu")
+    from adaretrieve.data import iter_corpus
+    from adaretrieve.data.readers import doc_text
+
+    docs = list(iter_corpus(corpus))
+    want = enc.encode(["passage: " + doc_text(d.title, d.text) for d in docs], ["4x32"])
+    stored = np.load(current_generation(tmp_path / "px") / "rerank-4x32.npy").astype(np.float32)
+    np.testing.assert_allclose(stored, list(want.values())[0], atol=2e-3)  # float16 rows
+    # search applies the recorded query prefix: the top hit of a query equals a by-hand prefixed search
+    res = run("search", "--index", tmp_path / "px", "cell cancer risk")
+    assert res.exit_code == 0, res.output
+    from adaretrieve import Retriever
+
+    r = Retriever(tmp_path / "px")
+    assert r.encoder.query_prefix == "query: "
+    qv = r.encoder.encode(["query: cell cancer risk"], ["4x32"])
+    top = int(np.argmax(stored @ list(qv.values())[0][0]))
+    assert r.search(["cell cancer risk"], shortlist="2x16", k=40, top=1)[0][0][0] == reader.docids[top]
+    # an index from before prefixes (no keys in its manifest) loads and searches with none
+    path = current_generation(tmp_path / "px") / "manifest.json"
+    old = json.loads(path.read_text())
+    old["model"].pop("query_prefix"), old["model"].pop("passage_prefix")
+    path.write_text(json.dumps(old))
+    assert Retriever(tmp_path / "px").encoder.query_prefix == ""

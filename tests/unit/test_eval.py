@@ -73,3 +73,25 @@ def test_concurrent_writers_of_one_run_file_leave_one_whole_run(tmp_path):
     assert read_run(out) == runs[0]
     assert len(out.read_text().splitlines()) == 50 * 200
     assert [p.name for p in tmp_path.iterdir()] == ["run.trec"]
+
+
+def test_trec_eval_names_beside_ir_measures_names():
+    qrels = {"q1": {"a": 1, "b": 2}, "q2": {"z": 1}}
+    run = {"q1": {"x": 3.0, "b": 2.0, "a": 1.0}, "q2": {"y": 1.0}}
+    trec = Evaluator(qrels, ["ndcg_cut_10,recip_rank", "recall_100", "map", "P_10", "ndcg_cut.5"])(run)
+    same = Evaluator(qrels, ["nDCG@10", "RR", "R@100", "AP", "P@10", "nDCG@5"])(run)
+    assert trec == same
+    with pytest.raises(AdaError, match="trec_eval"):
+        Evaluator(qrels, ["ndcg_cut_ten"])
+
+
+def test_per_query_scores_average_to_the_means():
+    qrels = {"q1": {"a": 1, "b": 2}, "q2": {"z": 1}, "q3": {"c": 1}}
+    run = {"q1": {"x": 3.0, "b": 2.0, "a": 1.0}, "q2": {"y": 1.0, "z": 0.5}}
+    ev = Evaluator(qrels, ["nDCG@10", "RR@10"])
+    per = ev.per_query(run)
+    assert list(per) == ["q1", "q2", "q3"] and per["q3"] == {"nDCG@10": 0.0, "RR@10": 0.0}  # unjudged in run: 0
+    assert per["q2"]["RR@10"] == pytest.approx(0.5)
+    means = ev(run)
+    for name in ev.names:
+        assert sum(p[name] for p in per.values()) / 3 == pytest.approx(means[name])

@@ -320,3 +320,21 @@ def test_cli_serve_checks_before_listening(index, tmp_path, monkeypatch):
     res = run("--index", index, "--port", 0, "--workers", 2, "--quiet")
     assert res.exit_code == 0 and seen["app"] == "adaretrieve.serve.app:app_from_env" and seen["workers"] == 2
     assert json.loads(__import__("os").environ["ADARETRIEVE_SERVE"])["index"] == str(index)
+
+
+def test_serve_applies_the_query_prefix_the_index_recorded(tiny_model, tmp_path):
+    from adaretrieve import Retriever
+    from adaretrieve.index.build import build_index
+    from adaretrieve.modeling import Encoder
+
+    enc = Encoder(tiny_model, device="cpu", query_prefix="query: ", passage_prefix="passage: ")
+    ix = tmp_path / "px"
+    build_index(make_corpus(tmp_path / "corpus.jsonl", n=60), enc, ix, progress=False, **SIZES)
+    r = Retriever(ix, device="cpu")
+    assert r.encoder.query_prefix == "query: "
+    with TestClient(create_app(SearchService(ix, device="cpu", max_batch=8, max_wait_ms=5))) as c:
+        got = c.post("/search", json={"queries": TEXTS[1]}).json()["results"][0]
+    same_hits(got, r.search(TEXTS[1:2], top=10)[0])
+    plain = Encoder(tiny_model, device="cpu")  # without the prefix the query vector, and so the scores, differ
+    s = enc.check_sizes(["4x32"])[0]
+    assert not np.allclose(plain.encode([TEXTS[1]], [s])[s], enc.encode_queries([TEXTS[1]], [s])[s], atol=1e-4)
