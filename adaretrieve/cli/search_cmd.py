@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from adaretrieve.cli.common import at_least_1, handle_errors, setup
+from adaretrieve.cli.common import BACKEND_HELP, at_least_1, handle_errors, setup
 from adaretrieve.errors import AdaError
 
 
@@ -30,6 +30,7 @@ def search(
     ef_search: Optional[int] = typer.Option(None, "--ef-search", help="HNSW shortlists: candidate list size per query (more: slower, higher recall)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Queries per forward pass."),
     device: Optional[str] = typer.Option(None, "--device"),
+    backend: str = typer.Option("torch", "--backend", help=BACKEND_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print metrics as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
@@ -75,7 +76,7 @@ def search(
         rr = None if rerank.lower() == "none" else parse_size(rerank)
     from adaretrieve.retriever import load_index_encoder
 
-    enc = load_index_encoder(reader, model, device)  # refuses weights other than the index's
+    enc = load_index_encoder(reader, model, device, backend=backend)  # refuses weights other than the index's
     enc.check_sizes([short], "shortlist size")
     stages = [(s, kk) for s, kk in zip(enc.check_sizes(then, "--then size"), k[1:])]
     if rr:

@@ -183,7 +183,8 @@ def _encode_and_assemble(corpus_path, encoder, out, bdir, plan, i_shard, n_shard
     encode_s = time.perf_counter() - t0
     stats = {"encode_seconds": round(encode_s, 2), "docs_encoded_this_run": done_docs,
              "docs_per_second": round(done_docs / max(encode_s, 1e-9), 2) if done_docs else None,
-             "batch_size": batch_size, "device": str(encoder.device), "shards": n_shards}
+             "batch_size": batch_size, "device": str(encoder.device), "shards": n_shards,
+             "backend": getattr(encoder, "backend", "torch")}
     missing = [c for c in range(plan["n_chunks"]) if not (bdir / _chunk_name(c)).exists()]
     if missing and not (bdir / PLAN).exists():  # another shard has assembled the index and removed the folder
         return read_manifest(out)
