@@ -100,7 +100,7 @@ def test_graph_is_exported_once_and_then_read_from_the_cache(tiny_model, monkeyp
 def test_int8_query_encoder_is_close_to_fp32(tiny_model):
     fp32 = Encoder(tiny_model, device="cpu", backend="onnx", threads=1).encode(TEXTS, ["4x32", "2x16"])
     int8_enc = Encoder(tiny_model, device="cpu", backend="onnx-int8", threads=1)
-    assert int8_enc._onnx.path(4).name.endswith("-int8pc1.onnx")
+    assert int8_enc._onnx.path(4).name.endswith("-int8pc2.onnx")
     int8 = int8_enc.encode(TEXTS, ["4x32", "2x16"])
     for s in fp32:
         cos = (fp32[s] * int8[s]).sum(1)  # both normalised
@@ -169,3 +169,15 @@ def test_search_and_retriever_with_onnx_answer_as_torch(tiny_model, tmp_path):
     want = Retriever(tmp_path / "ix").search(TEXTS[:2], shortlist="2x16", k=10, top=3)
     assert [[d for d, _ in h] for h in hits] == [[d for d, _ in h] for h in want]
     np.testing.assert_allclose([[s for _, s in h] for h in hits], [[s for _, s in h] for h in want], atol=1e-4)
+
+
+def test_int8_keeps_the_feed_forward_down_projections_in_fp32(tiny_model):
+    import onnx
+
+    enc = Encoder(tiny_model, device="cpu", backend="onnx-int8", threads=1)
+    enc.encode(TEXTS[:1], ["4x32"])
+    down = enc._onnx._down_projections(enc._onnx.path(4, quantized=False))
+    assert len(down) == 4  # one per layer
+    q = onnx.load(str(enc._onnx.path(4)))
+    kept = {n.name for n in q.graph.node if n.op_type == "MatMul"}
+    assert set(down) <= kept and any(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in q.graph.node)
