@@ -193,7 +193,8 @@ class Encoder:
         if max_length is not None and max_length < 1:
             raise AdaError(f"--max-length {max_length} must be at least 1 (token limit)")
         self.max_length = int(max_length or st.get("max_length", 512))
-        self.device = parse_device(device)
+        # the onnx backends run on the CPU: without --device they never pick CUDA
+        self.device = parse_device(device if device or self.backend == "torch" else "cpu")
         want = dtype or ("float16" if self.device.type == "cuda" else "float32")
         self.amp_dtype = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(want, "bad")
         if self.amp_dtype == "bad":

@@ -181,3 +181,12 @@ def test_int8_keeps_the_feed_forward_down_projections_in_fp32(tiny_model):
     q = onnx.load(str(enc._onnx.path(4)))
     kept = {n.name for n in q.graph.node if n.op_type == "MatMul"}
     assert set(down) <= kept and any(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in q.graph.node)
+
+
+def test_onnx_backend_runs_on_the_cpu_when_no_device_is_given(tiny_model, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
+    enc = Encoder(tiny_model, backend="onnx", threads=1)
+    assert enc.device.type == "cpu"
+    assert enc.encode(TEXTS[:2], ["2x8"])[Size(2, 8)].shape == (2, 8)
