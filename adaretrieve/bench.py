@@ -12,7 +12,7 @@ import logging
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +55,10 @@ class Suite:
     hybrid: list[dict] = field(default_factory=list)  # [{"k": 200, "rerank": "6x384"}]: BM25 top k, dense rerank
     rrf: list[str] = field(default_factory=list)  # dense single-stage sizes fused with BM25 by RRF
     refine: list[float] = field(default_factory=list)  # FAISS IndexRefineFlat(SQ8) at the rerank size, these k factors
+    backend: str = "torch"  # encoder backend for the corpus and the queries: torch, onnx, onnx-int8
+    factory: str = "Flat"  # FAISS factory of the stored shortlist indexes when the suite builds its index
+    nprobe: list[int] = field(default_factory=list)  # every configuration over an IVF shortlist, once per value
+    ef_search: list[int] = field(default_factory=list)  # every configuration over an HNSW shortlist, once per value
 
     @classmethod
     def load(cls, path: str | Path) -> Suite:
@@ -81,7 +85,21 @@ class Suite:
             raise AdaError(f"{p}: {e}") from None
         if suite.batch_size < 1 or suite.latency_queries < 1:
             raise AdaError(f"{p}: batch_size ({suite.batch_size}) and latency_queries ({suite.latency_queries}) must be at least 1")
+        try:
+            suite.check_search_params()
+        except AdaError as e:
+            raise AdaError(f"{p}: {e}") from None
         return suite
+
+    def check_search_params(self) -> None:
+        """``nprobe`` and ``ef_search`` are lists of whole numbers of at least 1 (a single number is
+        taken as a list of one)."""
+        for name in ("nprobe", "ef_search"):
+            v = getattr(self, name)
+            v = [v] if isinstance(v, int) and not isinstance(v, bool) else v
+            if not isinstance(v, list) or any(not isinstance(x, int) or isinstance(x, bool) or x < 1 for x in v):
+                raise AdaError(f"{name} {v!r} should be a list of whole numbers of at least 1")
+            setattr(self, name, v)
 
     def configs(self) -> list[BenchConfig]:
         """Every dense configuration, sizes parsed once: single stage first, then the two-stage grid."""
@@ -100,18 +118,26 @@ class Suite:
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """One dense configuration: search at ``shortlist``; with ``rerank``, rescore its top ``k``."""
+    """One dense configuration: search at ``shortlist``; with ``rerank``, rescore its top ``k``.
+    ``nprobe`` / ``ef_search``: the search-time setting of an IVF / HNSW shortlist, when swept."""
 
     shortlist: Size
     k: int | None = None
     rerank: Size | None = None
+    nprobe: int | None = None
+    ef_search: int | None = None
 
     @property
     def name(self) -> str:
-        return f"single {self.shortlist}" if self.rerank is None else f"{self.shortlist} k={self.k} -> {self.rerank}"
+        return _name(self.shortlist, self.k, self.rerank, self.nprobe, self.ef_search)
 
     def sizes(self) -> list[Size]:
         return [self.shortlist] + ([self.rerank] if self.rerank else [])
+
+
+def _name(shortlist, k, rerank, nprobe=None, ef_search=None) -> str:
+    params = "".join(f" {n}={v}" for n, v in (("nprobe", nprobe), ("ef_search", ef_search)) if v is not None)
+    return f"single {shortlist}{params}" if rerank is None else f"{shortlist} k={k}{params} -> {rerank}"
 
 
 def config_name(c: BenchConfig | dict) -> str:
@@ -120,7 +146,33 @@ def config_name(c: BenchConfig | dict) -> str:
         return c.name
     if c.get("config"):
         return c["config"]
-    return f"single {c['shortlist']}" if c["rerank"] is None else f"{c['shortlist']} k={c['k']} -> {c['rerank']}"
+    return _name(c["shortlist"], c["k"], c["rerank"], c.get("nprobe"), c.get("ef_search"))
+
+
+def with_search_params(configs: list[BenchConfig], reader: IndexReader, nprobe: list[int],
+                       ef_search: list[int]) -> list[BenchConfig]:
+    """Each configuration whose shortlist index is IVF once per ``nprobe``, HNSW once per
+    ``ef_search``; the others as they are. AdaError when a setting is given and no shortlist of the
+    suite takes it (it would otherwise be silently ignored)."""
+    from adaretrieve.search.twostage import shortlist_kind
+
+    if not nprobe and not ef_search:
+        return configs
+    kinds = {c.shortlist: shortlist_kind(reader.shortlist_index(c.shortlist)) for c in configs}
+    for name, values, tag, hint in (("nprobe", nprobe, "IVF", "IVF..."), ("ef_search", ef_search, "HNSW", "HNSW32")):
+        if values and not any(tag in k for k in kinds.values()):
+            have = ", ".join(f"{s} {k}" for s, k in kinds.items())
+            raise AdaError(f"{name} applies to {tag} shortlists; the suite's are {have} (build one with --factory {hint})")
+    out = []
+    for c in configs:
+        kind = kinds[c.shortlist]
+        if "IVF" in kind and nprobe:
+            out += [replace(c, nprobe=v) for v in nprobe]
+        elif "HNSW" in kind and ef_search:
+            out += [replace(c, ef_search=v) for v in ef_search]
+        else:
+            out.append(c)
+    return out
 
 
 def machine_info() -> dict:
@@ -161,7 +213,9 @@ def ensure_index(suite: Suite, enc, rebuild: bool = False, progress: bool = True
         reader = IndexReader(path)
         m = reader.manifest
         rerank = parse_size(suite.rerank) if suite.rerank else None
+        factories = {e["factory"] for e in m.shortlist if parse_size(e["size"]) in want}
         differs = [what for what, ok in (
+            (f"factory {', '.join(sorted(factories))} (the suite's: {suite.factory})", factories <= {suite.factory}),
             (f"weights {str(m.model.get('weights_sha256'))[:12]} (the suite's model: {enc.weights_hash()[:12]})",
              m.model.get("weights_sha256") == enc.weights_hash()),
             (f"shortlist {', '.join(map(str, m.shortlist_sizes))} (the suite needs {', '.join(map(str, want))})",
@@ -178,7 +232,8 @@ def ensure_index(suite: Suite, enc, rebuild: bool = False, progress: bool = True
         else:
             raise AdaError(f"index {path} does not match suite {suite.name!r}: {'; '.join(differs)}. Pass --rebuild to "
                            "replace it, or point the suite's `index:` elsewhere")
-    build_index(suite.corpus, enc, path, want, suite.rerank, batch_size=suite.batch_size, overwrite=True, progress=progress)
+    build_index(suite.corpus, enc, path, want, suite.rerank, factory=suite.factory, batch_size=suite.batch_size,
+                overwrite=True, progress=progress)
     return IndexReader(path)
 
 
@@ -225,6 +280,8 @@ class ResultRow:
     shortlist: str | None = None
     k: int | None = None
     rerank: str | None = None
+    nprobe: int | None = None  # search-time settings of an IVF / HNSW shortlist (absent when not swept)
+    ef_search: int | None = None
     search_ms_batch1_cold: LatencyMs | None = None  # rerank rows dropped from the page cache per query
     encode_layers: int = 0
     encode_ms_batch1: LatencyMs | None = None
@@ -250,6 +307,8 @@ class ResultRow:
             if f.name in d or f.name == "extra":
                 continue
             v = getattr(self, f.name)
+            if v is None and f.name in ("nprobe", "ef_search"):
+                continue
             if isinstance(v, LatencyMs):
                 v = v.to_dict()
             elif f.name == "stages_ms_batch1":
@@ -305,6 +364,8 @@ class Pipeline:
     shortlist: Size | None = None
     k: int | None = None
     rerank: Size | None = None
+    nprobe: int | None = None
+    ef_search: int | None = None
     resident_bytes_per_doc: float | None = None
     rerank_bytes_per_doc_on_disk: int = 0
     disk_bytes_per_doc: float | None = None
@@ -371,6 +432,7 @@ def measure(p: Pipeline, ctx: Context) -> ResultRow:
         config=p.config, kind=p.kind, metrics={k: round(v, 5) for k, v in metrics.items()},
         search_ms_batch1=search1, search_ms_batched=search_b,
         shortlist=str(p.shortlist) if p.shortlist else None, k=p.k, rerank=str(p.rerank) if p.rerank else None,
+        nprobe=p.nprobe, ef_search=p.ef_search,
         search_ms_batch1_cold=LatencyMs.of(cold) if cold else None,
         encode_layers=depth, encode_ms_batch1=enc1, encode_ms_batched=enc_b if p.need else None,
         end_to_end_ms_batch1=e2e, stages_ms_batch1=stage_ms, stages_ms_batched=stage_b,
@@ -409,7 +471,7 @@ def _reads_rerank_file(reader: IndexReader, size: Size) -> bool:
 
 
 def dense_pipeline(c: BenchConfig, reader: IndexReader) -> Pipeline:
-    searcher = TwoStageSearcher(reader, c.shortlist, c.rerank, k=c.k or 1)
+    searcher = TwoStageSearcher(reader, c.shortlist, c.rerank, k=c.k or 1, nprobe=c.nprobe, ef_search=c.ef_search)
     short, rr = searcher.shortlist, searcher.rerank
 
     def search(rows, q, t):
@@ -417,7 +479,7 @@ def dense_pipeline(c: BenchConfig, reader: IndexReader) -> Pipeline:
 
     return Pipeline(c.name, "dense", c.sizes(), search, _arrays_run(reader),
                     cold=_evict_rerank(reader) if rr and _reads_rerank_file(reader, rr) else None,
-                    shortlist=short, k=c.k, rerank=rr,
+                    shortlist=short, k=c.k, rerank=rr, nprobe=c.nprobe, ef_search=c.ef_search,
                     resident_bytes_per_doc=shortlist_resident_bytes_per_doc(reader.manifest, short),
                     rerank_bytes_per_doc_on_disk=rr.dim * 2 if rr else 0,
                     disk_bytes_per_doc=disk_bytes_per_doc(reader, short, rr),
@@ -427,13 +489,14 @@ def dense_pipeline(c: BenchConfig, reader: IndexReader) -> Pipeline:
 def run_suite(suite: Suite, rebuild: bool = False, progress: bool = True, replace_stale: bool = False) -> dict:
     from adaretrieve.modeling import Encoder
 
-    enc = Encoder(suite.model, max_length=suite.max_length)
+    enc = Encoder(suite.model, max_length=suite.max_length, backend=suite.backend)
     reader = ensure_index(suite, enc, rebuild, progress, replace_stale)
+    suite.check_search_params()
+    configs = with_search_params(suite.configs(), reader, suite.nprobe, suite.ef_search)
     qrels = read_qrels(suite.qrels)
     queries = {q: t for q, t in read_queries(suite.queries).items() if q in qrels}
     qids = list(queries)
     texts = enc.queries([queries[q] for q in qids])  # with the index's query prefix
-    configs = suite.configs()
     sizes = {s for c in configs for s in c.sizes()}
     sizes |= {parse_size(h["rerank"]) for h in suite.hybrid if suite.bm25} | {parse_size(s) for s in suite.rrf if suite.bm25}
     if suite.refine and reader.manifest.rerank:
@@ -465,7 +528,7 @@ def run_suite(suite: Suite, rebuild: bool = False, progress: bool = True, replac
     rows = [measure(p, ctx) for p in pipelines]
     checks = check_expected(rows, suite.expected)
     return {
-        "suite": suite.name, "description": suite.description, "model": enc.describe(),
+        "suite": suite.name, "description": suite.description, "model": enc.describe(), "backend": suite.backend,
         "index": {"path": str(reader.dir), "n_docs": reader.n_docs, "build": reader.manifest.build},
         "n_queries": len(qids), "queries_encode_ms_batched": round(encode_batched_ms, 3),
         "timing": {"warmup": WARMUP, "warmup_batched": WARMUP_BATCHED, "repeats": REPEATS, "latency_queries": n_lat,
@@ -677,6 +740,7 @@ def to_markdown(res: dict, command: str) -> str:
         f"normalise {res['model']['normalize']}, max length {res['model']['max_length']}); "
         f"{res['index']['n_docs']} docs, {res['n_queries']} queries.  ",
         f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), faiss {m['faiss']}; {res['date']}.  ",
+        *([f"Encoder backend: {res['backend']}.  "] if res.get("backend", "torch") != "torch" else []),
         f"Index build: {res['index']['build'].get('encode_seconds', '?')} s encoding "
         f"({res['index']['build'].get('docs_per_second', '?')} docs/s).",
         "",

@@ -139,6 +139,8 @@ def upload(reader, location: str | QdrantLocation, batch_size: int = 256, overwr
 def _upload(reader, loc: QdrantLocation, batch_size: int, overwrite: bool, quantization: str, progress: bool, client) -> dict:
     from qdrant_client import models
 
+    from adaretrieve.search.twostage import takes_as_stored
+
     m = reader.manifest
     short = list(dict.fromkeys(m.shortlist_sizes))
     sizes = short + ([m.rerank_size] if m.rerank_size and m.rerank_size not in short else [])
@@ -179,8 +181,8 @@ def _upload(reader, loc: QdrantLocation, batch_size: int, overwrite: bool, quant
             vec = {}
             for s, src in sources.items():
                 x = np.asarray(src[a:b], dtype=np.float32)
-                stored_as_is = s in short and s != m.rerank_size and x.shape[1] == s.dim  # a flat shortlist's own vectors
-                vec[str(s)] = (x if stored_as_is else truncate(x, s.dim, m.normalize)).tolist()
+                # the values adaretrieve scores with: rows at their stored width as stored, others cut and renormalised
+                vec[str(s)] = (x if takes_as_stored(src, s.dim) else truncate(x, s.dim, m.normalize)).tolist()
             client.upsert(loc.collection, points=models.Batch(ids=list(range(a, b)), vectors=vec,
                                                               payloads=[{"docid": reader.docids[i]} for i in range(a, b)]),
                           wait=True)

@@ -18,17 +18,20 @@ from adaretrieve.search import FunnelSearcher, IndexReader
 from adaretrieve.sizes import Size, parse_size
 
 
-def load_index_encoder(reader: IndexReader, model: str | None = None, device: str | None = None, dtype: str | None = None):
+def load_index_encoder(reader: IndexReader, model: str | None = None, device: str | None = None, dtype: str | None = None,
+                       backend: str = "torch", threads: int | None = None):
     """The encoder for queries against ``reader``: ``model`` if given, else the model that built the
     index (its recorded folder when it still exists, else its name), with the index's pooling,
     normalisation, max length and query/passage prefixes (an index from before prefixes has none).
-    Raises AdaError when its weights (adaptor included) are not the ones that built the index."""
+    Raises AdaError when its weights (adaptor included) are not the ones that built the index.
+    ``backend``: torch, onnx or onnx-int8 (see ``Encoder``)."""
     from adaretrieve.modeling import Encoder
 
     m = reader.manifest.model
     name = model or (m["path"] if Path(m["path"]).exists() else m["name"])
     enc = Encoder(name, pooling=m["pooling"], normalize=m["normalize"], max_length=m["max_length"], device=device, dtype=dtype,
-                  query_prefix=m.get("query_prefix", ""), passage_prefix=m.get("passage_prefix", ""))
+                  query_prefix=m.get("query_prefix", ""), passage_prefix=m.get("passage_prefix", ""),
+                  backend=backend, threads=threads)
     reader.check_model(enc.weights_hash(), enc.name)
     return enc
 
@@ -37,9 +40,10 @@ class Retriever:
     """An index and its query encoder, loaded once; ``search`` runs any configuration the index
     can serve (sizes stored or derived by truncation; a funnel with ``then``)."""
 
-    def __init__(self, index: str | Path, model: str | None = None, device: str | None = None):
+    def __init__(self, index: str | Path, model: str | None = None, device: str | None = None, backend: str = "torch",
+                 threads: int | None = None):
         self.reader = IndexReader(index)
-        self.encoder = load_index_encoder(self.reader, model, device)
+        self.encoder = load_index_encoder(self.reader, model, device, backend=backend, threads=threads)
         self._searchers: dict = {}
 
     def searcher(self, shortlist: str | Size | None = None, k: int = 200, rerank: str | Size | None = "default",

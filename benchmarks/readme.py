@@ -589,10 +589,75 @@ SciFact): {found.group(1)} generated requests, {found.group(2)} passed the no-5x
     return text
 
 
+# Encoder backends
+
+
+def encoding() -> str:
+    """Encoder backends (issue 13): query and corpus encoding speed, onnx quality, the rerank micro-benchmark."""
+    q = load("onnx-quality/results.json")
+    qrow = {(r["corpus"], r["queries"]): r for r in q["rows"]}
+    torch_ndcg = qrow[("torch (index)", "torch")]["metrics"]["nDCG@10"]
+    onnx_both = next((r for r in q["rows"] if r["corpus"] == "onnx"), None)
+    int8 = qrow[("torch (index)", "onnx-int8")]
+    parts = []
+    for name in ("encode-speed-minilm", "encode-speed-mpnet"):
+        if not exists(f"{name}/results.json"):
+            continue
+        es = load(f"{name}/results.json")
+        for model, d in es["models"].items():
+            qe, ce = d["query_encoding"], d["corpus_encoding"]
+            rows = []
+            for meth, x in qe.items():
+                if "error" in x:
+                    continue
+                c = ce.get(meth)
+                rows.append([meth, f"{x['batch1_ms_p50']:.1f}", str(x.get("batch1_speedup_vs_ours_torch", "-")),
+                             f"{x['batch1_speedup_vs_st_torch']}", f"{x['batch32_ms_per_query_p50']:.1f}",
+                             f"{x['batch32_speedup_vs_st_torch']}",
+                             f"{c['docs_per_s']} ({c['speedup_vs_st_torch']}x)" if c else "-"])
+            md = d["model"]
+            reading = ""
+            if "adaretrieve onnx" in qe and "adaretrieve torch bf16" in qe:
+                o, i8, bf = qe["adaretrieve onnx"], qe["adaretrieve onnx-int8"], qe["adaretrieve torch bf16"]
+                reading = (f"\n\nAt batch 1 the onnx backend is {o['batch1_speedup_vs_ours_torch']}x our torch path "
+                           f"({o['batch1_speedup_vs_st_torch']}x ST torch) and int8 {i8['batch1_speedup_vs_ours_torch']}x; in "
+                           f"batches of 32 onnx fp32 is {o['batch32_speedup_vs_ours_torch']}x torch, and bf16 autocast "
+                           f"(`--dtype bfloat16`, AMX on this CPU) is the fastest there ({bf['batch32_speedup_vs_ours_torch']}x)"
+                           + (f" and for a corpus ({ce['adaretrieve torch bf16']['speedup_vs_st_torch']}x ST torch's docs/s, "
+                              "every size in one pass)" if ce else "")
+                           + f", but {bf['batch1_speedup_vs_ours_torch']}x at batch 1.")
+            parts.append(f"""{model} ({md['n_layers']}x{md['hidden_size']}, max length {md['max_length']}):
+`{es['command'].split(' --note ')[0]}` ({es['threads']} thread, {es['machine']['cpu']}, load average
+{es['uptime_before'].split('load average: ')[-1]} at the start; the note and every figure in `benchmarks/results/{name}/`):
+
+{table(["method", "query ms, batch 1", "x our torch", "x ST torch", "ms/query, batch 32", "x ST torch",
+        f"corpus docs/s ({d['corpus_docs']} docs)" if ce else "corpus docs/s"], rows)}{reading}""")
+    rm = load("rerank-micro/results.json")
+    r = rm["results"]
+    both = (f"queries and corpus by onnx {onnx_both['metrics']['nDCG@10']:.5f} (vectors within "
+            f"{onnx_both['doc_max_abs_diff_to_torch']:.0e} of torch's)") if onnx_both else ""
+    return f"""Query encoding with `--backend onnx` / `onnx-int8` against our torch path and sentence-transformers
+(ST), same SciFact queries, same max length, one thread, every method timed in turn on the same text
+(ratios of medians from one run; "other venv" rows come from a second environment, since ST's onnx
+backend needs optimum and transformers < 5, right after the others). The machine was shared while these
+ran, so absolute times are inflated; the ratios are what to read.
+
+{(chr(10) * 2).join(parts)}
+
+Quality, {q["model"]["name"]} on SciFact test at {q["size"]} (`{q["command"]}`): nDCG@10 torch {torch_ndcg:.5f}, onnx queries
+{qrow[('torch (index)', 'onnx')]['metrics']['nDCG@10']:.5f}, {both}; int8 queries against the fp32 index
+{int8['metrics']['nDCG@10']:.5f} ({int8['nDCG@10_minus_torch']:+.4f}).
+
+Rerank of {rm['k']} float16 rows at {rm['dim']}-d for one query (`{rm['command'].split(' --note ')[0]}`): {r['adaretrieve']['p50_us']:.0f} us
+against {r['bare']['p50_us']:.0f} us for a bare numpy gather + matrix-vector product over the same rows in the same
+run ({rm['adaretrieve_over_bare_paired_median']}x, median of per-repeat ratios; before this change
+{r['before']['p50_us']:.0f} us)."""
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "scifact-minilm": scifact_minilm, "scifact-starbucks": scifact_starbucks, "budget": budget,
     "adapt-table": adapt_table, "adapt-parts": adapt_parts, "starbucks-keep": starbucks_keep,
-    "training": training, "smae": smae, "scale": scale, "serve": serve, "export": export,
+    "training": training, "smae": smae, "scale": scale, "serve": serve, "export": export, "encoding": encoding,
 }
 
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from adaretrieve.cli.common import handle_errors, setup
+from adaretrieve.cli.common import BACKEND_HELP, at_least_1, handle_errors, setup
 
 
 @handle_errors
@@ -17,6 +17,9 @@ def bench(
     rebuild: bool = typer.Option(False, "--rebuild", help="Build the suite's index again, replacing the one at its path (without it, an index there that does not match the suite is refused, never replaced)."),
     check: bool = typer.Option(False, "--check", help="Exit non-zero when a pinned score moves beyond its tolerance."),
     note: Optional[str] = typer.Option(None, "--note", help="A line for the report, e.g. what else ran on the machine."),
+    backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP + " Default: the suite's `backend`, else torch."),
+    nprobe: list[int] = typer.Option([], "--nprobe", help="Sweep: every configuration over an IVF shortlist once per value (repeat); replaces the suite's `nprobe`."),
+    ef_search: list[int] = typer.Option([], "--ef-search", help="Sweep: every configuration over an HNSW shortlist once per value (repeat); replaces the suite's `ef_search`."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Sweep single-stage sizes and two-stage (shortlist, k, rerank) triples; write JSON + Markdown.
@@ -28,7 +31,14 @@ def bench(
     setup(quiet)
     from adaretrieve.bench import Suite, run_suite, to_markdown, write_report
 
+    at_least_1({"--nprobe": min(nprobe, default=None), "--ef-search": min(ef_search, default=None)})
     suite = Suite.load(config)
+    if nprobe:
+        suite.nprobe = list(nprobe)
+    if ef_search:
+        suite.ef_search = list(ef_search)
+    if backend is not None:
+        suite.backend = backend
     res = run_suite(suite, rebuild=rebuild, progress=not quiet)
     if note:
         res["note"] = note

@@ -70,9 +70,14 @@ def at_least_1(options: dict[str, int | None]) -> None:
             raise AdaError(f"{name} {value} must be at least 1")
 
 
+BACKEND_HELP = ("Encoder backend: torch, onnx (ONNX Runtime, same vectors, graph exported once and cached under "
+                "~/.cache/adaretrieve or $ADARETRIEVE_CACHE) or onnx-int8 (int8 weights: faster, slightly different vectors). "
+                "The onnx ones need `pip install 'adaretrieve[onnx]'`.")
+
+
 def load_encoder(model: str, pooling=None, normalize=None, max_length=None, device=None, dtype=None,
-                 query_prefix=None, passage_prefix=None):
+                 query_prefix=None, passage_prefix=None, backend="torch"):
     from adaretrieve.modeling import Encoder
 
     return Encoder(model, pooling=pooling, normalize=normalize, max_length=max_length, device=device, dtype=dtype,
-                   query_prefix=query_prefix, passage_prefix=passage_prefix)
+                   query_prefix=query_prefix, passage_prefix=passage_prefix, backend=backend)

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from adaretrieve.cli.common import at_least_1, handle_errors, load_encoder, setup
+from adaretrieve.cli.common import BACKEND_HELP, at_least_1, handle_errors, load_encoder, setup
 
 index_app = typer.Typer(invoke_without_command=True, add_completion=False)
 
@@ -31,6 +31,7 @@ def index(
     batch_size: int = typer.Option(32, "--batch-size", help="Documents per forward pass."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, float16 or bfloat16 (float16 on CUDA only; bfloat16 autocast on CPU)."),
+    backend: str = typer.Option("torch", "--backend", help=BACKEND_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index (only once the new one is complete)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/n: encode only this process's share of the corpus; then `adaretrieve index merge`."),
     ray: bool = typer.Option(False, "--ray", help="Encode the chunks on Ray Data (an actor pool; a local Ray unless --ray-address). Optional extra: pip install 'adaretrieve[ray]'."),
@@ -91,7 +92,7 @@ def index(
         out = str(folder or qdrant_folder(target))
     elif folder is not None:
         raise AdaError("--folder is for a Qdrant --out (the folder index built before the upload)")
-    enc = load_encoder(model, pooling, normalize, max_length, device, dtype, query_prefix, passage_prefix)
+    enc = load_encoder(model, pooling, normalize, max_length, device, dtype, query_prefix, passage_prefix, backend)
     if rerank is None:
         rerank = str(enc.full_size)
     elif rerank.lower() == "none":

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from adaretrieve.cli.common import at_least_1, handle_errors, setup
+from adaretrieve.cli.common import BACKEND_HELP, at_least_1, handle_errors, setup
 from adaretrieve.errors import AdaError
 
 
@@ -32,6 +32,7 @@ def search(
     query_prefix: Optional[str] = typer.Option(None, "--query-prefix", help="Text put before every query (default: the prefix the index recorded, from `index --query-prefix` or the model's prompts)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Queries per forward pass."),
     device: Optional[str] = typer.Option(None, "--device"),
+    backend: str = typer.Option("torch", "--backend", help=BACKEND_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print metrics as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
@@ -87,7 +88,7 @@ def search(
             rr = m.rerank_size
         else:
             rr = None if rerank.lower() == "none" else parse_size(rerank)
-        enc = load_index_encoder(reader, model, device)  # refuses weights other than the index's
+        enc = load_index_encoder(reader, model, device, backend=backend)  # refuses weights other than the index's
         if query_prefix is not None:
             enc.query_prefix = query_prefix
         enc.check_sizes([short], "shortlist size")

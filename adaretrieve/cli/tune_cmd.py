@@ -5,7 +5,7 @@ from typing import Optional
 
 import typer
 
-from adaretrieve.cli.common import at_least_1, handle_errors, setup
+from adaretrieve.cli.common import BACKEND_HELP, at_least_1, handle_errors, setup
 from adaretrieve.errors import AdaError
 
 
@@ -19,6 +19,9 @@ def tune(
     metric: str = typer.Option("nDCG@10", "--metric", help="What to maximise."),
     k: list[int] = typer.Option([50, 100, 200, 500], "--k", help="Shortlist depths to try."),
     latency_queries: int = typer.Option(50, "--latency-queries", help="Queries timed one at a time."),
+    nprobe: list[int] = typer.Option([], "--nprobe", help="IVF shortlists: nprobe values to try (repeat)."),
+    ef_search: list[int] = typer.Option([], "--ef-search", help="HNSW shortlists: ef_search values to try (repeat)."),
+    backend: str = typer.Option("torch", "--backend", help=BACKEND_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Pick the configuration with the best --metric among those that fit every budget given (the
@@ -34,7 +37,8 @@ def tune(
     from adaretrieve.search import IndexReader
     from adaretrieve.tune import best_within_budget, latency_ms, resident_mb, within_budget
 
-    at_least_1({"--latency-queries": latency_queries, **{"--k": min(k, default=None)}})
+    at_least_1({"--latency-queries": latency_queries, "--k": min(k, default=None), "--nprobe": min(nprobe, default=None),
+                "--ef-search": min(ef_search, default=None)})
     reader = IndexReader(index)
     m = reader.manifest
     mod = m.model
@@ -44,7 +48,8 @@ def tune(
     two = [{"shortlist": [s], "k": list(k), "rerank": [rerank]} for s in sizes if rerank and s != rerank]
     suite = Suite(name=f"tune-{index.name}", model=model, corpus=m.corpus, queries=str(queries), qrels=str(qrels),
                   index=str(index), shortlist=sizes, rerank=rerank, single=sizes, two_stage=two,
-                  metrics=[metric], max_length=mod["max_length"], latency_queries=latency_queries)
+                  metrics=[metric], max_length=mod["max_length"], latency_queries=latency_queries,
+                  nprobe=list(nprobe), ef_search=list(ef_search), backend=backend, factory=m.shortlist[0]["factory"])
     rows = run_suite(suite, progress=not quiet)["results"]
     n = reader.n_docs
 
@@ -69,6 +74,8 @@ def tune(
                    f"{r['metrics'][metric]:.4f}", err=True)
     cmd = f"adaretrieve search --index {index} --queries {queries} --shortlist {best['shortlist']}"
     cmd += f" --k {best['k']} --rerank {best['rerank']}" if best["rerank"] else " --rerank none"
+    cmd += "".join(f" --{opt} {best[key]}" for key, opt in (("nprobe", "nprobe"), ("ef_search", "ef-search")) if best.get(key))
+    cmd += f" --backend {backend}" if backend != "torch" else ""
     typer.echo(f"best within budget: {config_name(best)}: {metric} {best['metrics'][metric]:.4f}, "
                f"{latency_ms(best):.2f} ms, {ram(best)} MB resident")
     typer.echo(cmd)

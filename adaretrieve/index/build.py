@@ -198,6 +198,7 @@ def _encode_and_assemble(corpus_path, encoder, out, bdir, plan, i_shard, n_shard
     stats = {"encode_seconds": round(encode_s, 2), "docs_encoded_this_run": done_docs,
              "docs_per_second": round(done_docs / max(encode_s, 1e-9), 2) if done_docs else None,
              "batch_size": batch_size, "device": str(encoder.device), "shards": n_shards,
+             "backend": getattr(encoder, "backend", "torch"),
              **({"ray": {"address": ray.get("address") or "local", "actors": ray.get("actors", 2),
                          "threads_per_actor": ray.get("threads", 1)}} if ray is not None else {})}
     missing = [c for c in range(plan["n_chunks"]) if not (bdir / _chunk_name(c)).exists()]

@@ -126,6 +126,10 @@ class Encoder:
         query_prefix, passage_prefix: text put before every query / passage by ``encode_queries`` /
             ``encode_passages`` (E5's ``"query: "``); default the folder's sentence-transformers
             prompts, else none.
+        backend: ``"torch"`` (default), ``"onnx"`` (ONNX Runtime on CPU, a graph per depth exported
+            once and cached on disk, see ``onnx_backend``) or ``"onnx-int8"`` (the same graph with
+            int8 MatMul weights: faster, slightly different vectors). Same vectors as torch (fp32).
+        threads: intra-op threads of the onnx backends (default: torch's thread count).
 
     A sentence-transformers Dense module maps the last layer's pooled vector (the full size is then
     ``n_layers x out_features``); smaller layers stay prefixes of their pooled states.
@@ -143,8 +147,16 @@ class Encoder:
         tokenizer=None,
         query_prefix: str | None = None,
         passage_prefix: str | None = None,
+        backend: str = "torch",
+        threads: int | None = None,
     ):
         from transformers import AutoModel, AutoTokenizer
+
+        from adaretrieve.modeling.onnx_backend import check_backend, require_onnxruntime
+
+        self.backend = check_backend(backend or "torch")
+        if self.backend != "torch":
+            require_onnxruntime(self.backend)  # before any weights load: a missing package is one line at once
 
         self.name = str(model)
         self.path = resolve_model(model)
@@ -162,7 +174,8 @@ class Encoder:
         self.passage_prefix = st.get("passage_prefix", "") if passage_prefix is None else str(passage_prefix)
         self.lowercase = bool(st.get("lowercase", False))
         self.dense: list = list(st.get("dense", []))
-        self.device = parse_device(device)
+        # the onnx backends run on the CPU: without --device they never pick CUDA
+        self.device = parse_device(device if device or self.backend == "torch" else "cpu")
         want = dtype or ("float16" if self.device.type == "cuda" else "float32")
         self.amp_dtype = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(want, "bad")
         if self.amp_dtype == "bad":
@@ -207,6 +220,13 @@ class Encoder:
             if want and want != self.backbone_hash():
                 raise AdaError(f"{self.path}: the adaptor was fitted on backbone {want[:12]}, these weights hash to "
                                f"{self.backbone_hash()[:12]}; re-run `adaretrieve adapt` on this model")
+        self._onnx = None
+        if self.backend != "torch":
+            if self.device.type != "cpu":
+                raise AdaError(f"backend {self.backend!r} runs on the CPU; use --device cpu or --backend torch")
+            from adaretrieve.modeling.onnx_backend import OnnxRunner
+
+            self._onnx = OnnxRunner(self, quantize=self.backend == "onnx-int8", threads=threads)
 
     # -- sizes ---------------------------------------------------------------------------------
 
@@ -435,12 +455,16 @@ class Encoder:
             for start in range(0, n, batch_size):
                 idx = order[start : start + batch_size]
                 feats = {k: [enc[k][i] for i in idx] for k in enc.keys()}
-                batch = self.tokenizer.pad(feats, return_tensors="pt")
-                batch = {k: v.to(self.device) for k, v in batch.items()}
-                ctx = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
-                with ctx:
-                    hs = self.hidden_states(batch, depth, want=want)
-                states = {L: self.pool(hs[L].float(), batch["attention_mask"]) for L in want}
+                if self._onnx is not None:  # pooled states of layers 0..depth straight from the graph
+                    every = self._onnx.run(self.tokenizer.pad(feats, return_tensors="np"), depth)
+                    states = {L: torch.from_numpy(every[:, L]) for L in want}
+                else:
+                    batch = self.tokenizer.pad(feats, return_tensors="pt")
+                    batch = {k: v.to(self.device) for k, v in batch.items()}
+                    ctx = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
+                    with ctx:
+                        hs = self.hidden_states(batch, depth, want=want)
+                    states = {L: self.pool(hs[L].float(), batch["attention_mask"]) for L in want}
                 for L in layers:
                     if L in raw:
                         raw[L][idx] = states[L].cpu().numpy()

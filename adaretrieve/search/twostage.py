@@ -14,7 +14,7 @@ import faiss
 import numpy as np
 
 from adaretrieve.errors import AdaError
-from adaretrieve.sizes import Size, parse_size, truncate
+from adaretrieve.sizes import Size, parse_size
 
 
 def _add_time(timings: dict | None, stage: str, seconds: float) -> None:
@@ -26,6 +26,11 @@ def is_binary(index) -> bool:
     return isinstance(index, faiss.IndexBinary)
 
 
+def shortlist_kind(index) -> str:
+    """The FAISS class of a shortlist index (``IndexIVFFlat``, ``IndexHNSWFlat``, ``IndexBinaryFlat``...)."""
+    return type(faiss.downcast_index(index) if not is_binary(index) else faiss.downcast_IndexBinary(index)).__name__
+
+
 def search_params(index, nprobe: int | None = None, ef_search: int | None = None):
     """FAISS ``SearchParameters`` for one search call over ``index`` (the shared index is never
     mutated, so threads may search it with different settings): ``nprobe`` for IVF shortlists,
@@ -35,7 +40,7 @@ def search_params(index, nprobe: int | None = None, ef_search: int | None = None
     for name, v in (("nprobe", nprobe), ("ef_search", ef_search)):
         if v is not None and v < 1:
             raise AdaError(f"{name} {v} must be at least 1")
-    kind = type(faiss.downcast_index(index) if not is_binary(index) else faiss.downcast_IndexBinary(index)).__name__
+    kind = shortlist_kind(index)
     is_ivf, is_hnsw = "IVF" in kind, "HNSW" in kind
     if nprobe is not None and not is_ivf:
         raise AdaError(f"nprobe applies to IVF shortlists; this shortlist is a {kind} (build one with --factory IVF...)")
@@ -61,6 +66,42 @@ def exact_search(index, queries: np.ndarray, k: int, params=None) -> tuple[np.nd
     return index.search(q, k, params=params)
 
 
+BLOCK = 256  # float16 rows converted to float32 at a time: the buffer (256 x 768 x 4 B) stays in L2
+
+
+def takes_as_stored(rows, dim: int) -> bool:
+    """Rows cut to ``dim`` need no renormalisation: a normalising index stores unit vectors, so at
+    their full stored width float16 / float32 rows are used as stored (int8 rows, unit only to
+    about 1e-2 once dequantised, and any other source are renormalised as the size rule says)."""
+    return getattr(rows, "dtype", None) in (np.float16, np.float32) and dim == rows.shape[1]
+
+
+def _score_rows(x: np.ndarray, q: np.ndarray, renorm: bool) -> np.ndarray:
+    """``x`` [n, dim] rows (float16, float32, possibly a strided prefix view), ``q`` [n_queries, dim]
+    float32 -> inner products [n, n_queries] float32, each divided by its row's norm when ``renorm``.
+    float32 rows go to BLAS as they are; other rows are converted a block at a time into one small
+    buffer (no full float32 copy, and the block is still in cache for the product)."""
+    n = x.shape[0]
+    out = np.empty((n, q.shape[0]), dtype=np.float32)
+    norms = np.empty(n, dtype=np.float32) if renorm else None
+    if x.dtype == np.float32:
+        np.matmul(x, q.T, out=out)
+        if renorm:
+            norms[:] = np.sqrt(np.einsum("ij,ij->i", x, x))
+    else:
+        buf = np.empty((min(BLOCK, n), x.shape[1]), dtype=np.float32)
+        for s in range(0, n, BLOCK):
+            b = buf[: min(BLOCK, n - s)]
+            np.copyto(b, x[s : s + BLOCK], casting="unsafe")
+            np.matmul(b, q.T, out=out[s : s + len(b)])
+            if renorm:
+                norms[s : s + len(b)] = np.sqrt(np.einsum("ij,ij->i", b, b))
+    if renorm:
+        inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)  # rows of zeros stay zero
+        out *= inv[:, None]
+    return out
+
+
 def rerank_candidates(
     queries: np.ndarray,
     candidates: np.ndarray,
@@ -73,31 +114,40 @@ def rerank_candidates(
     """Rescore ``candidates`` [n_queries, k] (row ids, -1 = none) exactly.
 
     ``rows`` [n_docs, >=dim] holds the vectors (a float16 memory map, or anything indexable by an
-    array of row ids); only the candidate rows are read, in ascending order, each once per call.
-    Vectors are cut to ``dim`` and renormalised as the size rule says; ``queries`` [n_queries, dim]
-    are already at that size. Returns (scores, rows) [n_queries, min(top, k)], best first; ties
-    keep the order of the previous stage. With ``timings`` (a dict), the seconds spent reading the
-    candidate rows and scoring them are added under ``"gather"`` and ``"rerank"``.
+    array of row ids); only the candidate rows are read, in one gather in ascending order, each
+    once per call. Vectors are cut to ``dim`` and renormalised as the size rule says, except rows
+    used at their stored width, which a normalising index stored as unit vectors already (see
+    ``takes_as_stored``); ``queries`` [n_queries, dim] are already at that size. Returns (scores,
+    rows) [n_queries, min(top, k)], best first; ties keep the order of the previous stage. With
+    ``timings`` (a dict), the seconds spent reading the candidate rows and scoring them are added
+    under ``"gather"`` and ``"rerank"``.
     """
     t0 = time.perf_counter()
     nq, k = candidates.shape
     top = min(top, k)
     valid = candidates >= 0
     uniq, inv = np.unique(candidates[valid], return_inverse=True)
-    gathered = truncate(rows[uniq], dim, normalize)  # [n_unique, dim] float32
+    gathered = rows[uniq]  # [n_unique, width]: the only read of the rows
+    if gathered.shape[1] != dim:
+        gathered = gathered[:, :dim]  # a view: the cut happens as the rows are scored
     t1 = time.perf_counter()
-    scores = np.full((nq, k), -np.inf, dtype=np.float32)
-    pos = np.zeros((nq, k), dtype=np.int64)
-    pos[valid] = inv
+    renorm = normalize and not takes_as_stored(rows, dim)
     q = np.ascontiguousarray(queries, dtype=np.float32)
-    if len(uniq) <= 4 * k:  # few queries (or shared candidates): one matrix product, no per-query copies
-        every = gathered @ q.T  # [n_unique, n_queries]
-        qi = np.broadcast_to(np.arange(nq)[:, None], (nq, k))
-        scores[valid] = every[pos[valid], qi[valid]]
+    if len(uniq) <= 4 * k:  # few queries (or shared candidates): one product, no per-query copies
+        every = _score_rows(gathered, q, renorm)  # [n_unique, n_queries]
+        if valid.all():
+            scores = every[inv.reshape(nq, k), np.arange(nq)[:, None]]
+        else:
+            scores = np.full((nq, k), -np.inf, dtype=np.float32)
+            qi = np.broadcast_to(np.arange(nq)[:, None], (nq, k))
+            scores[valid] = every[inv, qi[valid]]
     else:  # many queries: score each one's own candidates only
+        scores = np.full((nq, k), -np.inf, dtype=np.float32)
+        pos = np.zeros((nq, k), dtype=np.int64)
+        pos[valid] = inv
         for i in range(nq):
             vi = valid[i]
-            scores[i, vi] = gathered[pos[i, vi]] @ q[i]
+            scores[i, vi] = _score_rows(gathered[pos[i, vi]], q[i : i + 1], renorm)[:, 0]
     order = np.argsort(-scores, axis=1, kind="stable")[:, :top]
     out_scores = np.take_along_axis(scores, order, axis=1)
     out_rows = np.take_along_axis(candidates, order, axis=1)

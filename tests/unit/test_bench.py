@@ -204,3 +204,80 @@ def test_result_row_round_trips():
                                "search_ms_batched": 0.5, "build_seconds": 3.0})
     assert row.kind == "dense" and row.extra == {"build_seconds": 3.0}
     assert ResultRow.from_dict(row.to_dict()) == row
+
+
+def _ann_suite(tiny_model, corpus, queries_qrels, tmp_path, factory, **extra):
+    q, r = queries_qrels
+    cfg = {"name": "ann", "model": str(tiny_model), "corpus": str(corpus), "queries": str(q), "qrels": str(r),
+           "index": str(tmp_path / "ix"), "shortlist": ["2x16"], "rerank": "4x32", "factory": factory,
+           "single": ["2x16", "4x16"], "two_stage": [{"shortlist": ["2x16"], "k": [5], "rerank": ["4x32"]}],
+           "latency_queries": 2, "metrics": ["R@10"], **extra}
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_bench_sweeps_nprobe_over_ivf_shortlists_and_leaves_flat_ones_alone(tiny_model, tmp_path, queries_qrels):
+    """Issue 13, item 3: each configuration over an IVF shortlist runs once per nprobe (a flat one,
+    here the derived 4x16, once); the setting reaches FAISS, so recall rises to exact at nprobe = nlist."""
+    from tests.conftest import make_corpus
+
+    corpus = make_corpus(tmp_path / "corpus.jsonl", n=200)
+    path = _ann_suite(tiny_model, corpus, queries_qrels, tmp_path, "IVF8,Flat", nprobe=[1, 8])
+    res = CliRunner().invoke(app, ["bench", "--config", str(path), "--out", str(tmp_path / "rep"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "rep" / "results.json").read_text())
+    by = {x["config"]: x for x in data["results"]}
+    assert list(by) == ["single 2x16 nprobe=1", "single 2x16 nprobe=8", "single 4x16",
+                        "2x16 k=5 nprobe=1 -> 4x32", "2x16 k=5 nprobe=8 -> 4x32"]
+    assert by["single 2x16 nprobe=8"]["nprobe"] == 8 and by["single 4x16"].get("nprobe") is None
+    assert by["single 2x16 nprobe=1"]["metrics"]["R@10"] <= by["single 2x16 nprobe=8"]["metrics"]["R@10"]
+    rows = load_rows(data)
+    assert rows[1].nprobe == 8 and config_name(data["results"][1]) == "single 2x16 nprobe=8"
+    assert "| single 2x16 nprobe=8 |" in (tmp_path / "rep" / "results.md").read_text()
+    # the command line overrides the suite's sweep
+    res = CliRunner().invoke(app, ["bench", "--config", str(path), "--out", str(tmp_path / "rep2"), "--quiet",
+                                   "--nprobe", "2"])
+    assert res.exit_code == 0, res.output
+    names = [x["config"] for x in json.loads((tmp_path / "rep2" / "results.json").read_text())["results"]]
+    assert names == ["single 2x16 nprobe=2", "single 4x16", "2x16 k=5 nprobe=2 -> 4x32"]
+
+
+def test_bench_sweeps_ef_search_over_hnsw_and_refuses_settings_that_do_not_apply(tiny_model, corpus, queries_qrels,
+                                                                                 tmp_path):
+    path = _ann_suite(tiny_model, corpus, queries_qrels, tmp_path, "HNSW8", ef_search=[4, 64])
+    res = CliRunner().invoke(app, ["bench", "--config", str(path), "--out", str(tmp_path / "rep"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "rep" / "results.json").read_text())
+    assert [x["config"] for x in data["results"]][:2] == ["single 2x16 ef_search=4", "single 2x16 ef_search=64"]
+    assert data["results"][1]["ef_search"] == 64
+    # nprobe on a suite without an IVF shortlist, and a negative ef_search: one line each, exit 2
+    res = CliRunner().invoke(app, ["bench", "--config", str(path), "--out", str(tmp_path / "rep"), "--quiet",
+                                   "--nprobe", "4"])
+    assert res.exit_code == 2 and "nprobe applies to IVF shortlists" in res.stderr and "Traceback" not in res.stderr
+    res = CliRunner().invoke(app, ["bench", "--config", str(path), "--quiet", "--ef-search", "-3"])
+    assert res.exit_code == 2 and "--ef-search -3 must be at least 1" in res.stderr
+    bad = _ann_suite(tiny_model, corpus, queries_qrels, tmp_path, "HNSW8", ef_search=[0])
+    res = CliRunner().invoke(app, ["bench", "--config", str(bad), "--quiet"])
+    assert res.exit_code == 2 and "ef_search [0] should be a list of whole numbers of at least 1" in res.stderr
+
+
+def test_tune_sweeps_search_parameters_and_prints_them(tiny_model, queries_qrels, tmp_path):
+    from tests.conftest import make_corpus
+
+    q, r = queries_qrels
+    corpus = make_corpus(tmp_path / "corpus.jsonl", n=200)
+    ix = tmp_path / "ix"
+    res = CliRunner().invoke(app, ["index", "--corpus", str(corpus), "--model", str(tiny_model), "--shortlist", "2x16",
+                                   "--rerank", "4x32", "--factory", "IVF8,Flat", "--out", str(ix), "--quiet"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["tune", "--index", str(ix), "--queries", str(q), "--qrels", str(r), "--budget-ms",
+                                   "1000", "--k", "10", "--latency-queries", "2", "--nprobe", "1", "--nprobe", "8",
+                                   "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "nprobe=" in res.stderr
+    cmd = res.stdout.strip().splitlines()[-1]
+    assert cmd.startswith(f"adaretrieve search --index {ix}") and "--nprobe " in cmd
+    res = CliRunner().invoke(app, ["tune", "--index", str(ix), "--queries", str(q), "--qrels", str(r), "--budget-ms",
+                                   "1000", "--ef-search", "16", "--quiet"])
+    assert res.exit_code == 2 and "ef_search applies to HNSW shortlists" in res.stderr

@@ -41,8 +41,10 @@ def write(tmp_path, shortlist, rerank, name="ix", chunk=128, factory="Flat", see
     return vecs
 
 
-def exact_ranking(doc_vecs, q, size, top):
-    d = truncate(doc_vecs, size.dim, True)
+def exact_ranking(doc_vecs, q, size, top, as_stored=False):
+    """Exact top ``top`` at ``size``; ``as_stored``: the rows are an index's stored unit vectors at
+    their stored width, which the rerank takes as they are (no renormalisation, issue 13 item 2)."""
+    d = doc_vecs[:, : size.dim] if as_stored else truncate(doc_vecs, size.dim, True)
     qq = truncate(q, size.dim, True)
     s = qq @ d.T
     order = np.argsort(-s, axis=1, kind="stable")[:, :top]
@@ -57,7 +59,7 @@ def test_two_stage_with_k_covering_corpus_equals_exact_full_search(tmp_path):
     scores, rows = searcher.search(truncate(q, 8, True), truncate(q, D, True), top=100)
     # exact search over the same stored (float16) full-size vectors
     stored = np.asarray(reader.rerank_rows(), dtype=np.float32)
-    ref_s, ref_rows = exact_ranking(stored, q, Size(L, D), 100)
+    ref_s, ref_rows = exact_ranking(stored, q, Size(L, D), 100, as_stored=True)
     np.testing.assert_array_equal(rows, ref_rows)
     np.testing.assert_allclose(scores, ref_s, rtol=1e-5, atol=1e-6)
     # against float32 vectors, float16 storage may only swap near-ties: the top-10 sets agree
@@ -76,7 +78,7 @@ def test_small_k_is_shortlist_then_exact_rescoring(tmp_path):
     _, cand = exact_ranking(reader.shortlist_index(Size(2, 16)).reconstruct_n(0, N), q, Size(2, 16), 25)
     for i in range(10):
         c = cand[i]
-        full = truncate(stored[c], D, True) @ truncate(q[i : i + 1], D, True)[0]
+        full = stored[c] @ truncate(q[i : i + 1], D, True)[0]  # stored width: rows as stored
         np.testing.assert_array_equal(rows[i], c[np.argsort(-full, kind="stable")[:10]])
         assert set(rows[i]) <= set(c)
 
@@ -221,7 +223,7 @@ def test_funnel_equals_stagewise_brute_force(tmp_path):
         c1 = np.argsort(-(truncate(vecs[1], 8, True) @ qv[Size(1, 8)][i]), kind="stable")[:100]
         s2 = truncate(vecs[3][c1], 16, True) @ qv[Size(3, 16)][i]
         c2 = c1[np.argsort(-s2, kind="stable")[:30]]
-        s3 = truncate(stored_full[c2], D, True) @ qv[Size(L, D)][i]
+        s3 = stored_full[c2] @ qv[Size(L, D)][i]  # stored width: rows as stored
         np.testing.assert_array_equal(rows[i], c2[np.argsort(-s3, kind="stable")[:10]])
     with pytest.raises(AdaError, match="a funnel narrows"):
         FunnelSearcher(reader, Size(1, 8), k=10, then=[(Size(3, 16), 30)])
@@ -255,14 +257,14 @@ def test_every_shortlist_kind_in_two_stage_search(tmp_path, factory):
     reader = IndexReader(tmp_path / "ix")
     q = matryoshka_like(20, D, 13)
     stored = np.asarray(reader.rerank_rows(), np.float32)
-    _, exact = exact_ranking(stored, q, Size(L, D), 10)
+    _, exact = exact_ranking(stored, q, Size(L, D), 10, as_stored=True)
     searcher = TwoStageSearcher(reader, Size(L, 16), Size(L, D), k=100)
     scores, rows = searcher.search(truncate(q, 16, True), truncate(q, D, True), top=10)
     assert np.all(np.diff(scores, axis=1) <= 1e-6)  # best first
     for i in range(20):  # every returned row's score is its exact full-size score
         got = rows[i][rows[i] >= 0]
-        np.testing.assert_allclose(scores[i][: len(got)], truncate(stored[got], D, True) @ truncate(q[i : i + 1], D, True)[0],
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(scores[i][: len(got)], stored[got] @ truncate(q[i : i + 1], D, True)[0],
+                                   rtol=1e-5, atol=1e-6)  # stored width: rows as stored
     recall = np.mean([len(set(r) & set(e)) / 10 for r, e in zip(rows, exact)])
     # measured: Flat, SQfp16, SQ8 1.0; HNSW16 0.97; IVF4 (nprobe 1) 0.70; sign bits 0.645
     floor = {"Flat": 0.99, "SQfp16": 0.99, "SQ8": 0.95, "HNSW16": 0.9, "IVF4,Flat": 0.5, "BFlat": 0.5}[factory]

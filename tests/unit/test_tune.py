@@ -65,6 +65,7 @@ def test_tune_command_picks_within_every_budget(starbucks, monkeypatch, tmp_path
     rows, n = starbucks
     manifest = SimpleNamespace(model={"path": "minilm", "name": "minilm", "max_length": 512}, corpus="corpus.jsonl",
                                shortlist_sizes=[parse_size(s) for s in ("1x16", "2x32", "3x64", "4x128", "5x256")],
+                               shortlist=[{"size": s, "factory": "Flat"} for s in ("1x16", "2x32", "3x64", "4x128", "5x256")],
                                rerank_size=parse_size("6x384"), rerank={"size": "6x384"})
     monkeypatch.setattr("adaretrieve.search.IndexReader", lambda path: SimpleNamespace(manifest=manifest, n_docs=n))
     monkeypatch.setattr("adaretrieve.bench.run_suite", lambda suite, progress=True: {"results": rows})

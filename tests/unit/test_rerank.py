@@ -1,0 +1,92 @@
+"""Rerank without waste (issue 13, item 2): the fast path (rows at their stored width taken as
+stored, float16 scored a block at a time, one sorted gather) against brute force on random data."""
+
+import numpy as np
+import pytest
+
+from adaretrieve.search import rerank_candidates
+from adaretrieve.search.reader import Int8Rows
+
+
+def unit_rows(n, d, seed, dtype=np.float16):
+    x = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(dtype)
+
+
+def brute_force(q, cand, rows, dim, renorm, top):
+    """Per query: its candidates' rows cut to dim, renormalised only when asked, dotted with the query."""
+    out_s, out_r = [], []
+    for qi, c in zip(q, cand):
+        c = c[c >= 0]
+        x = np.asarray(rows[c], dtype=np.float64)[:, :dim]
+        if renorm:
+            x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        s = x @ qi.astype(np.float64)
+        order = np.argsort(-s, kind="stable")[:top]
+        out_s.append(s[order])
+        out_r.append(c[order])
+    return out_s, out_r
+
+
+def check(q, cand, rows, dim, renorm, top, normalize=True):
+    s, r = rerank_candidates(q, cand, rows, dim, normalize, top)
+    ws, wr = brute_force(q, cand, rows, dim, renorm, top)
+    for i in range(len(q)):
+        n = len(wr[i])
+        np.testing.assert_allclose(s[i, :n], ws[i], atol=2e-5, rtol=1e-5)
+        # equal scores may swap places; every row's score must match its place
+        assert set(r[i, :n]) == set(wr[i]) and (r[i, n:] == -1).all()
+        got = dict(zip(wr[i], ws[i]))
+        np.testing.assert_allclose([got[x] for x in r[i, :n]], s[i, :n], atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("nq", [1, 3, 40])  # 40 queries with little overlap: the per-query branch
+@pytest.mark.parametrize("dim", [768, 100])  # the stored width (no renormalisation) and a prefix (renormalised)
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_fast_path_equals_brute_force(tmp_path, nq, dim, dtype):
+    n, k = 6000, 1000  # 40 queries reach more than 4k distinct rows: the per-query branch
+    path = tmp_path / "rows.npy"
+    np.save(path, unit_rows(n, 768, 0, dtype))
+    rows = np.load(path, mmap_mode="r")
+    rng = np.random.default_rng(1)
+    q = rng.normal(size=(nq, dim)).astype(np.float32)
+    cand = np.stack([rng.choice(n, k, replace=False) for _ in range(nq)])
+    cand[0, -5:] = -1  # fewer candidates than k for one query
+    check(q, cand, rows, dim, renorm=dim < 768, top=1000)
+    check(q, cand, rows, dim, renorm=dim < 768, top=10)
+
+
+def test_rows_at_their_stored_width_are_taken_as_stored():
+    """Stored rows of a normalising index are unit vectors already: at their full width they are not
+    renormalised (rows scaled by 2 here show it), at a prefix they are."""
+    rows = 2 * unit_rows(300, 64, 2, np.float32)
+    q = np.random.default_rng(3).normal(size=(2, 64)).astype(np.float32)
+    cand = np.array([np.arange(0, 300, 3), np.arange(1, 300, 3)])
+    check(q, cand, rows, 64, renorm=False, top=100)
+    check(q[:, :20], cand, rows, 20, renorm=True, top=100)
+    check(q, cand, rows, 64, renorm=False, top=100, normalize=False)
+
+
+def test_int8_rows_are_still_renormalised():
+    """Dequantised int8 rows are unit vectors only to about 1e-2: they keep the renormalisation."""
+    x = unit_rows(200, 32, 4, np.float32)
+    scale = np.abs(x).max(1) / 127
+    rows = Int8Rows(np.round(x / scale[:, None]).astype(np.int8), scale.astype(np.float32))
+    q = np.random.default_rng(5).normal(size=(1, 32)).astype(np.float32)
+    check(q, np.arange(200)[None, ::-1].copy(), rows, 32, renorm=True, top=50)
+
+
+def test_one_sorted_gather_per_call():
+    rows = unit_rows(5000, 128, 6)
+    seen = []
+
+    class Rows:
+        shape, dtype = rows.shape, rows.dtype
+
+        def __getitem__(self, idx):
+            seen.append(np.asarray(idx))
+            return rows[idx]
+
+    cand = np.random.default_rng(7).integers(0, 5000, size=(50, 300))
+    rerank_candidates(np.ones((50, 128), np.float32), cand, Rows(), 128, True, top=10)
+    assert len(seen) == 1 and (np.diff(seen[0]) > 0).all()
