@@ -186,3 +186,21 @@ def test_the_rerank_vector_is_the_stored_rerank_rows_even_beside_a_flat_shortlis
         assert [reader.docids[r] for r in rows[i]] == [d for d, _ in hits[i]]
         np.testing.assert_allclose(scores[i], [s for _, s in hits[i]], atol=1e-6)
     qi.close()
+
+
+@pytest.mark.parametrize("quantization", ["scalar", "binary"])
+def test_quantised_rerank_vectors_are_accepted_and_recorded(folder, queries_qrels, tmp_path, quantization):
+    loc = f"qdrant:{tmp_path / 'coll'}"
+    res = runner.invoke(app, ["index", "upload", "-q", "--index", str(folder), "--to", loc, "--quantization", quantization])
+    assert res.exit_code == 0, res.output
+    qi = QdrantIndex(loc)
+    assert qi.meta["quantization"] == quantization
+    params = qi.client.get_collection("coll").config.params.vectors["4x32"]
+    assert params.on_disk and params.quantization_config is not None
+    qi.close()
+    q, r = queries_qrels
+    res = runner.invoke(app, ["search", "-q", "--index", loc, "--queries", str(q), "--qrels", str(r), "--shortlist", "1x8",
+                              "--k", "20", "--rerank", "4x32", "--json"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["index", "upload", "-q", "--index", str(folder), "--to", loc, "--quantization", "bogus"])
+    assert res.exit_code == 2 and "--quantization 'bogus'" in res.stderr
