@@ -38,6 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import uptime  # noqa: E402
+
 
 def _args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -74,7 +76,7 @@ def main(argv=None) -> None:
     from adaretrieve.data.readers import doc_text
     from adaretrieve.modeling import Encoder
 
-    uptime_before = _uptime()
+    uptime_before = uptime()
     queries = list(read_queries(args.data / "queries.jsonl").values())
     docs = []
     for d in iter_corpus(args.data):
@@ -89,7 +91,7 @@ def main(argv=None) -> None:
     for model in models:
         report["models"][model] = run_model(model, args, queries, docs, np, torch, Encoder)
         print(json.dumps(report["models"][model]["summary"], indent=1), flush=True)
-    report["uptime_after"] = _uptime()
+    report["uptime_after"] = uptime()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "results.md").write_text(to_markdown(report))
@@ -277,13 +279,6 @@ def st_helper(args, np) -> None:
 
 def _affinity() -> str:
     return ",".join(map(str, sorted(os.sched_getaffinity(0))))
-
-
-def _uptime() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return ""
 
 
 def to_markdown(r: dict) -> str:

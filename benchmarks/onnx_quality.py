@@ -21,13 +21,14 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.machine import uptime  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -58,7 +59,7 @@ def main(argv=None) -> None:
     from adaretrieve.sizes import Size
 
     t_start = time.time()
-    uptime_before = _uptime()
+    uptime_before = uptime()
     base = Encoder(args.model, device="cpu", max_length=256)
     full = base.full_size
     if not args.index.exists():
@@ -120,19 +121,12 @@ def main(argv=None) -> None:
     report = {"command": "python benchmarks/onnx_quality.py " + shlex.join(argv or sys.argv[1:]),
               "model": base.describe(), "size": str(full), "n_queries": len(qids), "n_docs": reader.n_docs,
               "index": str(args.index), "threads": args.threads, "machine": machine_info(),
-              "uptime_before": uptime_before, "uptime_after": _uptime(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+              "uptime_before": uptime_before, "uptime_after": uptime(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
               "seconds": round(time.time() - t_start, 1), "rows": rows, "merged_from_earlier_run": earlier}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "results.md").write_text(to_markdown(report))
     print(to_markdown(report))
-
-
-def _uptime() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return ""
 
 
 def to_markdown(r: dict) -> str:

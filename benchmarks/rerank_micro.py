@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 from adaretrieve.bench import machine_info  # noqa: E402
 from adaretrieve.search import rerank_candidates  # noqa: E402
 from adaretrieve.sizes import truncate  # noqa: E402
+from benchmarks.machine import uptime  # noqa: E402
 
 
 def before(queries, candidates, rows, dim, normalize, top):
@@ -128,7 +128,7 @@ def main(argv=None) -> None:
     out = {
         "command": command, "n_rows": n, "k": k, "dim": d, "rows_dtype": "float16 (memory-mapped .npy, warm page cache)",
         "warmup": args.warmup, "repeats": args.repeats, "threads": os.environ.get("OMP_NUM_THREADS"),
-        "machine": machine_info(), "cpu_affinity": _affinity(), "uptime": _uptime(),
+        "machine": machine_info(), "cpu_affinity": _affinity(), "uptime": uptime(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "note": args.note, "results": res,
         "adaretrieve_over_bare_paired_median": round(float(np.median(paired)), 3),
         "goal": "adaretrieve <= 1.2x bare (issue 13, item 2)",
@@ -143,13 +143,6 @@ def main(argv=None) -> None:
 def _affinity() -> str:
     cpus = sorted(os.sched_getaffinity(0))
     return ",".join(map(str, cpus))
-
-
-def _uptime() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return ""
 
 
 def to_markdown(r: dict) -> str:
