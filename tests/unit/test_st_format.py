@@ -155,7 +155,8 @@ def _assert_st_loads_as_adaretrieve(folder: Path):
     np.testing.assert_allclose(enc.encode([long], [enc.full_size])[enc.full_size], _st_vectors(folder, [long]), atol=1e-5)
 
 
-def test_train_output_loads_in_sentence_transformers(tiny_model, tmp_path):
+def _train_two_steps(model, tmp_path):
+    """``train`` for two steps on a 20-doc BEIR folder; the output folder."""
     from adaretrieve.training.trainer import TrainConfig, train
 
     root = tmp_path / "beir"
@@ -164,25 +165,23 @@ def test_train_output_loads_in_sentence_transformers(tiny_model, tmp_path):
     (root / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": f"cell risk {i}"}) + "\n" for i in range(8)))
     (root / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(8)))
     out = tmp_path / "trained"
-    train(TrainConfig(model=str(tiny_model), data=str(root), output=str(out), steps=2, batch_size=4, n_negatives=1,
+    train(TrainConfig(model=str(model), data=str(root), output=str(out), steps=2, batch_size=4, n_negatives=1,
                       save_every=10, device="cpu"), progress=False)
+    return out
+
+
+def test_train_output_loads_in_sentence_transformers(tiny_model, tmp_path):
+
+    out = _train_two_steps(tiny_model, tmp_path)
     assert json.loads((out / "modules.json").read_text())[-1]["type"].endswith("Normalize")
     _assert_st_loads_as_adaretrieve(out)
 
 
 def test_train_output_from_a_plain_hf_folder_loads_in_sentence_transformers(tmp_path):
     """No sentence-transformers files in the start model: cls pooling, no normalisation, 64 tokens."""
-    from adaretrieve.training.trainer import TrainConfig, train
 
     plain = _save_tiny_bert(tmp_path / "plain", seed=2, st=False)
-    root = tmp_path / "beir"
-    (root / "qrels").mkdir(parents=True)
-    make_corpus(root / "corpus.jsonl", n=20)
-    (root / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": f"cell risk {i}"}) + "\n" for i in range(8)))
-    (root / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(8)))
-    out = tmp_path / "trained"
-    train(TrainConfig(model=str(plain), data=str(root), output=str(out), steps=2, batch_size=4, n_negatives=1,
-                      save_every=10, device="cpu"), progress=False)
+    out = _train_two_steps(plain, tmp_path)
     enc = Encoder(out, device="cpu")
     assert (enc.pooling, enc.normalize) == ("cls", False)
     _assert_st_loads_as_adaretrieve(out)
