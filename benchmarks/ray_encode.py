@@ -80,8 +80,10 @@ def main() -> None:
     lines = ["# `index --ray` against one process", "", f"Command: `{res['command']}`  ",
              f"First {args.docs} SciFact documents, MiniLM, shortlist 2x64 + rerank 6x384, max length 256, chunks of 100; "
              f"{os.cpu_count()} cores, load average after the runs {res['machine']['load_average_after']}, {res['date']}. "
-             "docs/s is encoding only (manifest); wall includes start-up (Ray's too). Ray runs its actors niced: on a "
-             "machine busy with other jobs they get less CPU than the one-process runs.", "",
+             "docs/s is the build's encoding time (manifest): for --ray it includes starting Ray and loading the model "
+             "in every actor; wall includes process start-up. Ray runs its actors niced: on a machine busy with other "
+             "jobs they get less CPU than the one-process runs. On one machine torch's own threads share the cores with "
+             "less overhead than actors; --ray is for more machines than one.", "",
              "| run | docs/s | vs 1 thread | encode s | wall s |", "| --- | ---: | ---: | ---: | ---: |"]
     for r in rows:
         lines.append(f"| {r['run']} | {r['docs_per_second']:.1f} | {r['docs_per_second'] / one:.2f}x | {r['encode_seconds']} | "
