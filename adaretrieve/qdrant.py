@@ -266,17 +266,14 @@ class QdrantIndex:
         ``prefetch``, each ``then`` stage and the ``rerank`` rescoring the previous stage's points."""
         from qdrant_client import models
 
-        from adaretrieve.search.twostage import check_funnel
+        from adaretrieve.search.twostage import FunnelPlan
 
-        short = parse_size(shortlist)
-        stages = [(parse_size(s), int(kk)) for s, kk in then]
-        rr = parse_size(rerank) if rerank else None
-        check_funnel(int(k), [kk for _, kk in stages])
+        plan = FunnelPlan(shortlist, k, then, rerank)
         if top < 1:
             raise AdaError(f"top {top} must be at least 1")
-        names = [self._check(short, "shortlist size")] + [self._check(s, "--then size") for s, _ in stages]
-        if rr:
-            names.append(self._check(rr, "rerank size"))
+        for s, what in ((plan.shortlist, "shortlist size"), *((s, "--then size") for s, _ in plan.then),
+                        *(((plan.rerank, "rerank size"),) if plan.rerank else ())):
+            self._check(s, what)
         params = models.SearchParams(hnsw_ef=ef_search, exact=exact)
         n = len(next(iter(queries.values())))
         requests = []
@@ -284,17 +281,17 @@ class QdrantIndex:
             def q(s: Size, i: int = i) -> list[float]:
                 return np.asarray(queries[s][i], dtype=np.float32).tolist()
 
-            if not stages and rr is None:
-                requests.append(models.QueryRequest(query=q(short), using=str(short), limit=top, params=params,
-                                                    with_payload=True))
+            if plan.stages == 1:
+                requests.append(models.QueryRequest(query=q(plan.shortlist), using=str(plan.shortlist), limit=top,
+                                                    params=params, with_payload=True))
                 continue
-            pre = models.Prefetch(query=q(short), using=str(short), limit=int(k), params=params)
-            for s, kk in stages:
+            # nested prefetches: the shortlist, then every stage but the last; the last stage is the query
+            last = plan.rerank or plan.then[-1][0]
+            pre = models.Prefetch(query=q(plan.shortlist), using=str(plan.shortlist), limit=plan.k, params=params)
+            for s, kk in plan.then if plan.rerank else plan.then[:-1]:
                 pre = models.Prefetch(prefetch=pre, query=q(s), using=str(s), limit=kk)
-            last, limit = (rr, min(top, stages[-1][1] if stages else int(k))) if rr else (stages[-1][0], min(top, stages[-1][1]))
-            if not rr:  # the last --then stage is the final query
-                pre = pre.prefetch
-            requests.append(models.QueryRequest(prefetch=pre, query=q(last), using=str(last), limit=limit, with_payload=True))
+            requests.append(models.QueryRequest(prefetch=pre, query=q(last), using=str(last), limit=plan.depth(top),
+                                                with_payload=True))
         out = []
         for a in range(0, n, 64):
             for res in self.client.query_batch_points(self.loc.collection, requests=requests[a:a + 64]):

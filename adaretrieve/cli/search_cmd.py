@@ -55,6 +55,7 @@ def search(
     from adaretrieve.data import read_qrels, read_queries
     from adaretrieve.eval import Evaluator, recall_within_depth, run_from_arrays, write_run
     from adaretrieve.search import FunnelSearcher, IndexReader
+    from adaretrieve.search.twostage import FunnelPlan
     from adaretrieve.sizes import parse_size
 
     if fmt not in ("trec", "jsonl"):
@@ -96,9 +97,8 @@ def search(
         if rr:
             enc.check_sizes([rr], "rerank size")
         if isinstance(reader, QdrantIndex):
-            n_stages = 1 + len(stages) + (1 if rr else 0)
-            sizes = list(dict.fromkeys([short, *(s for s, _ in stages), *([rr] if rr else [])]))
-            depth = top if n_stages == 1 else min(top, stages[-1][1] if stages else k[0])
+            plan = FunnelPlan(short, k[0], stages, rr)
+            n_stages, sizes, depth = plan.stages, plan.sizes(), plan.depth(top)
 
             def run_search(qids, qv, n, timings):
                 hits = reader.search(qv, short, k[0], stages, rr, top=n, ef_search=ef_search)

@@ -166,24 +166,19 @@ def check_funnel(k: int, then_ks: Sequence[int]) -> None:
             raise AdaError(f"a funnel narrows: k {k_next} after k {k_prev}")
 
 
-class FunnelSearcher:
-    """``search({size: queries [n, dim]}, top)``: FAISS top ``k`` at ``shortlist``, then each
-    ``(size, k_i)`` of ``then`` rescoring exactly and keeping ``k_i``, then ``rerank`` (if any)
-    rescoring what is left. Without ``then`` and ``rerank`` it is single-stage search."""
+class FunnelPlan:
+    """The stages of a funnel, checked: FAISS top ``k`` at ``shortlist``, then each ``(size, k_i)`` of
+    ``then`` rescoring exactly and keeping ``k_i``, then ``rerank`` (if any) rescoring what is left;
+    and what they imply (sizes to encode, stage count, results per query). Searchers over any store
+    (FunnelSearcher here, the Qdrant searcher) run a plan."""
 
-    def __init__(self, reader, shortlist: str | Size, k: int = 200, then: Sequence[tuple[str | Size, int]] = (),
-                 rerank: str | Size | None = None, nprobe: int | None = None, ef_search: int | None = None):
-        self.reader = reader
+    def __init__(self, shortlist: str | Size, k: int = 200, then: Sequence[tuple[str | Size, int]] = (),
+                 rerank: str | Size | None = None):
         self.shortlist = parse_size(shortlist)
         self.k = int(k)
         self.then = [(parse_size(s), int(kk)) for s, kk in then]
         self.rerank = parse_size(rerank) if rerank else None
         check_funnel(self.k, [kk for _, kk in self.then])
-        self.index = reader.shortlist_index(self.shortlist)
-        self.params = search_params(self.index, nprobe, ef_search)
-        self.sources = {s: reader.rerank_source(s) for s, _ in self.then}
-        if self.rerank:
-            self.sources[self.rerank] = reader.rerank_source(self.rerank)
 
     def sizes(self) -> list[Size]:
         return list(dict.fromkeys([self.shortlist, *(s for s, _ in self.then), *([self.rerank] if self.rerank else [])]))
@@ -198,6 +193,21 @@ class FunnelSearcher:
         if self.stages == 1:
             return top
         return min(top, self.then[-1][1] if self.then else self.k)
+
+
+class FunnelSearcher(FunnelPlan):
+    """``search({size: queries [n, dim]}, top)``: a FunnelPlan over a folder index. Without ``then``
+    and ``rerank`` it is single-stage search."""
+
+    def __init__(self, reader, shortlist: str | Size, k: int = 200, then: Sequence[tuple[str | Size, int]] = (),
+                 rerank: str | Size | None = None, nprobe: int | None = None, ef_search: int | None = None):
+        super().__init__(shortlist, k, then, rerank)
+        self.reader = reader
+        self.index = reader.shortlist_index(self.shortlist)
+        self.params = search_params(self.index, nprobe, ef_search)
+        self.sources = {s: reader.rerank_source(s) for s, _ in self.then}
+        if self.rerank:
+            self.sources[self.rerank] = reader.rerank_source(self.rerank)
 
     def search(self, queries: dict[Size, np.ndarray], top: int = 1000,
                timings: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
