@@ -126,11 +126,10 @@ def index(
 
 def qdrant_folder(target) -> Path:
     """Where `index --out qdrant:...` builds its folder index by default."""
-    import os
+    from adaretrieve.cache import cache_dir
 
-    cache = Path(os.environ.get("ADARETRIEVE_CACHE", Path.home() / ".cache" / "adaretrieve"))
     host = re.sub(r"\W+", "_", target.url or "local_" + str(Path(target.path).resolve()))
-    return cache / "qdrant" / f"{host}-{target.collection}"
+    return cache_dir() / "qdrant" / f"{host}-{target.collection}"
 
 
 def _upload(index: Path, to: str, batch_size: int, overwrite: bool, quantization: str, quiet: bool) -> None:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from adaretrieve.cache import cache_dir
 from adaretrieve.errors import AdaError
 
 log = logging.getLogger(__name__)
@@ -46,14 +47,6 @@ def check_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise AdaError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
     return backend
-
-
-def cache_dir() -> Path:
-    """Where exported graphs live: $ADARETRIEVE_CACHE, else $XDG_CACHE_HOME/adaretrieve, else ~/.cache/adaretrieve."""
-    env = os.environ.get("ADARETRIEVE_CACHE")
-    if env:
-        return Path(env).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "adaretrieve"
 
 
 def require_onnxruntime(backend: str = "onnx"):
