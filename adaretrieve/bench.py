@@ -483,7 +483,8 @@ def dense_pipeline(c: BenchConfig, reader: IndexReader) -> Pipeline:
                     resident_bytes_per_doc=shortlist_resident_bytes_per_doc(reader.manifest, short),
                     rerank_bytes_per_doc_on_disk=rr.dim * 2 if rr else 0,
                     disk_bytes_per_doc=disk_bytes_per_doc(reader, short, rr),
-                    resident=(lambda qv: measure_resident(reader.dir, short, c.k or 1, rr, qv)) if resident_available() else None)
+                    resident=(lambda qv: measure_resident(reader.dir, short, c.k or 1, rr, qv, nprobe=c.nprobe, ef_search=c.ef_search))
+                    if resident_available() else None)
 
 
 def run_suite(suite: Suite, rebuild: bool = False, progress: bool = True, replace_stale: bool = False) -> dict:
