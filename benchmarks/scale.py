@@ -20,10 +20,12 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -38,11 +40,17 @@ from adaretrieve.eval.pagecache import evict, resident_fraction  # noqa: E402
 from adaretrieve.eval.timing import REPEATS, WARMUP, WARMUP_BATCHED, time_repeats, time_stages  # noqa: E402
 from adaretrieve.index.writer import IndexWriter  # noqa: E402
 from adaretrieve.search import FunnelSearcher, IndexReader  # noqa: E402
-from adaretrieve.sizes import Size, truncate  # noqa: E402
+from adaretrieve.search.resident import measure_resident  # noqa: E402
+from adaretrieve.sizes import Size, parse_size, truncate  # noqa: E402
 
 D = 768
 FULL = Size(12, D)
 SHORT = [Size(2, 32), Size(4, 64)]
+EF768 = (16, 32, 64, 128, 256, 512, 1024)  # efSearch of FAISS HNSW32 over 768-d: its recall/latency curve
+ANN = ("HNSW32", "IVF")
+# (k, efSearch / nprobe) per shortlist depth: efSearch below k is raised to k by FAISS, so it starts at k
+ANN_SWEEP = {"HNSW32": [(200, 200), (200, 400), (1000, 1000), (2000, 2000)],
+             "IVF": [(200, 8), (200, 32), (200, 128), (1000, 32), (1000, 128), (2000, 128)]}
 MODEL = {"name": "synthetic", "path": "synthetic", "weights_sha256": "", "normalize": True, "pooling": "mean",
          "max_length": 0, "n_layers": 12, "hidden_size": D}
 
@@ -124,11 +132,119 @@ def recall_at_10(rows: np.ndarray, truth: np.ndarray) -> float:
 
 
 def dir_bytes(d: Path) -> int:
-    return sum(p.stat().st_size for p in d.iterdir() if p.is_file())
+    return sum(p.stat().st_size for p in d.rglob("*") if p.is_file())  # the generation folder too
 
 
-def run_n(n: int, n_queries: int, work: Path, hnsw: list[tuple[int, int]], build_threads: int = 1) -> dict:
-    """Every method at N = ``n``. ``hnsw``: (efConstruction, largest N to build it at) pairs."""
+def nlist_for(n: int) -> int:
+    """IVF lists for ``n`` vectors: the power of two nearest 4 sqrt(n) (4096 at 1M, 1024 at 100k)."""
+    return max(16, 1 << round(math.log2(4 * math.sqrt(n))))
+
+
+def faiss_resident(path: Path, q: np.ndarray, what: str) -> dict:
+    """Private memory of a fresh torch-free process that reads the FAISS index at ``path`` and answers
+    every query of ``q`` one at a time (the same measure as adaretrieve.search.resident)."""
+    import subprocess
+    import tempfile
+
+    code = ("import json, sys, numpy as np, faiss\n"
+            "from adaretrieve.search.resident import memory\n"
+            "before = memory(); ix = faiss.read_index(sys.argv[1]); q = np.load(sys.argv[2])\n"
+            "for i in range(len(q)): ix.search(q[i:i+1], 10)\n"
+            "after = memory(); print(json.dumps({'anon_bytes': after['anon'] - before['anon'], 'what': sys.argv[3]}))\n")
+    with tempfile.TemporaryDirectory(prefix="scale-resident-") as tmp:
+        np.save(Path(tmp) / "q.npy", q)
+        proc = subprocess.run([sys.executable, "-c", code, str(path), str(Path(tmp) / "q.npy"), what],
+                              capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1",
+                                                                   "PYTHONPATH": str(ROOT)})
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        print(f"measuring {path} failed: {proc.stderr.strip()[-300:]}", file=sys.stderr)
+        return {}
+
+
+def hnsw768(gen: Synthetic, n: int, efc: int, threads: int, chunk: int, cache: Path):
+    """FAISS HNSW32 over the 768-d vectors at efConstruction ``efc``: read from ``cache`` when an
+    earlier run built it over the same synthetic vectors, else built (on ``threads`` threads) and
+    written there. Returns (index, build seconds, file)."""
+    path = cache / f"hnsw32-768-n{n}-efc{efc}-seed{gen.seed}-c{len(gen.centers)}.faiss"
+    meta = path.with_suffix(".json")
+    if path.exists() and meta.exists():
+        return faiss.read_index(str(path)), json.loads(meta.read_text())["build_seconds"], path
+    h = faiss.IndexHNSWFlat(D, 32, faiss.METRIC_INNER_PRODUCT)
+    h.hnsw.efConstruction = efc
+    search_threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(threads)  # graph building is the slow part: give it every core we have
+    t0 = time.perf_counter()
+    for start in range(0, n, chunk):
+        h.add(gen.chunk(start, min(chunk, n - start)))
+    build = time.perf_counter() - t0
+    faiss.omp_set_num_threads(search_threads)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".partial")
+    faiss.write_index(h, str(tmp))
+    os.replace(tmp, path)
+    meta.write_text(json.dumps({"build_seconds": round(build, 2), "threads": threads}) + "\n")
+    return h, build, path
+
+
+def ann_rows(gen: Synthetic, n: int, kind: str, q: np.ndarray, truth: np.ndarray, work: Path, threads: int,
+             chunk: int) -> dict:
+    """HNSW32 or IVF shortlists over each small size, built by adaretrieve's IndexWriter (what
+    `adaretrieve index --factory ...` writes) and searched by FunnelSearcher with ef_search / nprobe,
+    rescored exactly at 768-d from the float16 rows: one row per (size, k, setting) of ANN_SWEEP."""
+    factory = "HNSW32" if kind == "HNSW32" else f"IVF{nlist_for(n)},Flat"
+    param = "ef_search" if kind == "HNSW32" else "nprobe"
+    d = work / f"scale-{n}-{kind.lower()}"
+    shutil.rmtree(d, ignore_errors=True)
+    search_threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(threads)
+    t0, gen_s = time.perf_counter(), 0.0
+    w = IndexWriter(d, n, SHORT, FULL, factory=factory)
+    for start in range(0, n, chunk):
+        g0 = time.perf_counter()
+        x = gen.chunk(start, min(chunk, n - start))
+        gen_s += time.perf_counter() - g0
+        w.add([str(i) for i in range(start, start + len(x))], {s: truncate(x, s.dim, True) for s in [*SHORT, FULL]})
+    w.close(MODEL, corpus="synthetic")
+    build = time.perf_counter() - t0 - gen_s
+    faiss.omp_set_num_threads(search_threads)
+    reader = IndexReader(d)
+    files = {parse_size(e["size"]): reader.gen_dir / e["file"] for e in reader.manifest.shortlist}
+    out: dict = {}
+    for s in SHORT:
+        reader.shortlist_index(s)
+        qv = {s: truncate(q, s.dim, True), FULL: q}
+        first = True
+        for k, p in ANN_SWEEP[kind]:
+            if k >= n:
+                continue
+            srch = FunnelSearcher(reader, s, k=k, rerank=FULL, **{param: p})
+
+            def run(x, srch=srch, s=s):
+                return srch.search({s: truncate(x, s.dim, True), FULL: x}, top=10)
+
+            measured = measure_resident(d, s, k, FULL, qv, **{param: p}, top=10)
+            row = {"batch1": time_batch1(run, q), "batch64": time_batch(run, q[:64]),
+                   "recall@10": recall_at_10(run(q)[1], truth), "factory": factory, "shortlist": str(s), "k": k,
+                   param: p, "build_seconds_both_sizes": round(build, 2), "build_threads": threads,
+                   "resident_bytes": files[s].stat().st_size, "resident_measured_bytes": measured["anon_bytes"]}
+            if first:  # the shallowest setting, timed again with the rerank rows dropped from the page cache
+                row["batch1_cold"] = time_cold(run, q, reader)
+                first = False
+            out[f"{kind.lower()}_{s}_k{k}_{'ef' if kind == 'HNSW32' else 'nprobe'}{p}"] = row
+    del reader
+    gc.collect()
+    shutil.rmtree(d, ignore_errors=True)
+    return out
+
+
+def run_n(n: int, n_queries: int, work: Path, hnsw: list[tuple[int, int]], build_threads: int = 1,
+          ann: Sequence[str] = ANN, cache: Path | None = None) -> dict:
+    """Every method at N = ``n``. ``hnsw``: (efConstruction, largest N to build it at) pairs for
+    FAISS HNSW32 over 768-d (kept in ``cache`` when given, and reused from there: the synthetic
+    vectors are the same on every run); ``ann``: the sublinear shortlist structures built over
+    each small size with adaretrieve's own index writer (``HNSW32``, ``IVF``)."""
     gen = Synthetic()
     res: dict = {"n": n}
     ix_dir = work / f"scale-{n}"
@@ -181,7 +297,8 @@ def run_n(n: int, n_queries: int, work: Path, hnsw: list[tuple[int, int]], build
             "batch1": time_batch1(two, q), "batch1_cold": time_cold(two, q, reader),
             "batch64": time_batch(two, q[:64]),
             "shortlist_scan_batch1": time_batch1(scan, q), "recall@10": recall_at_10(rows, truth),
-            "resident_bytes": n * s.dim * 4}
+            "resident_bytes": n * s.dim * 4,
+            "resident_measured_bytes": measure_resident(ix_dir, s, 200, FULL, qv, top=10)["anon_bytes"]}
 
     # deeper shortlists buy recall with more candidate rows read from disk; a three-stage funnel
     # spends the extra candidates on a cheap middle size instead of on 768-d rows
@@ -224,29 +341,70 @@ def run_n(n: int, n_queries: int, work: Path, hnsw: list[tuple[int, int]], build
     res["hnsw_build_threads"] = build_threads
     res["hnsw_skipped"] = [efc for efc, n_max in hnsw if n > n_max]
     for efc in (efc for efc, n_max in hnsw if n <= n_max):
-        h = faiss.IndexHNSWFlat(D, 32, faiss.METRIC_INNER_PRODUCT)
-        h.hnsw.efConstruction = efc
-        search_threads = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(build_threads)  # graph building is the slow part: give it every core we have
-        t0 = time.perf_counter()
-        for start in range(0, n, chunk):
-            h.add(gen.chunk(start, min(chunk, n - start)))
-        build = time.perf_counter() - t0
-        faiss.omp_set_num_threads(search_threads)
-        for ef in (32, 128, 512):
-            h.hnsw.efSearch = ef
+        h, build, path = hnsw768(gen, n, efc, build_threads, chunk, cache or work)
+        measured = faiss_resident(path, q, "hnsw")
+        for ef in EF768:
+            params = faiss.SearchParametersHNSW(efSearch=ef)
 
-            def hs(x, h=h):
-                return h.search(x, 10)
+            def hs(x, h=h, params=params):
+                return h.search(x, 10, params=params)
 
             rows = hs(q)[1]
             res[f"hnsw32_efc{efc}_ef{ef}"] = {"batch1": time_batch1(hs, q), "batch64": time_batch(hs, q[:64]),
                                              "recall@10": recall_at_10(rows, truth), "build_seconds": round(build, 2),
-                                             "ef_construction": efc, "resident_bytes": n * D * 4 + n * 32 * 2 * 4}
+                                             "ef_construction": efc, "ef_search": ef,
+                                             "resident_bytes": n * D * 4 + n * 32 * 2 * 4,
+                                             "resident_measured_bytes": measured.get("anon_bytes")}
         del h, hs
         gc.collect()
+
+    # the AdANNS idea: a sublinear structure over the cheap size, exact rescoring at 768-d
+    for kind in ann:
+        res.update(ann_rows(gen, n, kind, q, truth, work, build_threads, chunk))
     shutil.rmtree(ix_dir, ignore_errors=True)
     return res
+
+
+OURS = ("two_stage", "funnel", "hnsw32_", "ivf_")  # adaretrieve rows ("hnsw32_efc..." are FAISS's own)
+
+
+def ours(key: str) -> bool:
+    return key.startswith(OURS) and not key.startswith("hnsw32_efc")
+
+
+def measured_mb(v: dict) -> str:
+    m = v.get("resident_measured_bytes")
+    return "-" if m is None else f"{m / 1e6:.1f}"
+
+
+def hnsw768_at(r: dict, recall: float) -> tuple[str, dict] | None:
+    """The fastest FAISS HNSW32-768 row (any efConstruction / efSearch) whose recall@10 is at least ``recall``."""
+    match = [(k, v) for k, v in r.items() if k.startswith("hnsw32_efc") and v["recall@10"] >= recall]
+    return min(match, key=lambda kv: kv[1]["batch1"]["p50_ms"]) if match else None
+
+
+def goal_lines(r: dict) -> list[str]:
+    """The issue's goal for sublinear shortlists over a small size: HNSW-768's batch-1 latency at
+    equal recall with at most 1/6 of its RAM. One line per ANN row, and which rows meet it."""
+    lines = []
+    for k, v in r.items():
+        if not (isinstance(v, dict) and k.startswith(("hnsw32_", "ivf_")) and not k.startswith("hnsw32_efc")):
+            continue
+        ref = hnsw768_at(r, v["recall@10"])
+        mem = v.get("resident_measured_bytes") or v["resident_bytes"]
+        if ref is None:
+            lines.append(f"| {k} | {v['recall@10']:.4f} | {v['batch1']['p50_ms']:.3f} | {mem / 1e6:.0f} | no HNSW-768 row "
+                         "reaches this recall | - | - | - |")
+            continue
+        fk, fv = ref
+        fmem = fv.get("resident_measured_bytes") or fv["resident_bytes"]
+        speed = fv["batch1"]["p50_ms"] / v["batch1"]["p50_ms"]
+        ram = fmem / mem
+        ok = speed >= 1.0 and ram >= 6.0
+        lines.append(f"| {k} | {v['recall@10']:.4f} | {v['batch1']['p50_ms']:.3f} | {mem / 1e6:.0f} | {fk} "
+                     f"({fv['recall@10']:.4f}) | {fv['batch1']['p50_ms']:.3f} | {speed:.2f}x, 1/{ram:.1f} | "
+                     f"{'yes' if ok else 'no'} |")
+    return lines
 
 
 def to_markdown(report: dict) -> str:
@@ -271,8 +429,8 @@ def to_markdown(report: dict) -> str:
                   f"{r['build_seconds_adaretrieve_incl_exact']} s; on disk {r['disk_bytes'] / 1e6:.1f} MB; "
                   f"reader anonymous RSS growth {r['reader_rss_anon_mb']} MB.", "",
                   "| method | recall@10 | batch-1 ms p50 (p95) | batch-1 cold ms p50 (p95) | batch-64 ms/query | queries "
-                  "| resident MB | speed-up vs exact (batch 1) |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  "| resident MB | measured MB | speed-up vs exact (batch 1) |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         base = ex["batch1"]["p50_ms"]
         rows = [("exact flat 768-d float32", ex, r["exact_index_bytes"])]
         rows += [(k, v, v["resident_bytes"]) for k, v in r.items() if isinstance(v, dict) and "recall@10" in v and k != "exact"]
@@ -281,12 +439,12 @@ def to_markdown(report: dict) -> str:
             cold_s = f"{cold['p50_ms']:.3f} ({cold['p95_ms']:.3f})" if cold else "-"
             lines.append(f"| {name} | {v['recall@10']:.4f} | {v['batch1']['p50_ms']:.3f} ({v['batch1']['p95_ms']:.3f}) | "
                          f"{cold_s} | {v['batch64']['per_query_ms']:.3f} | {v['batch1'].get('queries', '?')} | "
-                         f"{mem / 1e6:.1f} | {base / v['batch1']['p50_ms']:.1f}x |")
+                         f"{mem / 1e6:.1f} | {measured_mb(v)} | {base / v['batch1']['p50_ms']:.1f}x |")
         lines += ["", "At equal recall (the fastest FAISS configuration whose recall@10 is at least the adaretrieve row's, "
                   "batch 1 median):", ""]
-        faiss_rows = [(k, v) for k, v in r.items() if isinstance(v, dict) and k.startswith(("hnsw", "refineflat"))]
+        faiss_rows = [(k, v) for k, v in r.items() if isinstance(v, dict) and k.startswith(("hnsw32_efc", "refineflat"))]
         for k, v in r.items():
-            if not (isinstance(v, dict) and k.startswith(("two_stage", "funnel"))):
+            if not (isinstance(v, dict) and ours(k)):
                 continue
             match = [(fk, fv) for fk, fv in faiss_rows if fv["recall@10"] >= v["recall@10"]]
             if match:
@@ -297,9 +455,22 @@ def to_markdown(report: dict) -> str:
                              f"{fv['resident_bytes'] / 1e6:.0f} MB): adaretrieve {ratio:.2f}x the speed, "
                              f"1/{fv['resident_bytes'] / v['resident_bytes']:.0f} the RAM.")
         for k, v in r.items():
-            if k.startswith("hnsw32_") and k.endswith("_ef32"):
+            if k.startswith("hnsw32_efc") and k.endswith("_ef32"):
                 lines.append(f"\nHNSW build ({r.get('hnsw_build_threads', 1)} thread(s), M=32, efConstruction "
                              f"{v.get('ef_construction', 40)}): {v['build_seconds']} s.")
+        ann = [v for k, v in r.items() if isinstance(v, dict) and k.startswith(("hnsw32_", "ivf_"))
+               and not k.startswith("hnsw32_efc")]
+        for fac in dict.fromkeys(v["factory"] for v in ann):
+            v = next(v for v in ann if v["factory"] == fac)
+            lines.append(f"\nadaretrieve index with --factory {fac} over both small sizes ({v['build_threads']} thread(s), "
+                         f"adaretrieve's IndexWriter, float16 rerank rows included): {v['build_seconds_both_sizes']} s.")
+        goals = goal_lines(r)
+        if goals:
+            lines += ["", "Sublinear shortlists over the small size against FAISS HNSW32 over 768-d (the goal: its batch-1 "
+                      "latency at equal recall with at most 1/6 of its RAM; RAM = measured private memory of a process "
+                      "serving the configuration, the index file's size where not measured):", "",
+                      "| adaretrieve row | recall@10 | ms | RAM MB | fastest HNSW-768 row with recall >= | its ms | "
+                      "speed, RAM vs it | goal met |", "| --- | ---: | ---: | ---: | --- | ---: | ---: | :---: |", *goals]
         if r.get("hnsw_skipped"):
             lines.append(f"\nHNSW at efConstruction {', '.join(map(str, r['hnsw_skipped']))} not built at this N "
                          "(over its --hnsw limit: too slow on one core for this run).")
@@ -313,6 +484,50 @@ def to_markdown(report: dict) -> str:
                              f"RAM ratio vs exact flat: 1/{r['exact_index_bytes'] / v['resident_bytes']:.0f}.")
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def curve_series(r: dict) -> dict[str, list[tuple[float, float, float]]]:
+    """(batch-1 ms, recall@10, RAM bytes) points per method family at one N, for the curves."""
+    fam: dict[str, list] = {}
+    for k, v in r.items():
+        if not (isinstance(v, dict) and "recall@10" in v):
+            continue
+        if k.startswith("hnsw32_efc"):
+            name = f"FAISS HNSW32 768-d efC={v['ef_construction']}"
+        elif k.startswith(("hnsw32_", "ivf_")):
+            name = f"{'HNSW32' if k.startswith('hnsw32_') else 'IVF'} over {v['shortlist']} -> 768"
+        elif k.startswith("two_stage"):
+            name = f"flat {k.split('_')[2]} -> 768"
+        elif k == "exact":
+            name = "exact flat 768-d"
+        else:
+            continue
+        mem = v.get("resident_measured_bytes") or v.get("resident_bytes") or r["exact_index_bytes"]
+        fam.setdefault(name, []).append((v["batch1"]["p50_ms"], v["recall@10"], mem))
+    return fam
+
+
+def plot_curves(r: dict, path: Path) -> None:
+    """recall@10 against batch-1 latency (left) and against resident RAM (right) at one N."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for name, pts in sorted(curve_series(r).items()):
+        pts = sorted(pts)
+        style = "--" if name.startswith("FAISS") else "-"
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", ms=3, label=name)
+        bx.scatter([p[2] / 1e6 for p in pts], [p[1] for p in pts], s=12, label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("ms per query (batch 1, median, 1 thread)")
+    ax.set_ylabel("recall@10 vs exact 768-d")
+    bx.set_xscale("log")
+    bx.set_xlabel("resident RAM, MB")
+    ax.set_title(f"N = {r['n']:,} synthetic 768-d")
+    for x in (ax, bx):
+        x.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":
@@ -329,10 +544,20 @@ if __name__ == "__main__":
     ap.add_argument("--note", default=None, help="a line for the report, e.g. how the run was pinned")
     ap.add_argument("--work", default=str(ROOT / "indexes"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale"))
+    ap.add_argument("--ann", nargs="*", default=list(ANN), choices=list(ANN), help="sublinear shortlist structures "
+                    "built over each small size by adaretrieve's index writer and rescored at 768-d")
+    ap.add_argument("--cache", default=None, help="folder where the FAISS HNSW-768 graphs are kept and reused by a "
+                    "later run (default: --work); at 1M each is 3.3 GB and takes minutes to build")
     ap.add_argument("--threads", type=int, default=1, help="FAISS/BLAS threads for every method (default 1: the "
                     "machine is shared, and one thread gives every method the same footing)")
     a = ap.parse_args()
     faiss.omp_set_num_threads(a.threads)
+    try:  # numpy's BLAS (the rerank's products) on the same threads as FAISS
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(a.threads)
+    except ImportError:
+        print("threadpoolctl is not installed: numpy's BLAS threads follow OMP_NUM_THREADS", file=sys.stderr)
     hnsw = [(int(e), int(m)) for e, m in (h.split(":") for h in a.hnsw)]
     build_threads = a.build_threads or len(os.sched_getaffinity(0))
     report = {"command": "python " + " ".join(sys.argv), "machine": machine_info(), "bandwidth_gbs": bandwidth_gbs(),
@@ -345,7 +570,8 @@ if __name__ == "__main__":
         report["results"] = [r for r in old["results"] if r["n"] not in a.n]
         report["command"] = f"{old['command']}; then {report['command']}"
     for n in a.n:
-        report["results"].append(run_n(n, a.queries, Path(a.work), hnsw, build_threads))
+        report["results"].append(run_n(n, a.queries, Path(a.work), hnsw, build_threads, ann=a.ann,
+                                       cache=Path(a.cache) if a.cache else None))
         (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
         (out / "results.md").write_text(to_markdown(report))
         print(f"done N={n}", flush=True)
@@ -372,5 +598,6 @@ if __name__ == "__main__":
         ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(out / "latency_vs_n.png", dpi=120)
+        plot_curves(report["results"][-1], out / "recall_vs_latency.png")
     except ImportError:
         pass

@@ -18,7 +18,7 @@ def load_scale():
 
 def test_every_row_is_timed_alike_and_hnsw_is_built_at_both_ef_construction(tmp_path):
     scale = load_scale()
-    res = scale.run_n(1200, 10, tmp_path, hnsw=[(40, 10**9), (200, 10**9)], build_threads=1)
+    res = scale.run_n(1200, 10, tmp_path, hnsw=[(40, 10**9), (200, 10**9)], build_threads=1, ann=())
     rows = {k: v for k, v in res.items() if isinstance(v, dict) and "recall@10" in v}
     assert {"exact", "refineflat_sq8_kf1", "two_stage_2x32_k200", "hnsw32_efc40_ef32", "hnsw32_efc200_ef32"} <= set(rows)
     for name, v in rows.items():
@@ -32,6 +32,41 @@ def test_every_row_is_timed_alike_and_hnsw_is_built_at_both_ef_construction(tmp_
 
 def test_hnsw_above_its_limit_is_skipped_and_said(tmp_path):
     scale = load_scale()
-    res = scale.run_n(600, 4, tmp_path, hnsw=[(40, 10**9), (200, 100)], build_threads=1)
+    res = scale.run_n(600, 4, tmp_path, hnsw=[(40, 10**9), (200, 100)], build_threads=1, ann=())
     assert "hnsw32_efc40_ef32" in res and "hnsw32_efc200_ef32" not in res
     assert res["hnsw_skipped"] == [200]
+
+
+def test_sublinear_shortlists_over_the_small_sizes_reach_faiss_and_are_compared_with_hnsw_768(tmp_path):
+    """HNSW32 / IVF over 2x32 and 4x64 built by adaretrieve's writer, one row per (size, k, setting),
+    each with its private memory measured; nprobe reaches FAISS (IVF recall rises with it, up to the
+    flat shortlist's); the report has the goal table against HNSW-768."""
+    scale = load_scale()
+    res = scale.run_n(3000, 16, tmp_path, hnsw=[(40, 10**9)], build_threads=1)
+    for s in ("2x32", "4x64"):
+        ivf = [res[f"ivf_{s}_k200_nprobe{p}"]["recall@10"] for p in (8, 32, 128)]
+        flat = res[f"two_stage_{s}_k200"]["recall@10"]
+        assert ivf[0] < ivf[2] <= flat + 1e-9, (s, ivf, flat)
+        hnsw = res[f"hnsw32_{s}_k200_ef200"]
+        assert hnsw["factory"] == "HNSW32" and hnsw["ef_search"] == 200 and hnsw["recall@10"] <= flat + 1e-9
+        assert res[f"hnsw32_{s}_k1000_ef1000"]["recall@10"] >= hnsw["recall@10"]
+        assert res[f"ivf_{s}_k2000_nprobe128"]["k"] == 2000
+        for k in (f"ivf_{s}_k200_nprobe8", f"hnsw32_{s}_k200_ef200"):
+            assert res[k]["resident_measured_bytes"] > 0 and res[k]["batch1_cold"]["queries"] == 16
+    assert res["ivf_2x32_k200_nprobe8"]["factory"] == f"IVF{scale.nlist_for(3000)},Flat" == "IVF256,Flat"
+    assert res["hnsw32_efc40_ef16"]["resident_measured_bytes"] > 3000 * 768 * 4
+    assert res["disk_bytes"] > 3000 * 768 * 2  # the float16 rerank rows alone (inside the generation folder)
+    md = scale.to_markdown({"command": "x", "machine": {"cpu": "c", "cores": 2, "faiss": "f"}, "bandwidth_gbs": 10.0,
+                            "threads": 1, "date": "d", "results": [res]})
+    goal = [line for line in md.splitlines() if line.startswith("| ivf_2x32_k200_nprobe128 |")]
+    assert len(goal) == 2 and goal[1].endswith(("| yes |", "| no |", "| - |"))  # the main table, then the goal table
+
+
+def test_the_hnsw_768_graph_is_reused_from_the_cache(tmp_path):
+    scale = load_scale()
+    gen = scale.Synthetic()
+    _, build, path = scale.hnsw768(gen, 500, 40, 1, 200, tmp_path)
+    stamp = path.stat().st_mtime_ns
+    h, again, same = scale.hnsw768(gen, 500, 40, 1, 200, tmp_path)
+    assert same == path and path.stat().st_mtime_ns == stamp and again == round(build, 2) and h.ntotal == 500
+    assert scale.hnsw768(scale.Synthetic(seed=1), 500, 40, 1, 200, tmp_path)[2] != path  # other vectors, other file
