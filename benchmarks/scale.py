@@ -47,10 +47,12 @@ D = 768
 FULL = Size(12, D)
 SHORT = [Size(2, 32), Size(4, 64)]
 EF768 = (16, 32, 64, 128, 256, 512, 1024)  # efSearch of FAISS HNSW32 over 768-d: its recall/latency curve
-ANN = ("HNSW32", "IVF")
+ANN = ("HNSW32", "IVF", "SQfp16")  # SQfp16: a flat scan of float16 codes, half the bytes of Flat
 # (k, efSearch / nprobe) per shortlist depth: efSearch below k is raised to k by FAISS, so it starts at k
 ANN_SWEEP = {"HNSW32": [(200, 200), (200, 400), (1000, 1000), (2000, 2000)],
-             "IVF": [(200, 8), (200, 32), (200, 128), (1000, 32), (1000, 128), (2000, 128)]}
+             "IVF": [(200, 8), (200, 32), (200, 128), (1000, 32), (1000, 128), (2000, 128)],
+             "SQfp16": [(200, None), (1000, None)]}
+PARAM = {"HNSW32": ("ef_search", "ef"), "IVF": ("nprobe", "nprobe"), "SQfp16": (None, "")}
 MODEL = {"name": "synthetic", "path": "synthetic", "weights_sha256": "", "normalize": True, "pooling": "mean",
          "max_length": 0, "n_layers": 12, "hidden_size": D}
 
@@ -193,8 +195,8 @@ def ann_rows(gen: Synthetic, n: int, kind: str, q: np.ndarray, truth: np.ndarray
     """HNSW32 or IVF shortlists over each small size, built by adaretrieve's IndexWriter (what
     `adaretrieve index --factory ...` writes) and searched by FunnelSearcher with ef_search / nprobe,
     rescored exactly at 768-d from the float16 rows: one row per (size, k, setting) of ANN_SWEEP."""
-    factory = "HNSW32" if kind == "HNSW32" else f"IVF{nlist_for(n)},Flat"
-    param = "ef_search" if kind == "HNSW32" else "nprobe"
+    factory = f"IVF{nlist_for(n)},Flat" if kind == "IVF" else kind
+    param, tag = PARAM[kind]
     d = work / f"scale-{n}-{kind.lower()}"
     shutil.rmtree(d, ignore_errors=True)
     search_threads = faiss.omp_get_max_threads()
@@ -219,20 +221,21 @@ def ann_rows(gen: Synthetic, n: int, kind: str, q: np.ndarray, truth: np.ndarray
         for k, p in ANN_SWEEP[kind]:
             if k >= n:
                 continue
-            srch = FunnelSearcher(reader, s, k=k, rerank=FULL, **{param: p})
+            kw = {param: p} if param else {}
+            srch = FunnelSearcher(reader, s, k=k, rerank=FULL, **kw)
 
             def run(x, srch=srch, s=s):
                 return srch.search({s: truncate(x, s.dim, True), FULL: x}, top=10)
 
-            measured = measure_resident(d, s, k, FULL, qv, **{param: p}, top=10)
+            measured = measure_resident(d, s, k, FULL, qv, **kw, top=10)
             row = {"batch1": time_batch1(run, q), "batch64": time_batch(run, q[:64]),
                    "recall@10": recall_at_10(run(q)[1], truth), "factory": factory, "shortlist": str(s), "k": k,
-                   param: p, "build_seconds_both_sizes": round(build, 2), "build_threads": threads,
+                   **kw, "build_seconds_both_sizes": round(build, 2), "build_threads": threads,
                    "resident_bytes": files[s].stat().st_size, "resident_measured_bytes": measured["anon_bytes"]}
             if first:  # the shallowest setting, timed again with the rerank rows dropped from the page cache
                 row["batch1_cold"] = time_cold(run, q, reader)
                 first = False
-            out[f"{kind.lower()}_{s}_k{k}_{'ef' if kind == 'HNSW32' else 'nprobe'}{p}"] = row
+            out[f"{kind.lower()}_{s}_k{k}" + (f"_{tag}{p}" if param else "")] = row
     del reader
     gc.collect()
     shutil.rmtree(d, ignore_errors=True)
@@ -365,7 +368,7 @@ def run_n(n: int, n_queries: int, work: Path, hnsw: list[tuple[int, int]], build
     return res
 
 
-OURS = ("two_stage", "funnel", "hnsw32_", "ivf_")  # adaretrieve rows ("hnsw32_efc..." are FAISS's own)
+OURS = ("two_stage", "funnel", "hnsw32_", "ivf_", "sqfp16_")  # adaretrieve rows ("hnsw32_efc..." are FAISS's own)
 
 
 def ours(key: str) -> bool:
@@ -458,7 +461,7 @@ def to_markdown(report: dict) -> str:
             if k.startswith("hnsw32_efc") and k.endswith("_ef32"):
                 lines.append(f"\nHNSW build ({r.get('hnsw_build_threads', 1)} thread(s), M=32, efConstruction "
                              f"{v.get('ef_construction', 40)}): {v['build_seconds']} s.")
-        ann = [v for k, v in r.items() if isinstance(v, dict) and k.startswith(("hnsw32_", "ivf_"))
+        ann = [v for k, v in r.items() if isinstance(v, dict) and k.startswith(("hnsw32_", "ivf_", "sqfp16_"))
                and not k.startswith("hnsw32_efc")]
         for fac in dict.fromkeys(v["factory"] for v in ann):
             v = next(v for v in ann if v["factory"] == fac)
@@ -494,8 +497,9 @@ def curve_series(r: dict) -> dict[str, list[tuple[float, float, float]]]:
             continue
         if k.startswith("hnsw32_efc"):
             name = f"FAISS HNSW32 768-d efC={v['ef_construction']}"
-        elif k.startswith(("hnsw32_", "ivf_")):
-            name = f"{'HNSW32' if k.startswith('hnsw32_') else 'IVF'} over {v['shortlist']} -> 768"
+        elif k.startswith(("hnsw32_", "ivf_", "sqfp16_")):
+            kind = {"hnsw32": "HNSW32", "ivf": "IVF", "sqfp16": "SQfp16"}[k.split("_")[0]]
+            name = f"{kind} over {v['shortlist']} -> 768"
         elif k.startswith("two_stage"):
             name = f"flat {k.split('_')[2]} -> 768"
         elif k == "exact":

@@ -53,6 +53,8 @@ def test_sublinear_shortlists_over_the_small_sizes_reach_faiss_and_are_compared_
         assert res[f"ivf_{s}_k2000_nprobe128"]["k"] == 2000
         for k in (f"ivf_{s}_k200_nprobe8", f"hnsw32_{s}_k200_ef200"):
             assert res[k]["resident_measured_bytes"] > 0 and res[k]["batch1_cold"]["queries"] == 16
+    for s in ("2x32", "4x64"):  # float16 codes scanned flat: the flat shortlist's recall within rounding
+        assert abs(res[f"sqfp16_{s}_k200"]["recall@10"] - res[f"two_stage_{s}_k200"]["recall@10"]) <= 0.02
     assert res["ivf_2x32_k200_nprobe8"]["factory"] == f"IVF{scale.nlist_for(3000)},Flat" == "IVF256,Flat"
     assert res["hnsw32_efc40_ef16"]["resident_measured_bytes"] > 3000 * 768 * 4
     assert res["disk_bytes"] > 3000 * 768 * 2  # the float16 rerank rows alone (inside the generation folder)
