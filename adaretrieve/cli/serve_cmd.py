@@ -37,6 +37,9 @@ def serve(
     max_batch: int = typer.Option(32, "--max-batch", help="Most query texts per encoder pass; 1 turns micro-batching off."),
     max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", help="How long a request waits for others to share its "
                                       "encoder pass (requests that queue while the encoder is busy share it anyway)."),
+    max_queue: int = typer.Option(1024, "--max-queue", help="Most query texts waiting for the encoder per worker; a "
+                                  "request beyond it is refused at once with 503 and Retry-After (the client retries) "
+                                  "instead of waiting behind all of them."),
     reload_every: float = typer.Option(1.0, "--reload-every", help="Seconds between checks for a rebuilt index; a new "
                                        "generation is served from the next batch on."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Query encoder (default: the model that built the index)."),
@@ -56,7 +59,7 @@ def serve(
             -d '{"queries": ["do statins reduce cancer risk?"], "shortlist": "2x64", "k": 200, "rerank": "6x384", "top": 10}'
     """
     setup(quiet)
-    at_least_1({"--workers": workers, "--max-batch": max_batch, "--threads": threads})
+    at_least_1({"--workers": workers, "--max-batch": max_batch, "--threads": threads, "--max-queue": max_queue})
     if not 0 <= port <= 65535:
         raise AdaError(f"--port {port} is outside 0..65535")
     if max_wait_ms < 0 or reload_every < 0:
@@ -71,7 +74,7 @@ def serve(
 
     _check_port(host, port)
     cfg = {"index": str(index), "model": model, "device": device, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
-           "reload_every": reload_every, "threads": threads}
+           "reload_every": reload_every, "threads": threads, "max_queue": max_queue}
     log_level = "warning" if quiet else "info"
     if workers == 1:
         app = create_app(SearchService(**cfg))  # loads here: a bad index or model is one line before listening

@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adaretrieve import __version__
 from adaretrieve.errors import AdaError
-from adaretrieve.serve.service import SearchService
+from adaretrieve.serve.service import Overloaded, SearchService
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,9 @@ def create_app(service: SearchService, max_body: int = MAX_BODY_BYTES) -> FastAP
 
     bad = {400: {"model": ErrorResponse, "description": "Malformed JSON."},
            413: {"model": ErrorResponse, "description": "Body larger than the limit."},
-           422: {"model": ErrorResponse, "description": "A value breaks a rule (empty query, unknown size, k < 1, ...)."}}
+           422: {"model": ErrorResponse, "description": "A value breaks a rule (empty query, unknown size, k < 1, ...)."},
+           503: {"model": ErrorResponse, "description": "More query texts wait than --max-queue: retry after the "
+                 "Retry-After seconds."}}
 
     @app.post("/search", response_model=SearchResponse, responses=bad, summary="Search one or many queries")
     async def search(req: SearchRequest):
@@ -239,7 +241,12 @@ def create_app(service: SearchService, max_body: int = MAX_BODY_BYTES) -> FastAP
                                 rerank=req.rerank, top=req.top, nprobe=req.nprobe, ef_search=req.ef_search)
         except AdaError as e:
             return error(422, _one_line(str(e)), "/search", "invalid")
-        job = service.submit(req.queries, plan)
+        try:
+            job = service.submit(req.queries, plan)
+        except Overloaded as e:
+            response = error(503, _one_line(str(e)), "/search", "overloaded")
+            response.headers["Retry-After"] = "1"
+            return response
         try:
             hits = await asyncio.wrap_future(job.future)
         except AdaError as e:  # the index was reloaded and no longer serves this plan
@@ -259,7 +266,7 @@ def create_app(service: SearchService, max_body: int = MAX_BODY_BYTES) -> FastAP
                           "layers": enc.n_layers, "hidden_size": enc.hidden_size},
                 "shortlist_sizes": [str(s) for s in m.shortlist_sizes],
                 "rerank_size": str(m.rerank_size) if m.rerank_size else None,
-                "defaults": service.defaults(), "max_batch": service.max_batch,
+                "defaults": service.defaults(), "max_batch": service.max_batch, "max_queue": service.max_queue,
                 "max_wait_ms": 1000 * service.max_wait, "pid": os.getpid(), "version": __version__}
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")

@@ -53,6 +53,11 @@ def service_metrics() -> Metrics:
     return m
 
 
+class Overloaded(AdaError):
+    """More query texts are waiting than the service's ``max_queue``: the request is refused now
+    (HTTP 503) rather than queued without bound behind them."""
+
+
 @dataclass(frozen=True)
 class Plan:
     """One search configuration, checked against the index and encoder (hashable: requests with
@@ -113,11 +118,13 @@ class SearchService:
         max_wait_ms: how long the first request of a batch waits for others to join it.
         reload_every: seconds between checks for a new generation of the index (0: before every batch).
         threads: torch threads for encoding (None: torch's default).
+        max_queue: most query texts waiting for the encoder; a request that would go past it is refused
+            at once (``Overloaded``, HTTP 503) unless nothing waits (a request alone may be longer).
     """
 
     def __init__(self, index, model: str | None = None, device: str | None = None, max_batch: int = 32,
                  max_wait_ms: float = 2.0, reload_every: float = 1.0, threads: int | None = None,
-                 metrics: Metrics | None = None):
+                 metrics: Metrics | None = None, max_queue: int = 1024):
         from adaretrieve.retriever import load_index_encoder
         from adaretrieve.search import IndexReader
 
@@ -125,6 +132,11 @@ class SearchService:
             raise AdaError(f"max batch {max_batch} must be at least 1")
         if max_wait_ms < 0:
             raise AdaError(f"max wait {max_wait_ms} ms must be at least 0")
+        if max_queue < 1:
+            raise AdaError(f"max queue {max_queue} must be at least 1")
+        self.max_queue = int(max_queue)
+        self._waiting = 0  # query texts submitted and not yet taken into a batch
+        self._waiting_lock = threading.Lock()
         self.threads = threads
         self.index_dir = index
         self.model, self.device = model, device
@@ -194,8 +206,17 @@ class SearchService:
         if self._thread is None:
             raise RuntimeError("SearchService.start() was not called")
         job = Job(list(texts), plan)
+        with self._waiting_lock:
+            if self._waiting and self._waiting + len(job.texts) > self.max_queue:
+                raise Overloaded(f"the server is busy: {self._waiting} query texts are waiting (--max-queue "
+                                 f"{self.max_queue}); retry shortly")
+            self._waiting += len(job.texts)
         self._queue.put(job)
         return job
+
+    def waiting(self) -> int:
+        """Query texts submitted and not yet taken into a batch."""
+        return self._waiting
 
     def search(self, texts: Sequence[str], **plan) -> list[list[tuple[str, float]]]:
         """Blocking convenience: plan, submit, wait."""
@@ -239,6 +260,8 @@ class SearchService:
             if first is None:
                 break
             jobs, stop = self._take_batch(first)
+            with self._waiting_lock:
+                self._waiting -= sum(len(j.texts) for j in jobs)
             try:
                 self._maybe_reload()
                 self._run(jobs)

@@ -301,7 +301,8 @@ def test_cli_serve_checks_before_listening(index, tmp_path, monkeypatch):
                         (("--index", index, "--max-batch", 0), "--max-batch 0 must be at least 1"),
                         (("--index", index, "--port", 70000), "outside 0..65535"),
                         (("--index", index, "--threads", 0), "--threads 0 must be at least 1"),
-                        (("--index", index, "--max-wait-ms", -1), "must be at least 0")]:
+                        (("--index", index, "--max-wait-ms", -1), "must be at least 0"),
+                        (("--index", index, "--max-queue", 0), "--max-queue 0 must be at least 1")]:
         res = run(*args)
         assert res.exit_code == 2 and res.stderr.startswith("error: ") and words in res.stderr, res.output
     with socket.socket() as s:
@@ -312,11 +313,12 @@ def test_cli_serve_checks_before_listening(index, tmp_path, monkeypatch):
     seen = {}
     monkeypatch.delenv("ADARETRIEVE_SERVE", raising=False)  # restored after the test
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
-    res = run("--index", index, "--port", 0, "--max-batch", 8, "--device", "cpu", "--quiet")
+    res = run("--index", index, "--port", 0, "--max-batch", 8, "--max-queue", 100, "--device", "cpu", "--quiet")
     assert res.exit_code == 0, res.output
     assert seen["host"] == "127.0.0.1" and seen["port"] == 0
     with TestClient(seen["app"]) as c:
-        assert c.get("/health").json()["max_batch"] == 8
+        health = c.get("/health").json()
+        assert health["max_batch"] == 8 and health["max_queue"] == 100
     res = run("--index", index, "--port", 0, "--workers", 2, "--quiet")
     assert res.exit_code == 0 and seen["app"] == "adaretrieve.serve.app:app_from_env" and seen["workers"] == 2
     assert json.loads(__import__("os").environ["ADARETRIEVE_SERVE"])["index"] == str(index)
@@ -338,3 +340,41 @@ def test_serve_applies_the_query_prefix_the_index_recorded(tiny_model, tmp_path)
     plain = Encoder(tiny_model, device="cpu")  # without the prefix the query vector, and so the scores, differ
     s = enc.check_sizes(["4x32"])[0]
     assert not np.allclose(plain.encode([TEXTS[1]], [s])[s], enc.encode_queries([TEXTS[1]], [s])[s], atol=1e-4)
+
+
+def test_a_full_queue_refuses_at_once_with_503_and_serves_again_once_drained(index):
+    """Requests beyond --max-queue waiting query texts are refused at once (503, Retry-After, one
+    line) instead of queueing without bound; the waiting ones are all answered; afterwards the
+    service takes requests again. A request alone may be longer than the limit."""
+    import threading
+
+    from adaretrieve.serve.service import Overloaded
+
+    service = SearchService(index, device="cpu", max_batch=4, max_wait_ms=0, max_queue=6)
+    gate = threading.Event()
+    real = service._run
+
+    def held(jobs):  # the encoder is busy until the gate opens
+        gate.wait(10)
+        real(jobs)
+
+    service._run = held
+    with TestClient(create_app(service)) as c:
+        plan = service.plan()
+        first = service.submit(["cell"], plan)  # taken by the batcher, which then waits at the gate
+        deadline = __import__("time").monotonic() + 5
+        while service.waiting() and __import__("time").monotonic() < deadline:
+            pass
+        queued = [service.submit(["cell", "gene", "drug"], plan) for _ in range(2)]  # 6 waiting: the limit
+        with pytest.raises(Overloaded, match="6 query texts are waiting"):
+            service.submit(["virus"], plan)
+        r = c.post("/search", json={"queries": "virus"})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert "\n" not in r.json()["error"] and "--max-queue" in r.json()["error"]
+        gate.set()
+        assert len(first.result(10)) == 1 and all(len(j.result(10)) == 3 for j in queued)
+        assert service.waiting() == 0
+        assert c.post("/search", json={"queries": ["a"] * 9}).status_code == 200  # alone, longer than the limit
+        assert service.metrics.value("adaretrieve_errors_total", {"endpoint": "/search", "reason": "overloaded"}) == 1
+    with pytest.raises(Exception, match="max queue"):
+        SearchService(index, device="cpu", max_queue=0)
