@@ -80,6 +80,8 @@ def _fp16_products(x: np.ndarray, q: np.ndarray, metric: int) -> np.ndarray:
     of the product at 768-d). The rows are copied once into a throwaway FAISS index (no shared
     state, so threads may score at once)."""
     n, d = x.shape
+    if n == 0:  # no candidate at all (FAISS asks for k >= 1)
+        return np.empty((0, len(q)), dtype=np.float32)
     ix = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16, metric)
     faiss.copy_array_to_vector(np.ascontiguousarray(x).view(np.uint8).reshape(-1), ix.codes)
     ix.ntotal = n

@@ -116,3 +116,12 @@ def test_float16_rows_are_scored_by_faiss_float16_kernels(monkeypatch):
     made.clear()
     check(q[:, :256], cand, rows, 256, renorm=True, top=50)
     assert {a[2] for a in made} == {faiss.METRIC_INNER_PRODUCT, faiss.METRIC_L2}
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("dim", [64, 32])
+def test_no_candidate_at_all_gives_empty_rows(dtype, dim):
+    """An IVF shortlist whose probed lists are empty returns only -1: the rerank returns -1 rows, not an error."""
+    rows = unit_rows(100, 64, 11, dtype)
+    s, r = rerank_candidates(np.ones((2, dim), np.float32), -np.ones((2, 10), dtype=np.int64), rows, dim, True, 5)
+    assert s.shape == r.shape == (2, 5) and (r == -1).all() and np.isneginf(s).all()
