@@ -32,7 +32,7 @@ import numpy as np
 from adaretrieve.data.readers import doc_text, iter_corpus, resolve_corpus, validate_corpus
 from adaretrieve.errors import AdaError
 from adaretrieve.index.format import Manifest, read_manifest, try_lock
-from adaretrieve.index.writer import IndexWriter, check_out, make_faiss_index
+from adaretrieve.index.writer import IndexWriter, check_out, make_faiss_index, set_ef_construction
 from adaretrieve.modeling.encoder import Encoder
 from adaretrieve.sizes import Size, parse_size, parse_sizes
 
@@ -63,7 +63,7 @@ def plan_key(plan: dict) -> dict:
         "pooling": model.get("pooling"), "normalize": model.get("normalize"), "max_length": model.get("max_length"),
         "passage_prefix": model.get("passage_prefix") or "",  # "" for plans written before prefixes
         "shortlist": plan.get("shortlist"), "rerank": plan.get("rerank"), "factory": plan.get("factory"),
-        "rerank_dtype": plan.get("rerank_dtype"), "chunk_size": plan.get("chunk_size"),
+        "ef_construction": plan.get("ef_construction"), "rerank_dtype": plan.get("rerank_dtype"), "chunk_size": plan.get("chunk_size"),
         "corpus_sha256": plan.get("corpus", {}).get("sha256"),
     }
 
@@ -109,6 +109,7 @@ def build_index(
     rerank_dtype: str = "float16",
     shard: tuple[int, int] | None = None,
     ray: dict | None = None,
+    ef_construction: int | None = None,
 ) -> Manifest | None:
     """Encode ``corpus`` once and write an index directory at ``out``.
 
@@ -124,7 +125,7 @@ def build_index(
         raise AdaError("index needs at least one --shortlist size")
     check_out(out, overwrite)
     for s in shortlist:
-        make_faiss_index(s.dim, factory)
+        set_ef_construction(make_faiss_index(s.dim, factory), factory, ef_construction)
     if rerank_dtype not in ("float16", "int8"):
         raise AdaError(f"rerank dtype {rerank_dtype!r} is not one of float16, int8")
     i_shard, n_shards = shard or (0, 1)
@@ -140,6 +141,7 @@ def build_index(
         "n_chunks": -(-n_docs // chunk_size), "model": encoder.describe(), "sizes": [str(s) for s in sizes],
         "shortlist": [str(s) for s in shortlist], "rerank": str(rerank_size) if rerank_size else None,
         "factory": factory, "rerank_dtype": rerank_dtype,
+        **({"ef_construction": int(ef_construction)} if ef_construction is not None else {}),
     }
     bdir = build_dir(out)
     bdir.mkdir(parents=True, exist_ok=True)
@@ -269,7 +271,7 @@ def _merge(out: Path, overwrite: bool, build: dict | None) -> Manifest:
     shortlist = [parse_size(s) for s in plan["shortlist"]]
     rerank = parse_size(plan["rerank"]) if plan["rerank"] else None
     writer = IndexWriter(out, plan["n_docs"], shortlist, rerank, factory=plan["factory"], overwrite=overwrite,
-                         rerank_dtype=plan["rerank_dtype"])
+                         rerank_dtype=plan["rerank_dtype"], ef_construction=plan.get("ef_construction"))
     try:
         for c in range(plan["n_chunks"]):
             d = bdir / _chunk_name(c)

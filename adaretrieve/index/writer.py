@@ -138,6 +138,19 @@ def make_faiss_index(dim: int, factory: str):
         raise AdaError(f"faiss factory {factory!r} is not valid for dim {dim}: {msg}") from None
 
 
+def set_ef_construction(index, factory: str, ef_construction: int | None) -> None:
+    """Build ``index``'s HNSW graph at ``ef_construction`` (FAISS's factory strings cannot say it;
+    FAISS's default is 40). AdaError for a factory without a graph or a value below 1."""
+    if ef_construction is None:
+        return
+    if ef_construction < 1:
+        raise AdaError(f"ef_construction {ef_construction} must be at least 1")
+    down = faiss.downcast_IndexBinary(index) if isinstance(index, faiss.IndexBinary) else faiss.downcast_index(index)
+    if not hasattr(down, "hnsw"):
+        raise AdaError(f"ef_construction applies to HNSW factories (HNSW32, BHNSW32 ...), not {factory!r}")
+    down.hnsw.efConstruction = int(ef_construction)
+
+
 def quantize_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric int8 codes [n, d] and per-vector scales [n] with x ~= codes * scale."""
     scale = np.abs(x).max(axis=1) / 127.0
@@ -159,11 +172,13 @@ class IndexWriter:
         shortlist: sizes that get a FAISS index each.
         rerank: size stored as float16 rows for exact rescoring, or None.
         factory: FAISS factory string for the shortlist indexes (``B...`` for binary ones).
+        ef_construction: HNSW factories only: the graph's efConstruction (FAISS's default 40).
         rerank_dtype: ``float16`` (default) or ``int8`` with a float32 scale per vector.
     """
 
     def __init__(self, out: str | Path, n_docs: int, shortlist: Sequence[Size], rerank: Size | None,
-                 factory: str = "Flat", overwrite: bool = False, rerank_dtype: str = "float16"):
+                 factory: str = "Flat", overwrite: bool = False, rerank_dtype: str = "float16",
+                 ef_construction: int | None = None):
         self.out = Path(out)
         check_out(self.out, overwrite)
         if not shortlist:
@@ -174,6 +189,9 @@ class IndexWriter:
         self.rerank_dtype = rerank_dtype
         self.binary = is_binary_factory(factory)
         self.indexes = {s: make_faiss_index(s.dim, factory) for s in self.shortlist}
+        for ix in self.indexes.values():
+            set_ef_construction(ix, factory, ef_construction)
+        self.ef_construction = ef_construction
         self._train_first = any(not ix.is_trained for ix in self.indexes.values())
         self._held: dict[Size, list[np.ndarray]] = {s: [] for s in self.shortlist}
         self.out.mkdir(parents=True, exist_ok=True)
@@ -240,7 +258,9 @@ class IndexWriter:
             n_docs=self.n_docs,
             shortlist=[{"size": str(s), "factory": self.factory,
                         "metric": "hamming" if self.binary else "inner_product",
-                        "dtype": "bits" if self.binary else "float32", "file": shortlist_file(s)} for s in self.shortlist],
+                        "dtype": "bits" if self.binary else "float32", "file": shortlist_file(s),
+                        **({"ef_construction": self.ef_construction} if self.ef_construction is not None else {})}
+                       for s in self.shortlist],
             rerank=({"size": str(self.rerank), "dtype": self.rerank_dtype, "file": rerank_file(self.rerank),
                      **({"scale_file": scale_file(self.rerank)} if self.rerank_dtype == "int8" else {})}
                     if self.rerank else None),
