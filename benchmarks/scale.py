@@ -52,6 +52,7 @@ ANN = ("HNSW32", "IVF", "SQfp16")  # SQfp16: a flat scan of float16 codes, half 
 ANN_SWEEP = {"HNSW32": [(200, 200), (200, 400), (1000, 1000), (2000, 2000)],
              "IVF": [(200, 8), (200, 32), (200, 128), (1000, 32), (1000, 128), (2000, 128)],
              "SQfp16": [(200, None), (1000, None)]}
+ANN_EFC = 200  # efConstruction of HNSW over the small sizes: the HNSW-768 baseline's best, so both graphs are alike
 PARAM = {"HNSW32": ("ef_search", "ef"), "IVF": ("nprobe", "nprobe"), "SQfp16": (None, "")}
 MODEL = {"name": "synthetic", "path": "synthetic", "weights_sha256": "", "normalize": True, "pooling": "mean",
          "max_length": 0, "n_layers": 12, "hidden_size": D}
@@ -126,7 +127,24 @@ def time_cold(fn, q: np.ndarray, reader: IndexReader) -> dict:
     left = resident_fraction(path)
     out["how"] = "madvise(MADV_DONTNEED) on the memory map + posix_fadvise(POSIX_FADV_DONTNEED) before each query"
     out["resident_after_evict"] = None if left is None else round(left, 4)
+    warm_rerank(reader)  # the rows timed next start warm, like every other warm row
     return out
+
+
+def warm_rerank(reader: IndexReader) -> float | None:
+    """The warm rows' cache state, made the same before each of them: the rerank file read whole
+    into the page cache and every page of the reader's memory map touched once (a long-running
+    searcher's steady state; a cold row before would otherwise leave the next ones half cold).
+    Returns the fraction of the file in the page cache afterwards (mincore)."""
+    rows = reader.rerank_rows()
+    path = reader.gen_dir / reader.manifest.rerank["file"]
+    with open(path, "rb") as f:
+        while f.read(16 << 20):
+            pass
+    flat = np.asarray(rows).reshape(-1)
+    float(flat[:: max(1, 4096 // flat.itemsize)].sum(dtype=np.float64))  # one element per page: each page mapped
+    left = resident_fraction(path)
+    return None if left is None else round(left, 4)
 
 
 def recall_at_10(rows: np.ndarray, truth: np.ndarray) -> float:
@@ -191,10 +209,11 @@ def hnsw768(gen: Synthetic, n: int, efc: int, threads: int, chunk: int, cache: P
 
 
 def ann_rows(gen: Synthetic, n: int, kind: str, q: np.ndarray, truth: np.ndarray, work: Path, threads: int,
-             chunk: int) -> dict:
+             chunk: int, ef_construction: int = ANN_EFC) -> dict:
     """HNSW32 or IVF shortlists over each small size, built by adaretrieve's IndexWriter (what
     `adaretrieve index --factory ...` writes) and searched by FunnelSearcher with ef_search / nprobe,
-    rescored exactly at 768-d from the float16 rows: one row per (size, k, setting) of ANN_SWEEP."""
+    rescored exactly at 768-d from the float16 rows: one row per (size, k, setting) of ANN_SWEEP.
+    HNSW graphs are built at ``ef_construction`` (`index --ef-construction`)."""
     factory = f"IVF{nlist_for(n)},Flat" if kind == "IVF" else kind
     param, tag = PARAM[kind]
     d = work / f"scale-{n}-{kind.lower()}"
@@ -202,7 +221,8 @@ def ann_rows(gen: Synthetic, n: int, kind: str, q: np.ndarray, truth: np.ndarray
     search_threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(threads)
     t0, gen_s = time.perf_counter(), 0.0
-    w = IndexWriter(d, n, SHORT, FULL, factory=factory)
+    efc = ef_construction if kind == "HNSW32" else None
+    w = IndexWriter(d, n, SHORT, FULL, factory=factory, ef_construction=efc)
     for start in range(0, n, chunk):
         g0 = time.perf_counter()
         x = gen.chunk(start, min(chunk, n - start))
@@ -228,9 +248,9 @@ def ann_rows(gen: Synthetic, n: int, kind: str, q: np.ndarray, truth: np.ndarray
                 return srch.search({s: truncate(x, s.dim, True), FULL: x}, top=10)
 
             measured = measure_resident(d, s, k, FULL, qv, **kw, top=10)
-            row = {"batch1": time_batch1(run, q), "batch64": time_batch(run, q[:64]),
+            row = {"rerank_cached": warm_rerank(reader), "batch1": time_batch1(run, q), "batch64": time_batch(run, q[:64]),
                    "recall@10": recall_at_10(run(q)[1], truth), "factory": factory, "shortlist": str(s), "k": k,
-                   **kw, "build_seconds_both_sizes": round(build, 2), "build_threads": threads,
+                   **kw, **({"ef_construction": efc} if efc else {}), "build_seconds_both_sizes": round(build, 2), "build_threads": threads,
                    "resident_bytes": files[s].stat().st_size, "resident_measured_bytes": measured["anon_bytes"]}
             if first:  # the shallowest setting, timed again with the rerank rows dropped from the page cache
                 row["batch1_cold"] = time_cold(run, q, reader)
@@ -243,7 +263,7 @@ def ann_rows(gen: Synthetic, n: int, kind: str, q: np.ndarray, truth: np.ndarray
 
 
 def run_n(n: int, n_queries: int, work: Path, hnsw: list[tuple[int, int]], build_threads: int = 1,
-          ann: Sequence[str] = ANN, cache: Path | None = None) -> dict:
+          ann: Sequence[str] = ANN, cache: Path | None = None, ann_efc: int = ANN_EFC) -> dict:
     """Every method at N = ``n``. ``hnsw``: (efConstruction, largest N to build it at) pairs for
     FAISS HNSW32 over 768-d (kept in ``cache`` when given, and reused from there: the synthetic
     vectors are the same on every run); ``ann``: the sublinear shortlist structures built over
@@ -296,7 +316,8 @@ def run_n(n: int, n_queries: int, work: Path, hnsw: list[tuple[int, int]], build
             return srch.index.search(truncate(x, s.dim, True), 200)
 
         rows = srch.search(qv, top=10)[1]
-        res[f"two_stage_{s}_k200"] = {
+        cached = warm_rerank(reader)
+        res[f"two_stage_{s}_k200"] = {"rerank_cached": cached,
             "batch1": time_batch1(two, q), "batch1_cold": time_cold(two, q, reader),
             "batch64": time_batch(two, q[:64]),
             "shortlist_scan_batch1": time_batch1(scan, q), "recall@10": recall_at_10(rows, truth),
@@ -313,7 +334,8 @@ def run_n(n: int, n_queries: int, work: Path, hnsw: list[tuple[int, int]], build
         def run(x, srch=srch):
             return srch.search({s: truncate(x, s.dim, True) for s in srch.sizes()}, top=10)
 
-        res[name] = {"batch1": time_batch1(run, q), "batch64": time_batch(run, q[:64]),
+        cached = warm_rerank(reader)
+        res[name] = {"rerank_cached": cached, "batch1": time_batch1(run, q), "batch64": time_batch(run, q[:64]),
                      "recall@10": recall_at_10(run(q)[1], truth),
                      "resident_bytes": n * sum(s.dim for s in srch.sizes() if s != FULL) * 4}
 
@@ -363,7 +385,7 @@ def run_n(n: int, n_queries: int, work: Path, hnsw: list[tuple[int, int]], build
 
     # the AdANNS idea: a sublinear structure over the cheap size, exact rescoring at 768-d
     for kind in ann:
-        res.update(ann_rows(gen, n, kind, q, truth, work, build_threads, chunk))
+        res.update(ann_rows(gen, n, kind, q, truth, work, build_threads, chunk, ann_efc))
     shutil.rmtree(ix_dir, ignore_errors=True)
     return res
 
@@ -500,7 +522,8 @@ def to_markdown(report: dict) -> str:
                and not k.startswith("hnsw32_efc")]
         for fac in dict.fromkeys(v["factory"] for v in ann):
             v = next(v for v in ann if v["factory"] == fac)
-            lines.append(f"\nadaretrieve index with --factory {fac} over both small sizes ({v['build_threads']} thread(s), "
+            efc = f" --ef-construction {v['ef_construction']}" if v.get("ef_construction") else ""
+            lines.append(f"\nadaretrieve index with --factory {fac}{efc} over both small sizes ({v['build_threads']} thread(s), "
                          f"adaretrieve's IndexWriter, float16 rerank rows included): {v['build_seconds_both_sizes']} s.")
         goals = goal_lines(r)
         if goals:
@@ -587,6 +610,7 @@ if __name__ == "__main__":
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale"))
     ap.add_argument("--ann", nargs="*", default=list(ANN), choices=list(ANN), help="sublinear shortlist structures "
                     "built over each small size by adaretrieve's index writer and rescored at 768-d")
+    ap.add_argument("--ann-efc", type=int, default=ANN_EFC, help="efConstruction of the HNSW graphs over the small sizes")
     ap.add_argument("--cache", default=None, help="folder where the FAISS HNSW-768 graphs are kept and reused by a "
                     "later run (default: --work); at 1M each is 3.3 GB and takes minutes to build")
     ap.add_argument("--threads", type=int, default=1, help="FAISS/BLAS threads for every method (default 1: the "
@@ -612,7 +636,7 @@ if __name__ == "__main__":
         report["command"] = f"{old['command']}; then {report['command']}"
     for n in a.n:
         report["results"].append(run_n(n, a.queries, Path(a.work), hnsw, build_threads, ann=a.ann,
-                                       cache=Path(a.cache) if a.cache else None))
+                                       cache=Path(a.cache) if a.cache else None, ann_efc=a.ann_efc))
         (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
         (out / "results.md").write_text(to_markdown(report))
         print(f"done N={n}", flush=True)
