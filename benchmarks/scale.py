@@ -572,15 +572,19 @@ def curve_series(r: dict) -> dict[str, list[tuple[float, float, float]]]:
 
 
 def plot_curves(r: dict, path: Path) -> None:
-    """recall@10 against batch-1 latency (left) and against resident RAM (right) at one N."""
+    """recall@10 against batch-1 latency (left: every measured point, a line through each family's
+    frontier) and against resident RAM (right) at one N."""
     import matplotlib.pyplot as plt
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.5))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors[::2] + plt.cm.tab20.colors[1::2])  # 20 colours: no family shares one
     for name, pts in sorted(curve_series(r).items()):
         pts = sorted(pts)
+        front = [p for i, p in enumerate(pts) if all(p[1] > o[1] for o in pts[:i])]  # best recall so far, by ms
         style = "--" if name.startswith("FAISS") else "-"
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", ms=3, label=name)
-        bx.scatter([p[2] / 1e6 for p in pts], [p[1] for p in pts], s=12, label=name)
+        line, = ax.plot([p[0] for p in front], [p[1] for p in front], style, label=name)
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=10, color=line.get_color())
+        bx.scatter([p[2] / 1e6 for p in pts], [p[1] for p in pts], s=12, color=line.get_color(), label=name)
     ax.set_xscale("log")
     ax.set_xlabel("ms per query (batch 1, median, 1 thread)")
     ax.set_ylabel("recall@10 vs exact 768-d")
