@@ -670,8 +670,8 @@ def encoding() -> str:
     return f"""Query encoding with `--backend onnx` / `onnx-int8` against our torch path and sentence-transformers
 (ST), same SciFact queries, same max length, one thread, every method timed in turn on the same text
 (ratios of medians from one run; "other venv" rows come from a second environment, since ST's onnx
-backend needs optimum and transformers < 5, right after the others). The machine was shared while these
-ran, so absolute times are inflated; the ratios are what to read.
+backend needs optimum and transformers < 5, right after the others). Each run's load average is given: read the
+ratios, which are measured in one run.
 
 {(chr(10) * 2).join(parts)}
 
