@@ -1,0 +1,122 @@
+"""Where the time of IVF over a small size goes at 1M (issue 13's closest row to its goal), per
+stage, and what other IVF storage would save in the shortlist stage.
+
+    python benchmarks/ivf_profile.py [--n 1000000] [--out benchmarks/results/ivf-profile]
+
+Builds IVF4096,Flat over 4x64 of benchmarks/scale.py's synthetic vectors with adaretrieve's
+IndexWriter (float16 768-d rerank rows beside it), warms the rerank file as scale.py does, and times
+at batch 1 on 64 queries (one thread, median): the FAISS search alone, the whole funnel, and the
+funnel's own per-stage timings (shortlist, gather, rerank), at k=1000 nprobe 128 and k=200 nprobe 32.
+Then IVF4096 with SQfp16 and SQ8 codes over the same 64-d vectors (their own coarse quantizer):
+the shortlist search alone, and the overlap of their 1000 candidates with the Flat one's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import faiss  # noqa: E402
+
+from adaretrieve.bench import machine_info  # noqa: E402
+from adaretrieve.index.writer import IndexWriter  # noqa: E402
+from adaretrieve.search import FunnelSearcher, IndexReader  # noqa: E402
+from adaretrieve.sizes import Size, truncate  # noqa: E402
+from benchmarks.machine import uptime  # noqa: E402
+
+
+def scale_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("scale_bench", ROOT / "benchmarks" / "scale.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def median_ms(fn, n: int) -> float:
+    fn(0)
+    ts = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        fn(i)
+        ts.append(time.perf_counter() - t0)
+    return 1000 * float(np.median(ts))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/adaretrieve-ivf-profile"))
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ivf-profile")
+    a = ap.parse_args()
+    sc = scale_module()
+    from threadpoolctl import threadpool_limits
+
+    n, gen, small, full = a.n, sc.Synthetic(), Size(4, 64), sc.FULL
+    nlist = sc.nlist_for(n)
+    shutil.rmtree(a.work, ignore_errors=True)
+    faiss.omp_set_num_threads(2)
+    w = IndexWriter(a.work, n, [small], full, factory=f"IVF{nlist},Flat")
+    xs = []
+    for st in range(0, n, 50_000):
+        x = gen.chunk(st, min(50_000, n - st))
+        xs.append(truncate(x, 64, True))
+        w.add([str(i) for i in range(st, st + len(x))], {small: xs[-1], full: x})
+    w.close(sc.MODEL, corpus="synthetic")
+    x64 = np.concatenate(xs)
+    others = {}
+    for codes in ("SQfp16", "SQ8"):
+        ix = faiss.index_factory(64, f"IVF{nlist},{codes}", faiss.METRIC_INNER_PRODUCT)
+        ix.train(x64[:200_000])
+        ix.add(x64)
+        others[codes] = ix
+    threadpool_limits(1)
+    faiss.omp_set_num_threads(1)
+    reader = IndexReader(a.work)
+    sc.warm_rerank(reader)
+    flat = reader.shortlist_index(small)
+    q = gen.queries(64, n)
+    qs = truncate(q, 64, True)
+    lines = ["# IVF over 4x64 at 1M: time per stage", "",
+             f"Command: `python benchmarks/ivf_profile.py --n {n}`  ",
+             f"Machine: {machine_info()['cpu']}, 1 thread, batch 1, median of 64 queries; load `{uptime()}`.", "",
+             "| k | nprobe | FAISS search alone ms | funnel total ms | shortlist | gather | rerank |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for k, nprobe in ((1000, 128), (200, 32)):
+        p = faiss.SearchParametersIVF(nprobe=nprobe)
+        alone = median_ms(lambda i, p=p, k=k: flat.search(qs[i : i + 1], k, params=p), 64)
+        srch = FunnelSearcher(reader, small, k=k, rerank=full, nprobe=nprobe)
+        total = median_ms(lambda i, srch=srch: srch.search({small: qs[i : i + 1], full: q[i : i + 1]}, top=10), 64)
+        tim: dict = {}
+        for i in range(64):
+            srch.search({small: qs[i : i + 1], full: q[i : i + 1]}, top=10, timings=tim)
+        lines.append(f"| {k} | {nprobe} | {alone:.3f} | {total:.3f} | " + " | ".join(
+            f"{1000 * tim.get(s, 0) / 64:.3f}" for s in ("shortlist", "gather", "rerank")) + " |")
+    p = faiss.SearchParametersIVF(nprobe=128)
+    ref = flat.search(qs, 1000, params=p)[1]
+    lines += ["", "Shortlist stage alone with other IVF codes (k=1000, nprobe 128; own coarse quantizer):", "",
+              "| codes | bytes / vector | search ms | candidates shared with Flat's |", "| --- | ---: | ---: | ---: |",
+              f"| Flat | 256 | {median_ms(lambda i: flat.search(qs[i : i + 1], 1000, params=p), 64):.3f} | 1.000 |"]
+    for codes, ix in others.items():
+        ms = median_ms(lambda i, ix=ix: ix.search(qs[i : i + 1], 1000, params=p), 64)
+        got = ix.search(qs, 1000, params=p)[1]
+        overlap = np.mean([len(set(g) & set(r)) / 1000 for g, r in zip(got, ref)])
+        lines.append(f"| {codes} | {128 if codes == 'SQfp16' else 64} | {ms:.3f} | {overlap:.3f} |")
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    del reader
+    shutil.rmtree(a.work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
