@@ -30,16 +30,8 @@ from adaretrieve.bench import machine_info  # noqa: E402
 from adaretrieve.index.writer import IndexWriter  # noqa: E402
 from adaretrieve.search import FunnelSearcher, IndexReader  # noqa: E402
 from adaretrieve.sizes import Size, truncate  # noqa: E402
+from benchmarks import scale as sc  # noqa: E402
 from benchmarks.machine import uptime  # noqa: E402
-
-
-def scale_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("scale_bench", ROOT / "benchmarks" / "scale.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def median_ms(fn, n: int) -> float:
@@ -58,7 +50,6 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/adaretrieve-ivf-profile"))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ivf-profile")
     a = ap.parse_args()
-    sc = scale_module()
     from threadpoolctl import threadpool_limits
 
     n, gen, small, full = a.n, sc.Synthetic(), Size(4, 64), sc.FULL

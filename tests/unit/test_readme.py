@@ -82,3 +82,21 @@ def test_the_sizing_tables_in_docs_scale_are_generated():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert mod.doc_block(mod.render()) == mod.DOC.read_text(), "stale docs/scale.md: run python benchmarks/sizing.py"
+
+
+def test_the_check_reads_results_files_only():
+    """readme.py reads JSON only: checking the README loads neither FAISS nor torch nor numpy."""
+    import subprocess
+    import sys
+
+    path = str(ROOT / "benchmarks" / "readme.py")
+    code = ("import runpy, sys\n"
+            "sys.argv = ['readme.py', '--check']\n"
+            "try:\n"
+            f"    runpy.run_path({path!r}, run_name='__main__')\n"
+            "except SystemExit as e:\n"
+            "    assert not e.code, e.code\n"
+            "print(sorted(m for m in ('faiss', 'torch', 'numpy') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-500:]
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout

@@ -62,6 +62,7 @@ def test_sublinear_shortlists_over_the_small_sizes_reach_faiss_and_are_compared_
     assert len(warm) == 29 and all(res[k]["rerank_cached"] >= 0.99 for k in warm), warm
     assert res["hnsw32_4x64_k1000_ef1000"]["ef_construction"] == 200
     assert res["disk_bytes"] > 3000 * 768 * 2  # the float16 rerank rows alone (inside the generation folder)
+    assert res["goal"] == scale.goal_rows(res) and len(res["goal"]) == 20  # in the JSON: the README reads it there
     md = scale.to_markdown({"command": "x", "machine": {"cpu": "c", "cores": 2, "faiss": "f"}, "bandwidth_gbs": 10.0,
                             "threads": 1, "date": "d", "results": [res]})
     goal = [line for line in md.splitlines() if line.startswith("| ivf_2x32_k200_nprobe128 |")]
