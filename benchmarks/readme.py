@@ -675,10 +675,20 @@ float16 kernels, where numpy converts them to float32 an element at a time ({r['
 the same run; {r['before']['p50_us']:.0f} us before the rerank took stored rows as stored)."""
 
 
+def demo_time() -> str:
+    t = load("demo/timing.json")
+    return f"""`make demo` needs `../shared/data` (BEIR SciFact) beside the repository, as on the project's
+machines; it took {t['real_seconds'] / 60:.0f} minutes here (`{t['command']}` on a clean clone after `make test`, {t['cpu']},
+{t['cores']} cores, {'quiet' if t['quiet'] else 'shared'}; `benchmarks/results/demo/timing.json`; report in runs/demo-scifact-minilm/): about
+half encoding 5,183 documents, the rest timing every row of the table alike (warm-up, repeats, cold page
+cache, BM25 through pyserini and the baselines)."""
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "scifact-minilm": scifact_minilm, "scifact-starbucks": scifact_starbucks, "budget": budget,
     "adapt-table": adapt_table, "adapt-parts": adapt_parts, "starbucks-keep": starbucks_keep,
     "training": training, "smae": smae, "scale": scale, "serve": serve, "export": export, "encoding": encoding,
+    "demo-time": demo_time,
 }
 
 
