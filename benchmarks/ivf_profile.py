@@ -27,7 +27,6 @@ sys.path.insert(0, str(ROOT))
 import faiss  # noqa: E402
 
 from adaretrieve.bench import machine_info  # noqa: E402
-from adaretrieve.index.writer import IndexWriter  # noqa: E402
 from adaretrieve.search import FunnelSearcher, IndexReader  # noqa: E402
 from adaretrieve.sizes import Size, truncate  # noqa: E402
 from benchmarks import scale as sc  # noqa: E402
@@ -56,13 +55,8 @@ def main() -> None:
     nlist = sc.nlist_for(n)
     shutil.rmtree(a.work, ignore_errors=True)
     faiss.omp_set_num_threads(2)
-    w = IndexWriter(a.work, n, [small], full, factory=f"IVF{nlist},Flat")
-    xs = []
-    for st in range(0, n, 50_000):
-        x = gen.chunk(st, min(50_000, n - st))
-        xs.append(truncate(x, 64, True))
-        w.add([str(i) for i in range(st, st + len(x))], {small: xs[-1], full: x})
-    w.close(sc.MODEL, corpus="synthetic")
+    xs: list[np.ndarray] = []
+    sc.write_synthetic(gen, n, a.work, f"IVF{nlist},Flat", 50_000, sizes=[small], each=lambda x: xs.append(truncate(x, 64, True)))
     x64 = np.concatenate(xs)
     others = {}
     for codes in ("SQfp16", "SQ8"):

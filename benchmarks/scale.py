@@ -208,6 +208,24 @@ def hnsw768(gen: Synthetic, n: int, efc: int, threads: int, chunk: int, cache: P
     return h, build, path
 
 
+def write_synthetic(gen: Synthetic, n: int, out: Path, factory: str, chunk: int, sizes: Sequence[Size] = SHORT,
+                    ef_construction: int | None = None, each=None) -> tuple[float, float]:
+    """An adaretrieve index of ``n`` synthetic documents at ``out`` (``sizes`` shortlists built with
+    ``factory``, float16 768-d rerank rows), as `adaretrieve index` writes one; ``each(x)`` also gets
+    every 768-d chunk. Returns (seconds building, seconds generating the vectors, not counted in the first)."""
+    t0, gen_s = time.perf_counter(), 0.0
+    w = IndexWriter(out, n, sizes, FULL, factory=factory, ef_construction=ef_construction)
+    for start in range(0, n, chunk):
+        g0 = time.perf_counter()
+        x = gen.chunk(start, min(chunk, n - start))
+        gen_s += time.perf_counter() - g0
+        w.add([str(i) for i in range(start, start + len(x))], {s: truncate(x, s.dim, True) for s in [*sizes, FULL]})
+        if each is not None:
+            each(x)
+    w.close(MODEL, corpus="synthetic")
+    return time.perf_counter() - t0 - gen_s, gen_s
+
+
 def ann_rows(gen: Synthetic, n: int, kind: str, q: np.ndarray, truth: np.ndarray, work: Path, threads: int,
              chunk: int, ef_construction: int = ANN_EFC) -> dict:
     """HNSW32 or IVF shortlists over each small size, built by adaretrieve's IndexWriter (what
@@ -220,16 +238,8 @@ def ann_rows(gen: Synthetic, n: int, kind: str, q: np.ndarray, truth: np.ndarray
     shutil.rmtree(d, ignore_errors=True)
     search_threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(threads)
-    t0, gen_s = time.perf_counter(), 0.0
     efc = ef_construction if kind == "HNSW32" else None
-    w = IndexWriter(d, n, SHORT, FULL, factory=factory, ef_construction=efc)
-    for start in range(0, n, chunk):
-        g0 = time.perf_counter()
-        x = gen.chunk(start, min(chunk, n - start))
-        gen_s += time.perf_counter() - g0
-        w.add([str(i) for i in range(start, start + len(x))], {s: truncate(x, s.dim, True) for s in [*SHORT, FULL]})
-    w.close(MODEL, corpus="synthetic")
-    build = time.perf_counter() - t0 - gen_s
+    build, _ = write_synthetic(gen, n, d, factory, chunk, ef_construction=efc)
     faiss.omp_set_num_threads(search_threads)
     reader = IndexReader(d)
     files = {parse_size(e["size"]): reader.gen_dir / e["file"] for e in reader.manifest.shortlist}
@@ -274,18 +284,9 @@ def run_n(n: int, n_queries: int, work: Path, hnsw: list[tuple[int, int]], build
     shutil.rmtree(ix_dir, ignore_errors=True)
     # exact baseline: flat 768-d float32, built alongside (it is what we compare against)
     exact = faiss.IndexFlatIP(D)
-    t0 = time.perf_counter()
-    w = IndexWriter(ix_dir, n, SHORT, FULL, factory="Flat")
     chunk = 50_000
-    gen_s = 0.0
-    for start in range(0, n, chunk):
-        g0 = time.perf_counter()
-        x = gen.chunk(start, min(chunk, n - start))
-        gen_s += time.perf_counter() - g0
-        w.add([str(i) for i in range(start, start + len(x))], {s: truncate(x, s.dim, True) for s in [*SHORT, FULL]})
-        exact.add(x)
-    w.close(MODEL, corpus="synthetic")
-    res["build_seconds_adaretrieve_incl_exact"] = round(time.perf_counter() - t0 - gen_s, 2)
+    build, gen_s = write_synthetic(gen, n, ix_dir, "Flat", chunk, each=exact.add)
+    res["build_seconds_adaretrieve_incl_exact"] = round(build, 2)
     res["generate_seconds"] = round(gen_s, 2)
     res["disk_bytes"] = dir_bytes(ix_dir)
     res["exact_index_bytes"] = n * D * 4
