@@ -73,11 +73,6 @@ def resolve_model(name: str | os.PathLike) -> str:
     return s
 
 
-def _read_st_config(model_dir: str) -> dict:
-    """The encoding settings a sentence-transformers folder declares (see ``st_format``)."""
-    return read_st_config(model_dir)
-
-
 def _find_layers(model: nn.Module) -> tuple[nn.Module, str]:
     for path in _LAYER_PATHS:
         obj: object = model
@@ -162,7 +157,7 @@ class Encoder:
         self.path = resolve_model(model)
         if model_module is None and not Path(self.path).is_dir():
             check_hub_model(self.path)  # a Hub id: in the cache, or the Hub reachable now; else one line at once
-        st = _read_st_config(self.path)
+        st = read_st_config(self.path)  # what a sentence-transformers folder declares
         self.pooling = pooling or st.get("pooling", "cls")
         if self.pooling not in ("mean", "cls"):
             raise AdaError(f"pooling {self.pooling!r} is not one of mean, cls")
