@@ -73,22 +73,56 @@ def takes_as_stored(rows, dim: int) -> bool:
     return getattr(rows, "dtype", None) in (np.float16, np.float32) and dim == rows.shape[1]
 
 
+def _view_codes(ix, buf: np.ndarray) -> bool:
+    """Point the flat-codes index ``ix`` at the bytes of ``buf`` (C-contiguous, kept alive by the
+    caller while ``ix`` is used) instead of copying them in: FAISS keeps codes in a vector that may
+    view memory it does not own. False where this FAISS has no such vector (then copy)."""
+    c = ix.codes
+    if not all(hasattr(c, a) for a in ("is_owned", "view_data", "view_size", "c_ptr", "c_size")):
+        return False
+    b = buf.view(np.uint8).reshape(-1)
+    ptr = faiss.swig_ptr(b)
+    c.is_owned, c.view_data, c.view_size, c.c_ptr, c.c_size = False, ptr, b.size, ptr, b.size
+    return True
+
+
+def _fp16_index(x: np.ndarray, metric: int):
+    """A throwaway FAISS float16 index over the rows ``x`` [n, d] (no shared state, so threads may
+    score at once), reading them where they lie when it can (see ``_view_codes``)."""
+    n, d = x.shape
+    ix = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16, metric)
+    if not _view_codes(ix, x):
+        faiss.copy_array_to_vector(x.view(np.uint8).reshape(-1), ix.codes)
+    ix.ntotal = n
+    return ix
+
+
 def _fp16_products(x: np.ndarray, q: np.ndarray, metric: int) -> np.ndarray:
     """[n, n_queries] inner products (or squared L2 distances) of float16 rows ``x`` [n, d] with
     float32 ``q`` [n_queries, d], by FAISS's SIMD float16 kernels reading the rows' bytes as they
     are: numpy converts float16 to float32 an element at a time (~1 ns each, five times the cost
-    of the product at 768-d). The rows are copied once into a throwaway FAISS index (no shared
-    state, so threads may score at once)."""
-    n, d = x.shape
+    of the product at 768-d)."""
+    n = len(x)
     if n == 0:  # no candidate at all (FAISS asks for k >= 1)
         return np.empty((0, len(q)), dtype=np.float32)
-    ix = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16, metric)
-    faiss.copy_array_to_vector(np.ascontiguousarray(x).view(np.uint8).reshape(-1), ix.codes)
-    ix.ntotal = n
-    dist, order = ix.search(q, n)  # every row, per query (in FAISS's order: put back in row order below)
+    x = np.ascontiguousarray(x)
+    dist, order = _fp16_index(x, metric).search(q, n)  # every row, per query (in FAISS's order: put back in row order below)
     out = np.empty((n, len(q)), dtype=np.float32)
     out[order, np.arange(len(q))[:, None]] = dist
     return out
+
+
+def _fp16_top_one(x: np.ndarray, q: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Top ``top`` (scores, positions in ``x``) of one query ``q`` [1, d] over the float16 rows ``x``
+    [n, d], by FAISS's float16 kernels keeping a heap of ``top + 1`` rather than ordering all n
+    scores. None when two of those scores are equal: FAISS breaks ties by position, not by the
+    previous stage's order, so the caller then orders every score itself."""
+    m = min(top + 1, len(x))
+    x = np.ascontiguousarray(x)
+    dist, pos = _fp16_index(x, faiss.METRIC_INNER_PRODUCT).search(q, m)
+    if (dist[0, 1:] == dist[0, :-1]).any():
+        return None
+    return dist[0, :top], pos[0, :top]
 
 
 def _score_rows(x: np.ndarray, q: np.ndarray, renorm: bool) -> np.ndarray:
@@ -132,6 +166,17 @@ def rerank_candidates(
     t0 = time.perf_counter()
     nq, k = candidates.shape
     top = min(top, k)
+    if nq == 1 and getattr(rows, "dtype", None) == np.float16 and takes_as_stored(rows, dim) and top < k:
+        # one query over float16 rows as stored (the batch-1 case): FAISS keeps only the top
+        ids = np.sort(candidates[0])
+        if ids[0] >= 0 and (ids[1:] > ids[:-1]).all():  # no -1 and no repeated row
+            gathered = np.ascontiguousarray(rows[ids])
+            t1 = time.perf_counter()
+            best = _fp16_top_one(gathered, np.ascontiguousarray(queries, dtype=np.float32), top)
+            if best is not None:
+                _add_time(timings, "gather", t1 - t0)
+                _add_time(timings, "rerank", time.perf_counter() - t1)
+                return best[0][None, :], ids[best[1]][None, :]
     valid = candidates >= 0
     uniq, inv = np.unique(candidates[valid], return_inverse=True)
     gathered = rows[uniq]  # [n_unique, width]: the only read of the rows
