@@ -47,13 +47,37 @@ D = 768
 FULL = Size(12, D)
 SHORT = [Size(2, 32), Size(4, 64)]
 EF768 = (16, 32, 64, 128, 256, 512, 1024)  # efSearch of FAISS HNSW32 over 768-d: its recall/latency curve
-ANN = ("HNSW32", "IVF", "SQfp16")  # SQfp16: a flat scan of float16 codes, half the bytes of Flat
+# sublinear shortlists over the small sizes, by their key prefix in the results: HNSW32 graphs; IVF
+# lists holding the vectors as float32 (IVF), 8-bit scalar codes (IVFSQ8) or 4-bit PQ codes scanned by
+# FAISS's fast-scan kernels (IVFPQfs: 32 sub-quantizers, 16 bytes a vector at both sizes); SQfp16: a
+# flat scan of float16 codes, half the bytes of Flat
+ANN = ("HNSW32", "IVF", "IVFSQ8", "IVFPQfs", "SQfp16")
+ANN_PREFIX = tuple(f"{kind.lower()}_" for kind in ANN)
 # (k, efSearch / nprobe) per shortlist depth: efSearch below k is raised to k by FAISS, so it starts at k
 ANN_SWEEP = {"HNSW32": [(200, 200), (200, 400), (1000, 1000), (2000, 2000)],
-             "IVF": [(200, 8), (200, 32), (200, 128), (1000, 32), (1000, 128), (2000, 128)],
+             "IVF": [(200, 8), (200, 32), (200, 128), (1000, 32), (1000, 64), (1000, 128), (2000, 128)],
+             "IVFSQ8": [(200, 32), (1000, 64), (1000, 128), (2000, 128)],
+             "IVFPQfs": [(1000, 64), (1000, 128), (2000, 128), (2000, 256)],
              "SQfp16": [(200, None), (1000, None)]}
 ANN_EFC = 200  # efConstruction of HNSW over the small sizes: the HNSW-768 baseline's best, so both graphs are alike
-PARAM = {"HNSW32": ("ef_search", "ef"), "IVF": ("nprobe", "nprobe"), "SQfp16": (None, "")}
+PARAM = {"HNSW32": ("ef_search", "ef"), "IVF": ("nprobe", "nprobe"), "IVFSQ8": ("nprobe", "nprobe"),
+         "IVFPQfs": ("nprobe", "nprobe"), "SQfp16": (None, "")}
+
+
+def ann_factory(kind: str, n: int) -> str:
+    """The `index --factory` string of a sublinear shortlist kind at ``n`` documents."""
+    lists = {"IVF": "Flat", "IVFSQ8": "SQ8", "IVFPQfs": "PQ32x4fs"}
+    return f"IVF{nlist_for(n)},{lists[kind]}" if kind in lists else kind
+
+
+def ann_kind(key: str) -> str | None:
+    """The sublinear shortlist kind of an adaretrieve results key (None for FAISS's own HNSW-768
+    rows, "hnsw32_efc...", and every other row)."""
+    if key.startswith("hnsw32_efc"):
+        return None
+    return next((kind for kind, pre in zip(ANN, ANN_PREFIX) if key.startswith(pre)), None)
+
+
 MODEL = {"name": "synthetic", "path": "synthetic", "weights_sha256": "", "normalize": True, "pooling": "mean",
          "max_length": 0, "n_layers": 12, "hidden_size": D}
 
@@ -232,7 +256,7 @@ def ann_rows(gen: Synthetic, n: int, kind: str, q: np.ndarray, truth: np.ndarray
     `adaretrieve index --factory ...` writes) and searched by FunnelSearcher with ef_search / nprobe,
     rescored exactly at 768-d from the float16 rows: one row per (size, k, setting) of ANN_SWEEP.
     HNSW graphs are built at ``ef_construction`` (`index --ef-construction`)."""
-    factory = f"IVF{nlist_for(n)},Flat" if kind == "IVF" else kind
+    factory = ann_factory(kind, n)
     param, tag = PARAM[kind]
     d = work / f"scale-{n}-{kind.lower()}"
     shutil.rmtree(d, ignore_errors=True)
@@ -392,7 +416,7 @@ def run_n(n: int, n_queries: int, work: Path, hnsw: list[tuple[int, int]], build
     return res
 
 
-OURS = ("two_stage", "funnel", "hnsw32_", "ivf_", "sqfp16_")  # adaretrieve rows ("hnsw32_efc..." are FAISS's own)
+OURS = ("two_stage", "funnel", *ANN_PREFIX)  # adaretrieve rows ("hnsw32_efc..." are FAISS's own)
 
 
 def ours(key: str) -> bool:
@@ -440,7 +464,7 @@ def goal_rows(r: dict) -> list[dict]:
     that recall, the speed ratio against the interpolated ms, the RAM ratio, and ``met``."""
     out = []
     for k, v in r.items():
-        if not (isinstance(v, dict) and k.startswith(("hnsw32_", "ivf_")) and not k.startswith("hnsw32_efc")):
+        if not (isinstance(v, dict) and ann_kind(k) not in (None, "SQfp16")):
             continue
         g = {"row": k, "recall": v["recall@10"], "ms": v["batch1"]["p50_ms"],
              "ram": v.get("resident_measured_bytes") or v["resident_bytes"], "ref": None, "met": False}
@@ -520,8 +544,7 @@ def to_markdown(report: dict) -> str:
             if k.startswith("hnsw32_efc") and k.endswith("_ef32"):
                 lines.append(f"\nHNSW build ({r.get('hnsw_build_threads', 1)} thread(s), M=32, efConstruction "
                              f"{v.get('ef_construction', 40)}): {v['build_seconds']} s.")
-        ann = [v for k, v in r.items() if isinstance(v, dict) and k.startswith(("hnsw32_", "ivf_", "sqfp16_"))
-               and not k.startswith("hnsw32_efc")]
+        ann = [v for k, v in r.items() if isinstance(v, dict) and ann_kind(k)]
         for fac in dict.fromkeys(v["factory"] for v in ann):
             v = next(v for v in ann if v["factory"] == fac)
             efc = f" --ef-construction {v['ef_construction']}" if v.get("ef_construction") else ""
@@ -559,9 +582,8 @@ def curve_series(r: dict) -> dict[str, list[tuple[float, float, float]]]:
             continue
         if k.startswith("hnsw32_efc"):
             name = f"FAISS HNSW32 768-d efC={v['ef_construction']}"
-        elif k.startswith(("hnsw32_", "ivf_", "sqfp16_")):
-            kind = {"hnsw32": "HNSW32", "ivf": "IVF", "sqfp16": "SQfp16"}[k.split("_")[0]]
-            name = f"{kind} over {v['shortlist']} -> 768"
+        elif ann_kind(k):
+            name = f"{ann_kind(k)} over {v['shortlist']} -> 768"
         elif k.startswith("two_stage"):
             name = f"flat {k.split('_')[2]} -> 768"
         elif k == "exact":

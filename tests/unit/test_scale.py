@@ -56,13 +56,20 @@ def test_sublinear_shortlists_over_the_small_sizes_reach_faiss_and_are_compared_
     for s in ("2x32", "4x64"):  # float16 codes scanned flat: the flat shortlist's recall within rounding
         assert abs(res[f"sqfp16_{s}_k200"]["recall@10"] - res[f"two_stage_{s}_k200"]["recall@10"]) <= 0.02
     assert res["ivf_2x32_k200_nprobe8"]["factory"] == f"IVF{scale.nlist_for(3000)},Flat" == "IVF256,Flat"
+    # IVF with compact codes in its lists: 8-bit scalar codes and 4-bit PQ codes scanned by fast-scan kernels
+    for s in ("2x32", "4x64"):
+        assert res[f"ivfsq8_{s}_k1000_nprobe64"]["factory"] == "IVF256,SQ8"
+        assert res[f"ivfpqfs_{s}_k1000_nprobe64"]["factory"] == "IVF256,PQ32x4fs"
+        for kind in ("ivfsq8", "ivfpqfs"):
+            assert res[f"{kind}_{s}_k1000_nprobe64"]["recall@10"] <= res[f"{kind}_{s}_k1000_nprobe128"]["recall@10"]
+            assert res[f"{kind}_{s}_k2000_nprobe128"]["nprobe"] == 128
     assert res["hnsw32_efc40_ef16"]["resident_measured_bytes"] > 3000 * 768 * 4
     # every warm row starts with the rerank file wholly cached, also those timed after a cold row
     warm = [k for k, v in res.items() if isinstance(v, dict) and "rerank_cached" in v]
-    assert len(warm) == 29 and all(res[k]["rerank_cached"] >= 0.99 for k in warm), warm
+    assert len(warm) == 47 and all(res[k]["rerank_cached"] >= 0.99 for k in warm), warm
     assert res["hnsw32_4x64_k1000_ef1000"]["ef_construction"] == 200
     assert res["disk_bytes"] > 3000 * 768 * 2  # the float16 rerank rows alone (inside the generation folder)
-    assert res["goal"] == scale.goal_rows(res) and len(res["goal"]) == 20  # in the JSON: the README reads it there
+    assert res["goal"] == scale.goal_rows(res) and len(res["goal"]) == 38  # in the JSON: the README reads it there
     md = scale.to_markdown({"command": "x", "machine": {"cpu": "c", "cores": 2, "faiss": "f"}, "bandwidth_gbs": 10.0,
                             "threads": 1, "date": "d", "results": [res]})
     goal = [line for line in md.splitlines() if line.startswith("| ivf_2x32_k200_nprobe128 |")]
