@@ -162,9 +162,9 @@ def budget() -> str:
     mfull = mp["single 12x768"]["nDCG@10"]
     big = scale_rows()[1_000_000]
     ex, two = big["exact"]["batch1"]["p50_ms"], big["two_stage_2x32_k200"]["batch1"]["p50_ms"]
-    ivf = big["ivf_4x64_k1000_nprobe128"]
-    ivf_mb = ivf["resident_measured_bytes"] / 1e6
-    h_mb = big["hnsw32_efc200_ef512"]["resident_measured_bytes"] / 1e6
+    g = best_goal(big)
+    ivf = big[g["row"]]
+    h_mb = g["ref_ram"] / 1e6
     full = "single 6x384"
     rrf = "rrf(bm25, single 6x384)"
     single_early = [c for c in sb.rows if c.startswith("single ") and c != full]
@@ -192,11 +192,38 @@ def budget() -> str:
   {min(single_early, key=lambda c: e2e.get(c, 1e9)).split()[1]} answers in {min(e2e[c] for c in single_early if c in e2e):.1f} ms end to end
   against the full size's {e2e[full]:.1f} ms. Only small sizes worth searching make that useful: adapt first.
   `adaretrieve tune --budget-ms N --budget-ram-mb M` picks the best measured configuration within the budgets.
-- **Approximate indexes:** see Scale below. At 1M, IVF over the small size (`--factory IVF4096,Flat`,
-  `--nprobe 128`) answers in {ivf['batch1']['p50_ms']:.1f} ms at recall@10 {ivf['recall@10']:.2f} with {ivf_mb:.0f} MB of RAM; FAISS HNSW over the
-  full vectors is faster at equal recall but keeps every full vector in RAM ({h_mb / 1000:.1f} GB); FAISS RefineFlat(SQ8)
-  holds more than the flat index and is barely faster than exact search. If RAM allows and latency rules,
-  HNSW over the full size; else IVF (or HNSW, `--ef-construction 200`) over the small size."""
+- **Approximate indexes:** see Scale below. At 1M,
+  {ann_flags(ivf)}
+  answers in {g['ms']:.1f} ms at recall@10 {g['recall']:.2f} with {g['ram'] / 1e6:.0f} MB of RAM: {g['speed']:.2f}x the speed of FAISS HNSW
+  over the full vectors at that recall, which keeps every full vector in RAM ({h_mb / 1000:.1f} GB); FAISS
+  RefineFlat(SQ8) holds more than the flat index and is barely faster than exact search.
+  {ann_advice(g)}"""
+
+
+def best_goal(big: dict) -> dict:
+    """The goal row (benchmarks/scale.py's goal_rows, in the results file) to show: of those meeting
+    the goal with a margin run-to-run noise does not erase (HNSW-768's own rows moved by 5% between
+    runs), else of all meeting it, the one with the highest recall; when none does, the one closest
+    to HNSW-768's speed."""
+    rows = [g for g in big["goal"] if g["ref"] is not None]
+    met = [g for g in rows if g["met"]]
+    clear = [g for g in met if g["speed"] >= 1.1] or met
+    return max(clear, key=lambda g: (g["recall"], g["speed"])) if met else max(rows, key=lambda g: g["speed"])
+
+
+def ann_flags(r: dict) -> str:
+    """How a user builds and searches a scale row: `index --factory F` and the search flags."""
+    setting = f"--nprobe {r['nprobe']}" if r.get("nprobe") else f"--ef-search {r['ef_search']}" if r.get("ef_search") else ""
+    return (f"`--factory {r['factory']}` over {r['shortlist']} (`{setting} --k {r['k']}`, rescored at 768-d)"
+            if setting else f"`--factory {r['factory']}` over {r['shortlist']} (`--k {r['k']}`, rescored at 768-d)")
+
+
+def ann_advice(g: dict) -> str:
+    if g["met"]:
+        return ("So a sublinear shortlist over the small size is the first choice at this scale: HNSW-768's\n  speed at "
+                f"equal recall in 1/{g['ram_ratio']:.0f} of its RAM.")
+    return ("If RAM allows and latency rules, HNSW over the full size; else IVF (or HNSW, `--ef-construction 200`)\n"
+            "  over the small size.")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -467,6 +494,9 @@ def scale() -> str:
             row("flat 4x64 k=1000 -> 768", big["two_stage_4x64_k1000"]),
             row("IVF4096 over 2x32, nprobe 32, k=200 -> 768", big["ivf_2x32_k200_nprobe32"]),
             row("IVF4096 over 4x64, nprobe 128, k=1000 -> 768", big["ivf_4x64_k1000_nprobe128"]),
+            row("IVF4096 with 8-bit codes (SQ8) over 4x64, nprobe 128, k=1000 -> 768", big["ivfsq8_4x64_k1000_nprobe128"]),
+            row("IVF4096 with 4-bit PQ fast-scan codes (PQ32x4fs) over 4x64, nprobe 128, k=2000 -> 768",
+                big["ivfpqfs_4x64_k2000_nprobe128"]),
             row("HNSW32 over 4x64, ef 1000, k=1000 -> 768", big["hnsw32_4x64_k1000_ef1000"]),
             row("FAISS RefineFlat(SQ8) kf=4", big["refineflat_sq8_kf4"])]
     for ef in (32, 128, 512):
@@ -475,10 +505,11 @@ def scale() -> str:
             rows.append(row(f"FAISS HNSW32 over 768-d, efConstruction 200 (built in {r['build_seconds']:.0f} s), ef={ef}", r))
     goals = big["goal"]  # benchmarks/scale.py's goal_rows, written with the rows
     met = [g for g in goals if g["met"]]
-    best = max((g for g in goals if g["ref"] is not None), key=lambda g: g["speed"])
+    best = best_goal(big)
     m = res["machine"]
     verdict = (f"{len(met)} of the {len(goals)} HNSW / IVF rows over a small size meet it" if met else
                f"none of the {len(goals)} HNSW / IVF rows over a small size meets it")
+    met_range = f", at {min(g['speed'] for g in met):.2f}x to {max(g['speed'] for g in met):.2f}x its speed" if met else ""
     flat_x = ex / two["batch1"]["p50_ms"]
     sq_x = ex / big["sqfp16_2x32_k200"]["batch1"]["p50_ms"]
     scan = two["shortlist_scan_batch1"]["p50_ms"]
@@ -502,8 +533,9 @@ The flat 2x32 shortlist answers {flat_x:.1f}x faster than exact flat 768-d searc
 shortlist codes, `--factory SQfp16`): the scan reads 1/24 of the bytes, and at {scan:.1f} ms it is {scan / floor:.1f}x the
 time one core's memory bandwidth allows ({res['bandwidth_gbs']:.1f} GB/s, measured in the run). Sublinear shortlists over
 a small size (IVF, HNSW) against FAISS HNSW32 over 768-d at equal recall with at most 1/6 of its RAM:
-{verdict}. The closest, {best['row']} (recall {best['recall']:.3f}, {best['ms']:.2f} ms, 1/{best['ram_ratio']:.0f} of the
-RAM), runs at {best['speed']:.2f}x HNSW-768's speed at that recall (interpolated along its measured curve): {choice},
+{verdict}{met_range}.\n{'The one with the highest recall at a 1.1x margin or more' if met else 'The closest'}, {best['row']}
+(recall {best['recall']:.3f}, {best['ms']:.2f} ms, 1/{best['ram_ratio']:.0f} of the RAM), runs at {best['speed']:.2f}x HNSW-768's speed
+at that recall (interpolated along its measured curve): {choice},
 and the small size's own recall ceiling (raise k before anything else) sets what they reach. Dropping the rerank
 rows from the page cache before each query costs a random read per candidate row ({cold:.0f} ms instead of
 {two['batch1']['p50_ms']:.0f} ms at k=200): keep the rerank file cached, or on fast storage, when latency matters. The
