@@ -1,4 +1,4 @@
-"""Where the time of IVF over a small size goes at 1M (issue 13's closest row to its goal), per
+"""Where the time of IVF over a small size goes at 1M (issue 13's IVF rows over 4x64), per
 stage, and what other IVF storage would save in the shortlist stage.
 
     python benchmarks/ivf_profile.py [--n 1000000] [--out benchmarks/results/ivf-profile]
