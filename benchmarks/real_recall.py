@@ -5,7 +5,8 @@ their set) indexed by the adapted MiniLM; the queries of all three (SciFact test
 For each two-stage configuration, recall@10 against exact full-size search: the fraction of the exact
 6x384 top 10 (brute force over the stored float16 rerank rows, the vectors the rerank scores with) that
 the configuration returns in its top 10. Shortlists: flat over 2x32 and 4x64, and the AdANNS idea,
-FAISS HNSW32 and IVF over the small size, rescored exactly at 6x384.
+FAISS HNSW32 and IVF (float32, SQ8 and PQ32x4fs codes in its lists) over the small size, rescored
+exactly at 6x384.
 
     # build the union corpus (see the results file for the exact ids) and its index once:
     adaretrieve index --model checkpoints/minilm-adapt-scifact --corpus /tmp/union/corpus.jsonl \\
@@ -95,13 +96,14 @@ def main() -> None:
         for ef in (64, 256):
             two_stage(f"HNSW32 over {small} ef={ef} k=200 -> {FULL}", hnsw, small, 200,
                       faiss.SearchParametersHNSW(efSearch=ef))
-        quant = faiss.IndexFlatIP(small.dim)
-        ivf = faiss.IndexIVFFlat(quant, small.dim, 256, faiss.METRIC_INNER_PRODUCT)
-        ivf.train(vecs)
-        ivf.add(vecs)
-        for nprobe in (8, 32):
-            two_stage(f"IVF256 over {small} nprobe={nprobe} k=200 -> {FULL}", ivf, small, 200,
-                      faiss.SearchParametersIVF(nprobe=nprobe))
+        for codes in ("Flat", "SQ8", "PQ32x4fs"):  # IVF lists of float32 vectors, 8-bit codes, 4-bit PQ fast-scan codes
+            ivf = faiss.index_factory(small.dim, f"IVF256,{codes}", faiss.METRIC_INNER_PRODUCT)
+            ivf.train(vecs)
+            ivf.add(vecs)
+            name = "IVF256" if codes == "Flat" else f"IVF256,{codes}"
+            for nprobe, k in ((8, 200), (32, 200), (32, 1000)):
+                two_stage(f"{name} over {small} nprobe={nprobe} k={k} -> {FULL}", ivf, small, k,
+                          faiss.SearchParametersIVF(nprobe=nprobe))
     res = {"command": "python benchmarks/real_recall.py --index indexes/union-30k-adapted", "index": args.index,
            "model": reader.manifest.model.get("name"), "n_docs": reader.n_docs, "n_queries": len(qids),
            "queries_per_set": {g: int((group == g).sum()) for g in sorted(set(group))}, "uptime": uptime(),
