@@ -213,9 +213,8 @@ def best_goal(big: dict) -> dict:
 
 def ann_flags(r: dict) -> str:
     """How a user builds and searches a scale row: `index --factory F` and the search flags."""
-    setting = f"--nprobe {r['nprobe']}" if r.get("nprobe") else f"--ef-search {r['ef_search']}" if r.get("ef_search") else ""
-    return (f"`--factory {r['factory']}` over {r['shortlist']} (`{setting} --k {r['k']}`, rescored at 768-d)"
-            if setting else f"`--factory {r['factory']}` over {r['shortlist']} (`--k {r['k']}`, rescored at 768-d)")
+    setting = f"--nprobe {r['nprobe']} " if r.get("nprobe") else f"--ef-search {r['ef_search']} " if r.get("ef_search") else ""
+    return f"`--factory {r['factory']}` over {r['shortlist']} (`{setting}--k {r['k']}`, rescored at 768-d)"
 
 
 def ann_advice(g: dict) -> str:
