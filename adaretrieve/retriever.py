@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from adaretrieve.search import FunnelSearcher, IndexReader
+from adaretrieve.search import FunnelSearcher, IndexReader, SearcherCache
 from adaretrieve.sizes import Size, parse_size
 
 
@@ -44,7 +44,7 @@ class Retriever:
                  threads: int | None = None):
         self.reader = IndexReader(index)
         self.encoder = load_index_encoder(self.reader, model, device, backend=backend, threads=threads)
-        self._searchers: dict = {}
+        self._searchers = SearcherCache(self.reader)
 
     def searcher(self, shortlist: str | Size | None = None, k: int = 200, rerank: str | Size | None = "default",
                  then: Sequence[tuple[str | Size, int]] = (), nprobe: int | None = None,
@@ -53,11 +53,7 @@ class Retriever:
         short = parse_size(shortlist) if shortlist else m.shortlist_sizes[0]
         rr = m.rerank_size if rerank == "default" else (parse_size(rerank) if rerank else None)
         self.encoder.check_sizes([short, *(s for s, _ in then), *([rr] if rr else [])])
-        key = (short, int(k), tuple((parse_size(s), int(kk)) for s, kk in then), rr, nprobe, ef_search)
-        if key not in self._searchers:
-            self._searchers[key] = FunnelSearcher(self.reader, short, k=k, then=then, rerank=rr, nprobe=nprobe,
-                                                  ef_search=ef_search)
-        return self._searchers[key]
+        return self._searchers.get(short, k, then, rr, nprobe, ef_search)
 
     def search(self, texts: Sequence[str], shortlist: str | Size | None = None, k: int = 200,
                rerank: str | Size | None = "default", top: int = 10, then: Sequence[tuple[str | Size, int]] = (),

@@ -6,6 +6,6 @@ both [n_queries, top], best first.
 """
 
 from adaretrieve.search.reader import IndexReader
-from adaretrieve.search.twostage import FunnelSearcher, TwoStageSearcher, exact_search, rerank_candidates
+from adaretrieve.search.twostage import FunnelSearcher, SearcherCache, TwoStageSearcher, exact_search, rerank_candidates
 
-__all__ = ["FunnelSearcher", "IndexReader", "TwoStageSearcher", "exact_search", "rerank_candidates"]
+__all__ = ["FunnelSearcher", "IndexReader", "SearcherCache", "TwoStageSearcher", "exact_search", "rerank_candidates"]

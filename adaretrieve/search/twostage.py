@@ -7,6 +7,7 @@ final rerank at the largest size. Two-stage search is the funnel with no interme
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 
@@ -278,6 +279,27 @@ class FunnelSearcher(FunnelPlan):
             scores, cand = rerank_candidates(queries[self.rerank], cand, self.sources[self.rerank], self.rerank.dim, norm,
                                              top, timings)
         return scores[:, :top], cand[:, :top]
+
+
+class SearcherCache:
+    """FunnelSearchers over one reader, one per configuration, each built once even when threads ask
+    for it at the same moment (a derived shortlist is built once, not once per racing caller): what
+    the Retriever and the search service keep."""
+
+    def __init__(self, reader):
+        self.reader = reader
+        self._searchers: dict = {}
+        self._lock = threading.Lock()
+
+    def get(self, shortlist: str | Size, k: int = 200, then: Sequence[tuple[str | Size, int]] = (),
+            rerank: str | Size | None = None, nprobe: int | None = None, ef_search: int | None = None) -> FunnelSearcher:
+        stages = tuple((parse_size(s), int(kk)) for s, kk in then)
+        key = (parse_size(shortlist), int(k), stages, parse_size(rerank) if rerank else None, nprobe, ef_search)
+        with self._lock:
+            if key not in self._searchers:
+                self._searchers[key] = FunnelSearcher(self.reader, key[0], k=key[1], then=stages, rerank=key[3],
+                                                      nprobe=nprobe, ef_search=ef_search)
+            return self._searchers[key]
 
 
 class TwoStageSearcher(FunnelSearcher):

@@ -93,19 +93,13 @@ class _Loaded:
     """One generation of the index, its encoder and the searchers built on it, swapped whole on reload."""
 
     def __init__(self, reader, encoder):
+        from adaretrieve.search import SearcherCache
+
         self.reader, self.encoder = reader, encoder
-        self.searchers: dict = {}
-        self.lock = threading.Lock()
+        self.searchers = SearcherCache(reader)  # a derived shortlist is built once, not once per racing request
 
     def searcher(self, plan: Plan):
-        from adaretrieve.search import FunnelSearcher
-
-        key = (plan.shortlist, plan.k, plan.then, plan.rerank, plan.nprobe, plan.ef_search)
-        with self.lock:  # a derived shortlist is built once, not once per racing request
-            if key not in self.searchers:
-                self.searchers[key] = FunnelSearcher(self.reader, plan.shortlist, k=plan.k, then=plan.then,
-                                                     rerank=plan.rerank, nprobe=plan.nprobe, ef_search=plan.ef_search)
-            return self.searchers[key]
+        return self.searchers.get(plan.shortlist, plan.k, plan.then, plan.rerank, plan.nprobe, plan.ef_search)
 
 
 class SearchService:

@@ -409,3 +409,34 @@ def test_rerank_rows_read_from_disk_only_around_the_candidates(tmp_path):
     pages = path.stat().st_size / 4096
     read = resident_fraction(path) * pages
     assert read <= 200 * 3, f"{read:.0f} pages read for 200 rows of {dim * 2} bytes ({pages:.0f} in the file)"
+
+
+def test_retriever_builds_each_searcher_once_when_threads_race(tiny_model, corpus, tmp_path, monkeypatch):
+    """Threads sharing a Retriever (a web app's workers) ask for the same configuration at once: its
+    searcher, a derived shortlist included, is built once, as the search service's are."""
+    import threading
+    import time as _time
+
+    import adaretrieve
+    from adaretrieve.index.build import build_index
+    from adaretrieve.modeling import Encoder
+    from adaretrieve.search import twostage
+
+    build_index(corpus, Encoder(tiny_model, device="cpu"), tmp_path / "ix", ["2x16"], "4x32", progress=False)
+    r = adaretrieve.Retriever(tmp_path / "ix", device="cpu")
+    built = []
+    real_init = twostage.FunnelSearcher.__init__
+
+    def slow_init(self, *a, **kw):
+        built.append(a)
+        _time.sleep(0.05)  # a derived shortlist takes a while to build: the race window
+        real_init(self, *a, **kw)
+
+    monkeypatch.setattr(twostage.FunnelSearcher, "__init__", slow_init)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(r.searcher("2x8", k=10))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(built) == 1 and len({id(s) for s in got}) == 1
