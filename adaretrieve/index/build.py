@@ -32,7 +32,7 @@ import numpy as np
 from adaretrieve.data.readers import doc_text, iter_corpus, resolve_corpus, validate_corpus
 from adaretrieve.errors import AdaError
 from adaretrieve.index.format import Manifest, read_manifest, try_lock
-from adaretrieve.index.writer import IndexWriter, check_out, make_faiss_index, set_ef_construction
+from adaretrieve.index.writer import IndexWriter, check_out, check_trainable, make_faiss_index, set_ef_construction
 from adaretrieve.modeling.encoder import Encoder
 from adaretrieve.sizes import Size, parse_size, parse_sizes
 
@@ -133,6 +133,8 @@ def build_index(
         raise AdaError(f"shard {i_shard}/{n_shards}: expected i/n with 0 <= i < n")
     corpus_path = resolve_corpus(corpus)
     n_docs = validate_corpus(corpus_path)
+    for s in shortlist:
+        check_trainable(make_faiss_index(s.dim, factory), factory, n_docs)
     sizes = parse_sizes([*shortlist, *([rerank_size] if rerank_size else [])])
     corpus_info = {"path": str(corpus_path.resolve()), "bytes": corpus_path.stat().st_size,
                    "sha256": file_sha256(corpus_path)}

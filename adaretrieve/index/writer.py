@@ -151,6 +151,34 @@ def set_ef_construction(index, factory: str, ef_construction: int | None) -> Non
     down.hnsw.efConstruction = int(ef_construction)
 
 
+def training_points(index, n_docs: int = 0) -> tuple[int, str, str]:
+    """The fewest vectors ``index`` can be trained on (FAISS's k-means needs at least as many points
+    as centroids), what sets it (its IVF lists, or its PQ codebooks' 2^nbits centroids per
+    sub-quantizer) and a factory that would fit ``n_docs``. (0, "", "") for an index that trains on
+    anything or not at all."""
+    binary = isinstance(index, faiss.IndexBinary)
+    down = faiss.downcast_IndexBinary(index) if binary else faiss.downcast_index(index)
+    need, what, hint = 0, "", ""
+    nlist = getattr(down, "nlist", 0)
+    if nlist > need:
+        fit = 1 << max(0, max(1, n_docs // 39).bit_length() - 1)  # FAISS wants about 39 points per centroid
+        need, what, hint = int(nlist), f"{nlist} IVF lists", f"use fewer lists, e.g. IVF{fit}"
+    pq = getattr(down, "pq", None)
+    if pq is not None and pq.ksub > need:
+        need, what = int(pq.ksub), f"{pq.ksub} centroids per PQ sub-quantizer ({pq.nbits}-bit codes)"
+        hint = f"use 4-bit codes (PQ{pq.M}x4fs) or a larger corpus"
+    return need, what, hint
+
+
+def check_trainable(index, factory: str, n_docs: int) -> None:
+    """AdaError when ``n_docs`` vectors are too few to train ``index`` (built from ``factory``),
+    naming a factory that fits: checked before anything is encoded."""
+    need, what, hint = training_points(index, n_docs)
+    if n_docs < need:
+        raise AdaError(f"--factory {factory!r} needs at least {need} documents to train its {what}; "
+                       f"this corpus has {n_docs}: {hint}")
+
+
 def quantize_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric int8 codes [n, d] and per-vector scales [n] with x ~= codes * scale."""
     scale = np.abs(x).max(axis=1) / 127.0
@@ -189,6 +217,8 @@ class IndexWriter:
         self.rerank_dtype = rerank_dtype
         self.binary = is_binary_factory(factory)
         self.indexes = {s: make_faiss_index(s.dim, factory) for s in self.shortlist}
+        for ix in self.indexes.values():
+            check_trainable(ix, factory, n_docs)
         for ix in self.indexes.values():
             set_ef_construction(ix, factory, ef_construction)
         self.ef_construction = ef_construction
