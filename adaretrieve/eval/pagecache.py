@@ -18,22 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _mapping(array) -> mmap.mmap | None:
-    """The mmap object behind a numpy memory map (or a view of one), else None."""
-    while array is not None:
-        m = getattr(array, "_mmap", None)
-        if isinstance(m, mmap.mmap):
-            return m
-        array = getattr(array, "base", None)
-    return None
+from adaretrieve.search.prefetch import file_mapping, libc
 
 
 def evict(path: str | Path, arrays=()) -> None:
     """Drop ``path`` from the page cache; ``arrays`` are this process's memory maps of it, whose
     pages are released first (or the kernel keeps them cached)."""
     for a in arrays:
-        m = _mapping(a)
+        m = file_mapping(a)
         if m is not None and hasattr(m, "madvise"):
             m.madvise(mmap.MADV_DONTNEED)
     fd = os.open(path, os.O_RDONLY)
@@ -43,25 +35,19 @@ def evict(path: str | Path, arrays=()) -> None:
         os.close(fd)
 
 
-_libc = None
-
-
 def resident_fraction(path: str | Path) -> float | None:
     """Fraction of ``path``'s pages in the page cache (``mincore``), or None where unavailable."""
-    global _libc
     size = os.path.getsize(path)
     if size == 0:
         return 0.0
-    if _libc is None:
-        name = ctypes.util.find_library("c")
-        _libc = ctypes.CDLL(name, use_errno=True) if name else False
-    if not _libc or not hasattr(_libc, "mincore"):
+    lib = libc()
+    if lib is None:
         return None
     page = mmap.PAGESIZE
     vec = np.zeros((size + page - 1) // page, dtype=np.uint8)
     with open(path, "rb") as f, mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ) as m:
         view = np.frombuffer(m, dtype=np.uint8)  # only for its address: mapping does not read the file
-        rc = _libc.mincore(ctypes.c_void_p(view.ctypes.data), ctypes.c_size_t(size), vec.ctypes.data_as(ctypes.c_void_p))
+        rc = lib.mincore(ctypes.c_void_p(view.ctypes.data), ctypes.c_size_t(size), vec.ctypes.data_as(ctypes.c_void_p))
         del view  # the mmap cannot close while a buffer of it is exported
     if rc != 0:
         return None
