@@ -124,8 +124,9 @@ def build_index(
     if not shortlist:
         raise AdaError("index needs at least one --shortlist size")
     check_out(out, overwrite)
-    for s in shortlist:
-        set_ef_construction(make_faiss_index(s.dim, factory), factory, ef_construction)
+    probes = [make_faiss_index(s.dim, factory) for s in shortlist]  # the factory checked before any encoding
+    for ix in probes:
+        set_ef_construction(ix, factory, ef_construction)
     if rerank_dtype not in ("float16", "int8"):
         raise AdaError(f"rerank dtype {rerank_dtype!r} is not one of float16, int8")
     i_shard, n_shards = shard or (0, 1)
@@ -133,8 +134,8 @@ def build_index(
         raise AdaError(f"shard {i_shard}/{n_shards}: expected i/n with 0 <= i < n")
     corpus_path = resolve_corpus(corpus)
     n_docs = validate_corpus(corpus_path)
-    for s in shortlist:
-        check_trainable(make_faiss_index(s.dim, factory), factory, n_docs)
+    for ix in probes:
+        check_trainable(ix, factory, n_docs)
     sizes = parse_sizes([*shortlist, *([rerank_size] if rerank_size else [])])
     corpus_info = {"path": str(corpus_path.resolve()), "bytes": corpus_path.stat().st_size,
                    "sha256": file_sha256(corpus_path)}
