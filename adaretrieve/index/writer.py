@@ -138,6 +138,11 @@ def make_faiss_index(dim: int, factory: str):
         raise AdaError(f"faiss factory {factory!r} is not valid for dim {dim}: {msg}") from None
 
 
+def downcast(index):
+    """``index`` as its own FAISS class (IndexHNSWFlat, IndexIVFScalarQuantizer, IndexBinaryHNSW...)."""
+    return faiss.downcast_IndexBinary(index) if isinstance(index, faiss.IndexBinary) else faiss.downcast_index(index)
+
+
 def set_ef_construction(index, factory: str, ef_construction: int | None) -> None:
     """Build ``index``'s HNSW graph at ``ef_construction`` (FAISS's factory strings cannot say it;
     FAISS's default is 40). AdaError for a factory without a graph or a value below 1."""
@@ -145,7 +150,7 @@ def set_ef_construction(index, factory: str, ef_construction: int | None) -> Non
         return
     if ef_construction < 1:
         raise AdaError(f"ef_construction {ef_construction} must be at least 1")
-    down = faiss.downcast_IndexBinary(index) if isinstance(index, faiss.IndexBinary) else faiss.downcast_index(index)
+    down = downcast(index)
     if not hasattr(down, "hnsw"):
         raise AdaError(f"ef_construction applies to HNSW factories (HNSW32, BHNSW32 ...), not {factory!r}")
     down.hnsw.efConstruction = int(ef_construction)
@@ -156,8 +161,7 @@ def training_points(index, n_docs: int = 0) -> tuple[int, str, str]:
     as centroids), what sets it (its IVF lists, or its PQ codebooks' 2^nbits centroids per
     sub-quantizer) and a factory that would fit ``n_docs``. (0, "", "") for an index that trains on
     anything or not at all."""
-    binary = isinstance(index, faiss.IndexBinary)
-    down = faiss.downcast_IndexBinary(index) if binary else faiss.downcast_index(index)
+    down = downcast(index)
     need, what, hint = 0, "", ""
     nlist = getattr(down, "nlist", 0)
     if nlist > need:
@@ -219,7 +223,6 @@ class IndexWriter:
         self.indexes = {s: make_faiss_index(s.dim, factory) for s in self.shortlist}
         for ix in self.indexes.values():
             check_trainable(ix, factory, n_docs)
-        for ix in self.indexes.values():
             set_ef_construction(ix, factory, ef_construction)
         self.ef_construction = ef_construction
         self._train_first = any(not ix.is_trained for ix in self.indexes.values())

@@ -15,6 +15,7 @@ import faiss
 import numpy as np
 
 from adaretrieve.errors import AdaError
+from adaretrieve.index.writer import downcast
 from adaretrieve.search.prefetch import prefetch_rows
 from adaretrieve.sizes import Size, parse_size
 
@@ -30,7 +31,7 @@ def is_binary(index) -> bool:
 
 def shortlist_kind(index) -> str:
     """The FAISS class of a shortlist index (``IndexIVFFlat``, ``IndexHNSWFlat``, ``IndexBinaryFlat``...)."""
-    return type(faiss.downcast_index(index) if not is_binary(index) else faiss.downcast_IndexBinary(index)).__name__
+    return type(downcast(index)).__name__
 
 
 def search_params(index, nprobe: int | None = None, ef_search: int | None = None):

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from adaretrieve.errors import AdaError
-from adaretrieve.index.writer import IndexWriter
+from adaretrieve.index.writer import IndexWriter, downcast
 from adaretrieve.search import IndexReader
 from adaretrieve.sizes import Size
 from tests.conftest import make_corpus
@@ -29,7 +29,7 @@ def test_the_graph_is_built_at_the_ef_construction_asked_for(tmp_path, factory):
     m, s = write(tmp_path / "ix", factory, 77)
     assert m.shortlist[0]["ef_construction"] == 77
     ix = IndexReader(tmp_path / "ix").shortlist_index(s)
-    down = faiss.downcast_IndexBinary(ix) if isinstance(ix, faiss.IndexBinary) else faiss.downcast_index(ix)
+    down = downcast(ix)
     assert down.hnsw.efConstruction == 77
 
 
