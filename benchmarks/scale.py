@@ -26,6 +26,7 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -207,6 +208,18 @@ def faiss_resident(path: Path, q: np.ndarray, what: str) -> dict:
         return {}
 
 
+@contextmanager
+def faiss_threads(n: int):
+    """FAISS on ``n`` threads inside the block (graph and list building: the slow part, given every
+    core), back to the search threads after it."""
+    search_threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(search_threads)
+
+
 def hnsw768(gen: Synthetic, n: int, efc: int, threads: int, chunk: int, cache: Path):
     """FAISS HNSW32 over the 768-d vectors at efConstruction ``efc``: read from ``cache`` when an
     earlier run built it over the same synthetic vectors, else built (on ``threads`` threads) and
@@ -217,13 +230,11 @@ def hnsw768(gen: Synthetic, n: int, efc: int, threads: int, chunk: int, cache: P
         return faiss.read_index(str(path)), json.loads(meta.read_text())["build_seconds"], path
     h = faiss.IndexHNSWFlat(D, 32, faiss.METRIC_INNER_PRODUCT)
     h.hnsw.efConstruction = efc
-    search_threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(threads)  # graph building is the slow part: give it every core we have
-    t0 = time.perf_counter()
-    for start in range(0, n, chunk):
-        h.add(gen.chunk(start, min(chunk, n - start)))
-    build = time.perf_counter() - t0
-    faiss.omp_set_num_threads(search_threads)
+    with faiss_threads(threads):
+        t0 = time.perf_counter()
+        for start in range(0, n, chunk):
+            h.add(gen.chunk(start, min(chunk, n - start)))
+        build = time.perf_counter() - t0
     cache.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".partial")
     faiss.write_index(h, str(tmp))
@@ -252,7 +263,8 @@ def write_synthetic(gen: Synthetic, n: int, out: Path, factory: str, chunk: int,
 
 def ann_rows(gen: Synthetic, n: int, kind: str, q: np.ndarray, truth: np.ndarray, work: Path, threads: int,
              chunk: int, ef_construction: int = ANN_EFC) -> dict:
-    """HNSW32 or IVF shortlists over each small size, built by adaretrieve's IndexWriter (what
+    """Shortlists of one ``kind`` of ANN (HNSW32, IVF with float32 / SQ8 / PQ fast-scan codes, or a
+    flat SQfp16 scan) over each small size, built by adaretrieve's IndexWriter (what
     `adaretrieve index --factory ...` writes) and searched by FunnelSearcher with ef_search / nprobe,
     rescored exactly at 768-d from the float16 rows: one row per (size, k, setting) of ANN_SWEEP.
     HNSW graphs are built at ``ef_construction`` (`index --ef-construction`)."""
@@ -260,11 +272,9 @@ def ann_rows(gen: Synthetic, n: int, kind: str, q: np.ndarray, truth: np.ndarray
     param, tag = PARAM[kind]
     d = work / f"scale-{n}-{kind.lower()}"
     shutil.rmtree(d, ignore_errors=True)
-    search_threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(threads)
     efc = ef_construction if kind == "HNSW32" else None
-    build, _ = write_synthetic(gen, n, d, factory, chunk, ef_construction=efc)
-    faiss.omp_set_num_threads(search_threads)
+    with faiss_threads(threads):
+        build, _ = write_synthetic(gen, n, d, factory, chunk, ef_construction=efc)
     reader = IndexReader(d)
     files = {parse_size(e["size"]): reader.gen_dir / e["file"] for e in reader.manifest.shortlist}
     out: dict = {}
@@ -301,7 +311,7 @@ def run_n(n: int, n_queries: int, work: Path, hnsw: list[tuple[int, int]], build
     """Every method at N = ``n``. ``hnsw``: (efConstruction, largest N to build it at) pairs for
     FAISS HNSW32 over 768-d (kept in ``cache`` when given, and reused from there: the synthetic
     vectors are the same on every run); ``ann``: the sublinear shortlist structures built over
-    each small size with adaretrieve's own index writer (``HNSW32``, ``IVF``)."""
+    each small size with adaretrieve's own index writer (kinds of ``ANN``)."""
     gen = Synthetic()
     res: dict = {"n": n}
     ix_dir = work / f"scale-{n}"
@@ -416,11 +426,9 @@ def run_n(n: int, n_queries: int, work: Path, hnsw: list[tuple[int, int]], build
     return res
 
 
-OURS = ("two_stage", "funnel", *ANN_PREFIX)  # adaretrieve rows ("hnsw32_efc..." are FAISS's own)
-
-
 def ours(key: str) -> bool:
-    return key.startswith(OURS) and not key.startswith("hnsw32_efc")
+    """An adaretrieve row (flat two-stage, funnel, or a shortlist kind of ``ANN``), not FAISS's own."""
+    return key.startswith(("two_stage", "funnel")) or ann_kind(key) is not None
 
 
 def measured_mb(v: dict) -> str:
