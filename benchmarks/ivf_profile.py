@@ -6,7 +6,7 @@ stage, and what other IVF storage would save in the shortlist stage.
 Builds IVF4096,Flat over 4x64 of benchmarks/scale.py's synthetic vectors with adaretrieve's
 IndexWriter (float16 768-d rerank rows beside it), warms the rerank file as scale.py does, and times
 at batch 1 on 64 queries (one thread, median): the FAISS search alone, the whole funnel, and the
-funnel's own per-stage timings (shortlist, gather, rerank), at k=1000 nprobe 128 and k=200 nprobe 32.
+funnel's own per-stage timings (shortlist, gather, rerank; means, from the same calls), at k=1000 nprobe 128 and k=200 nprobe 32.
 Then IVF4096 with SQfp16 and SQ8 codes over the same 64-d vectors (their own coarse quantizer):
 the shortlist search alone, and the overlap of their 1000 candidates with the Flat one's.
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 import faiss  # noqa: E402
 
 from adaretrieve.bench import machine_info  # noqa: E402
+from adaretrieve.eval.timing import time_each, time_stages  # noqa: E402
 from adaretrieve.search import FunnelSearcher, IndexReader  # noqa: E402
 from adaretrieve.sizes import Size, truncate  # noqa: E402
 from benchmarks import scale as sc  # noqa: E402
@@ -34,13 +34,8 @@ from benchmarks.machine import uptime  # noqa: E402
 
 
 def median_ms(fn, n: int) -> float:
-    fn(0)
-    ts = []
-    for i in range(n):
-        t0 = time.perf_counter()
-        fn(i)
-        ts.append(time.perf_counter() - t0)
-    return 1000 * float(np.median(ts))
+    """Median ms of ``fn(i)`` over i < n after one warm-up call (adaretrieve.eval.timing)."""
+    return 1000 * time_each(fn, n, warmup=1).p50
 
 
 def main() -> None:
@@ -73,19 +68,17 @@ def main() -> None:
     qs = truncate(q, 64, True)
     lines = ["# IVF over 4x64 at 1M: time per stage", "",
              f"Command: `python benchmarks/ivf_profile.py --n {n}`  ",
-             f"Machine: {machine_info()['cpu']}, 1 thread, batch 1, median of 64 queries; load `{uptime()}`.", "",
+             f"Machine: {machine_info()['cpu']}, 1 thread, batch 1, median of 64 queries (the shortlist, gather and rerank columns: their mean per query, from the same calls); load `{uptime()}`.", "",
              "| k | nprobe | FAISS search alone ms | funnel total ms | shortlist | gather | rerank |",
              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for k, nprobe in ((1000, 128), (200, 32)):
         p = faiss.SearchParametersIVF(nprobe=nprobe)
         alone = median_ms(lambda i, p=p, k=k: flat.search(qs[i : i + 1], k, params=p), 64)
         srch = FunnelSearcher(reader, small, k=k, rerank=full, nprobe=nprobe)
-        total = median_ms(lambda i, srch=srch: srch.search({small: qs[i : i + 1], full: q[i : i + 1]}, top=10), 64)
-        tim: dict = {}
-        for i in range(64):
-            srch.search({small: qs[i : i + 1], full: q[i : i + 1]}, top=10, timings=tim)
-        lines.append(f"| {k} | {nprobe} | {alone:.3f} | {total:.3f} | " + " | ".join(
-            f"{1000 * tim.get(s, 0) / 64:.3f}" for s in ("shortlist", "gather", "rerank")) + " |")
+        total, stages = time_stages(lambda i, t, srch=srch: srch.search({small: qs[i : i + 1], full: q[i : i + 1]}, top=10,
+                                                                        timings=t), 64, warmup=1)
+        lines.append(f"| {k} | {nprobe} | {alone:.3f} | {1000 * total.p50:.3f} | " + " | ".join(
+            f"{1000 * stages[s].mean:.3f}" for s in ("shortlist", "gather", "rerank")) + " |")
     p = faiss.SearchParametersIVF(nprobe=128)
     ref = flat.search(qs, 1000, params=p)[1]
     lines += ["", "Shortlist stage alone with other IVF codes (k=1000, nprobe 128; own coarse quantizer):", "",
