@@ -163,7 +163,7 @@ def budget() -> str:
     big = scale_rows()[1_000_000]
     ex, two = big["exact"]["batch1"]["p50_ms"], big["two_stage_2x32_k200"]["batch1"]["p50_ms"]
     g = best_goal(big)
-    ivf = big[g["row"]]
+    shown = big[g["row"]]  # the row the goal table picks (IVF or HNSW over a small size)
     h_mb = g["ref_ram"] / 1e6
     full = "single 6x384"
     rrf = "rrf(bm25, single 6x384)"
@@ -193,7 +193,7 @@ def budget() -> str:
   against the full size's {e2e[full]:.1f} ms. Only small sizes worth searching make that useful: adapt first.
   `adaretrieve tune --budget-ms N --budget-ram-mb M` picks the best measured configuration within the budgets.
 - **Approximate indexes:** see Scale below. At 1M,
-  {ann_flags(ivf)}
+  {ann_flags(shown)}
   answers in {g['ms']:.1f} ms at recall@10 {g['recall']:.2f} with {g['ram'] / 1e6:.0f} MB of RAM: {g['speed']:.2f}x the speed of FAISS HNSW
   over the full vectors at that recall, which keeps every full vector in RAM ({h_mb / 1000:.1f} GB); FAISS
   RefineFlat(SQ8) holds more than the flat index and is barely faster than exact search.
