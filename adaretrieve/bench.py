@@ -23,7 +23,7 @@ from adaretrieve.errors import AdaError
 from adaretrieve.eval import Evaluator, run_from_arrays
 from adaretrieve.eval.timing import REPEATS, WARMUP, WARMUP_BATCHED, Timing, time_each, time_repeats, time_stages
 from adaretrieve.index.format import Manifest
-from adaretrieve.search import IndexReader, TwoStageSearcher
+from adaretrieve.search import FunnelPlan, FunnelSearcher, IndexReader
 from adaretrieve.search.resident import available as resident_available
 from adaretrieve.search.resident import measure_resident
 from adaretrieve.sizes import Size, parse_size, parse_sizes
@@ -471,11 +471,12 @@ def _reads_rerank_file(reader: IndexReader, size: Size) -> bool:
 
 
 def dense_pipeline(c: BenchConfig, reader: IndexReader) -> Pipeline:
-    searcher = TwoStageSearcher(reader, c.shortlist, c.rerank, k=c.k or 1, nprobe=c.nprobe, ef_search=c.ef_search)
-    short, rr = searcher.shortlist, searcher.rerank
+    searcher = FunnelSearcher(reader, FunnelPlan(c.shortlist, c.k or 1000, rerank=c.rerank, top=1000, nprobe=c.nprobe,
+                                                 ef_search=c.ef_search))
+    short, rr = c.shortlist, c.rerank
 
     def search(rows, q, t):
-        return searcher.search(q[short], q[rr] if rr else None, top=1000, timings=t)
+        return searcher.search(q, timings=t)
 
     return Pipeline(c.name, "dense", c.sizes(), search, _arrays_run(reader),
                     cold=_evict_rerank(reader) if rr and _reads_rerank_file(reader, rr) else None,
@@ -604,11 +605,11 @@ def bm25_pipelines(suite: Suite, reader: IndexReader, qids: list[str], queries: 
                             k=k, rerank=size, rerank_bytes_per_doc_on_disk=size.dim * 2))
     for sz in suite.rrf:
         size = parse_size(sz)
-        searcher = TwoStageSearcher(reader, size, None)
+        searcher = FunnelSearcher(reader, FunnelPlan(size, top=1000))
 
         def rrf(rows, q, t, searcher=searcher, size=size):
             sparse = bm25(rows, t)
-            scores, ids = searcher.search(q[size], None, top=1000, timings=t)
+            scores, ids = searcher.search(q, timings=t)
             t0 = time.perf_counter()
             sub = [qids[i] for i in rows]
             fused = reciprocal_rank_fusion([sparse, run_from_arrays(sub, scores, ids, reader.docids)], k=60)

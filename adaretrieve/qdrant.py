@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from adaretrieve.errors import AdaError
-from adaretrieve.index.format import Manifest, check_model
+from adaretrieve.index.format import Manifest, check_encoder
+from adaretrieve.search.plan import DEFAULT, FunnelPlan, resolve_plan
 from adaretrieve.sizes import Size, parse_size, truncate
 
 log = logging.getLogger(__name__)
@@ -213,7 +214,7 @@ def _differences(have: dict, want: dict) -> list[str]:
 
 class QdrantIndex:
     """A collection written by ``upload``, searched like a folder index: ``manifest`` and
-    ``check_model`` for the query encoder, ``search`` for any configuration of its stored sizes."""
+    ``check_encoder`` for the query encoder, ``search`` for any configuration of its stored sizes."""
 
     def __init__(self, location: str | QdrantLocation, client=None):
         self.loc = parse_location(location) if isinstance(location, str) else location
@@ -247,8 +248,8 @@ class QdrantIndex:
     def n_docs(self) -> int:
         return self.manifest.n_docs
 
-    def check_model(self, weights_sha256: str, name: str) -> None:
-        check_model(self.manifest, str(self.loc), weights_sha256, name)
+    def check_encoder(self, spec, name: str) -> None:
+        check_encoder(self.manifest, str(self.loc), spec, name)
 
     def stored(self) -> list[Size]:
         return [parse_size(s) for s in self.meta["shortlist"]] + ([parse_size(self.meta["rerank"])] if self.meta["rerank"] else [])
@@ -259,18 +260,20 @@ class QdrantIndex:
                            "Qdrant cannot cut stored vectors to a prefix)")
         return str(size)
 
-    def search(self, queries: dict[Size, np.ndarray], shortlist: str | Size, k: int = 200,
-               then: list[tuple[str | Size, int]] = (), rerank: str | Size | None = None, top: int = 10,
-               ef_search: int | None = None, exact: bool = False) -> list[list[tuple[str, float]]]:
-        """``[(doc_id, score), ...]`` best first, one list per query: the shortlist's top ``k`` by
-        ``prefetch``, each ``then`` stage and the ``rerank`` rescoring the previous stage's points."""
+    def plan(self, shortlist: str | Size | None = None, k: int | None = None, then=(), rerank=DEFAULT,
+             top: int | None = None, nprobe: int | None = None, ef_search: int | None = None) -> FunnelPlan:
+        """The plan these arguments mean for this collection (``resolve_plan`` with no nprobe: Qdrant has none)."""
+        return resolve_plan(self.manifest, shortlist, k, then, rerank, top, nprobe, ef_search, engine="qdrant")
+
+    def search(self, queries: dict[Size, np.ndarray], plan: FunnelPlan, exact: bool = False) -> list[list[tuple[str, float]]]:
+        """``[(doc_id, score), ...]`` best first, one list per query, for ``plan`` (from ``plan`` or
+        ``resolve_plan``): the shortlist's top ``k`` by ``prefetch`` (HNSW with ``plan.ef_search``),
+        each ``then`` stage and the ``rerank`` rescoring the previous stage's points."""
         from qdrant_client import models
 
-        from adaretrieve.search.twostage import FunnelPlan
-
-        plan = FunnelPlan(shortlist, k, then, rerank)
-        if top < 1:
-            raise AdaError(f"top {top} must be at least 1")
+        if plan.nprobe is not None:
+            raise AdaError("nprobe applies to FAISS IVF shortlists, not to a Qdrant collection (use ef_search)")
+        top, ef_search = plan.top, plan.ef_search
         for s, what in ((plan.shortlist, "shortlist size"), *((s, "--then size") for s, _ in plan.then),
                         *(((plan.rerank, "rerank size"),) if plan.rerank else ())):
             self._check(s, what)
@@ -290,7 +293,7 @@ class QdrantIndex:
             pre = models.Prefetch(query=q(plan.shortlist), using=str(plan.shortlist), limit=plan.k, params=params)
             for s, kk in plan.then if plan.rerank else plan.then[:-1]:
                 pre = models.Prefetch(prefetch=pre, query=q(s), using=str(s), limit=kk)
-            requests.append(models.QueryRequest(prefetch=pre, query=q(last), using=str(last), limit=plan.depth(top),
+            requests.append(models.QueryRequest(prefetch=pre, query=q(last), using=str(last), limit=plan.depth,
                                                 with_payload=True))
         out = []
         for a in range(0, n, 64):

@@ -27,7 +27,7 @@ import faiss  # noqa: E402
 
 from adaretrieve.bench import machine_info  # noqa: E402
 from adaretrieve.eval.timing import time_each, time_stages  # noqa: E402
-from adaretrieve.search import FunnelSearcher, IndexReader  # noqa: E402
+from adaretrieve.search import FunnelPlan, FunnelSearcher, IndexReader  # noqa: E402
 from adaretrieve.sizes import Size, truncate  # noqa: E402
 from benchmarks import scale as sc  # noqa: E402
 from benchmarks.machine import uptime  # noqa: E402
@@ -74,8 +74,8 @@ def main() -> None:
     for k, nprobe in ((1000, 128), (200, 32)):
         p = faiss.SearchParametersIVF(nprobe=nprobe)
         alone = median_ms(lambda i, p=p, k=k: flat.search(qs[i : i + 1], k, params=p), 64)
-        srch = FunnelSearcher(reader, small, k=k, rerank=full, nprobe=nprobe)
-        total, stages = time_stages(lambda i, t, srch=srch: srch.search({small: qs[i : i + 1], full: q[i : i + 1]}, top=10,
+        srch = FunnelSearcher(reader, FunnelPlan(small, k, rerank=full, top=10, nprobe=nprobe))
+        total, stages = time_stages(lambda i, t, srch=srch: srch.search({small: qs[i : i + 1], full: q[i : i + 1]},
                                                                         timings=t), 64, warmup=1)
         lines.append(f"| {k} | {nprobe} | {alone:.3f} | {1000 * total.p50:.3f} | " + " | ".join(
             f"{1000 * stages[s].mean:.3f}" for s in ("shortlist", "gather", "rerank")) + " |")

@@ -65,7 +65,7 @@ def main(argv=None) -> None:
     if not args.index.exists():
         build_index(args.data, base, args.index, [Size(2, 64), full], str(full), batch_size=32, progress=True)
     reader = IndexReader(args.index)
-    reader.check_model(base.weights_hash(), base.name)
+    reader.check_encoder(base.spec(), base.name)
     if full not in reader.manifest.shortlist_sizes:
         raise SystemExit(f"{args.index} has no flat {full} shortlist to search exactly")
     index = reader.shortlist_index(full)

@@ -27,7 +27,7 @@ from adaretrieve.data import read_qrels, read_queries  # noqa: E402
 from adaretrieve.eval import Evaluator, run_from_arrays  # noqa: E402
 from adaretrieve.qdrant import QdrantIndex, parse_location, upload  # noqa: E402
 from adaretrieve.retriever import load_index_encoder  # noqa: E402
-from adaretrieve.search import FunnelSearcher, IndexReader  # noqa: E402
+from adaretrieve.search import FunnelPlan, FunnelSearcher, IndexReader  # noqa: E402
 from adaretrieve.sizes import parse_size  # noqa: E402
 
 CONFIGS = [  # (name, shortlist, k, then, rerank)
@@ -63,13 +63,14 @@ def main() -> None:
     ev = Evaluator(qrels, ["nDCG@10", "R@100"])
     rows = []
     for name, short, k, then, rr in CONFIGS:
-        s = FunnelSearcher(reader, short, k=k, then=then, rerank=rr)
+        plan = FunnelPlan(short, k, tuple(then), rr, top=100)
+        s = FunnelSearcher(reader, plan)
         t0 = time.perf_counter()
-        scores, cand = s.search(qv, top=100)
+        scores, cand = s.search(qv)
         ours_s = time.perf_counter() - t0
         ours = run_from_arrays(qids, scores, cand, reader.docids)
         t0 = time.perf_counter()
-        hits = qi.search(qv, short, k, then, rr, top=100)
+        hits = qi.search(qv, plan)
         qd_s = time.perf_counter() - t0
         theirs = {q: dict(h) for q, h in zip(qids, hits)}
         top10 = sum(list(ours[q])[:10] == [d for d, _ in hits[i][:10]] for i, q in enumerate(qids))

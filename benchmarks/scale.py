@@ -40,7 +40,7 @@ from adaretrieve.bench import machine_info  # noqa: E402
 from adaretrieve.eval.pagecache import evict, resident_fraction  # noqa: E402
 from adaretrieve.eval.timing import REPEATS, WARMUP, WARMUP_BATCHED, time_repeats, time_stages  # noqa: E402
 from adaretrieve.index.writer import IndexWriter  # noqa: E402
-from adaretrieve.search import FunnelSearcher, IndexReader  # noqa: E402
+from adaretrieve.search import FunnelPlan, FunnelSearcher, IndexReader  # noqa: E402
 from adaretrieve.search.resident import measure_resident  # noqa: E402
 from adaretrieve.sizes import Size, parse_size, truncate  # noqa: E402
 
@@ -286,10 +286,10 @@ def ann_rows(gen: Synthetic, n: int, kind: str, q: np.ndarray, truth: np.ndarray
             if k >= n:
                 continue
             kw = {param: p} if param else {}
-            srch = FunnelSearcher(reader, s, k=k, rerank=FULL, **kw)
+            srch = FunnelSearcher(reader, FunnelPlan(s, k, rerank=FULL, top=10, **kw))
 
             def run(x, srch=srch, s=s):
-                return srch.search({s: truncate(x, s.dim, True), FULL: x}, top=10)
+                return srch.search({s: truncate(x, s.dim, True), FULL: x})
 
             measured = measure_resident(d, s, k, FULL, qv, **kw, top=10)
             row = {"rerank_cached": warm_rerank(reader), "batch1": time_batch1(run, q), "batch64": time_batch(run, q[:64]),
@@ -335,7 +335,7 @@ def run_n(n: int, n_queries: int, work: Path, hnsw: list[tuple[int, int]], build
     gc.collect()
     before = rss_anon_mb()
     reader = IndexReader(ix_dir)
-    searchers = {s: FunnelSearcher(reader, s, k=200, rerank=FULL) for s in SHORT}
+    searchers = {s: FunnelSearcher(reader, FunnelPlan(s, 200, rerank=FULL, top=10)) for s in SHORT}
     for s in SHORT:  # load the shortlist indexes now, so RSS counts them
         reader.shortlist_index(s)
     res["reader_rss_anon_mb"] = round(rss_anon_mb() - before, 1)
@@ -345,12 +345,12 @@ def run_n(n: int, n_queries: int, work: Path, hnsw: list[tuple[int, int]], build
         qv = {s: truncate(q, s.dim, True), FULL: q}
 
         def two(x, srch=srch, s=s):
-            return srch.search({s: truncate(x, s.dim, True), FULL: x}, top=10)
+            return srch.search({s: truncate(x, s.dim, True), FULL: x})
 
         def scan(x, srch=srch, s=s):
             return srch.index.search(truncate(x, s.dim, True), 200)
 
-        rows = srch.search(qv, top=10)[1]
+        rows = srch.search(qv)[1]
         cached = warm_rerank(reader)
         res[f"two_stage_{s}_k200"] = {"rerank_cached": cached,
             "batch1": time_batch1(two, q), "batch1_cold": time_cold(two, q, reader),
@@ -362,12 +362,13 @@ def run_n(n: int, n_queries: int, work: Path, hnsw: list[tuple[int, int]], build
     # deeper shortlists buy recall with more candidate rows read from disk; a three-stage funnel
     # spends the extra candidates on a cheap middle size instead of on 768-d rows
     small, mid = SHORT
-    for name, srch in ((f"two_stage_{small}_k1000", FunnelSearcher(reader, small, k=1000, rerank=FULL)),
-                       (f"two_stage_{mid}_k1000", FunnelSearcher(reader, mid, k=1000, rerank=FULL)),
-                       (f"funnel_{small}_k2000_{mid}_k200", FunnelSearcher(reader, small, k=2000, then=[(mid, 200)],
-                                                                          rerank=FULL))):
+    for name, plan in ((f"two_stage_{small}_k1000", FunnelPlan(small, 1000, rerank=FULL, top=10)),
+                       (f"two_stage_{mid}_k1000", FunnelPlan(mid, 1000, rerank=FULL, top=10)),
+                       (f"funnel_{small}_k2000_{mid}_k200", FunnelPlan(small, 2000, ((mid, 200),), FULL, top=10))):
+        srch = FunnelSearcher(reader, plan)
+
         def run(x, srch=srch):
-            return srch.search({s: truncate(x, s.dim, True) for s in srch.sizes()}, top=10)
+            return srch.search({s: truncate(x, s.dim, True) for s in srch.sizes()})
 
         cached = warm_rerank(reader)
         res[name] = {"rerank_cached": cached, "batch1": time_batch1(run, q), "batch64": time_batch(run, q[:64]),

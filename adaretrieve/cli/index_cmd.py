@@ -22,6 +22,7 @@ def index(
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Index directory to write (e.g. indexes/scifact), or a Qdrant collection (qdrant://HOST:PORT/COLLECTION, or qdrant:PATH for qdrant-client's local mode): the folder index is built first (see --folder), then uploaded."),
     folder: Optional[Path] = typer.Option(None, "--folder", help="With a Qdrant --out: where the folder index is built before the upload (default ~/.cache/adaretrieve/qdrant/<collection>); kept, so a rerun resumes either step."),
     factory: str = typer.Option("Flat", "--factory", help="FAISS factory for the shortlist indexes: Flat, SQfp16, SQ8, HNSW32, IVF1024,Flat; BFlat / BHNSW32 for sign bits (Hamming)."),
+    nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF factories: the nprobe every search uses unless it gives its own, recorded in the manifest (default 2 sqrt(lists): IVF4096 128, IVF256 32)."),
     ef_construction: Optional[int] = typer.Option(None, "--ef-construction", help="HNSW factories: the graph's efConstruction (FAISS's default 40; 200 builds a better graph, about 3x slower)."),
     rerank_dtype: str = typer.Option("float16", "--rerank-dtype", help="float16, or int8 with a per-vector scale (half the bytes)."),
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Token limit (default: the model's, e.g. 256 for MiniLM)."),
@@ -110,7 +111,7 @@ def index(
                            f"{m.model.get('name')!r}, not this one; pass --overwrite to rebuild it, or --folder elsewhere")
         typer.echo(f"using the folder index already built at {out} (pass --overwrite to rebuild it)", err=True)
     else:
-        m = build_index(corpus, enc, Path(out), shortlist, rerank, factory=factory, ef_construction=ef_construction, batch_size=batch_size,
+        m = build_index(corpus, enc, Path(out), shortlist, rerank, factory=factory, ef_construction=ef_construction, nprobe=nprobe, batch_size=batch_size,
                         chunk_size=chunk_size, overwrite=overwrite, progress=not quiet, rerank_dtype=rerank_dtype, shard=shard_t,
                         ray={"address": ray_address, "actors": ray_actors, "threads": ray_threads} if ray else None)
     if m is None:

@@ -20,9 +20,9 @@ def search(
     qrels: Optional[Path] = typer.Option(None, "--qrels", help="Qrels to evaluate against; also limits the queries to those judged."),
     shortlist: Optional[str] = typer.Option(None, "--shortlist", "-s", help="Shortlist size LxD (default: the index's first)."),
     rerank: Optional[str] = typer.Option(None, "--rerank", "-r", help="Rerank size LxD, or 'none' for single-stage (default: the index's rerank size)."),
-    k: list[int] = typer.Option([200], "--k", help="Candidates kept by the shortlist; repeat once per --then stage for a funnel."),
+    k: list[int] = typer.Option([], "--k", help="Candidates kept by the shortlist (default 200); repeat once per --then stage for a funnel."),
     then: list[str] = typer.Option([], "--then", help="Intermediate exact stage(s) of a funnel, e.g. --then 4x128 with a second --k."),
-    top: int = typer.Option(1000, "--top", help="Results kept per query; a search with a rerank or --then stage returns at most its last --k."),
+    top: Optional[int] = typer.Option(None, "--top", help="Results kept per query (default: all the last stage ranks: its --k; single stage: --k, default 200)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the run here."),
     fmt: str = typer.Option("trec", "--format", help="Run format: trec or jsonl."),
     metrics: list[str] = typer.Option(["nDCG@10", "RR@10", "R@100", "R@1000"], "--metrics", help="ir-measures names, comma-separated or repeated, with --qrels; a recall cut off deeper than the run (R@1000 on 200 results) is reported as the recall at that depth (R@200)."),
@@ -54,20 +54,19 @@ def search(
     setup(quiet)
     from adaretrieve.data import read_qrels, read_queries
     from adaretrieve.eval import Evaluator, recall_within_depth, run_from_arrays, write_run
-    from adaretrieve.search import FunnelSearcher, IndexReader
-    from adaretrieve.search.twostage import FunnelPlan
-    from adaretrieve.sizes import parse_size
+    from adaretrieve.search import DEFAULT, FunnelSearcher, IndexReader, resolve_plan
+    from adaretrieve.search.plan import check_plan_sizes
 
     if fmt not in ("trec", "jsonl"):
         raise AdaError(f"--format {fmt!r} is not one of trec, jsonl")
     if (query is None) == (queries is None):
         raise AdaError("give either one query text or --queries FILE")
-    if len(k) != 1 + len(then):
+    if (k or then) and len(k) != 1 + len(then):
         raise AdaError(f"give one --k for the shortlist and one per --then stage: got {len(k)} --k for {len(then)} --then")
     at_least_1({"--batch-size": batch_size, "--nprobe": nprobe, "--ef-search": ef_search})
     if out is not None and out.is_dir():
         raise AdaError(f"--out {out} is a folder; give a file name for the run")
-    if min(k) < 1 or top < 1:
+    if min(k, default=1) < 1 or (top is not None and top < 1):
         raise AdaError(f"--k ({', '.join(map(str, k))}) and --top ({top}) must be at least 1")
     if query is None and out is None and qrels is None:
         raise AdaError("searching every query and keeping nothing: pass --out FILE to keep the run or --qrels FILE "
@@ -84,45 +83,36 @@ def search(
         else:
             reader = IndexReader(index)
         m = reader.manifest
-        short = parse_size(shortlist) if shortlist else m.shortlist_sizes[0]
-        if rerank is None:
-            rr = m.rerank_size
-        else:
-            rr = None if rerank.lower() == "none" else parse_size(rerank)
+        plan = resolve_plan(m, shortlist, k[0] if k else None, list(zip(then, k[1:])),
+                            DEFAULT if rerank is None else rerank, top if query is None else (top or 10), nprobe,
+                            ef_search, engine="qdrant" if isinstance(reader, QdrantIndex) else "faiss")
         enc = load_index_encoder(reader, model, device, backend=backend)  # refuses weights other than the index's
         if query_prefix is not None:
             enc.query_prefix = query_prefix
-        enc.check_sizes([short], "shortlist size")
-        stages = [(s, kk) for s, kk in zip(enc.check_sizes(then, "--then size"), k[1:])]
-        if rr:
-            enc.check_sizes([rr], "rerank size")
+        check_plan_sizes(enc, plan)
         if isinstance(reader, QdrantIndex):
-            plan = FunnelPlan(short, k[0], stages, rr)
-            n_stages, sizes, depth = plan.stages, plan.sizes(), plan.depth(top)
-
-            def run_search(qids, qv, n, timings):
-                hits = reader.search(qv, short, k[0], stages, rr, top=n, ef_search=ef_search)
-                return {q: dict(h) for q, h in zip(qids, hits)}
+            def run_search(qids, qv, timings):
+                return {q: dict(h) for q, h in zip(qids, reader.search(qv, plan))}
         else:
-            searcher = FunnelSearcher(reader, short, k=k[0], then=stages, rerank=rr, nprobe=nprobe, ef_search=ef_search)
-            n_stages, sizes, depth = searcher.stages, searcher.sizes(), searcher.depth(top)
+            searcher = FunnelSearcher(reader, plan)
 
-            def run_search(qids, qv, n, timings):
-                scores, rows = searcher.search(qv, top=n, timings=timings)
+            def run_search(qids, qv, timings):
+                scores, rows = searcher.search(qv, timings=timings)
                 return run_from_arrays(qids, scores, rows, reader.docids)
 
         if query is not None:
             if not query.strip():
                 raise AdaError("the query text is empty")
-            hits = run_search(["q"], enc.encode_queries([query], sizes), min(top, 10), None)["q"]
+            hits = run_search(["q"], enc.encode_queries([query], plan.sizes()), None)["q"]
             _print_hits(sorted(hits.items(), key=lambda x: -x[1]), m.corpus)
             return
 
+        depth = plan.depth
         measures, renamed = recall_within_depth(metrics, depth) if qrels is not None else ([], {})
-        if depth < top:  # the last stage keeps k: say so, rather than let R@1000 silently mean R@200
-            n = {2: "two", 3: "three"}.get(n_stages, str(n_stages))
+        if top is not None and depth < top:  # the last stage keeps k: say so, rather than let R@1000 silently mean R@200
+            n = {2: "two", 3: "three"}.get(plan.stages, str(plan.stages))
             same = ", ".join(f"{a} is {b}" for a, b in renamed.items())
-            typer.echo(f"warning: --top {top} > --k {k[-1]}: a {n}-stage search returns at most {depth} results per query"
+            typer.echo(f"warning: --top {top} > --k {depth}: a {n}-stage search returns at most {depth} results per query"
                        + (f"; {same}" if same else ""), err=True)
         qs = read_queries(queries)
         judged = None
@@ -136,20 +126,20 @@ def search(
             qs = {q: t for q, t in qs.items() if q in judged}
         qids = list(qs)
         t0 = time.perf_counter()
-        qv = enc.encode_queries([qs[q] for q in qids], sizes, batch_size=batch_size, progress=not quiet)
+        qv = enc.encode_queries([qs[q] for q in qids], plan.sizes(), batch_size=batch_size, progress=not quiet)
         t1 = time.perf_counter()
         stage_s: dict = {}
-        run = run_search(qids, qv, top, stage_s)
+        run = run_search(qids, qv, stage_s)
         t2 = time.perf_counter()
         split = ", ".join(f"{name} {1000 * v / len(qids):.3f}" for name, v in stage_s.items())
         typer.echo(
             f"{len(qids)} queries: encode {1000 * (t1 - t0) / len(qids):.2f} ms/query, search {1000 * (t2 - t1) / len(qids):.3f} ms/query "
             + (f"[{split}] " if split else "")
-            + f"(shortlist {short}, k {k[0]}{''.join(f', then {s} k {kk}' for s, kk in stages)}, rerank {rr or 'none'})",
+            + f"({plan.name}{'' if plan.single else f', top {plan.top}'})",
             err=True,
         )
         if out:
-            write_run(run, out, tag=f"ada-{short}-{k[0]}-{rr or 'none'}", fmt=fmt)
+            write_run(run, out, tag=f"ada-{plan.shortlist}-{plan.k}-{plan.rerank or 'none'}", fmt=fmt)
         if judged is not None:
             res = Evaluator(judged, measures)(run)
             _print_metrics(res, as_json)

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from adaretrieve.cli.common import at_least_1, handle_errors, setup
+from adaretrieve.cli.common import BACKEND_HELP, at_least_1, handle_errors, setup
 from adaretrieve.errors import AdaError
 
 
@@ -46,6 +46,7 @@ def serve(
     device: Optional[str] = typer.Option(None, "--device"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads per worker (default: torch's, one "
                                           "per core); with several workers, cores / workers."),
+    backend: str = typer.Option("torch", "--backend", help=BACKEND_HELP),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request (uvicorn's access log)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
@@ -74,7 +75,7 @@ def serve(
 
     _check_port(host, port)
     cfg = {"index": str(index), "model": model, "device": device, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
-           "reload_every": reload_every, "threads": threads, "max_queue": max_queue}
+           "reload_every": reload_every, "threads": threads, "max_queue": max_queue, "backend": backend}
     log_level = "warning" if quiet else "info"
     if workers == 1:
         app = create_app(SearchService(**cfg))  # loads here: a bad index or model is one line before listening

@@ -32,9 +32,17 @@ import numpy as np
 from adaretrieve.data.readers import doc_text, iter_corpus, resolve_corpus, validate_corpus
 from adaretrieve.errors import AdaError
 from adaretrieve.index.format import Manifest, read_manifest, try_lock
-from adaretrieve.index.writer import IndexWriter, check_out, check_trainable, make_faiss_index, set_ef_construction
+from adaretrieve.index.writer import (
+    IndexWriter,
+    check_nprobe,
+    check_out,
+    check_trainable,
+    make_faiss_index,
+    set_ef_construction,
+)
 from adaretrieve.modeling.encoder import Encoder
 from adaretrieve.sizes import Size, parse_size, parse_sizes
+from adaretrieve.spec import DOCUMENT_FIELDS, VectorSpec
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -55,15 +63,23 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def plan_spec(plan: dict) -> VectorSpec:
+    """The vector spec of a build plan (plans written before specs: read from their model entry)."""
+    if plan.get("spec") is not None:
+        return VectorSpec.from_dict(plan["spec"], "build plan 'spec'")
+    return VectorSpec.from_model(plan.get("model", {}), {"backend": plan.get("backend")})
+
+
 def plan_key(plan: dict) -> dict:
-    """What in a plan changes the output: two builds with equal keys write the same chunks."""
-    model = plan.get("model", {})
+    """What in a plan changes the output: two builds with equal keys write the same chunks. Every
+    field of the vector spec that decides a document's vector (``spec.DOCUMENT_FIELDS``: weights,
+    pooling, normalisation, max length, passage prefix, lowercasing, backend, dtype) is a key of its own."""
+    spec = plan_spec(plan)
     return {
-        "weights_sha256": model.get("weights_sha256"), "adaptor": model.get("adaptor"),
-        "pooling": model.get("pooling"), "normalize": model.get("normalize"), "max_length": model.get("max_length"),
-        "passage_prefix": model.get("passage_prefix") or "",  # "" for plans written before prefixes
+        **{f: getattr(spec, f) for f in DOCUMENT_FIELDS}, "adaptor": plan.get("model", {}).get("adaptor"),
         "shortlist": plan.get("shortlist"), "rerank": plan.get("rerank"), "factory": plan.get("factory"),
-        "ef_construction": plan.get("ef_construction"), "rerank_dtype": plan.get("rerank_dtype"), "chunk_size": plan.get("chunk_size"),
+        "ef_construction": plan.get("ef_construction"), "nprobe": plan.get("nprobe"),
+        "rerank_dtype": plan.get("rerank_dtype"), "chunk_size": plan.get("chunk_size"),
         "corpus_sha256": plan.get("corpus", {}).get("sha256"),
     }
 
@@ -110,6 +126,7 @@ def build_index(
     shard: tuple[int, int] | None = None,
     ray: dict | None = None,
     ef_construction: int | None = None,
+    nprobe: int | None = None,
 ) -> Manifest | None:
     """Encode ``corpus`` once and write an index directory at ``out``.
 
@@ -125,6 +142,7 @@ def build_index(
         raise AdaError("index needs at least one --shortlist size")
     check_out(out, overwrite)
     probes = [make_faiss_index(s.dim, factory) for s in shortlist]  # the factory checked before any encoding
+    check_nprobe(factory, nprobe)
     for ix in probes:
         set_ef_construction(ix, factory, ef_construction)
     if rerank_dtype not in ("float16", "int8"):
@@ -143,8 +161,9 @@ def build_index(
         "corpus": corpus_info, "n_docs": n_docs, "chunk_size": chunk_size,
         "n_chunks": -(-n_docs // chunk_size), "model": encoder.describe(), "sizes": [str(s) for s in sizes],
         "shortlist": [str(s) for s in shortlist], "rerank": str(rerank_size) if rerank_size else None,
-        "factory": factory, "rerank_dtype": rerank_dtype,
+        "factory": factory, "rerank_dtype": rerank_dtype, "spec": encoder.spec().to_dict(),
         **({"ef_construction": int(ef_construction)} if ef_construction is not None else {}),
+        **({"nprobe": int(nprobe)} if nprobe is not None else {}),
     }
     bdir = build_dir(out)
     bdir.mkdir(parents=True, exist_ok=True)
@@ -274,13 +293,14 @@ def _merge(out: Path, overwrite: bool, build: dict | None) -> Manifest:
     shortlist = [parse_size(s) for s in plan["shortlist"]]
     rerank = parse_size(plan["rerank"]) if plan["rerank"] else None
     writer = IndexWriter(out, plan["n_docs"], shortlist, rerank, factory=plan["factory"], overwrite=overwrite,
-                         rerank_dtype=plan["rerank_dtype"], ef_construction=plan.get("ef_construction"))
+                         rerank_dtype=plan["rerank_dtype"], ef_construction=plan.get("ef_construction"),
+                         nprobe=plan.get("nprobe"))
     try:
         for c in range(plan["n_chunks"]):
             d = bdir / _chunk_name(c)
             ids = (d / "ids.txt").read_text(encoding="utf-8").splitlines()
             writer.add(ids, {parse_size(s): np.load(d / f"{s}.npy") for s in plan["sizes"]})
-        manifest = writer.close(model=plan["model"], corpus=plan["corpus"]["path"],
+        manifest = writer.close(model=plan["model"], corpus=plan["corpus"]["path"], spec=plan_spec(plan).to_dict(),
                                 build={**(build or {}), "chunk_size": plan["chunk_size"], "n_chunks": plan["n_chunks"],
                                        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     except BaseException:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -27,6 +28,7 @@ from pathlib import Path
 from adaretrieve import __version__
 from adaretrieve.errors import AdaError
 from adaretrieve.sizes import Size, parse_size
+from adaretrieve.spec import QUERY_FIELDS, VectorSpec
 
 MANIFEST = "manifest.json"
 DOCIDS = "docids.txt"
@@ -34,6 +36,22 @@ CURRENT = "CURRENT"
 READER_LOCK = "reader.lock"
 FORMAT_VERSION = 1
 GENERATION = re.compile(r"gen-\d{13}-\d+")
+
+
+_IVF = re.compile(r"(?:^|,)B?IVF(\d+)")
+
+
+def ivf_lists(factory: str | None) -> int | None:
+    """The inverted-list count of an IVF factory string (``IVF4096,SQ8`` -> 4096, ``BIVF256`` -> 256), else None."""
+    m = _IVF.search(factory or "")
+    return int(m.group(1)) if m else None
+
+
+def default_nprobe(nlist: int) -> int:
+    """The nprobe an IVF shortlist of ``nlist`` lists is searched with unless told otherwise, and
+    what ``index`` records for it: 2 sqrt(nlist), capped at nlist (IVF4096: 128, IVF256: 32,
+    IVF64: 16). FAISS's own default of 1 visits 1/nlist of the corpus."""
+    return max(1, min(int(nlist), int(round(2 * math.sqrt(nlist)))))
 
 
 def shortlist_file(size: Size) -> str:
@@ -60,6 +78,7 @@ class Manifest:
     version: str = __version__
     format: int = FORMAT_VERSION
     generation: str | None = None  # the gen-<id> folder it was written in (None: an index from before generations)
+    spec: dict | None = None  # the VectorSpec of every vector in it (None: an index from before specs)
 
     @property
     def shortlist_sizes(self) -> list[Size]:
@@ -73,6 +92,14 @@ class Manifest:
     def normalize(self) -> bool:
         return bool(self.model["normalize"])
 
+    @property
+    def vector_spec(self) -> VectorSpec:
+        """What made the index's vectors: as recorded, or for an index from before specs, read from
+        its model entry and build info (``VectorSpec.from_model``)."""
+        if self.spec is not None:
+            return VectorSpec.from_dict(self.spec, "manifest 'spec'")
+        return VectorSpec.from_model(self.model, self.build)
+
     def write(self, directory: Path) -> None:
         write_durably(directory / MANIFEST, json.dumps(asdict(self), indent=2) + "\n")
 
@@ -84,14 +111,23 @@ class Manifest:
         return out
 
 
-def check_model(manifest: Manifest, where: str, weights_sha256: str, name: str) -> None:
-    """AdaError unless ``weights_sha256`` is the weights hash of the model that built the index at ``where``."""
-    want = manifest.model.get("weights_sha256")
-    if want and want != weights_sha256:
+def check_encoder(manifest: Manifest, where: str, spec: VectorSpec, name: str) -> None:
+    """AdaError unless a query encoder of ``spec`` makes the query vectors the index at ``where``
+    was built for: the same weights, pooling, normalisation, max length, lowercasing and query
+    prefix (``QUERY_FIELDS``; the backend and dtype of queries may differ from the corpus's)."""
+    have = manifest.vector_spec
+    want = have.weights_sha256
+    if want and want != spec.weights_sha256:
         raise AdaError(
-            f"model {name!r} (weights sha256 {weights_sha256[:12]}) is not the model that built {where} "
+            f"model {name!r} (weights sha256 {str(spec.weights_sha256)[:12]}) is not the model that built {where} "
             f"({manifest.model.get('name')!r}, sha256 {want[:12]}); search with that model or rebuild the index"
         )
+    fields_ = tuple(f for f in QUERY_FIELDS if f != "weights_sha256" or want)
+    diff = have.differs(spec, fields_)
+    if diff:
+        raise AdaError(f"the query encoder ({name!r}) differs from the one that built {where} in {', '.join(diff)} "
+                       f"(index {have.explain(spec, fields_).replace(' -> ', ', encoder ')}); search with the index's "
+                       "settings or rebuild the index")
 
 
 def fsync_path(path: Path) -> None:
@@ -175,6 +211,10 @@ def read_manifest(directory: str | Path) -> Manifest:
         raise AdaError(f"{p}: index format {data.get('format')} is not {FORMAT_VERSION}, the one this version reads; rebuild it")
     _check_manifest(p, data)
     m = Manifest(**data)
+    try:
+        m.vector_spec  # noqa: B018 (a recorded spec that does not parse is refused at open)
+    except AdaError as e:
+        raise AdaError(f"{p}: {e}") from None
     for i, e in enumerate(m.shortlist):
         _contained(d, e.get("file"), f"shortlist[{i}].file")
     if m.rerank:
@@ -188,7 +228,8 @@ def read_manifest(directory: str | Path) -> Manifest:
 
 # key -> the JSON types its value may have; entries of "shortlist" and "rerank" must name these keys
 _MANIFEST_TYPES = {"model": (dict,), "n_docs": (int,), "shortlist": (list,), "rerank": (dict, type(None)),
-                   "corpus": (str,), "build": (dict,), "version": (str,), "format": (int,), "generation": (str, type(None))}
+                   "corpus": (str,), "build": (dict,), "version": (str,), "format": (int,), "generation": (str, type(None)),
+                   "spec": (dict, type(None))}
 _ENTRY_KEYS = ("size", "file")
 
 

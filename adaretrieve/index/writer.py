@@ -32,7 +32,9 @@ from adaretrieve.index.format import (
     READER_LOCK,
     Manifest,
     current_name,
+    default_nprobe,
     fsync_path,
+    ivf_lists,
     rerank_file,
     scale_file,
     shortlist_file,
@@ -183,6 +185,18 @@ def check_trainable(index, factory: str, n_docs: int) -> None:
                        f"this corpus has {n_docs}: {hint}")
 
 
+def check_nprobe(factory: str, nprobe: int | None) -> int | None:
+    """The nprobe to record for shortlists of ``factory``: ``nprobe`` when given (AdaError unless the
+    factory is IVF and it is within 1..nlist), else ``format.default_nprobe``; None for a factory
+    that is not IVF."""
+    nlist = ivf_lists(factory)
+    if nprobe is not None and nlist is None:
+        raise AdaError(f"--nprobe applies to IVF factories; {factory!r} is not one (e.g. --factory IVF1024,Flat)")
+    if nprobe is not None and not 1 <= nprobe <= nlist:
+        raise AdaError(f"--nprobe {nprobe} is outside 1..{nlist}, the lists of {factory!r}")
+    return (nprobe or default_nprobe(nlist)) if nlist else None
+
+
 def quantize_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric int8 codes [n, d] and per-vector scales [n] with x ~= codes * scale."""
     scale = np.abs(x).max(axis=1) / 127.0
@@ -205,12 +219,14 @@ class IndexWriter:
         rerank: size stored as float16 rows for exact rescoring, or None.
         factory: FAISS factory string for the shortlist indexes (``B...`` for binary ones).
         ef_construction: HNSW factories only: the graph's efConstruction (FAISS's default 40).
+        nprobe: IVF factories only: the nprobe searches use unless told otherwise, recorded in the
+            manifest (default ``format.default_nprobe`` of the list count).
         rerank_dtype: ``float16`` (default) or ``int8`` with a float32 scale per vector.
     """
 
     def __init__(self, out: str | Path, n_docs: int, shortlist: Sequence[Size], rerank: Size | None,
                  factory: str = "Flat", overwrite: bool = False, rerank_dtype: str = "float16",
-                 ef_construction: int | None = None):
+                 ef_construction: int | None = None, nprobe: int | None = None):
         self.out = Path(out)
         check_out(self.out, overwrite)
         if not shortlist:
@@ -225,6 +241,7 @@ class IndexWriter:
             check_trainable(ix, factory, n_docs)
             set_ef_construction(ix, factory, ef_construction)
         self.ef_construction = ef_construction
+        self.nprobe = check_nprobe(factory, nprobe)
         self._train_first = any(not ix.is_trained for ix in self.indexes.values())
         self._held: dict[Size, list[np.ndarray]] = {s: [] for s in self.shortlist}
         self.out.mkdir(parents=True, exist_ok=True)
@@ -268,7 +285,9 @@ class IndexWriter:
         self._ids.writelines(f"{d}\n" for d in docids)
         self.row += n
 
-    def close(self, model: dict, corpus: str, build: dict | None = None) -> Manifest:
+    def close(self, model: dict, corpus: str, build: dict | None = None, spec: dict | None = None) -> Manifest:
+        """Write the shortlist indexes and the manifest (``model``: the encoder's ``describe()``;
+        ``spec``: its ``VectorSpec`` as a dict) and switch the index to the new generation."""
         if self.row != self.n_docs:
             raise AdaError(f"index got {self.row} documents, expected {self.n_docs}")
         self._ids.close()
@@ -292,7 +311,8 @@ class IndexWriter:
             shortlist=[{"size": str(s), "factory": self.factory,
                         "metric": "hamming" if self.binary else "inner_product",
                         "dtype": "bits" if self.binary else "float32", "file": shortlist_file(s),
-                        **({"ef_construction": self.ef_construction} if self.ef_construction is not None else {})}
+                        **({"ef_construction": self.ef_construction} if self.ef_construction is not None else {}),
+                        **({"nprobe": self.nprobe} if self.nprobe is not None else {})}
                        for s in self.shortlist],
             rerank=({"size": str(self.rerank), "dtype": self.rerank_dtype, "file": rerank_file(self.rerank),
                      **({"scale_file": scale_file(self.rerank)} if self.rerank_dtype == "int8" else {})}
@@ -300,6 +320,7 @@ class IndexWriter:
             corpus=corpus,
             build=info,
             generation=generation,
+            spec=spec,
         )
         manifest.write(self.tmp)
         self._commit()

@@ -125,6 +125,7 @@ class Encoder:
             once and cached on disk, see ``onnx_backend``) or ``"onnx-int8"`` (the same graph with
             int8 MatMul weights: faster, slightly different vectors). Same vectors as torch (fp32).
         threads: intra-op threads of the onnx backends (default: torch's thread count).
+        lowercase: lowercase every text first; default the folder's ``do_lower_case``.
 
     A sentence-transformers Dense module maps the last layer's pooled vector (the full size is then
     ``n_layers x out_features``); smaller layers stay prefixes of their pooled states.
@@ -144,6 +145,7 @@ class Encoder:
         passage_prefix: str | None = None,
         backend: str = "torch",
         threads: int | None = None,
+        lowercase: bool | None = None,
     ):
         from transformers import AutoModel, AutoTokenizer
 
@@ -167,7 +169,7 @@ class Encoder:
         self.max_length = int(max_length or st.get("max_length", 512))
         self.query_prefix = st.get("query_prefix", "") if query_prefix is None else str(query_prefix)
         self.passage_prefix = st.get("passage_prefix", "") if passage_prefix is None else str(passage_prefix)
-        self.lowercase = bool(st.get("lowercase", False))
+        self.lowercase = bool(st.get("lowercase", False) if lowercase is None else lowercase)
         self.dense: list = list(st.get("dense", []))
         # the onnx backends run on the CPU: without --device they never pick CUDA
         self.device = parse_device(device if device or self.backend == "torch" else "cpu")
@@ -262,6 +264,15 @@ class Encoder:
     def reset_hash(self) -> None:
         """Forget cached hashes (after training changed the weights)."""
         self._hash = self._backbone_hash = None
+
+    def spec(self):
+        """The ``VectorSpec`` of what this encoder makes: everything that decides its vectors."""
+        from adaretrieve.spec import VectorSpec
+
+        dtype = "float32" if self.amp_dtype is None else str(self.amp_dtype).removeprefix("torch.")
+        return VectorSpec(weights_sha256=self.weights_hash(), pooling=self.pooling, normalize=self.normalize,
+                          max_length=self.max_length, query_prefix=self.query_prefix, passage_prefix=self.passage_prefix,
+                          lowercase=self.lowercase, backend=self.backend, dtype=dtype)
 
     def describe(self) -> dict:
         return {

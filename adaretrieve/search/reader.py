@@ -21,7 +21,7 @@ from adaretrieve.index.format import (
     MANIFEST,
     READER_LOCK,
     Manifest,
-    check_model,
+    check_encoder,
     current_generation,
     current_name,
     read_manifest,
@@ -273,5 +273,6 @@ class IndexReader:
             raise AdaError(f"rerank size {size} is not in index {self.dir}: {self._rebuild_hint()}")
         return src
 
-    def check_model(self, weights_sha256: str, name: str) -> None:
-        check_model(self.manifest, str(self.dir), weights_sha256, name)
+    def check_encoder(self, spec, name: str) -> None:
+        """AdaError unless a query encoder of ``spec`` (a ``VectorSpec``) fits this index (``format.check_encoder``)."""
+        check_encoder(self.manifest, str(self.dir), spec, name)

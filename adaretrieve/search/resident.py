@@ -96,18 +96,18 @@ def measure_resident(index: str | Path, shortlist: str | Size, k: int, rerank: s
 
 
 def _child(spec: dict) -> dict:
-    from adaretrieve.search import FunnelSearcher, IndexReader
+    from adaretrieve.search import FunnelPlan, FunnelSearcher, IndexReader
 
     data = np.load(spec["queries"])
     qv = {parse_size(name): data[name] for name in data.files}
     before = memory()
     reader = IndexReader(spec["index"])
-    searcher = FunnelSearcher(reader, spec["shortlist"], k=spec["k"], then=spec["then"], rerank=spec["rerank"],
-                              nprobe=spec["nprobe"], ef_search=spec["ef_search"])
+    searcher = FunnelSearcher(reader, FunnelPlan(spec["shortlist"], spec["k"], tuple(map(tuple, spec["then"])),
+                                                 spec["rerank"], spec["top"], spec["nprobe"], spec["ef_search"]))
     opened = memory()
     n = min(len(v) for v in qv.values())
     for i in range(n):
-        searcher.search({s: qv[s][i : i + 1] for s in searcher.sizes()}, top=spec["top"])
+        searcher.search({s: qv[s][i : i + 1] for s in searcher.sizes()})
     after = memory()
     n_docs = reader.n_docs
     anon, file = after["anon"] - before["anon"], mapped_bytes(reader.gen_dir)

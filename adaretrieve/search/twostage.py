@@ -7,17 +7,20 @@ final rerank at the largest size. Two-stage search is the funnel with no interme
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Sequence
 
 import faiss
 import numpy as np
 
 from adaretrieve.errors import AdaError
 from adaretrieve.index.writer import downcast
+from adaretrieve.search.plan import FunnelPlan
 from adaretrieve.search.prefetch import prefetch_rows
-from adaretrieve.sizes import Size, parse_size
+from adaretrieve.sizes import Size
+
+log = logging.getLogger(__name__)
 
 
 def _add_time(timings: dict | None, stage: str, seconds: float) -> None:
@@ -218,108 +221,60 @@ def rerank_candidates(
     return out_scores, out_rows
 
 
-def check_funnel(k: int, then_ks: Sequence[int]) -> None:
-    """AdaError unless every k is at least 1 and each stage keeps no more than the one before."""
-    if k < 1 or any(kk < 1 for kk in then_ks):
-        raise AdaError("every k must be at least 1")
-    for k_next, k_prev in zip(then_ks, [k, *then_ks]):
-        if k_next > k_prev:
-            raise AdaError(f"a funnel narrows: k {k_next} after k {k_prev}")
+def funnel(plan: FunnelPlan, index, queries: dict[Size, np.ndarray], sources: dict, normalize: bool, params=None,
+           timings: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Run ``plan`` over arrays: FAISS ``index`` (the shortlist, searched with ``params``) for the
+    shortlist's top, then each stage rescoring exactly from ``sources[size]`` (rows [n_docs, >=dim],
+    see ``rerank_candidates``). ``queries``: ``{size: [n_queries, dim]}`` for every size of the plan.
+    Returns (scores, rows) [n_queries, <= plan.top], best first. With ``timings`` (a dict), seconds
+    per stage are added under ``"shortlist"``, ``"gather"`` (reading candidate rows) and ``"rerank"``."""
+    t0 = time.perf_counter()
+    scores, cand = exact_search(index, queries[plan.shortlist], plan.k, params)
+    _add_time(timings, "shortlist", time.perf_counter() - t0)
+    if plan.single:
+        return scores, cand
+    stages = [*plan.then, *([(plan.rerank, plan.top)] if plan.rerank else [])]
+    for size, k in stages:
+        scores, cand = rerank_candidates(queries[size], cand, sources[size], size.dim, normalize, k, timings)
+    return scores[:, :plan.top], cand[:, :plan.top]
 
 
-class FunnelPlan:
-    """The stages of a funnel, checked: FAISS top ``k`` at ``shortlist``, then each ``(size, k_i)`` of
-    ``then`` rescoring exactly and keeping ``k_i``, then ``rerank`` (if any) rescoring what is left;
-    and what they imply (sizes to encode, stage count, results per query). Searchers over any store
-    (FunnelSearcher here, the Qdrant searcher) run a plan."""
+class FunnelSearcher:
+    """A FunnelPlan bound to a folder index: the plan's shortlist index and rerank rows, opened
+    once; ``search({size: queries [n, dim]})`` runs ``funnel`` over them."""
 
-    def __init__(self, shortlist: str | Size, k: int = 200, then: Sequence[tuple[str | Size, int]] = (),
-                 rerank: str | Size | None = None):
-        self.shortlist = parse_size(shortlist)
-        self.k = int(k)
-        self.then = [(parse_size(s), int(kk)) for s, kk in then]
-        self.rerank = parse_size(rerank) if rerank else None
-        check_funnel(self.k, [kk for _, kk in self.then])
+    def __init__(self, reader, plan: FunnelPlan):
+        self.reader, self.plan = reader, plan
+        self.index = reader.shortlist_index(plan.shortlist)
+        self.params = search_params(self.index, plan.nprobe, plan.ef_search)
+        if self.params is None and "IVF" in shortlist_kind(self.index):
+            log.warning("the %s shortlist is an IVF index searched at FAISS's nprobe 1 (1/%d of its lists); plans from "
+                        "resolve_plan fill in the index's default", plan.shortlist, downcast(self.index).nlist)
+        self.sources = {s: reader.rerank_source(s) for s, _ in plan.then}
+        if plan.rerank:
+            self.sources[plan.rerank] = reader.rerank_source(plan.rerank)
 
     def sizes(self) -> list[Size]:
-        return list(dict.fromkeys([self.shortlist, *(s for s, _ in self.then), *([self.rerank] if self.rerank else [])]))
+        return self.plan.sizes()
 
-    @property
-    def stages(self) -> int:
-        return 1 + len(self.then) + (1 if self.rerank else 0)
-
-    def depth(self, top: int) -> int:
-        """Results per query that ``search(..., top)`` returns at most (fewer when the corpus is
-        smaller): ``top`` for single stage, else no more than the last stage's k."""
-        if self.stages == 1:
-            return top
-        return min(top, self.then[-1][1] if self.then else self.k)
-
-
-class FunnelSearcher(FunnelPlan):
-    """``search({size: queries [n, dim]}, top)``: a FunnelPlan over a folder index. Without ``then``
-    and ``rerank`` it is single-stage search."""
-
-    def __init__(self, reader, shortlist: str | Size, k: int = 200, then: Sequence[tuple[str | Size, int]] = (),
-                 rerank: str | Size | None = None, nprobe: int | None = None, ef_search: int | None = None):
-        super().__init__(shortlist, k, then, rerank)
-        self.reader = reader
-        self.index = reader.shortlist_index(self.shortlist)
-        self.params = search_params(self.index, nprobe, ef_search)
-        self.sources = {s: reader.rerank_source(s) for s, _ in self.then}
-        if self.rerank:
-            self.sources[self.rerank] = reader.rerank_source(self.rerank)
-
-    def search(self, queries: dict[Size, np.ndarray], top: int = 1000,
-               timings: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``top`` (scores, rows). With ``timings`` (a dict), seconds per stage are added under
-        ``"shortlist"``, ``"gather"`` (reading candidate rows) and ``"rerank"`` (scoring, sorting)."""
-        single = not self.then and not self.rerank
-        t0 = time.perf_counter()
-        scores, cand = exact_search(self.index, queries[self.shortlist], top if single else self.k, self.params)
-        _add_time(timings, "shortlist", time.perf_counter() - t0)
-        if single:
-            return scores, cand
-        norm = self.reader.normalize
-        for size, k in self.then:
-            scores, cand = rerank_candidates(queries[size], cand, self.sources[size], size.dim, norm, k, timings)
-        if self.rerank:
-            scores, cand = rerank_candidates(queries[self.rerank], cand, self.sources[self.rerank], self.rerank.dim, norm,
-                                             top, timings)
-        return scores[:, :top], cand[:, :top]
+    def search(self, queries: dict[Size, np.ndarray], timings: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``plan.top`` (scores, rows) [n_queries, <= top]; see ``funnel``."""
+        return funnel(self.plan, self.index, queries, self.sources, self.reader.normalize, self.params, timings)
 
 
 class SearcherCache:
-    """FunnelSearchers over one reader, one per configuration, each built once even when threads ask
-    for it at the same moment (a derived shortlist is built once, not once per racing caller): what
-    the Retriever and the search service keep."""
+    """FunnelSearchers over one reader, one per plan, each built once even when threads ask for it at
+    the same moment (a derived shortlist is built once, not once per racing caller): what the
+    Retriever and the search service keep. The top of a plan does not change what is opened, so
+    plans that differ only in it share the searcher's files."""
 
     def __init__(self, reader):
         self.reader = reader
         self._searchers: dict = {}
         self._lock = threading.Lock()
 
-    def get(self, shortlist: str | Size, k: int = 200, then: Sequence[tuple[str | Size, int]] = (),
-            rerank: str | Size | None = None, nprobe: int | None = None, ef_search: int | None = None) -> FunnelSearcher:
-        stages = tuple((parse_size(s), int(kk)) for s, kk in then)
-        key = (parse_size(shortlist), int(k), stages, parse_size(rerank) if rerank else None, nprobe, ef_search)
+    def get(self, plan: FunnelPlan) -> FunnelSearcher:
         with self._lock:
-            if key not in self._searchers:
-                self._searchers[key] = FunnelSearcher(self.reader, key[0], k=key[1], then=stages, rerank=key[3],
-                                                      nprobe=nprobe, ef_search=ef_search)
-            return self._searchers[key]
-
-
-class TwoStageSearcher(FunnelSearcher):
-    """Shortlist ``k`` at ``shortlist``, exact rerank at ``rerank`` (None: single stage)."""
-
-    def __init__(self, reader, shortlist: str | Size, rerank: str | Size | None = None, k: int = 200,
-                 nprobe: int | None = None, ef_search: int | None = None):
-        super().__init__(reader, shortlist, k=max(1, k), rerank=rerank, nprobe=nprobe, ef_search=ef_search)
-
-    def search(self, q_short: np.ndarray, q_rerank: np.ndarray | None = None, top: int = 1000,  # type: ignore[override]
-               timings: dict | None = None):
-        qv = {self.shortlist: q_short}
-        if self.rerank is not None:
-            qv[self.rerank] = q_rerank
-        return super().search(qv, top, timings)
+            if plan not in self._searchers:
+                self._searchers[plan] = FunnelSearcher(self.reader, plan)
+            return self._searchers[plan]

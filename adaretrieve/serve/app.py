@@ -21,10 +21,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adaretrieve import __version__
 from adaretrieve.errors import AdaError
+from adaretrieve.search.plan import DEFAULT
 from adaretrieve.serve.service import Overloaded, SearchService
 
 log = logging.getLogger(__name__)
@@ -67,13 +69,14 @@ class SearchRequest(BaseModel):
         examples=["do statins reduce the risk of cancer?"], json_schema_extra=_QUERIES_DOC)
     shortlist: Optional[str] = Field(None, description="Shortlist size LxD (default: the index's first shortlist size).",
                                      examples=["2x64"], json_schema_extra=_SIZE_DOC)
-    k: int = Field(200, ge=1, le=MAX_K, description="Candidates the shortlist keeps.")
+    k: Optional[int] = Field(None, ge=1, le=MAX_K, description="Candidates the shortlist keeps (default 200; single "
+                             "stage: top).")
     then: list[Stage] = Field(default_factory=list, max_length=16, description="Intermediate exact stages of a funnel.")
-    rerank: Optional[str] = Field(None, description="Rerank size LxD, or 'none' for single stage (default: the index's "
-                                  "rerank size).", examples=["6x384"],
+    rerank: Optional[str] = Field(None, description="Rerank size LxD, or 'none' (or null) for single stage (omitted: "
+                                  "the index's rerank size).", examples=["6x384"],
                                   json_schema_extra={"pattern": r"^(none|\s*[0-9]+\s*[xX]\s*[0-9]+\s*)$"})
-    top: int = Field(10, ge=1, le=MAX_TOP, description="Results per query (a search with a rerank or then stage returns "
-                     "at most its last k).")
+    top: Optional[int] = Field(None, ge=1, le=MAX_TOP, description="Results per query (default: all the last stage "
+                               "ranks, its k; a search with a rerank or then stage returns at most its last k).")
     nprobe: Optional[int] = Field(None, ge=1, le=1_000_000, description="IVF shortlists: inverted lists probed per query.")
     ef_search: Optional[int] = Field(None, ge=1, le=1_000_000, description="HNSW shortlists: candidate list size per query.")
 
@@ -236,9 +239,12 @@ def create_app(service: SearchService, max_body: int = MAX_BODY_BYTES) -> FastAP
     @app.post("/search", response_model=SearchResponse, responses=bad, summary="Search one or many queries")
     async def search(req: SearchRequest):
         t0 = time.perf_counter()
-        try:
-            plan = service.plan(shortlist=req.shortlist, k=req.k, then=[(s.size, s.k) for s in req.then],
-                                rerank=req.rerank, top=req.top, nprobe=req.nprobe, ef_search=req.ef_search)
+        # omitted and null differ for rerank: omitted is the index's rerank size, null (or "none") none
+        rerank = req.rerank if "rerank" in req.model_fields_set else DEFAULT
+        try:  # off the event loop: planning may build a derived shortlist (seconds at 1M documents)
+            plan = await run_in_threadpool(service.plan, shortlist=req.shortlist, k=req.k,
+                                           then=[(s.size, s.k) for s in req.then], rerank=rerank, top=req.top,
+                                           nprobe=req.nprobe, ef_search=req.ef_search)
         except AdaError as e:
             return error(422, _one_line(str(e)), "/search", "invalid")
         try:

@@ -28,8 +28,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from adaretrieve.errors import AdaError
+from adaretrieve.search.plan import DEFAULT, FunnelPlan, check_plan_sizes, resolve_plan
 from adaretrieve.serve.metrics import BATCH_BUCKETS, Metrics
-from adaretrieve.sizes import Size, parse_size
+from adaretrieve.spec import QUERY_FIELDS
 
 log = logging.getLogger(__name__)
 
@@ -58,28 +59,10 @@ class Overloaded(AdaError):
     (HTTP 503) rather than queued without bound behind them."""
 
 
-@dataclass(frozen=True)
-class Plan:
-    """One search configuration, checked against the index and encoder (hashable: requests with
-    the same plan are searched as one batch)."""
-
-    shortlist: Size
-    k: int
-    then: tuple[tuple[Size, int], ...]
-    rerank: Size | None
-    top: int
-    nprobe: int | None = None
-    ef_search: int | None = None
-
-    def describe(self) -> dict:
-        return {"shortlist": str(self.shortlist), "k": self.k, "then": [{"size": str(s), "k": k} for s, k in self.then],
-                "rerank": str(self.rerank) if self.rerank else None, "top": self.top}
-
-
 @dataclass
 class Job:
     texts: list[str]
-    plan: Plan
+    plan: FunnelPlan
     future: Future = field(default_factory=Future)
     submitted: float = field(default_factory=time.perf_counter)
     timings: dict = field(default_factory=dict)  # seconds per stage, filled in by the batcher
@@ -98,8 +81,8 @@ class _Loaded:
         self.reader, self.encoder = reader, encoder
         self.searchers = SearcherCache(reader)  # a derived shortlist is built once, not once per racing request
 
-    def searcher(self, plan: Plan):
-        return self.searchers.get(plan.shortlist, plan.k, plan.then, plan.rerank, plan.nprobe, plan.ef_search)
+    def searcher(self, plan: FunnelPlan):
+        return self.searchers.get(plan)
 
 
 class SearchService:
@@ -111,14 +94,15 @@ class SearchService:
         max_batch: most query texts per encoder pass (1: no batching).
         max_wait_ms: how long the first request of a batch waits for others to join it.
         reload_every: seconds between checks for a new generation of the index (0: before every batch).
-        threads: torch threads for encoding (None: torch's default).
+        threads: torch threads for encoding (None: torch's default); intra-op threads of the onnx backends.
+        backend: the query encoder's backend: torch, onnx or onnx-int8 (see ``Encoder``).
         max_queue: most query texts waiting for the encoder; a request that would go past it is refused
             at once (``Overloaded``, HTTP 503) unless nothing waits (a request alone may be longer).
     """
 
     def __init__(self, index, model: str | None = None, device: str | None = None, max_batch: int = 32,
                  max_wait_ms: float = 2.0, reload_every: float = 1.0, threads: int | None = None,
-                 metrics: Metrics | None = None, max_queue: int = 1024):
+                 metrics: Metrics | None = None, max_queue: int = 1024, backend: str = "torch"):
         from adaretrieve.retriever import load_index_encoder
         from adaretrieve.search import IndexReader
 
@@ -133,12 +117,12 @@ class SearchService:
         self._waiting_lock = threading.Lock()
         self.threads = threads
         self.index_dir = index
-        self.model, self.device = model, device
+        self.model, self.device, self.backend = model, device, backend
         self.max_batch, self.max_wait = int(max_batch), max_wait_ms / 1000.0
         self.reload_every = reload_every
         self.metrics = metrics or service_metrics()
         reader = IndexReader(index)
-        self._state = _Loaded(reader, load_index_encoder(reader, model, device))
+        self._state = _Loaded(reader, load_index_encoder(reader, model, device, backend=backend, threads=threads))
         self._note_generation()
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -157,29 +141,20 @@ class SearchService:
         return self._state.encoder
 
     def defaults(self) -> dict:
-        m = self.reader.manifest
-        return {"shortlist": str(m.shortlist_sizes[0]), "k": 200, "rerank": str(m.rerank_size) if m.rerank_size else None,
-                "top": 10}
+        """The plan a request that names nothing gets (``resolve_plan``), as JSON."""
+        return resolve_plan(self.reader.manifest).describe()
 
-    def plan(self, shortlist: str | None = None, k: int = 200, then: Sequence[tuple[str, int]] = (),
-             rerank: str | None = None, top: int = 10, nprobe: int | None = None, ef_search: int | None = None) -> Plan:
-        """A checked Plan; AdaError naming the bad value otherwise. ``shortlist``/``rerank`` None: the
-        index's first shortlist size / its rerank size; ``rerank="none"``: single stage."""
+    def plan(self, shortlist: str | None = None, k: int | None = None, then: Sequence[tuple[str, int]] = (),
+             rerank=DEFAULT, top: int | None = None, nprobe: int | None = None,
+             ef_search: int | None = None) -> FunnelPlan:
+        """The checked plan these arguments resolve to (``resolve_plan``: ``rerank`` omitted is the
+        index's rerank size, ``None`` or ``"none"`` single stage); AdaError naming the bad value
+        otherwise. Opens what the plan searches (a derived shortlist is built here, so the HTTP
+        layer calls this off its event loop)."""
         state = self._state
-        m = state.reader.manifest
-        short = parse_size(shortlist) if shortlist else m.shortlist_sizes[0]
-        if rerank is None:
-            rr = m.rerank_size
-        else:
-            rr = None if str(rerank).strip().lower() == "none" else parse_size(rerank)
-        stages = tuple((parse_size(s), int(kk)) for s, kk in then)
-        enc = state.encoder
-        enc.check_sizes([short], "shortlist size")
-        enc.check_sizes([s for s, _ in stages], "then size")
-        if rr:
-            enc.check_sizes([rr], "rerank size")
-        plan = Plan(short, int(k), stages, rr, int(top), nprobe, ef_search)
-        state.searcher(plan)  # sizes the index cannot serve, a funnel that widens, nprobe on a flat index: AdaError now
+        plan = resolve_plan(state.reader.manifest, shortlist, k, then, rerank, top, nprobe, ef_search)
+        check_plan_sizes(state.encoder, plan)
+        state.searcher(plan)  # sizes the index cannot serve, nprobe on a flat index: AdaError now
         return plan
 
     # -- the batcher ----------------------------------------------------------------------------
@@ -195,7 +170,7 @@ class SearchService:
             self._thread.join(timeout)
         self._thread = None
 
-    def submit(self, texts: Sequence[str], plan: Plan) -> Job:
+    def submit(self, texts: Sequence[str], plan: FunnelPlan) -> Job:
         """Queue ``texts`` for search under ``plan``; the Job's future gets ``[[(doc_id, score), ...]]``."""
         if self._thread is None:
             raise RuntimeError("SearchService.start() was not called")
@@ -266,6 +241,9 @@ class SearchService:
                         j.future.set_exception(e)
 
     def _run(self, jobs: list[Job]) -> None:
+        """Search a batch: one encoder pass per distinct depth, shallowest first (a request whose plan
+        needs 2 layers never waits for the layers 3.. of a deeper one beside it), then each group of
+        requests with the same plan searched as one batch."""
         state = self._state
         t0 = time.perf_counter()
         for j in jobs:
@@ -277,9 +255,18 @@ class SearchService:
                 ok.append((j, state.searcher(j.plan)))
             except AdaError as e:
                 j.future.set_exception(e)
-        if not ok:
-            return
-        sizes = list(dict.fromkeys(s for _, srch in ok for s in srch.sizes()))
+        by_depth: dict[int, list[tuple[Job, object]]] = {}
+        for j, srch in ok:
+            by_depth.setdefault(j.plan.layers, []).append((j, srch))
+        for depth in sorted(by_depth):
+            self._run_depth(state, by_depth[depth])
+
+    def _run_depth(self, state, ok: list[tuple[Job, object]]) -> None:
+        """Encode the texts of requests whose plans run the same layers in one pass, then search."""
+        import numpy as np
+
+        t0 = time.perf_counter()
+        sizes = list(dict.fromkeys(s for j, _ in ok for s in j.plan.sizes()))
         texts = [t for j, _ in ok for t in j.texts]
         qv = state.encoder.encode_queries(texts, sizes, batch_size=self.max_batch)  # the index's query prefix
         t1 = time.perf_counter()
@@ -288,18 +275,16 @@ class SearchService:
         for j, _ in ok:
             starts.append(at)
             at += len(j.texts)
-        groups: dict[Plan, list[int]] = {}
+        groups: dict[FunnelPlan, list[int]] = {}
         for i, (j, _) in enumerate(ok):
             groups.setdefault(j.plan, []).append(i)
-        import numpy as np
-
         ids = state.reader.docids
         for plan, members in groups.items():
             srch = ok[members[0]][1]
             rows_of = np.concatenate([np.arange(starts[i], starts[i] + len(ok[i][0].texts)) for i in members])
             timings: dict = {}
             try:
-                scores, rows = srch.search({s: qv[s][rows_of] for s in srch.sizes()}, top=plan.top, timings=timings)
+                scores, rows = srch.search({s: qv[s][rows_of] for s in plan.sizes()}, timings=timings)
             except AdaError as e:
                 for i in members:
                     ok[i][0].future.set_exception(e)
@@ -333,9 +318,9 @@ class SearchService:
         self.reload()
 
     def reload(self) -> bool:
-        """Re-open the index if its generation moved on; True when it did. Keeps the encoder when the
-        new generation was built by the same weights with the same query prefix. A generation that fails to open is logged and
-        the old one stays in service."""
+        """Re-open the index if its generation moved on; True when it did. Keeps the encoder when it
+        makes the new generation's query vectors too (no field of ``spec.QUERY_FIELDS`` differs), else
+        loads the new generation's. A generation that fails to open is logged and the old one stays in service."""
         from adaretrieve.retriever import load_index_encoder
         from adaretrieve.search import IndexReader
 
@@ -344,10 +329,9 @@ class SearchService:
             if not old.reader.changed():
                 return False
             reader = IndexReader(self.index_dir)
-            want = reader.manifest.model.get("weights_sha256")
-            same = (want == old.encoder.weights_hash()
-                    and reader.manifest.model.get("query_prefix", "") == old.encoder.query_prefix)
-            enc = old.encoder if same else load_index_encoder(reader, self.model, self.device)
+            same = not reader.manifest.vector_spec.differs(old.encoder.spec(), QUERY_FIELDS)
+            enc = old.encoder if same else load_index_encoder(reader, self.model, self.device, backend=self.backend,
+                                                               threads=self.threads)
         except Exception as e:  # a damaged or half-removed index: keep serving the old generation
             log.warning("index %s changed but could not be re-opened (%s); still serving generation %s",
                         self.index_dir, e, old.reader.generation)

@@ -11,7 +11,7 @@ import numpy as np
 
 from adaretrieve.data.readers import read_qrels, read_queries
 from adaretrieve.errors import AdaError
-from adaretrieve.search import IndexReader, TwoStageSearcher
+from adaretrieve.search import FunnelPlan, FunnelSearcher, IndexReader
 
 
 def _write_negatives(out: str | Path, qids: list[str], ranked: dict[str, list[str]], qrels: dict, skip: int, n: int) -> dict:
@@ -67,8 +67,8 @@ def mine_dense(index: str | Path, data: str | Path, split: str, out: str | Path,
     queries = read_queries(data)
     qids = [q for q in qrels if q in queries]
     size = m.rerank_size
-    searcher = TwoStageSearcher(reader, size, None)
+    searcher = FunnelSearcher(reader, FunnelPlan(size, top=depth))  # single stage at the full size
     qv = enc.encode_queries([queries[q] for q in qids], [size], batch_size=batch_size, progress=progress)[size]
-    _, rows = searcher.search(qv, None, top=depth)
+    _, rows = searcher.search({size: qv})
     ranked = {qid: [reader.docids[j] for j in r if j >= 0] for qid, r in zip(qids, rows)}
     return {**_write_negatives(out, qids, ranked, qrels, skip, n), "method": "dense"}

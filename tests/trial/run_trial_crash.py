@@ -575,10 +575,10 @@ def resources(d: Path, inp: dict) -> None:
     both = d / "idx" / "both"
     assert run(["index", "-q", "--model", "minilm", "--corpus", str(inp["s50"]), "--shortlist", "2x64", "--shortlist", "6x384",
                 "--rerank", "6x384", "--max-length", "64", "--out", str(both)]).returncode == 0
-    from adaretrieve.search import IndexReader, TwoStageSearcher
+    from adaretrieve.search import FunnelPlan, FunnelSearcher, IndexReader
 
     r = IndexReader(both)
-    src = TwoStageSearcher(r, "2x64", "6x384", k=10).sources
+    src = FunnelSearcher(r, FunnelPlan("2x64", 10, rerank="6x384")).sources
     rows = next(iter(src.values()))
     mapped = isinstance(rows, np.memmap) and Path(rows.filename).name.startswith("rerank-")
     record("5", "R2 rerank rows memory-mapped beside a 6x384 flat shortlist", "GOOD" if mapped else "BAD",

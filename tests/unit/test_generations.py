@@ -17,7 +17,7 @@ import pytest
 from adaretrieve import AdaError, Size
 from adaretrieve.index.format import current_generation, read_manifest
 from adaretrieve.index.writer import COMMIT_STEPS, IndexWriter
-from adaretrieve.search import IndexReader, TwoStageSearcher
+from adaretrieve.search import FunnelPlan, FunnelSearcher, IndexReader
 from adaretrieve.sizes import truncate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,8 +50,8 @@ def write(out: Path, order: str = "fwd", overwrite: bool = False, kill_at: str =
 
 
 def answer(reader: IndexReader, q: np.ndarray) -> list[list[str]]:
-    s = TwoStageSearcher(reader, SHORT, FULL, k=50)
-    _, rows = s.search(truncate(q[:, :8], 8, True), truncate(q, D, True), top=5)
+    s = FunnelSearcher(reader, FunnelPlan(SHORT, 50, rerank=FULL, top=5))
+    _, rows = s.search({SHORT: truncate(q[:, :8], 8, True), FULL: truncate(q, D, True)})
     return [[reader.docids[int(r)] for r in row] for row in rows]
 
 

@@ -175,13 +175,14 @@ def test_the_rerank_vector_is_the_stored_rerank_rows_even_beside_a_flat_shortlis
     reader = IndexReader(out)
     upload(reader, loc, progress=False)
     qi = QdrantIndex(loc)
-    from adaretrieve.search import FunnelSearcher
+    from adaretrieve.search import FunnelPlan, FunnelSearcher
     from adaretrieve.sizes import Size, truncate
 
     rng = np.random.default_rng(0)
     qv = {s: truncate(rng.standard_normal((5, s.dim)).astype(np.float32), s.dim, True) for s in (Size(1, 8), Size(4, 32))}
-    scores, rows = FunnelSearcher(reader, "1x8", k=20, rerank="4x32").search(qv, top=10)
-    hits = qi.search(qv, "1x8", 20, [], "4x32", top=10)
+    plan = FunnelPlan("1x8", 20, rerank="4x32", top=10)
+    scores, rows = FunnelSearcher(reader, plan).search(qv)
+    hits = qi.search(qv, plan)
     for i in range(5):
         assert [reader.docids[r] for r in rows[i]] == [d for d, _ in hits[i]]
         np.testing.assert_allclose(scores[i], [s for _, s in hits[i]], atol=1e-6)

@@ -9,7 +9,7 @@ import pytest
 from adaretrieve import AdaError, Size
 from adaretrieve.index.format import current_generation
 from adaretrieve.index.writer import IndexWriter
-from adaretrieve.search import IndexReader, TwoStageSearcher, rerank_candidates
+from adaretrieve.search import FunnelPlan, FunnelSearcher, IndexReader, rerank_candidates
 from adaretrieve.sizes import truncate
 
 N, L, D = 500, 4, 48
@@ -55,8 +55,8 @@ def test_two_stage_with_k_covering_corpus_equals_exact_full_search(tmp_path):
     vecs = write(tmp_path, [Size(1, 8)], Size(L, D))
     reader = IndexReader(tmp_path / "ix")
     q = matryoshka_like(20, D, 99)
-    searcher = TwoStageSearcher(reader, Size(1, 8), Size(L, D), k=N)
-    scores, rows = searcher.search(truncate(q, 8, True), truncate(q, D, True), top=100)
+    searcher = FunnelSearcher(reader, FunnelPlan(Size(1, 8), N, rerank=Size(L, D), top=100))
+    scores, rows = searcher.search({Size(1, 8): truncate(q, 8, True), Size(L, D): truncate(q, D, True)})
     # exact search over the same stored (float16) full-size vectors
     stored = np.asarray(reader.rerank_rows(), dtype=np.float32)
     ref_s, ref_rows = exact_ranking(stored, q, Size(L, D), 100, as_stored=True)
@@ -72,8 +72,8 @@ def test_small_k_is_shortlist_then_exact_rescoring(tmp_path):
     write(tmp_path, [Size(2, 16)], Size(L, D))
     reader = IndexReader(tmp_path / "ix")
     q = matryoshka_like(10, D, 5)
-    s = TwoStageSearcher(reader, Size(2, 16), Size(L, D), k=25)
-    scores, rows = s.search(truncate(q, 16, True), truncate(q, D, True), top=10)
+    s = FunnelSearcher(reader, FunnelPlan(Size(2, 16), 25, rerank=Size(L, D), top=10))
+    scores, rows = s.search({Size(2, 16): truncate(q, 16, True), Size(L, D): truncate(q, D, True)})
     stored = np.asarray(reader.rerank_rows(), dtype=np.float32)
     _, cand = exact_ranking(reader.shortlist_index(Size(2, 16)).reconstruct_n(0, N), q, Size(2, 16), 25)
     for i in range(10):
@@ -85,11 +85,12 @@ def test_small_k_is_shortlist_then_exact_rescoring(tmp_path):
 
 def test_stage_timings_are_recorded_and_change_nothing(tmp_path):
     write(tmp_path, [Size(2, 16)], Size(L, D))
-    s = TwoStageSearcher(IndexReader(tmp_path / "ix"), Size(2, 16), Size(L, D), k=25)
+    s = FunnelSearcher(IndexReader(tmp_path / "ix"), FunnelPlan(Size(2, 16), 25, rerank=Size(L, D), top=10))
     q = matryoshka_like(10, D, 5)
-    plain = s.search(truncate(q, 16, True), truncate(q, D, True), top=10)
+    qv = {Size(2, 16): truncate(q, 16, True), Size(L, D): truncate(q, D, True)}
+    plain = s.search(qv)
     t: dict = {}
-    timed = s.search(truncate(q, 16, True), truncate(q, D, True), top=10, timings=t)
+    timed = s.search(qv, timings=t)
     np.testing.assert_array_equal(plain[1], timed[1])
     assert set(t) == {"shortlist", "gather", "rerank"} and all(v > 0 for v in t.values())
 
@@ -113,10 +114,10 @@ def test_rerank_by_truncation_equals_rerank_at_stored_size(tmp_path):
     write(tmp_path, [Size(1, 8)], Size(L, 24), name="small")
     write(tmp_path, [Size(1, 8)], Size(L, D), name="full")
     q = matryoshka_like(12, D, 3)
-    a = TwoStageSearcher(IndexReader(tmp_path / "full"), Size(1, 8), Size(L, 24), k=60)
-    b = TwoStageSearcher(IndexReader(tmp_path / "small"), Size(1, 8), Size(L, 24), k=60)
-    ra = a.search(truncate(q, 8, True), truncate(q, 24, True), top=20)
-    rb = b.search(truncate(q, 8, True), truncate(q, 24, True), top=20)
+    plan = FunnelPlan(Size(1, 8), 60, rerank=Size(L, 24), top=20)
+    qv = {Size(1, 8): truncate(q, 8, True), Size(L, 24): truncate(q, 24, True)}
+    ra = FunnelSearcher(IndexReader(tmp_path / "full"), plan).search(qv)
+    rb = FunnelSearcher(IndexReader(tmp_path / "small"), plan).search(qv)
     np.testing.assert_array_equal(ra[1], rb[1])
 
 
@@ -179,14 +180,13 @@ def test_trained_factory(tmp_path):
 
 
 def test_binary_shortlist_is_exact_hamming(tmp_path):
-    from adaretrieve.search import FunnelSearcher
 
     vecs = write(tmp_path, [Size(2, 32)], Size(L, D), factory="BFlat")
     reader = IndexReader(tmp_path / "ix")
     assert reader.manifest.shortlist[0]["metric"] == "hamming"
     q = matryoshka_like(8, D, 11)
     qs = truncate(q, 32, True)
-    s, rows = FunnelSearcher(reader, Size(2, 32), k=40).search({Size(2, 32): qs}, top=40)
+    s, rows = FunnelSearcher(reader, FunnelPlan(Size(2, 32), top=40)).search({Size(2, 32): qs})
     bits_d = truncate(vecs[2], 32, True) > 0
     for i in range(8):
         ham = (bits_d != (qs[i] > 0)).sum(1)
@@ -203,21 +203,22 @@ def test_int8_rerank_close_to_float16(tmp_path):
     ids = np.array([0, 5, 17, 499])
     np.testing.assert_allclose(b.rerank_rows()[ids], np.asarray(a.rerank_rows()[ids], np.float32), atol=0.02)
     q = matryoshka_like(20, D, 4)
-    ra = TwoStageSearcher(a, Size(1, 8), Size(L, D), k=100).search(truncate(q, 8, True), truncate(q, D, True), top=10)
-    rb = TwoStageSearcher(b, Size(1, 8), Size(L, D), k=100).search(truncate(q, 8, True), truncate(q, D, True), top=10)
+    plan = FunnelPlan(Size(1, 8), 100, rerank=Size(L, D), top=10)
+    qv = {Size(1, 8): truncate(q, 8, True), Size(L, D): truncate(q, D, True)}
+    ra = FunnelSearcher(a, plan).search(qv)
+    rb = FunnelSearcher(b, plan).search(qv)
     overlap = np.mean([len(set(x) & set(y)) / 10 for x, y in zip(ra[1], rb[1])])
     assert overlap >= 0.9
 
 
 def test_funnel_equals_stagewise_brute_force(tmp_path):
-    from adaretrieve.search import FunnelSearcher
 
     vecs = write(tmp_path, [Size(1, 8), Size(3, 24)], Size(L, D))
     reader = IndexReader(tmp_path / "ix")
     q = matryoshka_like(6, D, 21)
     qv = {s: truncate(q, s.dim, True) for s in (Size(1, 8), Size(3, 16), Size(L, D))}
-    f = FunnelSearcher(reader, Size(1, 8), k=100, then=[(Size(3, 16), 30)], rerank=Size(L, D))
-    _, rows = f.search(qv, top=10)
+    f = FunnelSearcher(reader, FunnelPlan(Size(1, 8), 100, ((Size(3, 16), 30),), Size(L, D), top=10))
+    _, rows = f.search(qv)
     stored_full = np.asarray(reader.rerank_rows(), np.float32)
     for i in range(6):
         c1 = np.argsort(-(truncate(vecs[1], 8, True) @ qv[Size(1, 8)][i]), kind="stable")[:100]
@@ -226,7 +227,7 @@ def test_funnel_equals_stagewise_brute_force(tmp_path):
         s3 = stored_full[c2] @ qv[Size(L, D)][i]  # stored width: rows as stored
         np.testing.assert_array_equal(rows[i], c2[np.argsort(-s3, kind="stable")[:10]])
     with pytest.raises(AdaError, match="a funnel narrows"):
-        FunnelSearcher(reader, Size(1, 8), k=10, then=[(Size(3, 16), 30)])
+        FunnelPlan(Size(1, 8), 10, ((Size(3, 16), 30),))
 
 
 def test_rrf_and_rerank_of_an_external_run(tmp_path):
@@ -258,8 +259,8 @@ def test_every_shortlist_kind_in_two_stage_search(tmp_path, factory):
     q = matryoshka_like(20, D, 13)
     stored = np.asarray(reader.rerank_rows(), np.float32)
     _, exact = exact_ranking(stored, q, Size(L, D), 10, as_stored=True)
-    searcher = TwoStageSearcher(reader, Size(L, 16), Size(L, D), k=100)
-    scores, rows = searcher.search(truncate(q, 16, True), truncate(q, D, True), top=10)
+    searcher = FunnelSearcher(reader, FunnelPlan(Size(L, 16), 100, rerank=Size(L, D), top=10))
+    scores, rows = searcher.search({Size(L, 16): truncate(q, 16, True), Size(L, D): truncate(q, D, True)})
     assert np.all(np.diff(scores, axis=1) <= 1e-6)  # best first
     for i in range(20):  # every returned row's score is its exact full-size score
         got = rows[i][rows[i] >= 0]
@@ -310,14 +311,13 @@ def test_retriever_facade_matches_the_cli_path(tiny_model, other_tiny_model, cor
     import adaretrieve
     from adaretrieve.index.build import build_index
     from adaretrieve.modeling import Encoder
-    from adaretrieve.search import FunnelSearcher, IndexReader
 
     enc = Encoder(tiny_model, device="cpu")
     build_index(corpus, enc, tmp_path / "ix", ["2x16"], "4x32", progress=False)
     r = adaretrieve.Retriever(tmp_path / "ix", device="cpu")
     hits = r.search(["the cell gene", "cancer risk"], shortlist="2x8", k=10, top=5)
-    s = FunnelSearcher(IndexReader(tmp_path / "ix"), "2x8", k=10, rerank="4x32")
-    scores, rows = s.search(enc.encode(["the cell gene", "cancer risk"], s.sizes()), top=5)
+    s = FunnelSearcher(IndexReader(tmp_path / "ix"), FunnelPlan("2x8", 10, rerank="4x32", top=5))
+    scores, rows = s.search(enc.encode(["the cell gene", "cancer risk"], s.sizes()))
     assert [[d for d, _ in h] for h in hits] == [[r.reader.docids[j] for j in row] for row in rows]
     assert len(hits[0]) == 5 and hits[0][0][1] >= hits[0][1][1]
     with pytest.raises(AdaError, match="is not the model that built"):
@@ -342,7 +342,6 @@ def _recall_at_10(rows, ref):
 def test_nprobe_reaches_faiss_and_ivf_recall_rises_with_it(tmp_path):
     """Issue 13, item 3: search-time parameters go to FAISS per call (SearchParameters), not by
     mutating the shared index."""
-    from adaretrieve.search import FunnelSearcher
 
     vecs = write(tmp_path, [Size(2, 16)], None, factory="IVF16,Flat")
     reader = IndexReader(tmp_path / "ix")
@@ -350,37 +349,36 @@ def test_nprobe_reaches_faiss_and_ivf_recall_rises_with_it(tmp_path):
     _, ref = exact_ranking(vecs[2], q, Size(2, 16), 10)
     got = {}
     for nprobe in (1, 4, 16):
-        s = FunnelSearcher(reader, Size(2, 16), nprobe=nprobe)
-        _, rows = s.search({Size(2, 16): q}, top=10)
+        s = FunnelSearcher(reader, FunnelPlan(Size(2, 16), top=10, nprobe=nprobe))
+        _, rows = s.search({Size(2, 16): q})
         got[nprobe] = _recall_at_10(rows, ref)
     assert got[1] < got[4] <= got[16] == 1.0  # all 16 lists probed: exact
     assert faiss.extract_index_ivf(reader.shortlist_index(Size(2, 16))).nprobe == 1  # the index itself untouched
 
 
 def test_ef_search_reaches_faiss_for_an_hnsw_shortlist(tmp_path):
-    from adaretrieve.search import FunnelSearcher
 
     vecs = write(tmp_path, [Size(2, 16)], None, factory="HNSW4")
     reader = IndexReader(tmp_path / "ix")
     q = truncate(matryoshka_like(40, D, 6), 16, True)
     _, ref = exact_ranking(vecs[2], q, Size(2, 16), 10)
-    low = _recall_at_10(FunnelSearcher(reader, Size(2, 16), ef_search=10).search({Size(2, 16): q}, top=10)[1], ref)
-    high = _recall_at_10(FunnelSearcher(reader, Size(2, 16), ef_search=400).search({Size(2, 16): q}, top=10)[1], ref)
+    low = _recall_at_10(FunnelSearcher(reader, FunnelPlan(Size(2, 16), top=10, ef_search=10)).search({Size(2, 16): q})[1], ref)
+    high = _recall_at_10(FunnelSearcher(reader, FunnelPlan(Size(2, 16), top=10, ef_search=400)).search({Size(2, 16): q})[1],
+                         ref)
     assert low < high and high >= 0.95
 
 
 def test_search_parameters_that_do_not_apply_are_refused(tmp_path):
-    from adaretrieve.search import FunnelSearcher
 
     write(tmp_path, [Size(2, 16)], None)
     reader = IndexReader(tmp_path / "ix")
     with pytest.raises(AdaError, match="nprobe.*IVF"):
-        FunnelSearcher(reader, Size(2, 16), nprobe=8)
+        FunnelSearcher(reader, FunnelPlan(Size(2, 16), nprobe=8))
     with pytest.raises(AdaError, match="ef.search.*HNSW"):
-        FunnelSearcher(reader, Size(2, 16), ef_search=64)
+        FunnelSearcher(reader, FunnelPlan(Size(2, 16), ef_search=64))
     write(tmp_path, [Size(2, 16)], None, name="hnsw", factory="HNSW8")
     with pytest.raises(AdaError, match="at least 1"):
-        FunnelSearcher(IndexReader(tmp_path / "hnsw"), Size(2, 16), ef_search=-1)
+        FunnelSearcher(IndexReader(tmp_path / "hnsw"), FunnelPlan(Size(2, 16), ef_search=-1))
 
 
 def test_rerank_rows_read_from_disk_only_around_the_candidates(tmp_path):
@@ -434,7 +432,7 @@ def test_retriever_builds_each_searcher_once_when_threads_race(tiny_model, corpu
 
     monkeypatch.setattr(twostage.FunnelSearcher, "__init__", slow_init)
     got = []
-    threads = [threading.Thread(target=lambda: got.append(r.searcher("2x8", k=10))) for _ in range(4)]
+    threads = [threading.Thread(target=lambda: got.append(r.searcher(r.plan("2x8", k=10)))) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
