@@ -80,7 +80,7 @@ def ann_kind(key: str) -> str | None:
 
 
 MODEL = {"name": "synthetic", "path": "synthetic", "weights_sha256": "", "normalize": True, "pooling": "mean",
-         "max_length": 0, "n_layers": 12, "hidden_size": D}
+         "max_length": 1, "n_layers": 12, "hidden_size": D}  # no text is encoded: max_length is only a placeholder
 
 
 def rss_anon_mb() -> float:

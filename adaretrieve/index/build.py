@@ -42,7 +42,7 @@ from adaretrieve.index.writer import (
 )
 from adaretrieve.modeling.encoder import Encoder
 from adaretrieve.sizes import Size, parse_size, parse_sizes
-from adaretrieve.spec import DOCUMENT_FIELDS, VectorSpec
+from adaretrieve.spec import VectorSpec
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -71,12 +71,12 @@ def plan_spec(plan: dict) -> VectorSpec:
 
 
 def plan_key(plan: dict) -> dict:
-    """What in a plan changes the output: two builds with equal keys write the same chunks. Every
-    field of the vector spec that decides a document's vector (``spec.DOCUMENT_FIELDS``: weights,
-    pooling, normalisation, max length, passage prefix, lowercasing, backend, dtype) is a key of its own."""
+    """What in a plan changes the output: two builds with equal keys write the same chunks and the
+    same manifest. Every field of the vector spec is a key of its own (those of ``spec.DOCUMENT_FIELDS``
+    decide each document's vector; the query prefix is what the manifest tells query encoders)."""
     spec = plan_spec(plan)
     return {
-        **{f: getattr(spec, f) for f in DOCUMENT_FIELDS}, "adaptor": plan.get("model", {}).get("adaptor"),
+        **spec.to_dict(), "adaptor": plan.get("model", {}).get("adaptor"),
         "shortlist": plan.get("shortlist"), "rerank": plan.get("rerank"), "factory": plan.get("factory"),
         "ef_construction": plan.get("ef_construction"), "nprobe": plan.get("nprobe"),
         "rerank_dtype": plan.get("rerank_dtype"), "chunk_size": plan.get("chunk_size"),

@@ -143,13 +143,16 @@ def test_search_with_nowhere_for_the_results_is_refused(index_dir, queries_qrels
 def test_search_top_above_last_k_warns_and_names_recall_by_the_real_depth(index_dir, queries_qrels, tmp_path):
     q, r = queries_qrels
     common = ("search", "--index", index_dir, "--queries", q, "--qrels", r, "--shortlist", "2x16", "--json", "--quiet")
-    res = run(*common, "--k", 10)  # --top 1000 by default
+    res = run(*common, "--k", 10)  # --top omitted: all the last stage ranks, no warning (newcomer-3)
+    assert res.exit_code == 0 and "warning" not in res.stderr, res.output
+    scores = json.loads(res.stdout.strip().splitlines()[-1])
+    assert list(scores) == ["nDCG@10", "RR@10", "R@10"]
+    res = run(*common, "--k", 10, "--top", 1000)
     assert res.exit_code == 0, res.output
     warning = ("warning: --top 1000 > --k 10: a two-stage search returns at most 10 results per query; "
                "R@100 is R@10, R@1000 is R@10")
     assert warning in res.stderr.splitlines()
-    scores = json.loads(res.stdout.strip().splitlines()[-1])
-    assert list(scores) == ["nDCG@10", "RR@10", "R@10"]
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == scores
     exact = run(*common, "--k", 10, "--top", 10, "--metrics", "R@10")
     assert exact.exit_code == 0 and "warning" not in exact.stderr
     assert json.loads(exact.stdout.strip().splitlines()[-1])["R@10"] == scores["R@10"]
@@ -300,6 +303,6 @@ def test_prefixes_are_applied_recorded_and_used_by_search(tiny_model, corpus, qu
     # an index from before prefixes (no keys in its manifest) loads and searches with none
     path = current_generation(tmp_path / "px") / "manifest.json"
     old = json.loads(path.read_text())
-    old["model"].pop("query_prefix"), old["model"].pop("passage_prefix")
+    old["model"].pop("query_prefix"), old["model"].pop("passage_prefix"), old.pop("spec")
     path.write_text(json.dumps(old))
     assert Retriever(tmp_path / "px").encoder.query_prefix == ""

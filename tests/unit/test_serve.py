@@ -72,9 +72,11 @@ def test_search_equals_the_library(client, retriever):
     one = client.post("/search", json={"queries": TEXTS[0]})
     assert one.status_code == 200, one.text
     body = one.json()
-    assert body["config"] == {"shortlist": "1x8", "k": 200, "then": [], "rerank": "4x32", "top": 10}
-    assert len(body["results"]) == 1
-    same_hits(body["results"][0], retriever.search(TEXTS[:1], top=10)[0])
+    # omitted settings resolve as everywhere else: top is all the last stage ranks (60 documents here)
+    assert body["config"] == {"shortlist": "1x8", "k": 200, "then": [], "rerank": "4x32", "top": 200, "nprobe": None,
+                              "ef_search": None, "depth": 200}
+    assert len(body["results"]) == 1 and len(body["results"][0]) == 60
+    same_hits(body["results"][0], retriever.search(TEXTS[:1])[0])
     assert set(body["timings_ms"]) >= {"queue", "encode", "shortlist", "gather", "rerank", "total"}
 
     many = client.post("/search", json={"queries": TEXTS, "shortlist": "1x8", "k": 20, "then": [{"size": "2x16", "k": 8}],
@@ -204,7 +206,8 @@ def test_health(client):
     h = client.get("/health").json()
     assert h["status"] == "ok" and h["n_docs"] == 60 and h["generation"].startswith("gen-")
     assert h["shortlist_sizes"] == ["1x8", "2x16"] and h["rerank_size"] == "4x32"
-    assert h["defaults"] == {"shortlist": "1x8", "k": 200, "rerank": "4x32", "top": 10}
+    assert h["defaults"] == {"shortlist": "1x8", "k": 200, "then": [], "rerank": "4x32", "top": 200, "nprobe": None,
+                             "ef_search": None, "depth": 200}
 
 
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*",?)*\})? (\S+)$')
@@ -335,7 +338,7 @@ def test_serve_applies_the_query_prefix_the_index_recorded(tiny_model, tmp_path)
     r = Retriever(ix, device="cpu")
     assert r.encoder.query_prefix == "query: "
     with TestClient(create_app(SearchService(ix, device="cpu", max_batch=8, max_wait_ms=5))) as c:
-        got = c.post("/search", json={"queries": TEXTS[1]}).json()["results"][0]
+        got = c.post("/search", json={"queries": TEXTS[1], "top": 10}).json()["results"][0]
     same_hits(got, r.search(TEXTS[1:2], top=10)[0])
     plain = Encoder(tiny_model, device="cpu")  # without the prefix the query vector, and so the scores, differ
     s = enc.check_sizes(["4x32"])[0]
@@ -378,3 +381,68 @@ def test_a_full_queue_refuses_at_once_with_503_and_serves_again_once_drained(ind
         assert service.metrics.value("adaretrieve_errors_total", {"endpoint": "/search", "reason": "overloaded"}) == 1
     with pytest.raises(Exception, match="max queue"):
         SearchService(index, device="cpu", max_queue=0)
+
+
+def test_a_batch_runs_one_pass_per_depth_and_the_shallow_request_never_runs_deep_layers(index, retriever):
+    """A12: a 1-layer request and a 4-layer request share a batch: the batcher encodes them in two
+    passes, shallow first, and the shallow one's pass stops after layer 1 (counted with layer hooks)."""
+    service = SearchService(index, device="cpu", max_batch=64, max_wait_ms=200)
+    calls: list[tuple[int, int]] = []  # (layer, texts in the pass)
+    layers = service.encoder.model.encoder.layer
+    hooks = [layer.register_forward_pre_hook(lambda m, a, n=n: calls.append((n, a[0].shape[0])))
+             for n, layer in enumerate(layers)]
+    service.start()
+    try:
+        shallow = service.submit(TEXTS[:1], service.plan(shortlist="1x8", rerank="none", top=5))
+        deep = service.submit(TEXTS[1:4], service.plan(shortlist="1x8", k=20, rerank="4x32", top=5))
+        got_shallow, got_deep = shallow.result(30), deep.result(30)
+    finally:
+        service.stop()
+        for h in hooks:
+            h.remove()
+    assert calls == [(0, 1), (0, 3), (1, 3), (2, 3), (3, 3)]  # one pass of 1 layer for 1 text, then 4 layers for 3
+    assert shallow.timings["encode"] < deep.timings["encode"]
+    same_hits([{"id": d, "score": s} for d, s in got_shallow[0]], retriever.search(TEXTS[:1], shortlist="1x8",
+                                                                                  rerank="none", top=5)[0])
+    for g, w in zip(got_deep, retriever.search(TEXTS[1:4], shortlist="1x8", k=20, rerank="4x32", top=5), strict=True):
+        same_hits([{"id": d, "score": s} for d, s in g], w)
+
+
+def test_planning_a_derived_shortlist_does_not_block_the_event_loop(index, monkeypatch):
+    """A11: while a request's plan builds a derived shortlist (slow at 1M documents), /health answers."""
+    import threading
+    import time as _time
+
+    import httpx
+
+    from adaretrieve.search import reader as reader_mod
+
+    service = SearchService(index, device="cpu")
+    app = create_app(service)
+    real = reader_mod.IndexReader.shortlist_index
+    started = threading.Event()
+
+    def slow(self, size):
+        started.set()
+        _time.sleep(1.0)
+        return real(self, size)
+
+    monkeypatch.setattr(reader_mod.IndexReader, "shortlist_index", slow)
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+            search = asyncio.ensure_future(c.post("/search", json={"queries": TEXTS[0], "shortlist": "2x8"}))
+            while not started.is_set():
+                await asyncio.sleep(0.005)
+            t0 = _time.perf_counter()
+            health = await c.get("/health")
+            waited = _time.perf_counter() - t0
+            return health, waited, await search
+
+    service.start()
+    try:
+        health, waited, search = asyncio.run(go())
+    finally:
+        service.stop()
+    assert health.status_code == 200 and search.status_code == 200, search.text
+    assert waited < 0.5, f"/health waited {waited:.2f} s behind a search's planning"
