@@ -77,3 +77,24 @@ class Retriever:
         ids = self.reader.docids
         return [[(ids[r], float(x)) for r, x in zip(rr, sc) if r >= 0] for rr, sc in zip(rows, scores)]
 
+    def search_adaptive(self, texts: Sequence[str], plan: FunnelPlan, rule, batch_size: int = 64,
+                        timings: dict | None = None):
+        """Adaptive depth (``search.cascade``): run ``plan`` stage by stage, each query stopping where
+        ``rule`` (a ``StopRule``) says; the queries that go on resume their encoding from the layer
+        they reached. Returns (hits as ``search`` gives them, the ``CascadeResult``: exit stage and
+        layers run per query)."""
+        from adaretrieve.search.cascade import cascade
+
+        s = self.searcher(plan)
+        first_sizes = [x for x in plan.sizes() if x.layer == plan.shortlist.layer]
+        vecs, state = self.encoder.encode_to(self.encoder.queries(list(texts)), first_sizes, batch_size=batch_size)
+        held = {"state": state}
+
+        def encode_more(rows, sizes):
+            out, held["state"] = self.encoder.resume(held["state"], sizes, rows=rows)
+            return out
+
+        res = cascade(plan, rule, s.index, s.sources, self.reader.normalize, vecs, encode_more, s.params, timings)
+        ids = self.reader.docids
+        hits = [[(ids[r], float(x)) for r, x in zip(rr, sc) if r >= 0] for rr, sc in zip(res.rows, res.scores)]
+        return hits, res

@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -309,6 +310,9 @@ class Encoder:
             if st is not None and 0 in st["want"]:
                 h = args[0] if args else kwargs.get("hidden_states", kwargs.get("hidden_state"))
                 st["states"][0] = h
+            if st is not None and st.get("capture"):  # what every layer is called with besides its input
+                rest = {k: v for k, v in kwargs.items() if k not in ("hidden_states", "hidden_state")}
+                st["layer_args"] = (tuple(args[1:]) if args else (), rest)
 
         def post(module, args, output, i):
             st = getattr(self._tls, "state", None)
@@ -324,15 +328,17 @@ class Encoder:
         for i, layer in enumerate(layers, 1):
             layer.register_forward_hook(functools.partial(post, i=i))
 
-    def hidden_states(self, batch: dict, depth: int, want: Iterable[int] | None = None) -> list[torch.Tensor | None]:
+    def hidden_states(self, batch: dict, depth: int, want: Iterable[int] | None = None,
+                      capture: dict | None = None) -> list[torch.Tensor | None]:
         """Hidden states ``[batch, seq, hidden]`` of layers 0..depth (0 = embedding output) of a
         tokenised batch, computing only ``depth`` layers. Layer L's state is that layer's own
         output, before any final norm the model applies after its last layer. Only the layers in
-        ``want`` (default: all) are kept; the others are None."""
+        ``want`` (default: all) are kept; the others are None. ``capture`` (a dict) receives under
+        ``"layer_args"`` the other arguments the layers were called with (to resume from later)."""
         if not 1 <= depth <= self.n_layers:
             raise AdaError(f"depth {depth} is outside 1..{self.n_layers}")
         want = set(range(depth + 1)) if want is None else set(want)
-        st = {"depth": depth, "want": want, "states": {}}
+        st = {"depth": depth, "want": want, "states": {}, "capture": capture is not None}
         self._tls.state = st
         try:
             self.model(**batch, return_dict=True)
@@ -340,6 +346,10 @@ class Encoder:
             pass
         finally:
             self._tls.state = None
+        if capture is not None:
+            if "layer_args" not in st:
+                raise AdaError(f"{type(self.model).__name__}: its layers were not called as modules; cannot resume")
+            capture["layer_args"] = st["layer_args"]
         missing = sorted(L for L in want if L <= depth and L not in st["states"])
         if missing:
             raise AdaError(f"{type(self.model).__name__}: layer(s) {missing} produced no hidden state")
@@ -486,6 +496,142 @@ class Encoder:
         out: dict = {s: truncate(pooled[s.layer], s.dim, self.normalize) for s in sizes}
         out.update({("raw", L): raw[L] for L in raw})
         return out
+
+    # -- resumable encoding: stop at a layer, continue later -------------------------------------
+
+    def _sizes_from_pooled(self, sizes: list[Size], pooled_of, n: int) -> dict[Size, np.ndarray]:
+        """Vectors of ``sizes`` for ``n`` texts from ``pooled_of(L) -> [n, hidden]`` raw pooled states."""
+        layers = sorted({s.layer for s in sizes})
+        states = {L: pooled_of(L) for L in self._inputs(layers)}
+        out = {}
+        for L in layers:
+            v = self._map(L, states).cpu().numpy()
+            for s in sizes:
+                if s.layer == L:
+                    out[s] = truncate(v, s.dim, self.normalize)
+        return out
+
+    def encode_to(self, texts: Sequence[str], sizes: Iterable[str | Size], batch_size: int = 32,
+                  sort_by_length: bool = True) -> tuple[dict[Size, np.ndarray], EncodeState]:
+        """``encode`` (texts as given: add a prefix with ``queries``) that also returns where it
+        stopped: an ``EncodeState`` after the deepest layer of ``sizes``, from which ``resume``
+        continues deeper without running these layers again. Torch backend only."""
+        if self._onnx is not None:
+            raise AdaError(f"resumable encoding runs on the torch backend, not {self.backend!r}")
+        if batch_size < 1:
+            raise AdaError(f"batch size {batch_size} must be at least 1")
+        sizes = self.check_sizes(sizes)
+        if not sizes:
+            raise AdaError("encode needs at least one size")
+        depth = max(s.layer for s in sizes)
+        n = len(texts)
+        enc = self.tokenizer(self._texts(texts), truncation=True, max_length=self.max_length)
+        lengths = np.array([len(x) for x in enc["input_ids"]])
+        order = np.argsort(-lengths, kind="stable") if sort_by_length else np.arange(n)
+        batches = []
+        with torch.inference_mode():
+            for start in range(0, n, batch_size):
+                idx = order[start : start + batch_size]
+                batch = self.tokenizer.pad({k: [enc[k][i] for i in idx] for k in enc.keys()}, return_tensors="pt")
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                cap: dict = {}
+                with self._autocast():
+                    hs = self.hidden_states(batch, depth, capture=cap)
+                mask = batch["attention_mask"]
+                pooled = {L: self.pool(hs[L].float(), mask) for L in range(depth + 1)}
+                batches.append(_StateBatch(np.asarray(idx), hs[depth], mask, cap["layer_args"], pooled))
+        state = EncodeState(depth, n, batches, self.weights_hash())
+        return self._state_vectors(state, sizes, state.rows), state
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
+
+    def _state_vectors(self, state: EncodeState, sizes: list[Size], rows: np.ndarray) -> dict[Size, np.ndarray]:
+        """Vectors of ``sizes`` (layers <= state.depth) for ``rows`` (positions, in that order)."""
+        where = {int(r): (bi, j) for bi, b in enumerate(state.batches) for j, r in enumerate(b.rows)}
+
+        def pooled_of(L):
+            return torch.stack([state.batches[where[int(r)][0]].pooled[L][where[int(r)][1]] for r in rows]) \
+                if len(rows) else torch.zeros((0, self.hidden_size))
+
+        return self._sizes_from_pooled(sizes, pooled_of, len(rows))
+
+    def resume(self, state: EncodeState, sizes: Iterable[str | Size],
+               rows: Sequence[int] | None = None) -> tuple[dict[Size, np.ndarray], EncodeState]:
+        """Continue ``state`` to the deepest layer of ``sizes``, running only layers
+        ``state.depth + 1 ..`` and only for ``rows`` (positions in the texts first encoded; default
+        every one the state holds). Returns the vectors of ``sizes`` for ``rows`` in that order, each
+        equal to a one-pass ``encode`` of the same batches (to float rounding from a smaller batch
+        when ``rows`` drops some), and the new state (holding ``rows``)."""
+        if state.encoder != self.weights_hash():
+            raise AdaError("this encode state was made by another encoder (weights differ); encode again")
+        sizes = self.check_sizes(sizes)
+        have = set(int(r) for r in state.rows)
+        rows = np.asarray(sorted(have) if rows is None else rows, dtype=np.int64)
+        missing = sorted(set(rows.tolist()) - have)
+        if missing:
+            raise AdaError(f"rows {missing[:5]} are not in this encode state (it holds {len(have)} texts)")
+        depth = max([state.depth, *(s.layer for s in sizes)])
+        layers = getattr(self._layers_parent, self._layers_attr)
+        keep = set(rows.tolist())
+        batches = []
+        with torch.inference_mode():
+            for b in state.batches:
+                pick = [j for j, r in enumerate(b.rows) if int(r) in keep]
+                if not pick:
+                    continue
+                sel = torch.tensor(pick, dtype=torch.long)
+                size_b = b.hidden.shape[0]
+                if len(pick) < size_b:
+                    hidden = b.hidden.index_select(0, sel.to(b.hidden.device))
+                    args, kwargs = _slice_batch_dim(b.layer_args, sel, size_b)
+                    mask = b.mask.index_select(0, sel.to(b.mask.device))
+                    pooled = {L: v.index_select(0, sel.to(v.device)) for L, v in b.pooled.items()}
+                else:
+                    hidden, (args, kwargs), mask, pooled = b.hidden, b.layer_args, b.mask, dict(b.pooled)
+                with self._autocast():
+                    for i in range(state.depth, depth):  # layer i + 1 (layers[i]) from the output of layer i
+                        out = layers[i](hidden, *args, **kwargs)
+                        hidden = out[0] if isinstance(out, (tuple, list)) else out
+                        pooled[i + 1] = self.pool(hidden.float(), mask)
+                batches.append(_StateBatch(b.rows[pick], hidden, mask, (args, kwargs), pooled))
+        new = EncodeState(depth, state.n, batches, state.encoder)
+        return self._state_vectors(new, sizes, rows), new
+
+
+@dataclass
+class _StateBatch:
+    rows: np.ndarray  # positions of this batch's texts in the texts first encoded
+    hidden: torch.Tensor  # [b, seq, hidden]: the output of layer ``EncodeState.depth``
+    mask: torch.Tensor  # [b, seq] attention mask, for pooling
+    layer_args: tuple  # (positional args after the hidden state, keyword args) every layer is called with
+    pooled: dict  # {L: [b, hidden] float32}: the raw pooled state of every layer run so far (0..depth)
+
+
+@dataclass
+class EncodeState:
+    """Where a resumable encode stopped (``Encoder.encode_to``): per batch, the hidden state after
+    layer ``depth``, the attention mask and layer arguments, and the pooled state of every layer run
+    so far. ``Encoder.resume`` continues from it, for every text or some, without running layers
+    1..depth again. Held in memory only (a few hundred KB for a batch of queries)."""
+
+    depth: int
+    n: int
+    batches: list
+    encoder: str  # the encoder's weights hash: a state resumes only on the encoder that made it
+
+    @property
+    def rows(self) -> np.ndarray:
+        return np.sort(np.concatenate([b.rows for b in self.batches])) if self.batches else np.zeros(0, np.int64)
+
+
+def _slice_batch_dim(x, keep: torch.Tensor, b: int):
+    """``x`` with its first dim cut to ``keep`` when it is a per-text tensor of batch size ``b``."""
+    if isinstance(x, torch.Tensor) and x.dim() >= 1 and x.shape[0] == b:
+        return x.index_select(0, keep.to(x.device))
+    if isinstance(x, tuple):
+        return tuple(_slice_batch_dim(v, keep, b) for v in x)
+    return x
 
 
 def _tensors_hash(items) -> str:

@@ -23,7 +23,8 @@ from adaretrieve.sizes import Size
 log = logging.getLogger(__name__)
 
 
-def _add_time(timings: dict | None, stage: str, seconds: float) -> None:
+def add_time(timings: dict | None, stage: str, seconds: float) -> None:
+    """Add ``seconds`` to ``timings[stage]`` (when timings is a dict): per-stage timing of a search."""
     if timings is not None:
         timings[stage] = timings.get(stage, 0.0) + seconds
 
@@ -184,8 +185,8 @@ def rerank_candidates(
             t1 = time.perf_counter()
             best = _fp16_top_one(gathered, np.ascontiguousarray(queries, dtype=np.float32), top)
             if best is not None:
-                _add_time(timings, "gather", t1 - t0)
-                _add_time(timings, "rerank", time.perf_counter() - t1)
+                add_time(timings, "gather", t1 - t0)
+                add_time(timings, "rerank", time.perf_counter() - t1)
                 return best[0][None, :], ids[best[1]][None, :]
     valid = candidates >= 0
     uniq, inv = np.unique(candidates[valid], return_inverse=True)
@@ -216,8 +217,8 @@ def rerank_candidates(
     out_scores = np.take_along_axis(scores, order, axis=1)
     out_rows = np.take_along_axis(candidates, order, axis=1)
     out_rows[~np.isfinite(out_scores)] = -1
-    _add_time(timings, "gather", t1 - t0)
-    _add_time(timings, "rerank", time.perf_counter() - t1)
+    add_time(timings, "gather", t1 - t0)
+    add_time(timings, "rerank", time.perf_counter() - t1)
     return out_scores, out_rows
 
 
@@ -230,7 +231,7 @@ def funnel(plan: FunnelPlan, index, queries: dict[Size, np.ndarray], sources: di
     per stage are added under ``"shortlist"``, ``"gather"`` (reading candidate rows) and ``"rerank"``."""
     t0 = time.perf_counter()
     scores, cand = exact_search(index, queries[plan.shortlist], plan.k, params)
-    _add_time(timings, "shortlist", time.perf_counter() - t0)
+    add_time(timings, "shortlist", time.perf_counter() - t0)
     if plan.single:
         return scores, cand
     stages = [*plan.then, *([(plan.rerank, plan.top)] if plan.rerank else [])]

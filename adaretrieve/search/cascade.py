@@ -1,0 +1,133 @@
+"""Adaptive depth: each query stops at the stage whose answer it can trust (issue 25).
+
+A cascade runs a ``FunnelPlan`` stage by stage. After each stage but the last, a ``StopRule``
+looks at each query's own scores at that stage (no labels) and decides whether the next stages can
+still change its top; a query that stops is answered from the stage it reached (its candidates
+ranked at that stage's size), the others go on, and only they pay for the deeper layers: the
+caller's ``encode_more(rows, sizes)`` continues their query encoding (``Encoder.resume``) instead
+of encoding them again. With ``StopRule.never()`` the results are the funnel's exactly; with
+``StopRule.always(0)`` they are the single-stage search at the shortlist size.
+
+Search stays torch-free: encoding is the caller's callback.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from adaretrieve.errors import AdaError
+from adaretrieve.search.plan import FunnelPlan
+from adaretrieve.search.twostage import add_time, exact_search, rerank_candidates
+from adaretrieve.sizes import Size
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """Stop a query after exit stage ``i`` (0 = the shortlist) when the gap between its best score
+    and its ``rank``-th best at that stage is at least ``thresholds[i]`` (None: never stop there).
+    A wide gap means the top is settled; the rule reads nothing but the query's own scores."""
+
+    thresholds: tuple[float | None, ...]
+    rank: int = 10
+
+    def __post_init__(self):
+        if self.rank < 2:
+            raise AdaError(f"stop rule rank {self.rank} must be at least 2 (a gap between two scores)")
+
+    @classmethod
+    def never(cls) -> StopRule:
+        return cls(())
+
+    @classmethod
+    def always(cls, stage: int) -> StopRule:
+        """Every query stops after exit stage ``stage`` (a threshold no gap is below)."""
+        return cls(tuple([None] * stage + [-np.inf]))
+
+    def stops(self, stage: int, scores: np.ndarray) -> np.ndarray:
+        """[n] bool: which queries of ``scores`` [n, k] (best first, -inf past the end) stop after ``stage``."""
+        t = self.thresholds[stage] if stage < len(self.thresholds) else None
+        if t is None:
+            return np.zeros(len(scores), dtype=bool)
+        return gap(scores, self.rank) >= t
+
+    def to_dict(self) -> dict:
+        return {"thresholds": [None if t is None else float(t) for t in self.thresholds], "rank": self.rank}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StopRule:
+        return cls(tuple(None if t is None else float(t) for t in d["thresholds"]), int(d.get("rank", 10)))
+
+
+def gap(scores: np.ndarray, rank: int) -> np.ndarray:
+    """[n] the best score minus the ``rank``-th best (the last finite one when fewer), per query."""
+    if scores.shape[1] == 0:
+        return np.zeros(len(scores), dtype=np.float32)
+    finite = np.isfinite(scores)
+    last = np.clip(np.minimum(rank, finite.sum(1)) - 1, 0, None)
+    return scores[:, 0] - scores[np.arange(len(scores)), last]
+
+
+@dataclass
+class CascadeResult:
+    scores: np.ndarray  # [n, <= top] best first
+    rows: np.ndarray  # [n, <= top], -1 past the end
+    exit_stage: np.ndarray  # [n] the stage each query was answered from (0 = the shortlist)
+    layers: np.ndarray  # [n] encoder layers each query ran
+    timings: dict = field(default_factory=dict)
+
+
+def stage_sizes(plan: FunnelPlan) -> list[tuple[Size, int]]:
+    """``[(size, k), ...]`` of every stage in order: the shortlist, each ``then``, the rerank (k = top)."""
+    return [(plan.shortlist, plan.k), *plan.then, *([(plan.rerank, plan.top)] if plan.rerank else [])]
+
+
+def cascade(plan: FunnelPlan, rule: StopRule, index, sources: dict, normalize: bool, first: dict[Size, np.ndarray],
+            encode_more: Callable[[np.ndarray, Sequence[Size]], dict[Size, np.ndarray]], params=None,
+            timings: dict | None = None) -> CascadeResult:
+    """Run ``plan`` stage by stage, stopping each query where ``rule`` says (see the module doc).
+    ``first``: query vectors ``{size: [n, dim]}`` of the shortlist size (and any other size of that
+    depth); ``encode_more(rows, sizes)`` returns the vectors of ``sizes`` for the queries ``rows``
+    (positions), continuing their encoding deeper. Stages must run no shallower than the one before."""
+    stages = stage_sizes(plan)
+    for (a, _), (b, _) in zip(stages, stages[1:]):
+        if b.layer < a.layer:
+            raise AdaError(f"a cascade runs deeper stage by stage: {b} after {a}")
+    q0 = first[plan.shortlist]
+    n = len(q0)
+    t0 = time.perf_counter()
+    scores, cand = exact_search(index, q0, plan.k, params)
+    add_time(timings, "shortlist", time.perf_counter() - t0)
+    top = plan.top
+    out_s = np.full((n, min(top, scores.shape[1])), -np.inf, dtype=np.float32)
+    out_r = np.full(out_s.shape, -1, dtype=np.int64)
+    exit_stage = np.zeros(n, dtype=np.int64)
+    layers = np.full(n, plan.shortlist.layer, dtype=np.int64)
+    active = np.arange(n)
+    have = {s: v for s, v in first.items()}  # vectors of the active queries, by size, rows as in `active`
+    for i, (size, k) in enumerate(stages[1:], start=0):
+        stop = rule.stops(i, scores)
+        if stop.any():
+            w = min(top, scores.shape[1])
+            out_s[active[stop], :w], out_r[active[stop], :w] = scores[stop, :w], cand[stop, :w]
+            exit_stage[active[stop]] = i
+        keep = ~stop
+        active, scores, cand = active[keep], scores[keep], cand[keep]
+        have = {s: v[keep] for s, v in have.items()}
+        if not len(active):
+            break
+        if size not in have:
+            t1 = time.perf_counter()
+            have.update(encode_more(active, [size]))
+            add_time(timings, "encode_more", time.perf_counter() - t1)
+        layers[active] = size.layer
+        scores, cand = rerank_candidates(have[size], cand, sources[size], size.dim, normalize, k, timings)
+    if len(active):
+        w = min(top, scores.shape[1])
+        out_s[active, :w], out_r[active, :w] = scores[:, :w], cand[:, :w]
+        exit_stage[active] = len(stages) - 1
+    width = int((out_r >= 0).sum(1).max()) if n else 0  # columns some query filled
+    return CascadeResult(out_s[:, :width], out_r[:, :width], exit_stage, layers, timings if timings is not None else {})
