@@ -83,18 +83,42 @@ class Retriever:
         ``rule`` (a ``StopRule``) says; the queries that go on resume their encoding from the layer
         they reached. Returns (hits as ``search`` gives them, the ``CascadeResult``: exit stage and
         layers run per query)."""
-        from adaretrieve.search.cascade import cascade
-
-        s = self.searcher(plan)
-        first_sizes = [x for x in plan.sizes() if x.layer == plan.shortlist.layer]
-        vecs, state = self.encoder.encode_to(self.encoder.queries(list(texts)), first_sizes, batch_size=batch_size)
-        held = {"state": state}
-
-        def encode_more(rows, sizes):
-            out, held["state"] = self.encoder.resume(held["state"], sizes, rows=rows)
-            return out
-
-        res = cascade(plan, rule, s.index, s.sources, self.reader.normalize, vecs, encode_more, s.params, timings)
+        res = adaptive_search(self.encoder, self.searcher(plan), list(texts), rule, batch_size, timings)
         ids = self.reader.docids
         hits = [[(ids[r], float(x)) for r, x in zip(rr, sc) if r >= 0] for rr, sc in zip(res.rows, res.scores)]
         return hits, res
+
+    def calibrate(self, texts: Sequence[str], plan: FunnelPlan, target: float, rank: int = 10, batch_size: int = 64):
+        """Fit a cascade's stop rule for ``plan`` on unlabelled ``texts`` (``search.calibrate``): the
+        most queries stopped early while the mean overlap@10 with the full cascade stays >= ``target``."""
+        from adaretrieve.search.calibrate import fit_stop_rule, stage_rankings
+
+        s = self.searcher(plan)
+        qv = self.encoder.encode_queries(list(texts), plan.sizes(), batch_size=batch_size)
+        return fit_stop_rule(plan, stage_rankings(plan, s.index, s.sources, self.reader.normalize, qv, s.params), target,
+                             rank=rank)
+
+
+def adaptive_search(encoder, searcher: FunnelSearcher, texts: list[str], rule, batch_size: int = 64,
+                    timings: dict | None = None):
+    """``search.cascade`` for ``searcher``'s plan with ``encoder``: the queries are encoded to the
+    shortlist's layer, and those that go on resume from there (``Encoder.resume``). Returns the
+    ``CascadeResult`` (rows into the index, exit stage and layers per query)."""
+    import time
+
+    from adaretrieve.search.cascade import cascade
+
+    plan = searcher.plan
+    first_sizes = [x for x in plan.sizes() if x.layer == plan.shortlist.layer]
+    t0 = time.perf_counter()
+    vecs, state = encoder.encode_to(encoder.queries(texts), first_sizes, batch_size=batch_size)
+    if timings is not None:
+        timings["encode"] = timings.get("encode", 0.0) + time.perf_counter() - t0
+    held = {"state": state}
+
+    def encode_more(rows, sizes):
+        out, held["state"] = encoder.resume(held["state"], sizes, rows=rows)
+        return out
+
+    return cascade(plan, rule, searcher.index, searcher.sources, searcher.reader.normalize, vecs, encode_more,
+                   searcher.params, timings)

@@ -1,4 +1,4 @@
-"""Entry point: `adaretrieve index | search | serve | eval | bench | train | adapt | mine | pretrain | tune | export`."""
+"""Entry point: `adaretrieve index | search | serve | eval | bench | train | adapt | mine | pretrain | tune | calibrate | export`."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import typer
 from adaretrieve import __version__
 from adaretrieve.cli.adapt_cmd import adapt
 from adaretrieve.cli.bench_cmd import bench
+from adaretrieve.cli.calibrate_cmd import calibrate
 from adaretrieve.cli.common import debug
 from adaretrieve.cli.eval_cmd import evaluate
 from adaretrieve.cli.export_cmd import export
@@ -37,6 +38,7 @@ app.command("train")(train)
 app.command("mine")(mine)
 app.command("pretrain")(pretrain)
 app.command("tune")(tune)
+app.command("calibrate")(calibrate)
 app.command("adapt")(adapt)
 app.command("export")(export)
 

@@ -33,6 +33,7 @@ def search(
     batch_size: int = typer.Option(64, "--batch-size", help="Queries per forward pass."),
     device: Optional[str] = typer.Option(None, "--device"),
     backend: str = typer.Option("torch", "--backend", help=BACKEND_HELP),
+    adaptive: Optional[Path] = typer.Option(None, "--adaptive", help="A stop rule from `adaretrieve calibrate`: each query stops at the first stage the rule trusts (the rule file fixes the plan); the rest resume their encoding."),
     as_json: bool = typer.Option(False, "--json", help="Print metrics as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
@@ -83,6 +84,19 @@ def search(
         else:
             reader = IndexReader(index)
         m = reader.manifest
+        rule = None
+        if adaptive is not None:
+            from adaretrieve.search.calibrate import load_stop_rule
+
+            if isinstance(reader, QdrantIndex):
+                raise AdaError("--adaptive searches folder indexes (a Qdrant collection runs its stages server-side)")
+            if shortlist or rerank or k or then:
+                raise AdaError(f"--adaptive {adaptive}: the rule file fixes the plan; drop --shortlist/--k/--then/--rerank")
+            rule, d = load_stop_rule(adaptive, m)
+            shortlist, rerank, top = d["shortlist"], d["rerank"] or "none", top or d["top"]
+            k, then = [d["k"], *(s["k"] for s in d["then"])], [s["size"] for s in d["then"]]
+            nprobe = nprobe if nprobe is not None else d.get("nprobe")
+            ef_search = ef_search if ef_search is not None else d.get("ef_search")
         plan = resolve_plan(m, shortlist, k[0] if k else None, list(zip(then, k[1:])),
                             DEFAULT if rerank is None else rerank, top if query is None else (top or 10), nprobe,
                             ef_search, engine="qdrant" if isinstance(reader, QdrantIndex) else "faiss")
@@ -100,10 +114,23 @@ def search(
                 scores, rows = searcher.search(qv, timings=timings)
                 return run_from_arrays(qids, scores, rows, reader.docids)
 
+            if rule is not None:
+                import numpy as np
+
+                from adaretrieve.retriever import adaptive_search
+
+                def run_search(qids, texts, timings):  # noqa: F811 (texts: the cascade encodes as it goes)
+                    res = adaptive_search(enc, searcher, texts, rule, batch_size, timings)
+                    shares = [f"{np.mean(res.exit_stage == s):.2f}" for s in range(plan.stages)]
+                    typer.echo(f"adaptive: answered per stage {', '.join(shares)}; mean layers {res.layers.mean():.2f} "
+                               f"of {plan.layers}", err=True)
+                    return run_from_arrays(qids, res.scores, res.rows, reader.docids)
+
         if query is not None:
             if not query.strip():
                 raise AdaError("the query text is empty")
-            hits = run_search(["q"], enc.encode_queries([query], plan.sizes()), None)["q"]
+            qv1 = [query] if rule is not None else enc.encode_queries([query], plan.sizes())
+            hits = run_search(["q"], qv1, None)["q"]
             _print_hits(sorted(hits.items(), key=lambda x: -x[1]), m.corpus)
             return
 
@@ -126,7 +153,10 @@ def search(
             qs = {q: t for q, t in qs.items() if q in judged}
         qids = list(qs)
         t0 = time.perf_counter()
-        qv = enc.encode_queries([qs[q] for q in qids], plan.sizes(), batch_size=batch_size, progress=not quiet)
+        if rule is None:
+            qv = enc.encode_queries([qs[q] for q in qids], plan.sizes(), batch_size=batch_size, progress=not quiet)
+        else:
+            qv = [qs[q] for q in qids]  # encoded by the cascade, each query as deep as it goes
         t1 = time.perf_counter()
         stage_s: dict = {}
         run = run_search(qids, qv, stage_s)

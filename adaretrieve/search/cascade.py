@@ -85,6 +85,15 @@ def stage_sizes(plan: FunnelPlan) -> list[tuple[Size, int]]:
     return [(plan.shortlist, plan.k), *plan.then, *([(plan.rerank, plan.top)] if plan.rerank else [])]
 
 
+def check_cascade(plan: FunnelPlan) -> list[tuple[Size, int]]:
+    """The stages of ``plan``; AdaError unless each runs no shallower than the one before."""
+    stages = stage_sizes(plan)
+    for (a, _), (b, _) in zip(stages, stages[1:]):
+        if b.layer < a.layer:
+            raise AdaError(f"a cascade runs deeper stage by stage: {b} after {a}")
+    return stages
+
+
 def cascade(plan: FunnelPlan, rule: StopRule, index, sources: dict, normalize: bool, first: dict[Size, np.ndarray],
             encode_more: Callable[[np.ndarray, Sequence[Size]], dict[Size, np.ndarray]], params=None,
             timings: dict | None = None) -> CascadeResult:
@@ -92,10 +101,7 @@ def cascade(plan: FunnelPlan, rule: StopRule, index, sources: dict, normalize: b
     ``first``: query vectors ``{size: [n, dim]}`` of the shortlist size (and any other size of that
     depth); ``encode_more(rows, sizes)`` returns the vectors of ``sizes`` for the queries ``rows``
     (positions), continuing their encoding deeper. Stages must run no shallower than the one before."""
-    stages = stage_sizes(plan)
-    for (a, _), (b, _) in zip(stages, stages[1:]):
-        if b.layer < a.layer:
-            raise AdaError(f"a cascade runs deeper stage by stage: {b} after {a}")
+    stages = check_cascade(plan)
     q0 = first[plan.shortlist]
     n = len(q0)
     t0 = time.perf_counter()

@@ -82,3 +82,81 @@ def test_a_cascade_that_goes_shallower_is_refused(retriever):
     plan = retriever.plan(shortlist="2x16", k=40, rerank="1x8", top=10)
     with pytest.raises(AdaError, match="deeper stage by stage"):
         retriever.search_adaptive(TEXTS, plan, StopRule.never())
+
+
+def test_calibration_meets_its_target_on_the_queries_it_was_fitted_on_and_reads_no_qrels(retriever, tmp_path,
+                                                                                         monkeypatch):
+    from adaretrieve import data
+    from adaretrieve.search.calibrate import load_stop_rule, overlap_at, write_stop_rule
+
+    def no_qrels(*a, **k):
+        raise AssertionError("calibration read qrels")
+
+    monkeypatch.setattr(data, "read_qrels", no_qrels)
+    texts = [f"{a} {b}" for a in TEXTS for b in ("risk", "gene", "dose")]
+    plan = retriever.plan(shortlist="1x8", k=40, then=[("2x16", 20)], rerank="4x32", top=10)
+    full = retriever.search(texts, plan=plan)
+    for target in (1.0, 0.9, 0.6):
+        fit = retriever.calibrate(texts, plan, target)
+        hits, res = retriever.search_adaptive(texts, plan, fit.rule)
+        ids = {d: i for i, d in enumerate(retriever.reader.docids)}
+        got = overlap_at(np.array([[ids[d] for d, _ in h] for h in hits]), np.array([[ids[d] for d, _ in h] for h in full]))
+        assert got.mean() >= target - 1e-9 and abs(got.mean() - fit.overlap) < 1e-9
+        assert abs(res.layers.mean() - fit.mean_layers) < 1e-9
+    assert fit.mean_layers < 4  # at 0.6 some queries stop early
+    path = tmp_path / "rule.json"
+    write_stop_rule(path, fit, plan, retriever.reader.manifest, 0.6, {"queries": "test texts", "n": len(texts)})
+    rule, described = load_stop_rule(path, retriever.reader.manifest)
+    assert rule == fit.rule and described == plan.describe()
+    other = retriever.reader.manifest.__class__(**{**retriever.reader.manifest.__dict__, "generation": "gen-0000000000000-1"})
+    with pytest.raises(AdaError, match="generation"):
+        load_stop_rule(path, other)
+    path.write_text("{}")
+    with pytest.raises(AdaError, match="not a stop rule file"):
+        load_stop_rule(path, retriever.reader.manifest)
+
+
+def test_cli_calibrate_then_search_adaptive(retriever, tmp_path):
+    """calibrate on some texts, search others with --adaptive; bad rule files and plan flags are one line."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from adaretrieve.cli.main import app
+
+    ix = retriever.reader.dir
+    fit_q, test_q = tmp_path / "fit.jsonl", tmp_path / "test.jsonl"
+    fit_q.write_text("".join(json.dumps({"_id": f"f{i}", "text": f"{t} {w}"}) + "\n"
+                             for i, (t, w) in enumerate((t, w) for t in TEXTS for w in ("risk", "dose"))))
+    test_q.write_text("".join(json.dumps({"_id": f"t{i}", "text": t}) + "\n" for i, t in enumerate(TEXTS)))
+    rule = tmp_path / "rule.json"
+    run = CliRunner().invoke
+    res = run(app, ["calibrate", "--index", str(ix), "--queries", str(fit_q), "--shortlist", "1x8", "--k", "40",
+                    "--then", "2x16", "--k", "20", "--rerank", "4x32", "--top", "10", "--target", "0.7", "--out", str(rule),
+                    "--device", "cpu", "-q"])
+    assert res.exit_code == 0, res.output
+    assert "mean layers" in res.output and json.loads(rule.read_text())["fitted_on"]["n_queries"] == 16
+    out = tmp_path / "run.trec"
+    res = run(app, ["search", "--index", str(ix), "--queries", str(test_q), "--adaptive", str(rule), "--out", str(out),
+                    "--device", "cpu", "-q"])
+    assert res.exit_code == 0, res.output
+    assert "adaptive: answered per stage" in res.output
+    from adaretrieve.eval import read_run
+    from adaretrieve.search.calibrate import load_stop_rule
+
+    r, d = load_stop_rule(rule, retriever.reader.manifest)
+    hits, _ = retriever.search_adaptive(TEXTS, retriever.plan(d["shortlist"], d["k"], d["rerank"],
+                                                              [(s["size"], s["k"]) for s in d["then"]], d["top"]), r)
+    got = read_run(out)
+    assert [[x for x, _ in sorted(got[f"t{i}"].items(), key=lambda kv: -kv[1])] for i in range(len(TEXTS))] == \
+        [[x for x, _ in h] for h in hits]
+    bad = run(app, ["search", "--index", str(ix), "--queries", str(test_q), "--adaptive", str(rule), "--k", "5",
+                    "--out", str(out), "--device", "cpu"])
+    assert bad.exit_code == 2 and "fixes the plan" in bad.output
+    (tmp_path / "junk.json").write_text("[1]")
+    bad = run(app, ["search", "--index", str(ix), "--queries", str(test_q), "--adaptive", str(tmp_path / "junk.json"),
+                    "--out", str(out), "--device", "cpu"])
+    assert bad.exit_code == 2 and "not a stop rule file" in bad.output
+    bad = run(app, ["calibrate", "--index", str(ix), "--queries", str(fit_q), "--rerank", "none", "--out",
+                    str(tmp_path / "r2.json"), "--device", "cpu"])
+    assert bad.exit_code == 2 and "at least two stages" in bad.output

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from adaretrieve.cli.common import BACKEND_HELP, handle_errors, setup
+from adaretrieve.errors import AdaError
+
+
+@handle_errors
+def calibrate(
+    index: Path = typer.Option(..., "--index", "-i", help="Index directory from `adaretrieve index`."),
+    queries: Path = typer.Option(..., "--queries", help="Unlabelled query texts to fit on: queries.jsonl, a tsv of qid<TAB>text, or a BEIR folder with --query-split. Never the queries you evaluate on."),
+    query_split: Optional[str] = typer.Option(None, "--query-split", help="With a BEIR folder: only the queries qrels/<split>.tsv names (its ids; no grade is read), e.g. train."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the rule (plain JSON; `search --adaptive FILE` reads it)."),
+    target: float = typer.Option(0.99, "--target", help="Mean overlap@10 with the full cascade's top 10 to keep, over all queries (0-1]."),
+    shortlist: Optional[str] = typer.Option(None, "--shortlist", "-s", help="Shortlist size LxD (default: the index's first)."),
+    rerank: Optional[str] = typer.Option(None, "--rerank", "-r", help="Rerank size LxD (default: the index's rerank size)."),
+    k: list[int] = typer.Option([], "--k", help="Candidates kept by the shortlist (default 200); repeat once per --then stage."),
+    then: list[str] = typer.Option([], "--then", help="Intermediate exact stage(s): each one is also a place to stop."),
+    top: Optional[int] = typer.Option(None, "--top", help="Results per query (default: all the last stage ranks)."),
+    rank: int = typer.Option(10, "--rank", help="The rule's gap: best score minus the rank-th best."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Query encoder (default: the model that built the index)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps (default: CUDA when present)."),
+    backend: str = typer.Option("torch", "--backend", help=BACKEND_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors and the summary line."),
+):
+    """Fit an adaptive-depth stop rule without labels: each query of a cascade stops at the first
+    stage whose top 10 it can trust, the rest resume their encoding and go deeper.
+
+    The rule is fitted against the index's own full-depth ranking of unlabelled queries (no qrels are
+    read) and written with the index generation, model and plan it holds for.
+
+    Example:
+
+        adaretrieve calibrate --index indexes/scifact --queries ../shared/data/beir/scifact --query-split train \\
+            --shortlist 2x64 --k 200 --then 4x128 --k 50 --rerank 6x384 --target 0.99 --out scifact-rule.json
+
+        adaretrieve search --index indexes/scifact --queries test.jsonl --adaptive scifact-rule.json --out run.trec
+    """
+    setup(quiet)
+    from adaretrieve.data import read_queries
+    from adaretrieve.retriever import Retriever
+    from adaretrieve.search import DEFAULT
+    from adaretrieve.search.calibrate import write_stop_rule
+
+    if (k or then) and len(k) != 1 + len(then):
+        raise AdaError(f"give one --k for the shortlist and one per --then stage: got {len(k)} --k for {len(then)} --then")
+    if not 0 < target <= 1:
+        raise AdaError(f"--target {target} must be in (0, 1]")
+    qs = read_queries(queries)
+    if query_split is not None:
+        ids = _split_ids(queries, query_split)
+        qs = {q: t for q, t in qs.items() if q in ids}
+        if not qs:
+            raise AdaError(f"no query of {queries} is named in qrels/{query_split}.tsv")
+    if query_split in ("test", "dev"):
+        typer.echo(f"warning: fitting on the {query_split} queries: score the rule on other queries", err=True)
+    r = Retriever(index, model=model, device=device, backend=backend)
+    plan = r.plan(shortlist, k[0] if k else None, DEFAULT if rerank is None else rerank, list(zip(then, k[1:])), top)
+    if plan.stages < 2:
+        raise AdaError("a cascade needs at least two stages (a rerank or a --then stage) to stop between")
+    fit = r.calibrate(list(qs.values()), plan, target, rank=rank)
+    write_stop_rule(out, fit, plan, r.reader.manifest, target,
+                    {"queries": str(queries), "query_split": query_split, "n_queries": len(qs)})
+    f = fit.to_dict()
+    typer.echo(f"{plan.name}: {len(qs)} queries; answered per stage {f['stop_share']}, mean layers "
+               f"{f['mean_layers']} of {f['full_layers']} ({f['encoder_cost']:.2f}x), overlap@10 {f['overlap_at_10']}; "
+               f"wrote {out}")
+
+
+def _split_ids(folder: Path, split: str) -> set[str]:
+    """Query ids named in ``folder/qrels/<split>.tsv`` (first column only)."""
+    p = Path(folder) / "qrels" / f"{split}.tsv"
+    if not p.exists():
+        raise AdaError(f"--query-split {split}: {p} does not exist")
+    ids = set()
+    with open(p, encoding="utf-8-sig") as f:
+        for line in f:
+            qid = line.split("\t", 1)[0].strip()
+            if qid and qid not in ("query-id", "qid"):
+                ids.add(qid)
+    return ids
