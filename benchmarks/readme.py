@@ -4,7 +4,7 @@ Every table and every sentence with a measured number in the README's results se
 ``<!-- BEGIN generated:NAME -->`` and ``<!-- END generated:NAME -->`` and is produced by the function
 NAME below from the JSON a benchmark wrote. Edit the wording here, never in the README:
 
-    python benchmarks/readme.py --write   # rewrite the generated blocks of README.md
+    python benchmarks/readme.py --write   # rewrite the generated blocks of README.md and docs/*.md
     python benchmarks/readme.py --check   # exit 1 naming every block that differs (the test suite runs this)
 
 Reads JSON only (no torch, no faiss), so the check is cheap.
@@ -735,8 +735,13 @@ BLOCKS: dict[str, Callable[[], str]] = {
 }
 
 
-def render(text: str) -> tuple[str, list[str]]:
-    """The README with every generated block re-rendered, and the names of the blocks that changed."""
+PAGES = [README, *(ROOT / "docs" / n for n in ("results.md", "adapt.md", "export.md", "training.md", "scaling.md",
+                                              "serving.md"))]  # the pages whose figures are rendered here
+
+
+def render(text: str, require_all: bool = True) -> tuple[str, list[str]]:
+    """``text`` (one page) with every generated block re-rendered, and the names of the blocks that
+    changed. ``require_all``: every block of BLOCKS must be in this text (one-page use)."""
     changed, seen = [], set()
 
     def sub(m: re.Match) -> str:
@@ -751,22 +756,39 @@ def render(text: str) -> tuple[str, list[str]]:
 
     out = BLOCK.sub(sub, text)
     missing = sorted(set(BLOCKS) - seen)
-    if missing:
+    if missing and require_all:
         raise SystemExit(f"README has no block for {', '.join(missing)} (add <!-- BEGIN generated:NAME --> ... END)")
+    return out, changed
+
+
+def render_pages(pages: list[Path] | None = None) -> tuple[dict[Path, str], list[str]]:
+    """Every page re-rendered ({path: text}) and the names of the blocks that changed; each block of
+    BLOCKS must appear on exactly one page."""
+    out, changed, where = {}, [], {}
+    for path in pages or PAGES:
+        text = path.read_text()
+        for m in BLOCK.finditer(text):
+            if m.group("name") in where:
+                raise SystemExit(f"block {m.group('name')!r} is on both {where[m.group('name')]} and {path}")
+            where[m.group("name")] = path
+        out[path], ch = render(text, require_all=False)
+        changed += ch
+    missing = sorted(set(BLOCKS) - set(where))
+    if missing:
+        raise SystemExit(f"no page has a block for {', '.join(missing)} (add <!-- BEGIN generated:NAME --> ... END)")
     return out, changed
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--write", action="store_true", help="rewrite README.md's generated blocks")
+    ap.add_argument("--write", action="store_true", help="rewrite the generated blocks of README.md and docs/")
     ap.add_argument("--check", action="store_true", help="exit 1 if any generated block is stale")
-    ap.add_argument("--readme", default=str(README))
     args = ap.parse_args(argv)
-    path = Path(args.readme)
-    text = path.read_text()
-    out, changed = render(text)
+    out, changed = render_pages()
     if args.write:
-        path.write_text(out)
+        for path, text in out.items():
+            if path.read_text() != text:
+                path.write_text(text)
         print(f"rewrote {len(changed)} block(s): {', '.join(changed) or 'none changed'}")
         return 0
     if changed:

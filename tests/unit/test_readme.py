@@ -20,17 +20,26 @@ def _readme_module():
 
 def test_readme_blocks_match_the_results_files():
     mod = _readme_module()
-    _, changed = mod.render((ROOT / "README.md").read_text())
+    _, changed = mod.render_pages()
     assert changed == [], f"stale README blocks {changed}: run python benchmarks/readme.py --write"
+
+
+def test_the_readme_is_a_front_door():
+    """issue 27: the README stays short; the rest lives on docs/ pages that it links, each of which exists."""
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 200
+    for link in re.findall(r"\]\((docs/[\w.-]+\.md)\)", text):
+        assert (ROOT / link).exists(), link
+    assert {"make demo", "make test"} <= {line.split("#")[0].strip() for line in text.splitlines()[:6]}
 
 
 def test_a_hand_edited_figure_is_caught():
     mod = _readme_module()
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "README.md").read_text()  # the headline table stays in the README
     m = re.search(r"<!-- BEGIN generated:scifact-minilm -->\n.*?\| single 6x384 \| (\d\.\d{4}) \|", text, re.S)
     assert m, "the SciFact table lost its full-size row"
     edited = text[: m.start(1)] + "0.9999" + text[m.end(1) :]
-    _, changed = mod.render(edited)
+    _, changed = mod.render(edited, require_all=False)
     assert changed == ["scifact-minilm"]
 
 
@@ -40,6 +49,19 @@ def _results_prose(text: str) -> str:
     body = re.sub(r"<!-- BEGIN generated:([\w-]+) -->.*?<!-- END generated:\1 -->", "", body, flags=re.S)
     body = re.sub(r"```.*?```", "", body, flags=re.S)
     return re.sub(r"`[^`\n]*`", "", body)  # inline code: options such as keep_full=1.0
+
+
+def _page_prose(text: str) -> str:
+    body = re.sub(r"<!-- BEGIN generated:([\w-]+) -->.*?<!-- END generated:\1 -->", "", text, flags=re.S)
+    body = re.sub(r"```.*?```", "", body, flags=re.S)
+    return re.sub(r"`[^`\n]*`", "", body)
+
+
+@pytest.mark.parametrize("page", ["results.md", "adapt.md", "export.md", "training.md", "scaling.md", "serving.md"])
+def test_no_measured_figure_outside_generated_blocks_on_the_docs_pages(page):
+    prose = _page_prose((ROOT / "docs" / page).read_text())
+    loose = [n for n in re.findall(r"(?<![\w.])\d+\.\d+(?![\w.])", prose) if n not in PUBLISHED]
+    assert loose == [], f"figures typed into docs/{page} by hand (put them in a benchmarks/readme.py block): {loose}"
 
 
 def test_no_measured_figure_outside_generated_blocks():
