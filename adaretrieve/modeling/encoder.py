@@ -502,10 +502,12 @@ class Encoder:
     def _sizes_from_pooled(self, sizes: list[Size], pooled_of, n: int) -> dict[Size, np.ndarray]:
         """Vectors of ``sizes`` for ``n`` texts from ``pooled_of(L) -> [n, hidden]`` raw pooled states."""
         layers = sorted({s.layer for s in sizes})
-        states = {L: pooled_of(L) for L in self._inputs(layers)}
         out = {}
+        with torch.inference_mode():  # an adaptor's map is a module with trainable weights
+            states = {L: pooled_of(L) for L in self._inputs(layers)}
+            maps = {L: self._map(L, states).cpu().numpy() for L in layers}
         for L in layers:
-            v = self._map(L, states).cpu().numpy()
+            v = maps[L]
             for s in sizes:
                 if s.layer == L:
                     out[s] = truncate(v, s.dim, self.normalize)

@@ -59,3 +59,22 @@ def test_resume_refuses_another_encoder(enc, other_tiny_model):
     _, state = enc.encode_to(TEXTS[:2], ["1x8"])
     with pytest.raises(AdaError, match="another encoder"):
         Encoder(other_tiny_model, device="cpu").resume(state, ["4x32"])
+
+
+def test_resume_on_an_adapted_model_equals_one_pass(tiny_model, tmp_path):
+    """An adaptor reads several layers' pooled states: resumed sizes still equal a one-pass encode
+    (the first benchmark run found that this path ran the adaptor outside inference mode)."""
+    from adaretrieve.training.adapt import AdaptConfig, adapt
+    from tests.conftest import make_corpus
+
+    corpus = make_corpus(tmp_path / "corpus.jsonl", n=60, seed=3)
+    adapt(AdaptConfig(model=str(tiny_model), corpus=str(corpus), out=str(tmp_path / "model"), ladder=["1x8", "2x16", "4x32"],
+                      steps=5, batch_size=16, docs_per_step=32, teacher_top=8, device="cpu"), progress=False)
+    enc = Encoder(tmp_path / "model", device="cpu")
+    assert enc.adaptor is not None
+    one = enc.encode(TEXTS, ["1x8", "2x16", "4x32"], batch_size=4)
+    first, state = enc.encode_to(TEXTS, ["1x8"], batch_size=4)
+    more, _ = enc.resume(state, ["2x16", "4x32"], rows=[3, 0])
+    np.testing.assert_allclose(first[Size(1, 8)], one[Size(1, 8)], atol=1e-6)
+    for s in (Size(2, 16), Size(4, 32)):
+        np.testing.assert_allclose(more[s], one[s][[3, 0]], atol=1e-5)
