@@ -3,8 +3,7 @@
 The top-level package imports no torch, so searchers and evaluators load fast.
 """
 
-__version__ = "0.1.0"
-
+from adaretrieve._version import __version__
 from adaretrieve.errors import AdaError
 from adaretrieve.sizes import Size, parse_size, parse_sizes
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adaretrieve import __version__
+from adaretrieve._version import __version__
 from adaretrieve.data import read_qrels, read_queries
 from adaretrieve.errors import AdaError
 from adaretrieve.eval import Evaluator, run_from_arrays

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from adaretrieve import __version__
+from adaretrieve._version import __version__
 from adaretrieve.cli.adapt_cmd import adapt
 from adaretrieve.cli.bench_cmd import bench
 from adaretrieve.cli.calibrate_cmd import calibrate

@@ -25,7 +25,7 @@ import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
-from adaretrieve import __version__
+from adaretrieve._version import __version__
 from adaretrieve.errors import AdaError
 from adaretrieve.sizes import Size, parse_size
 from adaretrieve.spec import QUERY_FIELDS, VectorSpec

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from adaretrieve import __version__
+from adaretrieve._version import __version__
 from adaretrieve.errors import AdaError
 from adaretrieve.modeling.encoder import Encoder
 from adaretrieve.modeling.st_format import DenseLayer, write_st_files

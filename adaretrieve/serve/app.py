@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from adaretrieve import __version__
+from adaretrieve._version import __version__
 from adaretrieve.errors import AdaError
 from adaretrieve.search.plan import DEFAULT
 from adaretrieve.serve.service import Overloaded, SearchService

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from adaretrieve import __version__
+from adaretrieve._version import __version__
 from adaretrieve.data.readers import doc_text, iter_corpus, read_qrels, read_queries, resolve_corpus
 from adaretrieve.errors import AdaError
 from adaretrieve.modeling.adaptor import KINDS, Adaptor

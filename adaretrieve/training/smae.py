@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adaretrieve import __version__
+from adaretrieve._version import __version__
 from adaretrieve.errors import AdaError
 from adaretrieve.modeling.encoder import Encoder
 from adaretrieve.sizes import Size

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adaretrieve import __version__
+from adaretrieve._version import __version__
 from adaretrieve.errors import AdaError
 from adaretrieve.modeling.encoder import Encoder
 from adaretrieve.modeling.st_format import write_encoder_st_files
