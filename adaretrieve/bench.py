@@ -22,12 +22,12 @@ from adaretrieve.data import read_qrels, read_queries
 from adaretrieve.errors import AdaError
 from adaretrieve.eval import Evaluator, run_from_arrays
 from adaretrieve.eval.timing import REPEATS, WARMUP, WARMUP_BATCHED, Timing, time_each, time_repeats, time_stages
+from adaretrieve.faiss_util import resident_bytes_per_doc
 from adaretrieve.index.format import Manifest
 from adaretrieve.search import FunnelPlan, FunnelSearcher, IndexReader
 from adaretrieve.search.resident import available as resident_available
 from adaretrieve.search.resident import measure_resident
 from adaretrieve.sizes import Size, parse_size, parse_sizes
-from adaretrieve.tune import resident_bytes_per_doc
 
 log = logging.getLogger(__name__)
 

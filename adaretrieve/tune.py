@@ -1,15 +1,13 @@
-"""Choose an operating point from measured configurations, and estimate what a shortlist index
-keeps in RAM. Plain arithmetic over bench rows (no torch, no faiss), so a notebook can re-pick
-from a saved ``results.json`` under other budgets.
+"""Choose an operating point from measured configurations. Plain arithmetic over bench rows (no
+torch, no faiss), so a notebook can re-pick from a saved ``results.json`` under other budgets.
 
 A row is one configuration as ``bench.run_suite`` reports it: ``metrics``, ``encode_ms_batch1``
-and ``search_ms_batch1`` (medians under ``p50``), and ``resident_bytes_per_doc``.
+and ``search_ms_batch1`` (medians under ``p50``), and ``resident_bytes_per_doc`` (the estimate of
+``faiss_util.resident_bytes_per_doc``).
 """
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Sequence
 
 
@@ -51,64 +49,3 @@ def best_within_budget(rows: Sequence[dict], metric: str, n_docs: int, budget_ms
     if not fits:
         return None
     return rows[min(fits, key=lambda i: (-rows[i]["metrics"][metric], latency_ms(rows[i]) or 0.0, i))]
-
-
-# -- RAM of a FAISS index, per vector ----------------------------------------------------------
-
-ID_BYTES = 8  # FAISS idx_t: inverted lists and IDMap keep one per vector
-
-
-def hnsw_bytes(m: int) -> int:
-    """Graph bytes per vector of HNSW with ``m`` links: 2m int32 links at level 0 (8m bytes), about one
-    more int32 link on average above it (a vector reaches level l with probability m^-l, m links
-    there), a level (int32) and an offset (int64): 8m + 16."""
-    return 8 * m + 16
-
-
-def _code_bytes(part: str, dim: int) -> float | None:
-    """Bytes per vector of an encoding component (``Flat``, ``SQ8``, ``SQfp16``, ``PQ16x4``), else None."""
-    if part == "Flat":
-        return 4 * dim
-    if part in ("SQfp16", "SQbf16"):
-        return 2 * dim
-    if m := re.fullmatch(r"SQ(\d+)(_direct(_signed)?)?", part):
-        return math.ceil(int(m[1]) * dim / 8)
-    if m := re.fullmatch(r"PQ(\d+)(?:x(\d+))?", part):
-        return math.ceil(int(m[1]) * int(m[2] or 8) / 8)
-    return None
-
-
-def resident_bytes_per_doc(dim: int, factory: str = "Flat") -> float | None:
-    """Estimated RAM per vector of a FAISS index built from ``factory`` over ``dim`` dims (sign bits for
-    ``B...`` factories), once loaded: the codes (Flat 4 bytes a dim, SQfp16 2, SQ8 1, SQ4 1/2, PQm
-    m bytes, binary dim/8), plus 8 bytes of ids per vector for IVF and IDMap, ``hnsw_bytes(M)`` for
-    HNSW (8M + 16), and 4 bytes a dim more for a refining ``RFlat``. Costs that do not grow with the
-    corpus (IVF centroids, PCA/OPQ matrices) are left out. None for factories this does not model."""
-    parts = factory.split(",")
-    if factory.startswith("B"):  # BFlat, BHNSW32, BIVF256[,BFlat]
-        total: float = dim // 8  # binary dims are a multiple of 8
-        for p in (p[1:] if p.startswith("B") else p for p in parts):
-            if m := re.fullmatch(r"HNSW(\d+)", p):
-                total += hnsw_bytes(int(m[1]))
-            elif re.fullmatch(r"IVF\d+", p):
-                total += ID_BYTES
-            elif p != "Flat":
-                return None
-        return total
-    d, extra, code = dim, 0.0, None
-    for p in parts:
-        if m := re.fullmatch(r"PCAW?R?(\d+)|OPQ\d+_(\d+)", p):
-            d = int(m[1] or m[2])  # a transform: what follows sees its output dims
-        elif re.fullmatch(r"OPQ\d+|L2norm", p):
-            pass
-        elif m := re.fullmatch(r"HNSW(\d+)", p):
-            extra += hnsw_bytes(int(m[1]))
-        elif re.fullmatch(r"IVF\d+(_HNSW\d+)?|IDMap2?", p):
-            extra += ID_BYTES
-        elif p == "RFlat":
-            extra += 4 * dim  # the original vectors, kept to refine
-        elif code is None and (c := _code_bytes(p, d)) is not None:
-            code = c
-        else:
-            return None
-    return (4 * d if code is None else code) + extra  # HNSW32 alone stores flat vectors

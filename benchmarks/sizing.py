@@ -1,7 +1,7 @@
 """Sizing arithmetic for docs/scale.md: bytes per document and totals at 10M, 100M and 1B documents
 for the shortlist and rerank layouts adaretrieve writes, and for the same data in Qdrant.
 
-Folder index figures use ``adaretrieve.tune.resident_bytes_per_doc`` (the estimate that
+Folder index figures use ``adaretrieve.faiss_util.resident_bytes_per_doc`` (the estimate that
 benchmarks/resident.py checked against measured private memory: within 1-3% on SciFact); Qdrant
 figures use Qdrant's own rule of thumb (vectors x dim x 4 bytes x 1.5 for a vector kept in RAM with
 its HNSW graph; on-disk vectors cost disk, with scalar int8 or binary copies in RAM when quantised).
@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from adaretrieve.tune import resident_bytes_per_doc  # noqa: E402
+from adaretrieve.faiss_util import resident_bytes_per_doc  # noqa: E402
 
 DOCID = 12  # bytes per doc id in docids.txt (MS MARCO ids are 1-7 digits, BEIR ids up to ~24) + offset 4
 SCALES = {"10M": 10**7, "100M": 10**8, "1B": 10**9}

@@ -24,6 +24,7 @@ import faiss
 import numpy as np
 
 from adaretrieve.errors import AdaError
+from adaretrieve.faiss_util import downcast, is_binary_factory
 from adaretrieve.index.format import (
     CURRENT,
     DOCIDS,
@@ -121,11 +122,6 @@ def _remove_legacy_partials(out: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def is_binary_factory(factory: str) -> bool:
-    """Binary factories (``BFlat``, ``BHNSW32``, ``BIVF256``) index sign bits with Hamming distance."""
-    return factory.startswith("B")
-
-
 def make_faiss_index(dim: int, factory: str):
     """An inner-product FAISS index from a factory string (``Flat``, ``HNSW32``, ``SQ8``, ``SQfp16``,
     ``IVF1024,Flat``...), or a binary one over ``dim`` sign bits (``BFlat``, ``BHNSW32``)."""
@@ -138,11 +134,6 @@ def make_faiss_index(dim: int, factory: str):
     except RuntimeError as e:
         msg = str(e).strip().splitlines()[-1]
         raise AdaError(f"faiss factory {factory!r} is not valid for dim {dim}: {msg}") from None
-
-
-def downcast(index):
-    """``index`` as its own FAISS class (IndexHNSWFlat, IndexIVFScalarQuantizer, IndexBinaryHNSW...)."""
-    return faiss.downcast_IndexBinary(index) if isinstance(index, faiss.IndexBinary) else faiss.downcast_index(index)
 
 
 def set_ef_construction(index, factory: str, ef_construction: int | None) -> None:

@@ -15,7 +15,7 @@ import faiss
 import numpy as np
 
 from adaretrieve.errors import AdaError
-from adaretrieve.index.writer import downcast
+from adaretrieve.faiss_util import downcast
 from adaretrieve.search.plan import FunnelPlan
 from adaretrieve.search.prefetch import prefetch_rows
 from adaretrieve.sizes import Size

@@ -7,7 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from adaretrieve.errors import AdaError
-from adaretrieve.index.writer import IndexWriter, downcast
+from adaretrieve.faiss_util import downcast
+from adaretrieve.index.writer import IndexWriter
 from adaretrieve.search import IndexReader
 from adaretrieve.sizes import Size
 from tests.conftest import make_corpus

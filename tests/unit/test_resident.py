@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from adaretrieve import AdaError, Size
+from adaretrieve.faiss_util import resident_bytes_per_doc
 from adaretrieve.index.writer import IndexWriter
 from adaretrieve.search.resident import measure_resident
 from adaretrieve.sizes import truncate
-from adaretrieve.tune import resident_bytes_per_doc
 
 N = 40000
 MODEL = {"name": "random", "path": "random", "weights_sha256": "abc", "normalize": True, "pooling": "mean",

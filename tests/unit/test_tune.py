@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 
 from adaretrieve.bench import config_name
 from adaretrieve.cli.main import app
+from adaretrieve.faiss_util import resident_bytes_per_doc
 from adaretrieve.sizes import parse_size
-from adaretrieve.tune import best_within_budget, latency_ms, resident_bytes_per_doc
+from adaretrieve.tune import best_within_budget, latency_ms
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "scifact-minilm-starbucks" / "results.json"
 
@@ -99,7 +100,8 @@ def test_resident_bytes_match_what_faiss_stores(factory):
     growth from n to 2n vectors, so codebooks, centroids and headers cancel."""
     import faiss
 
-    from adaretrieve.index.writer import is_binary_factory, make_faiss_index
+    from adaretrieve.faiss_util import is_binary_factory
+    from adaretrieve.index.writer import make_faiss_index
 
     n, d = 1000, 32
     x = np.random.default_rng(0).normal(size=(2 * n, d)).astype(np.float32)
