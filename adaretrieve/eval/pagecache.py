@@ -11,14 +11,13 @@ Pages mapped by other processes, dirty pages, and files on tmpfs stay; ``residen
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import mmap
 import os
 from pathlib import Path
 
 import numpy as np
 
-from adaretrieve.search.prefetch import file_mapping, libc
+from adaretrieve.osutil import file_mapping, libc
 
 
 def evict(path: str | Path, arrays=()) -> None:

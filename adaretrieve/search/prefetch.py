@@ -6,64 +6,18 @@ each here, 200 rows ~20 ms). ``prefetch_rows`` first checks a sample of the cand
 (``mincore``); if any is missing it asks the kernel for every candidate row's pages at once
 (``madvise(MADV_WILLNEED)``, which starts the reads without waiting), so the reads overlap and the
 gather then waits about as long as the slowest of them. A warm gather pays only the sample's check.
-Linux; elsewhere (or for arrays in memory) nothing is done. numpy and ctypes only.
+Linux; elsewhere (or for arrays in memory) nothing is done. The system calls are ``osutil``'s.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import mmap
 
 import numpy as np
 
+from adaretrieve.osutil import file_mapping, mincore, willneed
+
 SAMPLE = 8  # candidate rows whose pages are checked before deciding
-MADV_WILLNEED = getattr(mmap, "MADV_WILLNEED", 3)
-_libc = None
-
-
-def libc():
-    """The C library with ``mincore`` and ``madvise`` (argument types set), or None where missing."""
-    global _libc
-    if _libc is None:
-        name = ctypes.util.find_library("c")
-        lib = ctypes.CDLL(name, use_errno=True) if name else None
-        if lib is not None and hasattr(lib, "mincore") and hasattr(lib, "madvise"):
-            lib.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-            lib.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-            _libc = lib
-        else:
-            _libc = False
-    return _libc or None
-
-
-def file_mapping(array) -> mmap.mmap | None:
-    """The mmap object behind a numpy memory map (or a view of one), else None (a copy gathered
-    from a memory map is still an ``np.memmap`` instance, with no mapping behind it)."""
-    while array is not None:
-        m = getattr(array, "_mmap", None)
-        if isinstance(m, mmap.mmap):
-            return m
-        array = getattr(array, "base", None)
-    return None
-
-
-_VEC = (ctypes.c_ubyte * 64)()  # mincore's answer for a row of up to 64 pages (256 KB), reused
-
-
-def _mincore(addr: int, length: int) -> list[bool] | None:
-    """Per page of [addr, addr + length) (addr page-aligned): in the page cache? None if unknown."""
-    lib = libc()
-    n = -(-length // mmap.PAGESIZE)
-    if lib is None or n > len(_VEC) or lib.mincore(addr, length, _VEC) != 0:
-        return None
-    return [bool(_VEC[i] & 1) for i in range(n)]
-
-
-def _willneed(addr: int, length: int) -> None:
-    lib = libc()
-    if lib is not None:
-        lib.madvise(addr, length, MADV_WILLNEED)
 
 
 def prefetch_rows(rows, ids: np.ndarray) -> int:
@@ -77,7 +31,7 @@ def prefetch_rows(rows, ids: np.ndarray) -> int:
     step = max(1, len(ids) // SAMPLE)
     for i in ids[::step][:SAMPLE].tolist():  # evenly spread over the candidates (sorted: over the file)
         a = base + i * stride
-        cached = _mincore(a - a % page, a % page + width)
+        cached = mincore(a - a % page, a % page + width)
         if cached is None:
             return 0
         if not all(cached):
@@ -87,5 +41,5 @@ def prefetch_rows(rows, ids: np.ndarray) -> int:
     start = base + np.asarray(ids, dtype=np.int64) * stride
     first = start - start % page
     for a, n in zip(first.tolist(), (start + width - first).tolist()):
-        _willneed(a, n)
+        willneed(a, n)
     return len(ids)

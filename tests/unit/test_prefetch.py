@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 
+from adaretrieve import osutil
 from adaretrieve.search import prefetch, rerank_candidates
 from adaretrieve.search.reader import Int8Rows
 
@@ -26,8 +27,8 @@ def fake_cache(monkeypatch, resident: bool):
         checked.append((addr, length))
         return [resident] * -(-length // mmap.PAGESIZE)
 
-    monkeypatch.setattr(prefetch, "_mincore", mincore)
-    monkeypatch.setattr(prefetch, "_willneed", lambda addr, length: asked.append((addr, length)))
+    monkeypatch.setattr(prefetch, "mincore", mincore)
+    monkeypatch.setattr(prefetch, "willneed", lambda addr, length: asked.append((addr, length)))
     return asked, checked
 
 
@@ -78,7 +79,7 @@ def test_the_real_page_cache(rows, tmp_path):
     """With the real syscalls: the rows' pages dropped from the cache are asked for, then gathered."""
     from adaretrieve.eval.pagecache import evict, resident_fraction
 
-    if prefetch._mincore(rows.ctypes.data - rows.ctypes.data % mmap.PAGESIZE, mmap.PAGESIZE) is None:
+    if osutil.mincore(rows.ctypes.data - rows.ctypes.data % mmap.PAGESIZE, mmap.PAGESIZE) is None:
         pytest.skip("no mincore here")
     with open(tmp_path / "rows.npy", "rb") as f:
         os.fsync(f.fileno())  # written just now: dirty pages are not dropped
