@@ -27,10 +27,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-import numpy as np
-
 from adaretrieve.data.readers import doc_text, iter_corpus, resolve_corpus, validate_corpus
 from adaretrieve.errors import AdaError
+from adaretrieve.index.encode import chunk_name, encode_chunk, read_chunk
 from adaretrieve.index.format import Manifest, read_manifest, try_lock
 from adaretrieve.index.writer import (
     IndexWriter,
@@ -194,7 +193,7 @@ def _encode_and_assemble(corpus_path, encoder, out, bdir, plan, i_shard, n_shard
     from tqdm.auto import tqdm
 
     mine = [c for c in range(plan["n_chunks"]) if c % n_shards == i_shard]
-    todo = [c for c in mine if not (bdir / _chunk_name(c)).exists()]
+    todo = [c for c in mine if not (bdir / chunk_name(c)).exists()]
     if len(todo) < len(mine):
         log.info("resuming %s: %d of %d chunks already encoded", bdir, len(mine) - len(todo), len(mine))
     t0 = time.perf_counter()
@@ -207,17 +206,16 @@ def _encode_and_assemble(corpus_path, encoder, out, bdir, plan, i_shard, n_shard
         dtype = str(encoder.amp_dtype).removeprefix("torch.") if encoder.amp_dtype is not None else None
         done_docs = encode_chunks(texts, encoder, bdir, todo, sizes, batch_size, address=ray.get("address"),
                                   actors=ray.get("actors", 2), threads=ray.get("threads", 1), progress=progress,
-                                  device=str(encoder.device), dtype=dtype)
+                                  device=str(encoder.device), dtype=dtype, backend=getattr(encoder, "backend", "torch"))
     else:
         with tqdm(total=sum(min(chunk_size, n_docs - c * chunk_size) for c in todo), unit="doc", desc="indexing",
                   disable=not progress, smoothing=0.05) as bar:
             for c, chunk in enumerate(chunks(iter_corpus(corpus_path), chunk_size)):
                 if c not in todo:
                     continue
-                vecs = encoder.encode_passages([doc_text(d.title, d.text) for d in chunk], sizes, batch_size=batch_size,
-                                               on_batch=bar.update)
-                _write_chunk(bdir, c, [d.docid for d in chunk], vecs)
-                done_docs += len(chunk)
+                done_docs += encode_chunk(encoder, bdir, c, [d.docid for d in chunk],
+                                          encoder.passages([doc_text(d.title, d.text) for d in chunk]), sizes,
+                                          batch_size, on_batch=bar.update)
     encode_s = time.perf_counter() - t0
     stats = {"encode_seconds": round(encode_s, 2), "docs_encoded_this_run": done_docs,
              "docs_per_second": round(done_docs / max(encode_s, 1e-9), 2) if done_docs else None,
@@ -225,7 +223,7 @@ def _encode_and_assemble(corpus_path, encoder, out, bdir, plan, i_shard, n_shard
              "backend": getattr(encoder, "backend", "torch"),
              **({"ray": {"address": ray.get("address") or "local", "actors": ray.get("actors", 2),
                          "threads_per_actor": ray.get("threads", 1)}} if ray is not None else {})}
-    missing = [c for c in range(plan["n_chunks"]) if not (bdir / _chunk_name(c)).exists()]
+    missing = [c for c in range(plan["n_chunks"]) if not (bdir / chunk_name(c)).exists()]
     if missing and not (bdir / PLAN).exists():  # another shard has assembled the index and removed the folder
         return read_manifest(out)
     if missing:
@@ -236,20 +234,6 @@ def _encode_and_assemble(corpus_path, encoder, out, bdir, plan, i_shard, n_shard
     if m is None:
         log.info("shard %d/%d done; another shard is assembling %s", i_shard, n_shards, out)
     return m
-
-
-def _chunk_name(c: int) -> str:
-    return f"chunk-{c:06d}"
-
-
-def _write_chunk(bdir: Path, c: int, ids: list[str], vecs: dict[Size, np.ndarray]) -> None:
-    tmp = bdir / f".{_chunk_name(c)}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    (tmp / "ids.txt").write_text("".join(f"{d}\n" for d in ids), encoding="utf-8")
-    for s, v in vecs.items():
-        np.save(tmp / f"{s}.npy", np.ascontiguousarray(v, dtype=np.float32))
-    tmp.rename(bdir / _chunk_name(c))
 
 
 def merge_index(out: str | Path, overwrite: bool = True, build: dict | None = None) -> Manifest:
@@ -286,9 +270,9 @@ def _assemble(out: Path, overwrite: bool, build: dict | None) -> Manifest | None
 def _merge(out: Path, overwrite: bool, build: dict | None) -> Manifest:
     bdir = build_dir(out)
     plan = json.loads((bdir / PLAN).read_text())
-    missing = [c for c in range(plan["n_chunks"]) if not (bdir / _chunk_name(c)).exists()]
+    missing = [c for c in range(plan["n_chunks"]) if not (bdir / chunk_name(c)).exists()]
     if missing:
-        raise AdaError(f"{len(missing)} of {plan['n_chunks']} chunks are not encoded yet (first: {_chunk_name(missing[0])}); "
+        raise AdaError(f"{len(missing)} of {plan['n_chunks']} chunks are not encoded yet (first: {chunk_name(missing[0])}); "
                        "finish every shard first")
     shortlist = [parse_size(s) for s in plan["shortlist"]]
     rerank = parse_size(plan["rerank"]) if plan["rerank"] else None
@@ -297,9 +281,7 @@ def _merge(out: Path, overwrite: bool, build: dict | None) -> Manifest:
                          nprobe=plan.get("nprobe"))
     try:
         for c in range(plan["n_chunks"]):
-            d = bdir / _chunk_name(c)
-            ids = (d / "ids.txt").read_text(encoding="utf-8").splitlines()
-            writer.add(ids, {parse_size(s): np.load(d / f"{s}.npy") for s in plan["sizes"]})
+            writer.add(*read_chunk(bdir, c, plan["sizes"]))
         manifest = writer.close(model=plan["model"], corpus=plan["corpus"]["path"], spec=plan_spec(plan).to_dict(),
                                 build={**(build or {}), "chunk_size": plan["chunk_size"], "n_chunks": plan["n_chunks"],
                                        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})

@@ -4,9 +4,10 @@ The driver reads the corpus once (any format the readers take, gzip included) an
 missing chunk's ids and texts to ``<build folder>/ray-texts/``; Ray Data maps an actor class over
 the chunk numbers (``map_batches`` with a callable class: the model is loaded once per actor), and
 each actor encodes its chunk and writes exactly the chunk file a single process writes
-(``build._write_chunk``), then removes the texts. The index is assembled as always. So a build
-with ``--ray`` is the same build: resumable (chunks already there are skipped; an interrupted Ray
-job loses only the chunks in flight), and with the same threads per encoder, byte-identical.
+(``index.encode.encode_chunk``), then removes the texts. The index is assembled as always. So a
+build with ``--ray`` is the same build: resumable (chunks already there are skipped; an interrupted
+Ray job loses only the chunks in flight), and with the same threads per encoder, byte-identical.
+Each actor's encoder has the driver's backend, device and dtype.
 
 On one machine ``ray.init()`` starts a local Ray; with an address it joins a running cluster,
 where the build folder must be on storage every node sees (as for ``--shard``).
@@ -20,6 +21,7 @@ import os
 from pathlib import Path
 
 from adaretrieve.errors import AdaError
+from adaretrieve.index.encode import encode_chunk
 
 log = logging.getLogger(__name__)
 TEXTS = "ray-texts"
@@ -68,10 +70,11 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
 
 
 class ChunkEncoder:
-    """A Ray Data actor: one encoder for the actor's lifetime; ``__call__`` encodes whole chunks."""
+    """A Ray Data actor: one encoder for the actor's lifetime; ``__call__`` encodes whole chunks.
+    ``threads``: torch's intra-op threads, and the onnx backends' (one Ray CPU each)."""
 
     def __init__(self, bdir: str, model: dict, sizes: list[str], batch_size: int, threads: int, device: str | None,
-                 dtype: str | None):
+                 dtype: str | None, backend: str = "torch"):
         import torch
 
         from adaretrieve.modeling.encoder import Encoder
@@ -79,32 +82,29 @@ class ChunkEncoder:
         torch.set_num_threads(threads)
         self.bdir = Path(bdir)
         self.enc = Encoder(model["path"], pooling=model["pooling"], normalize=model["normalize"],
-                           max_length=model["max_length"], device=device, dtype=dtype)
+                           max_length=model["max_length"], device=device, dtype=dtype, backend=backend, threads=threads)
         if self.enc.weights_hash() != model["weights_sha256"]:
             raise AdaError(f"the model at {model['path']} on this Ray node is not the one the build started with")
         self.sizes = sizes
         self.batch_size = batch_size
 
     def __call__(self, batch: dict) -> dict:
-        from adaretrieve.index.build import _write_chunk
-
         done = []
         for c in batch["chunk"]:
             c = int(c)
             src = self.bdir / TEXTS / f"{c:06d}.json"
             data = json.loads(src.read_text(encoding="utf-8"))
-            vecs = self.enc.encode(data["texts"], self.sizes, batch_size=self.batch_size)
-            _write_chunk(self.bdir, c, data["ids"], vecs)
+            done.append(encode_chunk(self.enc, self.bdir, c, data["ids"], data["texts"], self.sizes, self.batch_size))
             src.unlink(missing_ok=True)
-            done.append(len(data["ids"]))
         return {"chunk": list(batch["chunk"]), "docs": done}
 
 
 def encode_chunks(chunk_texts, encoder, bdir: Path, todo: list[int], sizes: list, batch_size: int,
                   address: str | None = None, actors: int = 2, threads: int = 1, progress: bool = True,
-                  device: str | None = None, dtype: str | None = None) -> int:
+                  device: str | None = None, dtype: str | None = None, backend: str = "torch") -> int:
     """Encode the chunks ``todo`` on Ray. ``chunk_texts`` yields ``(c, ids, texts)`` for every chunk in
-    corpus order (read once). Returns the number of documents encoded."""
+    corpus order (read once), texts with the passage prefix. Each actor loads the model ``encoder``
+    describes with ``backend``, ``device``, ``dtype`` and ``threads``. Returns the number of documents encoded."""
     if actors < 1 or threads < 1:
         raise AdaError(f"--ray-actors ({actors}) and --ray-threads ({threads}) must be at least 1")
     ray = start(address, actors)
@@ -122,7 +122,7 @@ def encode_chunks(chunk_texts, encoder, bdir: Path, todo: list[int], sizes: list
     ds = ray.data.from_items([{"chunk": c} for c in todo]).map_batches(
         ChunkEncoder, batch_size=1, concurrency=actors, num_cpus=threads,
         fn_constructor_kwargs=dict(bdir=str(bdir), model=model, sizes=[str(s) for s in sizes], batch_size=batch_size,
-                                   threads=threads, device=device, dtype=dtype))
+                                   threads=threads, device=device, dtype=dtype, backend=backend))
     n = 0
     with tqdm(total=len(todo), unit="chunk", desc=f"indexing on Ray ({actors} actors)", disable=not progress) as bar:
         for row in ds.iter_rows():

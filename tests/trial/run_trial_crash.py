@@ -187,8 +187,8 @@ def crash_safety(d: Path, inp: dict) -> None:
     injected = {
         "C3 killed while a chunk is written": """
             import os, numpy as np
-            import adaretrieve.index.build as b
-            real = b._write_chunk
+            import adaretrieve.index.encode as b
+            real = b.write_chunk
             def write(bdir, c, ids, vecs):
                 if c == 6:
                     tmp = bdir / f".chunk-{c:06d}.{os.getpid()}.tmp"
@@ -196,7 +196,7 @@ def crash_safety(d: Path, inp: dict) -> None:
                     (tmp / "ids.txt").write_text("".join(f"{d}\\n" for d in ids[: len(ids) // 2]))
                     os._exit(137)
                 return real(bdir, c, ids, vecs)
-            b._write_chunk = write
+            b.write_chunk = write
         """,
         "C4 killed during assembly": """
             import os, faiss

@@ -48,8 +48,9 @@ def test_ray_build_is_byte_identical_to_one_process_and_resumes(ray, tiny_model,
 
     # a build interrupted after two of its seven chunks finishes on Ray: every id once, same files
     import adaretrieve.index.build as B
+    import adaretrieve.index.encode as E
 
-    real, written = B._write_chunk, []
+    real, written = E.write_chunk, []
 
     def dies_after_two(bdir, c, ids, vecs):
         if len(written) == 2:
@@ -57,11 +58,11 @@ def test_ray_build_is_byte_identical_to_one_process_and_resumes(ray, tiny_model,
         written.append(c)
         return real(bdir, c, ids, vecs)
 
-    monkeypatch.setattr(B, "_write_chunk", dies_after_two)
+    monkeypatch.setattr(E, "write_chunk", dies_after_two)
     with pytest.raises(KeyboardInterrupt):
         B.build_index(corpus, __import__("adaretrieve.modeling", fromlist=["Encoder"]).Encoder(tiny_model),
                       tmp_path / "resumed", ["1x8", "2x16"], "4x32", chunk_size=16, progress=False)
-    monkeypatch.setattr(B, "_write_chunk", real)
+    monkeypatch.setattr(E, "write_chunk", real)
     assert len(list((tmp_path / ".resumed.build").glob("chunk-*"))) == 2
     res = build(tiny_model, corpus, tmp_path / "resumed", "--ray")
     assert res.exit_code == 0, res.output
@@ -90,3 +91,52 @@ def test_ray_bad_input_is_one_line(tiny_model, corpus, tmp_path, monkeypatch):
     res = build(tiny_model, corpus, tmp_path / "y", "--ray")
     assert res.exit_code == 2 and "pip install 'adaretrieve[ray]'" in res.stderr
     assert not (tmp_path / "y").exists()
+
+
+class InProcessRay:
+    """Ray Data's ``from_items(...).map_batches(ActorClass, fn_constructor_kwargs=...)`` run in this
+    process, one actor: what ``ray_encode`` asks of Ray, without starting one."""
+
+    def __init__(self):
+        self.data, self.actors = self, []
+
+    def from_items(self, items):
+        self.items = items
+        return self
+
+    def map_batches(self, cls, batch_size, fn_constructor_kwargs, **resources):
+        self.cls, self.kwargs = cls, fn_constructor_kwargs
+        return self
+
+    def iter_rows(self):
+        actor = self.cls(**self.kwargs)
+        self.actors.append(actor)
+        for item in self.items:
+            out = actor({"chunk": [item["chunk"]]})
+            yield {"chunk": out["chunk"][0], "docs": out["docs"][0]}
+
+
+def test_ray_actors_encode_with_the_backend_the_cli_was_given(tiny_model, tmp_path, tmp_path_factory, monkeypatch):
+    """`index --ray --backend onnx-int8`: each actor's encoder runs the int8 graph (it used to be torch
+    whatever --backend said), so the index equals the one-process onnx-int8 build, file for file."""
+    module_or_skip("onnxruntime", "pip install -e '.[dev]' installs it (the onnx backend's tests)")
+    import adaretrieve.index.ray_encode as R
+
+    monkeypatch.setenv("ADARETRIEVE_CACHE", str(tmp_path_factory.getbasetemp() / "onnx-cache"))  # test_onnx's graphs
+    fake = InProcessRay()
+    monkeypatch.setattr(R, "start", lambda address, actors: fake)
+    corpus = make_corpus(tmp_path / "corpus.jsonl", n=40)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the one-process graph then runs on one thread, as the actor's (--ray-threads 1)
+    try:
+        res = build(tiny_model, corpus, tmp_path / "one", "--backend", "onnx-int8")
+        assert res.exit_code == 0, res.output
+        res = build(tiny_model, corpus, tmp_path / "ray", "--backend", "onnx-int8", "--ray", "--ray-threads", "1")
+        assert res.exit_code == 0, res.output
+        res = build(tiny_model, corpus, tmp_path / "torch", "--ray", "--ray-threads", "1")
+        assert res.exit_code == 0, res.output
+    finally:
+        torch.set_num_threads(threads)
+    assert [a.enc.backend for a in fake.actors] == ["onnx-int8", "torch"]
+    assert files(tmp_path / "one") == files(tmp_path / "ray")
+    assert files(tmp_path / "torch") != files(tmp_path / "ray")  # int8 weights: other vectors, so the check can fail
