@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import sys
@@ -25,6 +26,15 @@ def setup(quiet: bool = False) -> None:
         transformers.logging.disable_progress_bar()
     except ImportError:
         pass
+
+
+def print_metrics(means: dict[str, float], as_json: bool) -> None:
+    """Mean metrics on stdout: ``name<TAB>value`` lines (4 decimals), or one JSON object (5)."""
+    if as_json:
+        typer.echo(json.dumps({k: round(v, 5) for k, v in means.items()}))
+    else:
+        for k, v in means.items():
+            typer.echo(f"{k}\t{v:.4f}")
 
 
 def fail(msg: str) -> None:

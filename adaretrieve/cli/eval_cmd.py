@@ -4,8 +4,7 @@ from pathlib import Path
 
 import typer
 
-from adaretrieve.cli.common import handle_errors, setup
-from adaretrieve.cli.search_cmd import _print_metrics
+from adaretrieve.cli.common import handle_errors, print_metrics, setup
 
 
 @handle_errors
@@ -34,7 +33,7 @@ def evaluate(
     scores = read_run(run)
     means = ev(scores)
     if not per_query:
-        _print_metrics(means, as_json)
+        print_metrics(means, as_json)
     elif as_json:
         typer.echo(json.dumps({"per_query": {q: {k: round(v, 5) for k, v in d.items()} for q, d in ev.per_query(scores).items()},
                                "mean": {k: round(v, 5) for k, v in means.items()}}))

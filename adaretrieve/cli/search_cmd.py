@@ -1,14 +1,13 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from adaretrieve.cli.common import BACKEND_HELP, at_least_1, handle_errors, setup
+from adaretrieve.cli.common import BACKEND_HELP, at_least_1, handle_errors, print_metrics, setup
 from adaretrieve.errors import AdaError
 
 
@@ -172,15 +171,7 @@ def search(
             write_run(run, out, tag=f"ada-{plan.shortlist}-{plan.k}-{plan.rerank or 'none'}", fmt=fmt)
         if judged is not None:
             res = Evaluator(judged, measures)(run)
-            _print_metrics(res, as_json)
-
-
-def _print_metrics(res: dict, as_json: bool) -> None:
-    if as_json:
-        typer.echo(json.dumps({k: round(v, 5) for k, v in res.items()}))
-    else:
-        for k, v in res.items():
-            typer.echo(f"{k}\t{v:.4f}")
+            print_metrics(res, as_json)
 
 
 def _print_hits(hits: list[tuple[str, float]], corpus: str) -> None:

@@ -74,7 +74,8 @@ def resolve_model(name: str | os.PathLike) -> str:
     return s
 
 
-def _find_layers(model: nn.Module) -> tuple[nn.Module, str]:
+def _find_layers(model: nn.Module) -> tuple[nn.Module, str, str]:
+    """The module holding the transformer layer list, the list's attribute name on it, and its dotted path."""
     for path in _LAYER_PATHS:
         obj: object = model
         parent = None
@@ -83,7 +84,7 @@ def _find_layers(model: nn.Module) -> tuple[nn.Module, str]:
             if obj is None:
                 break
         if isinstance(obj, nn.ModuleList) and len(obj) > 0:
-            return parent, path.split(".")[-1]
+            return parent, path.split(".")[-1], path
     raise AdaError(f"cannot find the transformer layer list of {type(model).__name__} (looked at {', '.join(_LAYER_PATHS)})")
 
 
@@ -130,6 +131,9 @@ class Encoder:
 
     A sentence-transformers Dense module maps the last layer's pooled vector (the full size is then
     ``n_layers x out_features``); smaller layers stay prefixes of their pooled states.
+
+    ``layer_path``: where the backbone keeps its transformer layers (``"encoder.layer"`` for BERT),
+    a dotted path from ``model``; ``adapted(L)`` says whether the adaptor maps layer L.
     """
 
     def __init__(
@@ -190,7 +194,7 @@ class Encoder:
         except (OSError, ValueError) as e:  # transformers says ValueError for a folder without a tokenizer or config
             raise AdaError(f"cannot load model {self.name!r} from {self.path}: {str(e).strip().splitlines()[0]}") from None
         self.model.to(self.device).eval()
-        self._layers_parent, self._layers_attr = _find_layers(self.model)
+        self._layers_parent, self._layers_attr, self.layer_path = _find_layers(self.model)
         self.n_layers = len(getattr(self._layers_parent, self._layers_attr))
         self.hidden_size = int(self.model.config.hidden_size)
         limit = getattr(self.model.config, "max_position_embeddings", None)
@@ -233,7 +237,7 @@ class Encoder:
         out = [s.check(self.n_layers, widest, what) for s in parse_sizes(list(sizes))]
         for s in out:
             if s.dim > self.width(s.layer):
-                by = "the adaptor" if self._adapted(s.layer) else "the Dense module"
+                by = "the adaptor" if self.adapted(s.layer) else "the Dense module"
                 raise AdaError(f"{what} {s}: {by} gives layer {s.layer} only {self.width(s.layer)} dims")
         return out
 
@@ -379,7 +383,7 @@ class Encoder:
     def _map(self, layer: int, states: dict[int, torch.Tensor]) -> torch.Tensor:
         """The vector sizes at ``layer`` are prefixes of: the adaptor's map, the Dense modules (last
         layer), or the pooled state itself."""
-        if self._adapted(layer):
+        if self.adapted(layer):
             return self.adaptor(layer, states)
         v = states[layer]
         if self.dense and layer == self.n_layers:
@@ -387,12 +391,13 @@ class Encoder:
                 v = d(v)
         return v
 
-    def _adapted(self, layer: int) -> bool:
+    def adapted(self, layer: int) -> bool:
+        """Whether the adaptor maps layer ``layer`` (its sizes are then prefixes of the adaptor's output)."""
         return self.adaptor is not None and self.adaptor.has(layer)
 
     def _inputs(self, layers: Iterable[int]) -> set[int]:
         """Layers whose pooled states ``layers`` need (an adapted layer reads its feature layers)."""
-        return {x for L in layers for x in (self.adaptor.inputs(L) if self._adapted(L) else [L])}
+        return {x for L in layers for x in (self.adaptor.inputs(L) if self.adapted(L) else [L])}
 
     def width(self, layer: int) -> int:
         """How many dims a size at ``layer`` can have (the adaptor's outputs, else the hidden size)."""

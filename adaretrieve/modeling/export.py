@@ -100,8 +100,7 @@ def _cut_model(enc: Encoder, layer: int, hidden_states: bool) -> nn.Module:
     cfg = copy.deepcopy(enc.model.config)
     model = type(enc.model)(cfg)
     model.load_state_dict(enc.model.state_dict())
-    parent, attr = enc._layers_parent, enc._layers_attr
-    path = [n for n, m in enc.model.named_modules() if m is parent][0]
+    path, _, attr = enc.layer_path.rpartition(".")
     new_parent = model.get_submodule(path) if path else model
     setattr(new_parent, attr, nn.ModuleList(list(getattr(new_parent, attr))[:layer]))
     for key in ("num_hidden_layers", "n_layers", "num_layers"):
@@ -126,7 +125,7 @@ def export_size(model: str | Encoder, size: str | Size, out: str | Path, onnx: b
     out = Path(out)
     if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not overwrite:
         raise AdaError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
-    adapted = enc._adapted(s.layer)
+    adapted = enc.adapted(s.layer)
     features = enc.adaptor.inputs(s.layer) if adapted else [s.layer]
     if adapted and enc.adaptor.kind != "linear":
         raise AdaError(f"export {s}: the adaptor at layer {s.layer} is of kind {enc.adaptor.kind!r}; "
