@@ -426,11 +426,6 @@ class Encoder:
         """``encode`` with the passage prefix."""
         return self.encode(self.passages(texts), sizes, **kw)
 
-    def tokenize(self, texts: Sequence[str]) -> dict:
-        return self.tokenizer(
-            self._texts(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
-
     def encode(
         self,
         texts: Sequence[str],
