@@ -23,7 +23,7 @@ test: setup
 	$(PY) -m pytest -q
 
 lint: setup
-	$(VENV)/bin/ruff check adaretrieve tests
+	$(VENV)/bin/ruff check adaretrieve tests benchmarks
 
 # Re-render the README's measured figures from benchmarks/results/ (the test suite checks they match).
 readme: setup
