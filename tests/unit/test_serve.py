@@ -401,7 +401,6 @@ def test_a_batch_runs_one_pass_per_depth_and_the_shallow_request_never_runs_deep
         for h in hooks:
             h.remove()
     assert calls == [(0, 1), (0, 3), (1, 3), (2, 3), (3, 3)]  # one pass of 1 layer for 1 text, then 4 layers for 3
-    assert shallow.timings["encode"] < deep.timings["encode"]
     same_hits([{"id": d, "score": s} for d, s in got_shallow[0]], retriever.search(TEXTS[:1], shortlist="1x8",
                                                                                   rerank="none", top=5)[0])
     for g, w in zip(got_deep, retriever.search(TEXTS[1:4], shortlist="1x8", k=20, rerank="4x32", top=5), strict=True):
