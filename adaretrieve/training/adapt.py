@@ -5,8 +5,9 @@ state of every layer up to the deepest ladder layer, and the full-size vector. T
 layer L below the last:
 
 1. **closed form** (``objective: ridge``): ridge regression from the features of layer L (the
-   pooled states of layers 0..L, concatenated; or layer L alone) onto the principal coordinates of
-   the normalised full-size vectors, ordered by variance. Regression solves each output column on
+   pooled states of layers 0..L, concatenated; or layer L alone) onto the normalised full-size
+   vectors in their principal axes, ordered by variance (uncentred, so that the targets rank as
+   the full size does). Regression solves each output column on
    its own, so the map for D outputs is the first D columns of the map for all of them: one map per
    layer serves every D and sizes stay prefixes.
 2. **ranking distillation** (``objective: distill``, the default): starting from the closed form,
@@ -97,22 +98,29 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
 
 
 def fit_ridge(X: torch.Tensor, Z: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """W [f, k], b [k] minimising |(X - mu) W - Z|^2 + lam |W|^2, lam = ridge * mean eigenvalue of
-    the feature covariance; b = -mu W (Z is centred). float64 for the solve."""
-    X = X.double()
+    """W [f, k], b [k] minimising |X W + b - Z|^2 + lam |W|^2 (the intercept b not penalised),
+    lam = ridge * mean eigenvalue of the feature covariance: W from the centred features,
+    b = mean(Z) - mean(X) W, so the predictions keep Z's mean. float64 for the solve."""
+    X, Z = X.double(), Z.double()
     mu = X.mean(0)
     Xc = X - mu
     A = Xc.T @ Xc
     A += ridge * torch.trace(A) / A.shape[0] * torch.eye(A.shape[0], dtype=A.dtype)
-    W = torch.linalg.solve(A, Xc.T @ Z.double())
-    return W.float(), (-mu @ W).float()
+    W = torch.linalg.solve(A, Xc.T @ Z)
+    return W.float(), (Z.mean(0) - mu @ W).float()
 
 
 def principal_targets(full: torch.Tensor) -> torch.Tensor:
-    """Centred principal coordinates [n, H] of the normalised full-size vectors, by falling variance."""
-    Fc = full - full.mean(0)
-    _, _, Vh = torch.linalg.svd(Fc.double(), full_matrices=False)
-    return (Fc.double() @ Vh.T).float()
+    """``full @ V`` [n, H]: the normalised full-size vectors [n, H] in their principal axes V (from
+    the SVD of the centred vectors), by falling variance.
+
+    The coordinates are not centred: V is orthogonal, so at full width ``Z Z^T = F F^T`` and the
+    targets rank exactly as the full size. Centred targets would score ``(q - mu).(d - mu)``, which
+    adds the document-dependent ``-mu.d`` (sentence embeddings share a mean of norm ~0.3); the ridge
+    intercept absorbs the mean instead."""
+    F64 = full.double()
+    _, _, Vh = torch.linalg.svd(F64 - F64.mean(0), full_matrices=False)
+    return (F64 @ Vh.T).float()
 
 
 def prefix_dims(width: int, ladder_dims: list[int]) -> list[int]:
