@@ -15,7 +15,7 @@ def adapt(
     corpus: Optional[Path] = typer.Option(None, "--corpus", help="Documents to fit on: BEIR folder, corpus.jsonl[.gz] or collection.tsv[.gz]."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Model folder to write (the backbone's files + adaptor.json/.safetensors)."),
     queries: Optional[Path] = typer.Option(None, "--queries", help="Query texts to fit on too (unlabelled): queries.jsonl, tsv, or a BEIR folder."),
-    query_split: Optional[str] = typer.Option(None, "--query-split", help="With a BEIR folder for --queries: only the queries named in qrels/SPLIT.tsv (ids only; e.g. train)."),
+    query_split: Optional[str] = typer.Option(None, "--query-split", help="With a BEIR folder for --queries: only the queries named in qrels/SPLIT.tsv (ids only; e.g. train), or 'all'. Required when the folder has qrels/test.tsv or dev.tsv."),
     qrels: Optional[Path] = typer.Option(None, "--qrels", help="Labelled (query, document) pairs: adds a supervised InfoNCE term."),
     ladder: Optional[str] = typer.Option(None, "--ladder", help="Sizes to serve, e.g. 1x16,2x32,3x64,4x128,5x256,6x384 (default: the model's ladder)."),
     objective: Optional[str] = typer.Option(None, "--objective", help="distill (default: closed form, then ranking distillation) or ridge (closed form only)."),

@@ -52,7 +52,9 @@ class AdaptConfig:
     model: str = "minilm"
     corpus: str = ""  # BEIR folder or corpus file: the documents the adaptor is fitted on
     queries: str | None = None  # queries file or BEIR folder (texts only, unless qrels are given)
-    query_split: str | None = None  # with a BEIR folder: use only the queries named in qrels/<split>.tsv (ids only)
+    # with a BEIR folder: only the queries named in qrels/<split>.tsv (ids only), or "all"; required when
+    # the folder has qrels/test.tsv or dev.tsv, so held-out queries are never fitted on by default
+    query_split: str | None = None
     qrels: str | None = None  # labelled pairs for the supervised term
     ladder: list[str] | None = None  # sizes the adaptor must serve (default: the model's ladder)
     out: str = ""
@@ -83,6 +85,18 @@ def _sample_corpus(path: Path, max_texts: int, seed: int) -> tuple[list[str], li
         keep = np.sort(np.random.default_rng(seed).choice(len(ids), max_texts, replace=False))
         ids, texts = [ids[i] for i in keep], [texts[i] for i in keep]
     return ids, texts
+
+
+HELD_OUT_SPLITS = ("test", "dev")
+
+
+def _held_out_qrels(queries: Path) -> str | None:
+    """``qrels/test.tsv`` (or ``dev``) when ``queries`` is a BEIR folder with an evaluation split, else None."""
+    if queries.is_dir():
+        for split in HELD_OUT_SPLITS:
+            if (queries / "qrels" / f"{split}.tsv").is_file():
+                return f"qrels/{split}.tsv"
+    return None
 
 
 def _ladder_layers(enc: Encoder, ladder: list[Size]) -> list[int]:
@@ -161,8 +175,13 @@ def adapt(cfg: AdaptConfig, progress: bool = True) -> dict:
     q_ids: list[str] = []
     q_texts: list[str] = []
     if cfg.queries:
+        held_out = _held_out_qrels(Path(cfg.queries))
+        if cfg.query_split is None and held_out:
+            raise AdaError(f"--queries {cfg.queries} is a BEIR folder with {held_out}: fitting on every query would "
+                           "fit on its held-out queries too; pass --query-split train (or --query-split all to fit "
+                           "on every query anyway)")
         qs = read_queries(cfg.queries)
-        if cfg.query_split:
+        if cfg.query_split and cfg.query_split != "all":
             sel = read_qrels(Path(cfg.queries) / "qrels" / f"{cfg.query_split}.tsv")
             qs = {q: t for q, t in qs.items() if q in sel}
             if not qs:

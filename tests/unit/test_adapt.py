@@ -164,6 +164,48 @@ def test_adapt_cli_bad_input_exits_2(tiny_model, tmp_path):
     assert res.output.strip().startswith("error:") and len(res.output.strip().splitlines()) == 1
 
 
+def _beir_folder(d, splits):
+    """A BEIR folder: 60 documents, 12 queries, qrels/<split>.tsv naming 4 queries each in turn."""
+    d.mkdir()
+    make_corpus(d / "corpus.jsonl", n=60, seed=2)
+    (d / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": f"the cell {i}"}) + "\n" for i in range(12)))
+    (d / "qrels").mkdir()
+    for j, split in enumerate(splits):
+        (d / "qrels" / f"{split}.tsv").write_text("".join(f"q{i}\td{i}\t1\n" for i in range(4 * j, 4 * j + 4)))
+    return d
+
+
+def test_adapt_refuses_every_query_of_a_folder_with_held_out_qrels(tiny_model, tmp_path):
+    """Code review 3 A10: `--queries <BEIR folder>` without `--query-split` would fit on every query,
+    test (or dev) included; it is refused in one line, and `--query-split all` says so on purpose."""
+    from typer.testing import CliRunner
+
+    from adaretrieve.cli.main import app
+
+    common = ["adapt", "--model", str(tiny_model), "--ladder", ",".join(LADDER), "--steps", "0", "--quiet"]
+    for held_out in ("test", "dev"):
+        beir = _beir_folder(tmp_path / f"beir-{held_out}", ["train", held_out])
+        res = CliRunner().invoke(app, [*common, "--corpus", str(beir), "--queries", str(beir), "--out", str(tmp_path / held_out)])
+        assert res.exit_code == 2, res.output
+        line = res.output.strip()
+        assert line.startswith("error:") and len(line.splitlines()) == 1, line
+        assert f"qrels/{held_out}.tsv" in line and "--query-split train" in line and "--query-split all" in line, line
+        assert not (tmp_path / held_out).exists()
+    beir = tmp_path / "beir-test"
+    for split, n in (("train", 4), ("all", 12)):
+        res = CliRunner().invoke(app, [*common, "--corpus", str(beir), "--queries", str(beir), "--query-split", split,
+                                       "--out", str(tmp_path / split)])
+        assert res.exit_code == 0, res.output
+        meta = json.loads((tmp_path / split / "adaptor.json").read_text())["fitted_on"]
+        assert (meta["query_split"], meta["n_queries"]) == (split, n)
+    # a folder with train qrels only holds nothing out: no split needed
+    only_train = _beir_folder(tmp_path / "beir-train", ["train"])
+    for queries in (only_train, only_train / "queries.jsonl"):
+        out = tmp_path / f"o-{queries.name}"
+        res = CliRunner().invoke(app, [*common, "--corpus", str(only_train), "--queries", str(queries), "--out", str(out)])
+        assert res.exit_code == 0, res.output
+
+
 def test_qrels_term_never_treats_a_querys_other_positives_as_negatives(tiny_model, tmp_path, monkeypatch):
     """With many judged documents per query (NFCorpus: ~40), InfoNCE must mask the query's other
     positives (-inf logits) and keep the target itself; before the fix nothing was masked."""
