@@ -15,15 +15,19 @@ WORDS = ("the a of and to in is for on with cell cancer gene protein risk drug b
          "patients effect increase decrease level mouse human trial dose virus infection immune therapy").split()
 
 
-def _save_tiny_bert(path: Path, seed: int, layers: int = 4, hidden: int = 32, st: bool = True) -> Path:
+def _save_tiny_bert(path: Path, seed: int, layers: int = 4, hidden: int = 32, st: bool = True, cased: bool = False) -> Path:
+    """A random BERT folder. ``cased``: a tokenizer that keeps case (capitalised words in its vocabulary)
+    under a sentence-transformers config that lowercases first (``do_lower_case: true``)."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     path.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *[chr(c) for c in range(ord("a"), ord("z") + 1)]]
+    if cased:
+        vocab += [w.capitalize() for w in WORDS] + [chr(c) for c in range(ord("A"), ord("Z") + 1)]
     vocab = list(dict.fromkeys(vocab))
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tok = BertTokenizerFast(str(path / "vocab.txt"))  # positional: transformers 5 ignores vocab_file=
+    tok = BertTokenizerFast(str(path / "vocab.txt"), do_lower_case=not cased)  # positional: transformers 5 ignores vocab_file=
     tok.save_pretrained(path)
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
@@ -37,7 +41,7 @@ def _save_tiny_bert(path: Path, seed: int, layers: int = 4, hidden: int = 32, st
             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
             {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
         ]))
-        (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 48}))
+        (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 48, **({"do_lower_case": True} if cased else {})}))
     return path
 
 
@@ -45,6 +49,12 @@ def _save_tiny_bert(path: Path, seed: int, layers: int = 4, hidden: int = 32, st
 def tiny_model(tmp_path_factory) -> Path:
     """4 layers x 32 dims, mean pooling, normalised, max length 48."""
     return _save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def cased_tiny_model(tmp_path_factory) -> Path:
+    """tiny_model's shape with a cased tokenizer behind sentence-transformers' ``do_lower_case: true``."""
+    return _save_tiny_bert(tmp_path_factory.mktemp("tiny-bert-cased"), seed=2, cased=True)
 
 
 @pytest.fixture(scope="session")

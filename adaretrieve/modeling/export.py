@@ -159,7 +159,7 @@ def export_size(model: str | Encoder, size: str | Size, out: str | Path, onnx: b
                 dense.append(DenseLayer(torch.eye(have)[: s.dim].contiguous(), None, "identity"))
         write_st_files(tmp, pooling=enc.pooling, normalize=enc.normalize, max_length=enc.max_length,
                        hidden_size=enc.hidden_size, query_prefix=enc.query_prefix, passage_prefix=enc.passage_prefix,
-                       dense=dense, before_pooling=before, pooled_width=width)
+                       dense=dense, before_pooling=before, pooled_width=width, lowercase=enc.lowercase)
         summary = {
             "model": enc.name, "model_path": enc.path, "weights_sha256": enc.weights_hash(), "size": str(s),
             "out": str(out), "layers_kept": s.layer, "adapted": adapted, "feature_layers": features,

@@ -224,10 +224,12 @@ def _read_dense(files: _Files, path: str) -> DenseLayer:
 
 def write_st_files(directory: str | Path, *, pooling: str, normalize: bool, max_length: int, hidden_size: int,
                    query_prefix: str = "", passage_prefix: str = "", dense: list[DenseLayer] = (),
-                   before_pooling: list[dict] = (), pooled_width: int | None = None) -> None:
+                   before_pooling: list[dict] = (), pooled_width: int | None = None, lowercase: bool = False) -> None:
     """Write modules.json and the module folders beside a Hugging Face model saved in ``directory``
     (the transformer at the root): Pooling, then ``dense`` (as Dense modules), then Normalize when
-    ``normalize``; ``sentence_bert_config.json`` with the max length; prompts from the prefixes.
+    ``normalize``; ``sentence_bert_config.json`` with the max length and ``do_lower_case`` =
+    ``lowercase`` (the source model's: a cased tokenizer behind it sees other tokens without it);
+    prompts from the prefixes.
     ``before_pooling``: extra module entries ({"type", "path"}, already written) between the
     transformer and the pooling, whose output is ``pooled_width`` wide. Module folders the
     previous modules.json named are removed first, so no stale module is left behind."""
@@ -274,7 +276,7 @@ def write_st_files(directory: str | Path, *, pooling: str, normalize: bool, max_
         p = add("Normalize", "sentence_transformers.models.Normalize")
         (p / "config.json").write_text(json.dumps(NORMALIZE_CONFIG, indent=2) + "\n")
     (d / "modules.json").write_text(json.dumps(modules, indent=2) + "\n")
-    (d / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": int(max_length), "do_lower_case": False},
+    (d / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": int(max_length), "do_lower_case": bool(lowercase)},
                                                             indent=2) + "\n")
     prompts = {k: v for k, v in (("query", query_prefix), ("document", passage_prefix)) if v}
     cst_path = d / "config_sentence_transformers.json"
@@ -293,4 +295,4 @@ def write_encoder_st_files(directory: str | Path, enc) -> None:
     """``write_st_files`` with an Encoder's settings: its full size, as adaretrieve encodes it."""
     write_st_files(directory, pooling=enc.pooling, normalize=enc.normalize, max_length=enc.max_length,
                    hidden_size=enc.hidden_size, query_prefix=enc.query_prefix, passage_prefix=enc.passage_prefix,
-                   dense=list(enc.dense))
+                   dense=list(enc.dense), lowercase=enc.lowercase)

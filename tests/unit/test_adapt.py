@@ -164,6 +164,20 @@ def test_adapt_cli_bad_input_exits_2(tiny_model, tmp_path):
     assert res.output.strip().startswith("error:") and len(res.output.strip().splitlines()) == 1
 
 
+def test_adapt_keeps_the_models_lowercasing(cased_tiny_model, tmp_path):
+    """Code review 3 A14: a model whose sentence-transformers config lowercases before a cased
+    tokenizer keeps lowercasing once adapted, so its full size stays the backbone's for any text."""
+    corpus = make_corpus(tmp_path / "c.jsonl", n=60, seed=1)
+    adapt(AdaptConfig(model=str(cased_tiny_model), corpus=str(corpus), out=str(tmp_path / "o"), ladder=LADDER, steps=0,
+                      device="cpu"), progress=False)
+    base, ada = Encoder(cased_tiny_model, device="cpu"), Encoder(tmp_path / "o", device="cpu")
+    assert base.lowercase and ada.lowercase
+    texts = ["The Cell", "Cancer Risk"]
+    full = base.full_size
+    assert base.tokenizer.tokenize("The Cell") != base.tokenizer.tokenize("the cell")  # the tokenizer keeps case
+    assert np.array_equal(ada.encode(texts, [full])[full], base.encode(texts, [full])[full])
+
+
 def _beir_folder(d, splits):
     """A BEIR folder: 60 documents, 12 queries, qrels/<split>.tsv naming 4 queries each in turn."""
     d.mkdir()

@@ -74,6 +74,20 @@ def test_adapted_model_round_trip(adapted_models, tmp_path, features, size):
         assert ("LayerConcat" in summary["modules"]) == concat
 
 
+def test_export_keeps_the_models_lowercasing(cased_tiny_model, tmp_path):
+    """Code review 3 A14: an export of a model that lowercases before a cased tokenizer lowercases
+    too, in sentence-transformers and in adaretrieve (before, it wrote do_lower_case false)."""
+    enc = Encoder(cased_tiny_model, device="cpu")
+    texts = ["The Cell", "Cancer Risk of the Drug"]
+    export_size(enc, "2x16", tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "sentence_bert_config.json").read_text())["do_lower_case"] is True
+    want = enc.encode(texts, ["2x16"])[enc.check_sizes(["2x16"])[0]]
+    np.testing.assert_allclose(_st(tmp_path / "out").encode(texts, convert_to_numpy=True), want, atol=1e-5)
+    back = Encoder(tmp_path / "out", device="cpu")
+    assert back.lowercase
+    np.testing.assert_allclose(back.encode(texts, [back.full_size])[back.full_size], want, atol=1e-5)
+
+
 def test_prefixes_become_prompts(tiny_model, tmp_path):
     enc = Encoder(tiny_model, device="cpu", query_prefix="query: ", passage_prefix="passage: ")
     export_size(enc, "2x16", tmp_path / "out")
