@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from adaretrieve.cli.common import handle_errors, setup
+from adaretrieve.training.adapt_config import AdaptConfig  # no torch: the defaults the help gives
 
 
 @handle_errors
@@ -19,7 +20,7 @@ def adapt(
     qrels: Optional[Path] = typer.Option(None, "--qrels", help="Labelled (query, document) pairs: adds a supervised InfoNCE term."),
     ladder: Optional[str] = typer.Option(None, "--ladder", help="Sizes to serve, e.g. 1x16,2x32,3x64,4x128,5x256,6x384 (default: the model's ladder)."),
     objective: Optional[str] = typer.Option(None, "--objective", help="distill (default: closed form, then ranking distillation) or ridge (closed form only)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Distillation steps per layer (default 150)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help=f"Distillation steps per layer (default {AdaptConfig.steps})."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML with any AdaptConfig setting."),
     set_: list[str] = typer.Option([], "--set", help="Override a setting: --set kind=mlp --set features=layer --set lr=5e-4."),
     device: Optional[str] = typer.Option(None, "--device"),
@@ -41,7 +42,6 @@ def adapt(
             --query-split train --qrels ../shared/data/beir/nfcorpus/qrels/train.tsv --out checkpoints/minilm-adapted-nfcorpus-qrels
     """
     setup(quiet)
-    from adaretrieve.training.adapt import AdaptConfig
     from adaretrieve.training.adapt import adapt as run_adapt
     from adaretrieve.training.config import load_config
 

@@ -27,7 +27,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -41,39 +41,10 @@ from adaretrieve.modeling.adaptor import KINDS, Adaptor
 from adaretrieve.modeling.encoder import Encoder
 from adaretrieve.modeling.st_format import write_encoder_st_files
 from adaretrieve.sizes import Size
+from adaretrieve.training.adapt_config import OBJECTIVES, AdaptConfig
 from adaretrieve.training.losses import default_ladder
 
 log = logging.getLogger(__name__)
-OBJECTIVES = ("distill", "ridge")
-
-
-@dataclass
-class AdaptConfig:
-    model: str = "minilm"
-    corpus: str = ""  # BEIR folder or corpus file: the documents the adaptor is fitted on
-    queries: str | None = None  # queries file or BEIR folder (texts only, unless qrels are given)
-    # with a BEIR folder: only the queries named in qrels/<split>.tsv (ids only), or "all"; required when
-    # the folder has qrels/test.tsv or dev.tsv, so held-out queries are never fitted on by default
-    query_split: str | None = None
-    qrels: str | None = None  # labelled pairs for the supervised term
-    ladder: list[str] | None = None  # sizes the adaptor must serve (default: the model's ladder)
-    out: str = ""
-    objective: str = "distill"  # distill | ridge
-    kind: str = "linear"  # linear | mlp
-    hidden: int = 0  # mlp hidden width (default: the model's hidden size)
-    features: str = "concat"  # concat (layers 0..L) | layer (layer L alone)
-    ridge: float = 1e-2  # ridge strength, relative to the mean eigenvalue of the feature covariance
-    steps: int = 200
-    batch_size: int = 256  # texts used as queries per distillation step (half of them queries, when given)
-    docs_per_step: int = 1024  # random documents per step, beside the full size's top ones
-    teacher_top: int = 16  # the full size's top documents per query put in every step's candidates
-    temperature: float = 0.05
-    lr: float = 1e-3
-    qrels_weight: float = 1.0
-    max_texts: int = 100_000  # documents encoded for fitting (a fixed random sample beyond this)
-    batch_size_encode: int = 32
-    seed: int = 0
-    device: str | None = None
 
 
 def _sample_corpus(path: Path, max_texts: int, seed: int) -> tuple[list[str], list[str]]:

@@ -220,6 +220,24 @@ def test_adapt_refuses_every_query_of_a_folder_with_held_out_qrels(tiny_model, t
         assert res.exit_code == 0, res.output
 
 
+def test_cli_help_gives_the_configs_defaults():
+    """Code review 3 A15.1: `--steps` help said 150 while AdaptConfig.steps is 200; it now reads the one default."""
+    import typer
+
+    from adaretrieve.cli.main import app
+
+    cmd = typer.main.get_command(app).commands["adapt"]
+    helps = {p.name: p.help for p in cmd.params}
+    assert f"default {AdaptConfig.steps})" in helps["steps"], helps["steps"]
+    assert "150" not in helps["steps"]
+    # the defaults come without torch: the CLI starts fast
+    import subprocess
+    import sys
+
+    code = "import sys, adaretrieve.cli.adapt_cmd; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
 def test_qrels_term_never_treats_a_querys_other_positives_as_negatives(tiny_model, tmp_path, monkeypatch):
     """With many judged documents per query (NFCorpus: ~40), InfoNCE must mask the query's other
     positives (-inf logits) and keep the target itself; before the fix nothing was masked."""
