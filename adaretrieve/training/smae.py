@@ -370,6 +370,15 @@ def pretrain(cfg: PretrainConfig, progress: bool = True, resume: bool = True) ->
         dec_ids, dec_labels = mask_tokens(ids, mask, cfg.decoder_mask, tok, gen, special, groups)
         dev = enc.device
         loss, logs = smae.losses(ids.to(dev), mask.to(dev), enc_ids.to(dev), enc_labels.to(dev), dec_ids.to(dev), dec_labels.to(dev))
+        last = float(loss.detach())
+        bad = not math.isfinite(last)
+        if world > 1:  # each rank has its own loss: all stop together, or the others would wait in all_reduce
+            flag = torch.tensor([float(bad)], device=dev)
+            torch.distributed.all_reduce(flag)
+            bad = bool(flag.item())
+        if bad:  # before any step: the weights stay good
+            what = str(last) if not math.isfinite(last) else "non-finite on another rank"
+            raise AdaError(f"SMAE loss became {what} at step {step + 1}; lower the learning rate")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if world > 1:
@@ -382,9 +391,6 @@ def pretrain(cfg: PretrainConfig, progress: bool = True, resume: bool = True) ->
         sched.step()
         step += 1
         tokens += int(mask.sum())
-        last = float(loss.detach())
-        if not math.isfinite(last):
-            raise AdaError(f"SMAE loss became {last} at step {step}; lower the learning rate")
         first_loss = first_loss if first_loss is not None else last
         bar.update(1)
         bar.set_postfix(loss=f"{last:.3f}")

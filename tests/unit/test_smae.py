@@ -101,6 +101,30 @@ def test_resume_after_interruption_gives_same_weights(tiny_model, tmp_path, monk
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_loss_that_becomes_nan_stops_before_the_step(tiny_model, tmp_path, monkeypatch):
+    """Code review 3 A15.3 (code-review-2 #14, as trainer.py does): the check runs before
+    ``opt.step()``, so a non-finite loss leaves the weights as they were and says so in one line."""
+    corpus = make_corpus(tmp_path / "corpus.jsonl", n=16)
+    real = SMAE.losses
+    seen: dict = {"calls": 0}
+
+    def nan_at_step_2(self, *a):
+        loss, logs = real(self, *a)
+        seen["calls"] += 1
+        if seen["calls"] == 2:  # the weights after step 1: what a failed step 2 must leave
+            seen["smae"], seen["before"] = self, {k: v.detach().clone() for k, v in self.state_dict().items()}
+            loss = loss * float("nan")
+        return loss, logs
+
+    monkeypatch.setattr(SMAE, "losses", nan_at_step_2)
+    cfg = PretrainConfig(model=str(tiny_model), data=[str(corpus)], output=str(tmp_path / "o"), steps=4, batch_size=4,
+                         max_length=24, lr=1e-3, device="cpu", save_every=10)
+    with pytest.raises(AdaError, match=r"^SMAE loss became nan at step 2; lower the learning rate$"):
+        pretrain(cfg, progress=False)
+    after = seen["smae"].state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in seen["before"].items())
+
+
 class _WordPieceTok:
     mask_token_id = 1
 
