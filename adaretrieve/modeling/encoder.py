@@ -407,8 +407,17 @@ class Encoder:
             return int(self.dense[-1].weight.shape[0])
         return self.hidden_size
 
-    def _texts(self, texts: Sequence[str]) -> list[str]:
+    def tokenizer_texts(self, texts: Sequence[str]) -> list[str]:
+        """The texts as the tokenizer gets them: lowercased when the model's sentence-transformers
+        config says ``do_lower_case`` (``self.lowercase``), else unchanged. Prefixes are not added
+        here (``queries`` / ``passages`` do that, first); a caller that tokenizes itself, as
+        training does, calls this so it sees the tokens encoding sees."""
         return [t.lower() for t in texts] if self.lowercase else list(texts)
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        """The backbone's transformer layers (``n_layers`` of them, in order), as the model holds them."""
+        return getattr(self._layers_parent, self._layers_attr)
 
     def queries(self, texts: Sequence[str]) -> list[str]:
         """Query texts as the model wants them: with the query prefix."""
@@ -459,7 +468,7 @@ class Encoder:
         raw = {L: np.zeros((n, self.hidden_size), dtype=np.float32) for L in raw_layers}
         if n == 0:
             return {**{s: np.zeros((0, s.dim), dtype=np.float32) for s in sizes}, **{("raw", L): raw[L] for L in raw}}
-        enc = self.tokenizer(self._texts(texts), truncation=True, max_length=self.max_length)
+        enc = self.tokenizer(self.tokenizer_texts(texts), truncation=True, max_length=self.max_length)
         lengths = np.array([len(x) for x in enc["input_ids"]])
         order = np.argsort(-lengths, kind="stable") if sort_by_length else np.arange(n)
         bar = None
@@ -527,7 +536,7 @@ class Encoder:
             raise AdaError("encode needs at least one size")
         depth = max(s.layer for s in sizes)
         n = len(texts)
-        enc = self.tokenizer(self._texts(texts), truncation=True, max_length=self.max_length)
+        enc = self.tokenizer(self.tokenizer_texts(texts), truncation=True, max_length=self.max_length)
         lengths = np.array([len(x) for x in enc["input_ids"]])
         order = np.argsort(-lengths, kind="stable") if sort_by_length else np.arange(n)
         batches = []

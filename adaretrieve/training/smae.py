@@ -276,8 +276,7 @@ class SMAE(nn.Module):
         cfg = self.model.config
         emb = self.model.get_input_embeddings()
         self.head = SlicedMLMHead(cfg.hidden_size, cfg.vocab_size, emb, getattr(cfg, "layer_norm_eps", 1e-12))
-        layers = getattr(enc._layers_parent, enc._layers_attr)
-        self.decoder = PairDecoder(copy.deepcopy(layers[-1]), self.model.embeddings, cfg.hidden_size)
+        self.decoder = PairDecoder(copy.deepcopy(enc.layers[-1]), self.model.embeddings, cfg.hidden_size)
         self.pairs = pairs
 
     def _mlm(self, h: torch.Tensor, labels: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -310,9 +309,9 @@ def pretrain(cfg: PretrainConfig, progress: bool = True, resume: bool = True) ->
     """Run SMAE; one process, or several under ``torchrun`` (each rank takes its own batches,
     gradients are averaged, rank 0 writes checkpoints). Resumes from ``output/checkpoint``."""
     from adaretrieve.training.losses import default_ladder
-    from adaretrieve.training.trainer import _dist
+    from adaretrieve.training.trainer import rank_and_world
 
-    rank, world = _dist()
+    rank, world = rank_and_world()
     torch.manual_seed(cfg.seed)
     out = Path(cfg.output)
     ck = out / "checkpoint"

@@ -94,7 +94,10 @@ class TrainConfig:
 RESUME_MAY_DIFFER = {"output", "save_every", "keep_checkpoints", "device", "notes", "gradient_checkpointing"}
 
 
-def _dist():
+def rank_and_world() -> tuple[int, int]:
+    """This process's (rank, world size): (0, 1) alone; under ``torchrun`` (``WORLD_SIZE`` > 1) the
+    process group is initialised on first call (nccl with CUDA, else gloo). Used by ``train`` and
+    ``pretrain``."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -162,7 +165,7 @@ def _checkpoints(out: Path) -> list[Path]:
 
 def train(cfg: TrainConfig, progress: bool = True, resume: bool = True) -> dict:
     """Fine-tune ``cfg.model``; writes a Hugging Face folder at ``cfg.output`` and returns a summary."""
-    rank, world = _dist()
+    rank, world = rank_and_world()
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -258,7 +261,7 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = True) -> dict:
         logs_acc: dict[str, float] = {}
         for micro in range(cfg.grad_accum):
             qs, ps, labels = batches.batch((step * cfg.grad_accum + micro) * world + rank)
-            qs, ps = enc._texts(enc.queries(qs)), enc._texts(enc.passages(ps))  # the model's prefixes, as search sees them
+            qs, ps = enc.tokenizer_texts(enc.queries(qs)), enc.tokenizer_texts(enc.passages(ps))  # the model's prefixes, as search sees them
             qb = tok(qs, padding=True, truncation=True, max_length=cfg.query_max_length, return_tensors="pt").to(enc.device)
             pb = tok(ps, padding=True, truncation=True, max_length=cfg.passage_max_length, return_tensors="pt").to(enc.device)
             tokens += int(qb["attention_mask"].sum() + pb["attention_mask"].sum())

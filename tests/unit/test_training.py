@@ -515,3 +515,28 @@ def test_a_model_whose_final_save_was_interrupted_is_refused_until_train_finishe
     summary = train(cfg(tiny_model, beir_train, out), progress=False)
     assert summary["steps_this_run"] == 0
     assert Encoder(out).n_layers == 4
+
+
+def test_training_uses_only_public_names_of_other_modules(cased_tiny_model):
+    """Code review 3 C1.4: trainer.py called ``enc._texts`` and smae.py imported ``trainer._dist`` (and
+    read ``enc._layers_parent``); they now use ``Encoder.tokenizer_texts``, ``Encoder.layers`` and
+    ``trainer.rank_and_world``. No module under training/ reaches into another one's private names."""
+    import ast
+    from pathlib import Path
+
+    import adaretrieve.training as pkg
+    from adaretrieve.modeling import Encoder
+    from adaretrieve.training.trainer import rank_and_world
+
+    found = []
+    for f in sorted(Path(pkg.__file__).parent.glob("*.py")):
+        for n in ast.walk(ast.parse(f.read_text())):
+            names = [a.name for a in n.names] if isinstance(n, ast.ImportFrom) else []
+            if isinstance(n, ast.Attribute) and not (isinstance(n.value, ast.Name) and n.value.id in ("self", "cls")):
+                names = [n.attr]
+            found += [f"{f.name}:{n.lineno} {x}" for x in names if x.startswith("_") and not x.startswith("__")]
+    assert not found, found
+    enc = Encoder(cased_tiny_model, device="cpu")
+    assert enc.tokenizer_texts(["The Cell"]) == ["the cell"]
+    assert len(enc.layers) == enc.n_layers
+    assert rank_and_world() == (0, 1)
