@@ -272,7 +272,7 @@ def _distill(m, X: torch.Tensor, full: torch.Tensor, n_docs: int, pairs: list[tu
     first = last = None
     bar = tqdm(range(cfg.steps), desc=f"adapt {desc}", unit="step", disable=not progress, leave=False)
     n_q = n - n_docs
-    for _step in bar:
+    for step in bar:
         if n_q:  # half the batch from the queries: they are what the small size will be asked
             half = min(cfg.batch_size // 2, n_q)
             qi = torch.from_numpy(np.concatenate([n_docs + rng.choice(n_q, half, replace=False),
@@ -302,16 +302,16 @@ def _distill(m, X: torch.Tensor, full: torch.Tensor, n_docs: int, pairs: list[tu
             if pairs:
                 s_lab = (cut(yq_lab) @ cut(yd).T / tau).masked_fill(other, float("-inf"))
                 loss = loss + cfg.qrels_weight * F.cross_entropy(s_lab, col)
+        v = float(loss.detach()) / len(dims)
+        if not np.isfinite(v):  # before the step: the map is never stepped with a non-finite gradient
+            raise AdaError(f"adapt {desc}: loss became {v} at step {step + 1}; lower lr (now {cfg.lr})")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        v = float(loss.detach()) / len(dims)
         first = v if first is None else first
         last = v
         bar.set_postfix(loss=f"{v:.3f}")
-        if not np.isfinite(v):
-            raise AdaError(f"adapt {desc}: loss became {v}; lower lr (now {cfg.lr})")
     return {"loss_first": round(first, 4) if first is not None else None, "loss_last": round(last, 4) if last is not None else None,
             "dims": dims}
 

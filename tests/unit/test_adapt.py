@@ -238,6 +238,21 @@ def test_cli_help_gives_the_configs_defaults():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 
 
+def test_a_distillation_loss_that_becomes_nan_stops_before_the_step(tiny_model, tmp_path, monkeypatch):
+    """As trainer.py and smae.py: the non-finite check runs before the optimiser steps, so the map is
+    never stepped with a NaN gradient; the error is one line."""
+    import torch.nn.functional as F
+
+    corpus = make_corpus(tmp_path / "c.jsonl", n=60, seed=1)
+    monkeypatch.setattr(F, "kl_div", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    steps = []
+    monkeypatch.setattr(torch.optim.Adam, "step", lambda self, *a, **k: steps.append(1))
+    with pytest.raises(AdaError, match=r"^adapt layer 1: loss became nan at step 1; lower lr \(now 0.001\)$"):
+        adapt(AdaptConfig(model=str(tiny_model), corpus=str(corpus), out=str(tmp_path / "o"), ladder=LADDER, steps=3,
+                          batch_size=16, docs_per_step=20, teacher_top=4, device="cpu"), progress=False)
+    assert not steps
+
+
 def test_qrels_term_never_treats_a_querys_other_positives_as_negatives(tiny_model, tmp_path, monkeypatch):
     """With many judged documents per query (NFCorpus: ~40), InfoNCE must mask the query's other
     positives (-inf logits) and keep the target itself; before the fix nothing was masked."""
