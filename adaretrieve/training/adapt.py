@@ -197,8 +197,8 @@ def adapt(cfg: AdaptConfig, progress: bool = True) -> dict:
     adaptor.meta = {
         "features": cfg.features, "pooling": enc.pooling, "backbone_sha256": enc.backbone_hash(),
         "objective": cfg.objective + ("+qrels" if pairs and cfg.objective == "distill" else ""),
-        "output_order": "principal coordinates of the normalised full-size vectors, by falling variance; "
-                        "every prefix D is the size LxD",
+        "output_order": "the normalised full-size vectors in their principal axes (uncentred), by falling "
+                        "variance; every prefix D is the size LxD",
         "ladder": [str(s) for s in ladder],
         "fitted_on": {"corpus": str(corpus_path), "documents": n_docs, "queries": cfg.queries,
                       "query_split": cfg.query_split, "n_queries": len(q_ids), "qrels": cfg.qrels,
