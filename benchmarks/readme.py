@@ -266,7 +266,8 @@ def explore(variant: str, ds: str, config: str) -> float:
 
 
 def adapt_parts() -> str:
-    a = Report("adapt-minilm/adapt-scifact.json")
+    # the parts (adapt_explore) were measured before the centring fix (code review 3 A2): compare like with like
+    a = Report("adapt-minilm/adapt-before-centring-scifact.json")
     v = {name: (explore(name, "scifact", "single 2x32"), explore(name, "scifact", "single 4x128"))
          for name in ("ridge-layer", "ridge", "distill-layer")}
     mp = load("adapt-mpnet/results-bfloat16.json")
@@ -274,14 +275,15 @@ def adapt_parts() -> str:
     mpf = Report("scifact-mpnet/results.json")("single 12x768")
     q = Report("adapt-minilm/adapt-qrels-scifact.json")
     qn = Report("adapt-minilm/adapt-qrels-nfcorpus.json")
-    an = Report("adapt-minilm/adapt-nfcorpus.json")
+    an = Report("adapt-minilm/adapt-before-centring-nfcorpus.json")  # of the same code as adapt-qrels (not re-run since)
     qf = q.d["fit"]
     masked = (explore("distill-qrels", "nfcorpus", "single 4x128"), explore("distill-qrels", "nfcorpus", "single 5x256"))
     return f"""What each part of the objective is worth, on the same encoded states
 (`python benchmarks/adapt_explore.py`, `benchmarks/results/adapt-explore/results.md`): the closed
 form from layer L alone (the starting point we were given) gives SciFact 2x32 {v['ridge-layer'][0]:.3f}, 4x128 {v['ridge-layer'][1]:.3f};
 feeding it layers 0..L gives {v['ridge'][0]:.3f} / {v['ridge'][1]:.3f}; distillation from layer L alone {v['distill-layer'][0]:.3f} / {v['distill-layer'][1]:.3f};
-both together (the default) {a('single 2x32'):.3f} / {a('single 4x128'):.3f}.
+both together (the default) {a('single 2x32'):.3f} / {a('single 4x128'):.3f}. These four were measured before the
+centring fix (code review 3 A2); the table above has the default after it.
 
 The mission's own example, all-mpnet-base-v2 (12x768) on SciFact test, `--shortlist 4x32 --k 200
 --rerank 12x768` (`{mp['command']}`, `benchmarks/results/adapt-mpnet/`): untrained it keeps
@@ -302,7 +304,7 @@ test 2x32 {q('single 2x32'):.3f}, 4x128 **{q('single 4x128'):.3f}**, 5x256 {q('s
 {q('4x128 k=100 -> 6x384'):.3f}), so with labels in the domain search single-stage at an adapted size, or rerank with one.
 Fitting with labels took {qf['fit_seconds']:.0f} s after a {qf['encode_seconds']:.0f} s encoding pass on the shared cores. On
 NFCorpus the labels hurt (dev 4x128 {qn('single 4x128'):.3f} against {an('single 4x128'):.3f} label-free, 5x256
-{qn('single 5x256'):.3f} against {an('single 5x256'):.3f}): masking each query's other judged documents out of its
+{qn('single 5x256'):.3f} against {an('single 5x256'):.3f}, both fitted before the centring fix): masking each query's other judged documents out of its
 negatives did not change that ({masked[0]:.3f} / {masked[1]:.3f}, `benchmarks/results/adapt-explore/`); the label-free
 default is what we recommend until that is understood."""
 
@@ -315,7 +317,8 @@ def starbucks_keep() -> str:
     keepn, unn = Report("adapt-minilm/starbucks-keep-nfcorpus.json"), Report("adapt-minilm/untrained-nfcorpus.json")
     bf = Report("adapt-minilm/starbucks-keep-bf16-scifact.json")
     sp = load("adapt-minilm/bf16-train-speed.json")
-    asn, an = Report("adapt-minilm/adapt-starbucks-nfcorpus.json"), Report("adapt-minilm/adapt-nfcorpus.json")
+    # adapt-starbucks started from the NFCorpus adaptor fitted before the centring fix (code review 3 A2)
+    asn, an = Report("adapt-minilm/adapt-starbucks-nfcorpus.json"), Report("adapt-minilm/adapt-before-centring-nfcorpus.json")
     ass = Report("adapt-minilm/adapt-starbucks-scifact.json")
     rows = []
     for c in ("single 6x384", "single 4x128", "single 2x32"):
@@ -340,8 +343,8 @@ bfloat16 (`--only starbucks-keep-bf16`) scores on SciFact test 6x384 {bf(full):.
 4x128 {bf('single 4x128'):.4f} against {keep('single 4x128'):.4f}.
 
 Adapt, then Starbucks (`--only adapt-starbucks`: the label-free NFCorpus adaptor, trained with the
-backbone for the same 120 steps on NFCorpus train, full size kept): on NFCorpus dev 4x128 {asn('single 4x128'):.4f}
-against the adaptor alone's {an('single 4x128'):.4f}, 5x256 {asn('single 5x256'):.4f} against {an('single 5x256'):.4f}
+backbone for the same 120 steps on NFCorpus train, full size kept; run before the centring fix): on NFCorpus dev
+4x128 {asn('single 4x128'):.4f} (the adaptor it started from: {an('single 4x128'):.4f}), 5x256 {asn('single 5x256'):.4f} ({an('single 5x256'):.4f})
 (5x256 k=100 keeps {pct(asn('5x256 k=100 -> 6x384'), asn(full))}), with the full size at {asn(full):.4f} ({unn(full):.4f} untouched);
 on SciFact, out of its domain, the NFCorpus-fitted adaptor plus training gives 4x128 {ass('single 4x128'):.3f} with the full
 size kept ({ass(full):.4f}), well below a SciFact-fitted adapt ({ad('single 4x128'):.3f}): fit the adaptor on the corpus
