@@ -235,7 +235,9 @@ def _export_onnx(folder: Path, s: Size, layers: list[int] | None, enc: Encoder, 
     path = folder / "onnx" / "model.onnx"
     dyn = {n: {0: "batch", 1: "sequence"} for n in names}
     dyn["last_hidden_state"] = {0: "batch", 1: "sequence"}
-    with torch.no_grad():
+    from adaretrieve.modeling.onnx_backend import TORCH_ONNX_EXPORT
+
+    with TORCH_ONNX_EXPORT, torch.no_grad():  # torch.onnx's export state is process-global
         torch.onnx.export(_Graph(model, layers, token_types), tuple(batch[n] for n in names), str(path), dynamo=False,
                           input_names=names, output_names=["last_hidden_state"], dynamic_axes=dyn, opset_version=17)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

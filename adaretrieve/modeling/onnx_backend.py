@@ -12,6 +12,13 @@ variant is ONNX Runtime's dynamic quantisation of the MatMul weights (per output
 activations quantised per batch at run time), cached beside it.
 
 Disk: a depth-d graph holds the embeddings and d layers (MiniLM: ~55 MB at depth 2, ~90 MB at 6).
+
+Threads and processes: the first use of a depth (export, quantisation, session) runs once per
+process under a lock per cache file, so threads that ask for it at the same moment wait for one
+export; torch.onnx's export state is process-global, so every export in the process (this module's
+and ``export --onnx``'s) holds ``TORCH_ONNX_EXPORT``. Files are written under a unique temporary
+name in the cache folder and renamed into place, so two processes exporting into one cache each
+write a whole file and the last rename wins.
 """
 
 from __future__ import annotations
@@ -20,6 +27,9 @@ import hashlib
 import inspect
 import logging
 import os
+import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +51,52 @@ OPSET = 17
 # 0.85 (MPNet); per channel without the down-projections 0.994 (MiniLM), 0.986 (MPNet), at 1.75x
 # fp32's batch-1 speed for MPNet instead of 2.5x. Attention's activation x activation products stay fp32.
 INT8_RECIPE = "pc2"
+
+# torch.onnx keeps its export state in module globals: two exports at once in one process fail
+# ("GLOBALS.in_onnx_export must be True"), so every torch.onnx.export in the process holds this.
+TORCH_ONNX_EXPORT = threading.Lock()
+_FILE_LOCKS: dict[Path, threading.Lock] = {}  # one per fp32 cache file (= backbone, pooling, depth), for all runners
+_FILE_LOCKS_GUARD = threading.Lock()
+
+
+def _file_lock(path: Path) -> threading.Lock:
+    with _FILE_LOCKS_GUARD:
+        return _FILE_LOCKS.setdefault(path, threading.Lock())
+
+
+def _temp_beside(out: Path, suffix: str = ".tmp") -> Path:
+    """A new, unique, empty file in ``out``'s folder (same file system, so os.replace is atomic)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=suffix)
+    os.close(fd)
+    return Path(name)
+
+
+class _QuantiserAdvice(logging.Filter):
+    """Drops the records below ERROR that onnxruntime's quantiser logs on the root logger itself
+    (``logging.warning("Please consider pre-processing ...")``); every other record passes."""
+
+    def __init__(self):
+        super().__init__()
+        import onnxruntime.quantization as q
+
+        self.folder = os.path.dirname(os.path.abspath(q.__file__)) + os.sep
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or not os.path.abspath(record.pathname).startswith(self.folder)
+
+
+@contextmanager
+def _quiet_quantiser():
+    """Silence the quantiser's advice while it runs, without touching any logger's level: a filter
+    on the root logger (where it logs), removed after. Other threads' records still get through."""
+    f = _QuantiserAdvice()
+    root = logging.getLogger()
+    root.addFilter(f)
+    try:
+        yield
+    finally:
+        root.removeFilter(f)
 
 
 def check_backend(backend: str) -> str:
@@ -94,7 +150,7 @@ class OnnxRunner:
         self.names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in probe and n in accepted]
         if "input_ids" not in self.names or "attention_mask" not in self.names:
             raise AdaError(f"{enc.name}: the onnx backend needs a tokenizer that gives input_ids and attention_mask")
-        self._sessions: dict[int, object] = {}
+        self._sessions: dict[int, object] = {}  # written under the depth's file lock, read without it
 
     # -- files ---------------------------------------------------------------------------------
 
@@ -108,7 +164,12 @@ class OnnxRunner:
         return cache_dir() / "onnx" / f"{enc.backbone_hash()[:16]}-{enc.pooling}-L{depth}-{tag}{f'-int8{INT8_RECIPE}' if q else ''}.onnx"
 
     def ensure(self, depth: int) -> Path:
-        """The graph file for ``depth``, exported (and quantised) now unless the cache has it."""
+        """The graph file for ``depth``, exported (and quantised) now unless the cache has it. Threads
+        of one process asking at once: one exports, the others wait for it and read its file."""
+        with _file_lock(self.path(depth, quantized=False)):
+            return self._ensure(depth)
+
+    def _ensure(self, depth: int) -> Path:
         fp32 = self.path(depth, quantized=False)
         if not fp32.exists():
             self._export(depth, fp32)
@@ -123,8 +184,7 @@ class OnnxRunner:
         import warnings
 
         log.info("exporting %s to ONNX up to layer %d (once; cached at %s)", self.enc.name, depth, out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        tmp = _temp_beside(out)
         # two texts of different lengths: the mask has padding, so nothing about it is folded as a constant
         dummy = self.enc.tokenizer(["a b c d e f", "a"], padding=True, return_tensors="pt")
         args = tuple(dummy[n] for n in self.names)
@@ -132,7 +192,7 @@ class OnnxRunner:
         dyn["pooled"] = {0: "batch"}
         wrapper = _PooledUpTo(self.enc, depth, self.names).eval()
         try:
-            with torch.no_grad(), warnings.catch_warnings():
+            with TORCH_ONNX_EXPORT, torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(wrapper, args, str(tmp), input_names=self.names, output_names=["pooled"],
                                   dynamic_axes=dyn, opset_version=OPSET, do_constant_folding=True, dynamo=False)
@@ -147,17 +207,14 @@ class OnnxRunner:
             raise AdaError(f"backend 'onnx-int8' needs onnxruntime's quantisation tools and onnx ({e}): "
                            "pip install 'adaretrieve[onnx]'") from None
         log.info("quantising %s to int8 (once; cached at %s)", fp32.name, out)
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.onnx")
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)  # the quantiser logs advice on the root logger ("consider pre-processing")
+        tmp = _temp_beside(out, ".tmp.onnx")
         try:
-            quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                             per_channel=True, extra_options={"MatMulConstBOnly": True},
-                             nodes_to_exclude=self._down_projections(fp32))
+            with _quiet_quantiser():
+                quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                                 per_channel=True, extra_options={"MatMulConstBOnly": True},
+                                 nodes_to_exclude=self._down_projections(fp32))
             os.replace(tmp, out)
         finally:
-            root.setLevel(level)
             tmp.unlink(missing_ok=True)
 
     def _down_projections(self, path: Path) -> list[str]:
@@ -177,20 +234,28 @@ class OnnxRunner:
     # -- running -------------------------------------------------------------------------------
 
     def session(self, depth: int):
-        if depth not in self._sessions:
-            opts = self.ort.SessionOptions()
-            opts.intra_op_num_threads = self.threads
-            opts.inter_op_num_threads = 1
-            opts.execution_mode = self.ort.ExecutionMode.ORT_SEQUENTIAL
-            opts.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            opts.log_severity_level = 3
-            path = self.ensure(depth)
-            try:
-                self._sessions[depth] = self.ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-            except Exception as e:  # a damaged cache file: say which, so it can be deleted
-                raise AdaError(f"onnxruntime cannot load {path} ({str(e).strip().splitlines()[0][:160]}); "
-                               "delete it to export it again") from None
+        """The session for ``depth``, created once even when threads ask for it at the same moment."""
+        s = self._sessions.get(depth)
+        if s is not None:
+            return s
+        with _file_lock(self.path(depth, quantized=False)):
+            if depth not in self._sessions:
+                self._sessions[depth] = self._new_session(depth)
         return self._sessions[depth]
+
+    def _new_session(self, depth: int):
+        opts = self.ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = self.ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        path = self._ensure(depth)  # the caller holds the depth's lock
+        try:
+            return self.ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # a damaged cache file: say which, so it can be deleted
+            raise AdaError(f"onnxruntime cannot load {path} ({str(e).strip().splitlines()[0][:160]}); "
+                           "delete it to export it again") from None
 
     def run(self, batch: dict, depth: int) -> np.ndarray:
         feed = {n: np.ascontiguousarray(batch[n], dtype=np.int64) for n in self.names}

@@ -190,3 +190,98 @@ def test_onnx_backend_runs_on_the_cpu_when_no_device_is_given(tiny_model, monkey
     enc = Encoder(tiny_model, backend="onnx", threads=1)
     assert enc.device.type == "cpu"
     assert enc.encode(TEXTS[:2], ["2x8"])[Size(2, 8)].shape == (2, 8)
+
+
+@pytest.mark.parametrize("backend", ["onnx", "onnx-int8"])
+def test_first_use_from_four_threads_exports_once_and_gives_equal_vectors(tiny_model, torch_enc, monkeypatch, tmp_path,
+                                                                           backend):
+    """Code review 3, A8: four threads asking one fresh encoder for the same depth at once. torch.onnx's
+    export state is process-global and the temporary file name was per process, so all four failed."""
+    import threading
+
+    from adaretrieve.modeling import onnx_backend
+
+    monkeypatch.setenv("ADARETRIEVE_CACHE", str(tmp_path / "cache"))
+    exports, quantised = [], []
+    real_export, real_quantize = onnx_backend.OnnxRunner._export, onnx_backend.OnnxRunner._quantize
+    monkeypatch.setattr(onnx_backend.OnnxRunner, "_export",
+                        lambda self, d, out: (exports.append(d), real_export(self, d, out)))
+    monkeypatch.setattr(onnx_backend.OnnxRunner, "_quantize",
+                        lambda self, a, b: (quantised.append(b.name), real_quantize(self, a, b)))
+    enc = Encoder(tiny_model, device="cpu", backend=backend, threads=1)
+    barrier = threading.Barrier(4)
+    got: list = [None] * 4
+    errors: list = []
+
+    def call(i):
+        try:
+            barrier.wait()
+            got[i] = enc.encode(TEXTS, ["2x8"])[Size(2, 8)]
+        except BaseException as e:  # noqa: B036  (every failure is the finding)
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert exports == [2]
+    assert len(quantised) == (1 if backend == "onnx-int8" else 0)
+    for v in got[1:]:
+        np.testing.assert_array_equal(v, got[0])
+    if backend == "onnx":
+        np.testing.assert_allclose(got[0], torch_enc.encode(TEXTS, ["2x8"])[Size(2, 8)], atol=1e-4)
+    files = sorted(p.name for p in (tmp_path / "cache" / "onnx").iterdir())
+    assert len(files) == (2 if backend == "onnx-int8" else 1) and not any(f.startswith(".") for f in files), files
+
+
+def test_two_processes_exporting_into_one_cache_leave_it_whole(tiny_model, tmp_path):
+    """Two processes that export and quantise the same depth into one cache at once: both succeed,
+    the cache holds one fp32 and one int8 file and no temporary file, and a third process loads them."""
+    import os
+    import subprocess
+
+    cache = tmp_path / "cache"
+    script = ("import sys, numpy as np; from adaretrieve.modeling import Encoder; "
+              f"v = Encoder({str(tiny_model)!r}, device='cpu', backend='onnx-int8', threads=1).encode({TEXTS!r}, ['2x8']); "
+              "np.save(sys.argv[1], next(iter(v.values())))")
+    env = {**os.environ, "ADARETRIEVE_CACHE": str(cache), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / f"v{i}.npy")], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    files = sorted(p.name for p in (cache / "onnx").iterdir())
+    assert len(files) == 2 and not any(f.startswith(".") for f in files), files
+    np.testing.assert_array_equal(np.load(tmp_path / "v0.npy"), np.load(tmp_path / "v1.npy"))
+    third = Encoder(tiny_model, device="cpu", backend="onnx-int8", threads=1)
+    os.environ["ADARETRIEVE_CACHE"] = str(cache)  # monkeypatched by the module's fixture, restored after the test
+    np.testing.assert_array_equal(third.encode(TEXTS, ["2x8"])[Size(2, 8)], np.load(tmp_path / "v0.npy"))
+
+
+def test_quantising_leaves_the_root_logger_alone(tiny_model, monkeypatch, tmp_path, caplog):
+    """The quantiser's own advice ("consider pre-processing", on the root logger) is silenced while it
+    runs, without raising the root logger's level: another thread's warnings still get through."""
+    import logging
+
+    import onnxruntime.quantization as q
+
+    monkeypatch.setenv("ADARETRIEVE_CACHE", str(tmp_path / "cache"))
+    root = logging.getLogger()
+    before = root.level
+    seen = []
+    real = q.quantize_dynamic
+
+    def spy(*a, **kw):
+        seen.append(root.level)
+        logging.warning("a warning from elsewhere while quantising")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(q, "quantize_dynamic", spy)
+    with caplog.at_level(logging.INFO):
+        level = root.level
+        Encoder(tiny_model, device="cpu", backend="onnx-int8", threads=1).encode(TEXTS[:2], ["1x8"])
+    assert seen == [level] and root.level == before
+    messages = [r.getMessage() for r in caplog.records]
+    assert "a warning from elsewhere while quantising" in messages
+    assert not any("pre-process" in m for m in messages), messages
