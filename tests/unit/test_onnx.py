@@ -285,3 +285,23 @@ def test_quantising_leaves_the_root_logger_alone(tiny_model, monkeypatch, tmp_pa
     messages = [r.getMessage() for r in caplog.records]
     assert "a warning from elsewhere while quantising" in messages
     assert not any("pre-process" in m for m in messages), messages
+
+
+def test_a_depth_d_graph_holds_only_d_layers(tiny_model):
+    """Code review 3, A15.9: early exit is in the graph. A graph that ran every layer and then
+    sliced would give the same vectors; it would hold every layer's weights, which this counts:
+    the MatMul nodes with a constant weight (per BERT layer: query, key, value, output, up, down)."""
+    import onnx
+
+    enc = Encoder(tiny_model, device="cpu", backend="onnx", threads=1)
+    for size in ("1x8", "4x8"):  # one call per depth: a call exports the graph to its deepest size only
+        enc.encode(TEXTS[:2], [size])
+
+    def weighted_matmuls(depth):
+        g = onnx.load(str(enc._onnx.path(depth)), load_external_data=False).graph
+        consts = {t.name for t in g.initializer}
+        return sum(1 for n in g.node if n.op_type == "MatMul" and any(i in consts for i in n.input))
+
+    one, four = weighted_matmuls(1), weighted_matmuls(4)
+    assert 0 < one < four
+    assert (one, four) == (6, 24), (one, four)
