@@ -1,7 +1,9 @@
 """Quality of the onnx backends on SciFact (issue 13, item 1): full-size nDCG@10 with queries (and
-the corpus) encoded by ONNX Runtime against the torch encoder.
+the corpus) encoded by ONNX Runtime against the torch encoder; and (issue 23, code review 3 A7) the
+early-exit graphs, an adapted model and two-stage search.
 
     python benchmarks/onnx_quality.py [--index indexes/scifact-minilm] [--corpus-backend onnx] [--threads 2]
+    python benchmarks/onnx_quality.py --adapted /tmp/adapted-minilm-scifact --skip-base --merge --check
 
 The index is the scifact-minilm suite's (built by the torch encoder; built here when missing). Rows:
 
@@ -11,6 +13,20 @@ The index is the scifact-minilm suite's (built by the torch encoder; built here 
 - corpus onnx, queries onnx (with --corpus-backend onnx): every document encoded again by the onnx
   backend, exact search over those vectors; the vectors' largest difference from the torch ones
   is reported too.
+
+With --adapted MODEL (a folder written by `adaretrieve adapt`), its own section: an index of that
+model built by the torch encoder (--adapted-index; built when missing: Flat shortlists at 2x64,
+4x128 and the full size, float16 rerank rows at the full size), searched with queries encoded by
+torch, onnx and onnx-int8 in each of ADAPTED_CONFIGS, each query encoded as `search` encodes it
+(once, to the deepest layer the configuration needs: a single 2x64 query runs the depth-2 graph).
+Per row: nDCG@10, RR@10, R@100, nDCG@10 minus torch's in the same configuration, the mean overlap
+of its top 10 with torch's top 10 (|A & B| / 10), the number of queries whose top 10 is torch's,
+in the same order, and the lowest cosine of its query vectors to torch's. The checks: no row's
+nDCG@10 may fall more than --max-ndcg-drop below torch's in the same configuration (the full-size
+rows of the base section are checked too); with --check a failed check exits 1.
+
+--skip-base keeps the base section (the unadapted full-size rows) from the results.json at --out
+as it is, command and date included, and measures only the adapted section.
 
 Writes results.json and results.md under --out.
 """
@@ -30,6 +46,11 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import uptime  # noqa: E402
 
+BACKENDS = ("torch", "onnx", "onnx-int8")
+# (name, shortlist, k, rerank): what a `search --shortlist S [--k K --rerank R]` runs
+ADAPTED_CONFIGS = [("single 2x64", "2x64", None, None), ("single 4x128", "4x128", None, None),
+                   ("2x64 k=200 -> 6x384", "2x64", 200, "6x384"), ("single 6x384", "6x384", None, None)]
+
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -41,7 +62,42 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "onnx-quality")
     ap.add_argument("--merge", action="store_true",
                     help="keep the rows of an existing report at --out that this run does not measure (e.g. the onnx corpus)")
+    ap.add_argument("--adapted", default="", help="also measure this adapted model folder (early-exit sizes, two-stage)")
+    ap.add_argument("--adapted-index", type=Path, default=Path("/tmp/adaretrieve-onnx-quality/scifact-adapted-index"),
+                    help="the adapted model's torch-built index (built here when missing)")
+    ap.add_argument("--skip-base", action="store_true",
+                    help="keep the base (unadapted, full-size) section of the results.json at --out instead of measuring it")
+    ap.add_argument("--max-ndcg-drop", type=float, default=0.01,
+                    help="the check: a row's nDCG@10 may be at most this far below torch's in the same configuration")
+    ap.add_argument("--check", action="store_true", help="exit 1 when a check fails")
     args = ap.parse_args(argv)
+    command = "python benchmarks/onnx_quality.py " + shlex.join(argv or sys.argv[1:])
+    if args.skip_base:
+        if not (args.out / "results.json").exists():
+            raise SystemExit(f"--skip-base keeps the base section of {args.out / 'results.json'}, which does not exist")
+        report = json.loads((args.out / "results.json").read_text())
+    else:
+        report = measure_base(args, command)
+    if args.adapted:
+        report["adapted"] = measure_adapted(args, command)
+    elif args.merge and "adapted" in (old := _old(args.out)):
+        report["adapted"] = old["adapted"]
+    report["checks"] = checks(report, args.max_ndcg_drop)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "results.md").write_text(to_markdown(report))
+    print(to_markdown(report))
+    failed = [c for c in report["checks"] if not c["ok"]]
+    if args.check and failed:
+        raise SystemExit("failed: " + "; ".join(c["what"] for c in failed))
+
+
+def _old(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
+
+
+def measure_base(args, command: str) -> dict:
+    """The unadapted model at the full size, exact search (issue 13): the report's top level."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import faiss
     import numpy as np
@@ -109,7 +165,7 @@ def main(argv=None) -> None:
                      "metrics": score(ix, qvecs[args.corpus_backend], ids), **corpus_info})
     earlier = []
     if args.merge and (args.out / "results.json").exists():
-        old = json.loads((args.out / "results.json").read_text())
+        old = _old(args.out)
         have = {(r["corpus"], r["queries"]) for r in rows}
         for r in old["rows"]:
             if (r["corpus"], r["queries"]) not in have:
@@ -118,15 +174,93 @@ def main(argv=None) -> None:
     torch_ndcg = rows[0]["metrics"]["nDCG@10"]
     for r in rows:
         r["nDCG@10_minus_torch"] = round(r["metrics"]["nDCG@10"] - torch_ndcg, 5)
-    report = {"command": "python benchmarks/onnx_quality.py " + shlex.join(argv or sys.argv[1:]),
-              "model": base.describe(), "size": str(full), "n_queries": len(qids), "n_docs": reader.n_docs,
-              "index": str(args.index), "threads": args.threads, "machine": machine_info(),
-              "uptime_before": uptime_before, "uptime_after": uptime(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-              "seconds": round(time.time() - t_start, 1), "rows": rows, "merged_from_earlier_run": earlier}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "results.md").write_text(to_markdown(report))
-    print(to_markdown(report))
+    return {"command": command, "model": base.describe(), "size": str(full), "n_queries": len(qids), "n_docs": reader.n_docs,
+            "index": str(args.index), "threads": args.threads, "machine": machine_info(),
+            "uptime_before": uptime_before, "uptime_after": uptime(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "seconds": round(time.time() - t_start, 1), "rows": rows, "merged_from_earlier_run": earlier}
+
+
+def measure_adapted(args, command: str) -> dict:
+    """An adapted model's early-exit sizes and two-stage search, queries by every backend, against
+    one torch-built index (code review 3, A7)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from adaretrieve.bench import machine_info
+    from adaretrieve.data import read_qrels, read_queries
+    from adaretrieve.eval import Evaluator, run_from_arrays
+    from adaretrieve.index.build import build_index
+    from adaretrieve.modeling import Encoder
+    from adaretrieve.search import IndexReader
+    from adaretrieve.search.twostage import FunnelSearcher
+    from adaretrieve.sizes import parse_size
+
+    t_start = time.time()
+    uptime_before = uptime()
+    encs = {b: Encoder(args.adapted, device="cpu", max_length=256, backend=b, threads=args.threads) for b in BACKENDS}
+    torch_enc = encs["torch"]
+    if torch_enc.adaptor is None:
+        raise SystemExit(f"{args.adapted} has no adaptor: give a folder written by `adaretrieve adapt`")
+    sizes = list(dict.fromkeys(parse_size(x) for _, sl, _, rr in ADAPTED_CONFIGS for x in (sl, rr) if x))
+    full = torch_enc.full_size
+    build = {"shortlist": [str(s) for s in sizes], "rerank": str(full), "factory": "Flat", "rerank_dtype": "float16",
+             "batch_size": 32}
+    build_seconds = None
+    if not args.adapted_index.exists():
+        t0 = time.perf_counter()
+        build_index(args.data, torch_enc, args.adapted_index, sizes, full, batch_size=32, progress=True)
+        build_seconds = round(time.perf_counter() - t0, 1)
+    reader = IndexReader(args.adapted_index)
+    reader.check_model(torch_enc.weights_hash(), torch_enc.name)
+    qrels = read_qrels(args.data / "qrels" / "test.tsv")
+    queries = {q: t for q, t in read_queries(args.data / "queries.jsonl").items() if q in qrels}
+    qids = list(queries)
+    texts = [queries[q] for q in qids]
+    ev = Evaluator(qrels, ["nDCG@10", "RR@10", "R@100"])
+    rows, encode_ms = [], {}
+    for name, shortlist, k, rerank in ADAPTED_CONFIGS:
+        want = [parse_size(shortlist), *([parse_size(rerank)] if rerank else [])]
+        searcher = FunnelSearcher(reader, shortlist, k=k or 200, rerank=rerank)
+        depth = max(s.layer for s in want)
+        results, vecs, ndcg = {}, {}, {}
+        for b in BACKENDS:  # torch first: the others are compared with it
+            enc = encs[b]
+            enc.encode_queries(texts[:2], want)  # the depth's graph exported / session created before timing
+            t0 = time.perf_counter()
+            vecs[b] = enc.encode_queries(texts, want, batch_size=32)
+            encode_ms.setdefault(b, {})[f"L{depth}"] = round(1000 * (time.perf_counter() - t0) / len(texts), 2)
+            s, r = searcher.search(vecs[b], top=100)
+            results[b] = r
+            metrics = {m: round(v, 5) for m, v in ev(run_from_arrays(qids, s, r, reader.docids)).items()}
+            top, ref = r[:, :10], results["torch"][:, :10]
+            overlap = np.mean([len(set(a) & set(t)) / 10 for a, t in zip(top, ref)])
+            cos = min(float((vecs[b][x] * vecs["torch"][x]).sum(1).min()) for x in want)
+            ndcg[b] = metrics["nDCG@10"]
+            rows.append({"config": name, "queries": b, "depth": depth, "metrics": metrics,
+                         "nDCG@10_minus_torch": round(ndcg[b] - ndcg["torch"], 5),
+                         "overlap@10_with_torch": round(float(overlap), 4),
+                         "identical_top10": int(sum(bool((a == t).all()) for a, t in zip(top, ref))),
+                         "min_query_cosine_to_torch": round(cos, 5)})
+    return {"command": command, "model": torch_enc.describe(), "adaptor_layers": list(torch_enc.adaptor.layers),
+            "index": str(args.adapted_index), "index_build": build, "index_build_seconds": build_seconds,
+            "n_docs": reader.n_docs, "n_queries": len(qids), "threads": args.threads, "machine": machine_info(),
+            "encode_ms_per_query_batch32": encode_ms, "uptime_before": uptime_before, "uptime_after": uptime(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "seconds": round(time.time() - t_start, 1), "rows": rows}
+
+
+def checks(report: dict, max_drop: float) -> list[dict]:
+    """Every non-torch row against torch's in the same configuration: nDCG@10 at most ``max_drop`` lower."""
+    out = []
+    base = [("base " + r["corpus"] + " / " + r["queries"], r["nDCG@10_minus_torch"]) for r in report["rows"]
+            if r["queries"] != "torch"]
+    adapted = [(f"adapted {r['config']} / {r['queries']}", r["nDCG@10_minus_torch"])
+               for r in report.get("adapted", {}).get("rows", []) if r["queries"] != "torch"]
+    for what, delta in base + adapted:
+        out.append({"what": f"{what}: nDCG@10 minus torch {delta:+.5f} >= {-max_drop:+.5f}", "delta": delta,
+                    "floor": -max_drop, "ok": bool(delta >= -max_drop)})
+    return out
 
 
 def to_markdown(r: dict) -> str:
@@ -147,7 +281,43 @@ def to_markdown(r: dict) -> str:
         if x.get("from"):
             lines.append(f"\nRow corpus {x['corpus']} / queries {x['queries']}: kept from an earlier run (`--merge`), "
                          f"{x['from']}.")
+    if "adapted" in r:
+        lines += ["", *adapted_markdown(r["adapted"])]
+    if r.get("checks"):
+        bad = [c for c in r["checks"] if not c["ok"]]
+        lines += ["", "## Checks", "", f"nDCG@10 of every onnx / onnx-int8 row at most {-r['checks'][0]['floor']:g} "
+                  f"below torch's in the same configuration: {len(r['checks']) - len(bad)} of {len(r['checks'])} met"
+                  + ("." if not bad else "; failed:"), *[f"- {c['what']}" for c in bad]]
     return "\n".join(lines) + "\n"
+
+
+def adapted_markdown(a: dict) -> list[str]:
+    m = a["machine"]
+    md = a["model"]
+    built = (f"built here in {a['index_build_seconds']} s" if a.get("index_build_seconds") is not None
+             else "built by an earlier run of this script")
+    out = ["## An adapted model: early-exit sizes and two-stage search (issue 23, code review 3 A7)", "",
+           f"Command: `{a['command']}`  ",
+           f"Model: `{md['path']}` ({md['n_layers']}x{md['hidden_size']}, adaptor on layers "
+           f"{', '.join(map(str, a['adaptor_layers']))}, max length {md['max_length']}); {a['n_docs']} docs, "
+           f"{a['n_queries']} test queries.  ",
+           f"Index: built by the torch encoder ({built}): Flat shortlists at {', '.join(a['index_build']['shortlist'])}, "
+           f"{a['index_build']['rerank_dtype']} rerank rows at {a['index_build']['rerank']}. Each query is encoded "
+           "once, to the deepest layer its configuration needs (depth).  ",
+           f"Machine: {m['cpu']}, {m['cores']} cores, {a['threads']} threads; {a['date']}; {a['seconds']} s; load before "
+           f"`{a['uptime_before']}`.", "",
+           "Overlap: mean |top 10 & torch's top 10| / 10. Identical: queries whose top 10 is torch's, same order.", "",
+           "| configuration | depth | queries | nDCG@10 | minus torch | RR@10 | R@100 | overlap@10 with torch | "
+           "identical top 10 | min query cosine to torch | encode ms/query (batch 32) |",
+           "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for x in a["rows"]:
+        mt = x["metrics"]
+        ms = a["encode_ms_per_query_batch32"].get(x["queries"], {}).get(f"L{x['depth']}", "-")
+        out.append(f"| {x['config']} | {x['depth']} | {x['queries']} | {mt['nDCG@10']:.5f} | {x['nDCG@10_minus_torch']:+.5f} | "
+                   f"{mt['RR@10']:.5f} | {mt['R@100']:.5f} | {x['overlap@10_with_torch']:.3f} | "
+                   f"{x['identical_top10']}/{a['n_queries']} | {x['min_query_cosine_to_torch']:.5f} | {ms} |")
+    out += ["", "Encoding times are one pass each under the machine's load at the time: read them as rough."]
+    return out
 
 
 if __name__ == "__main__":
