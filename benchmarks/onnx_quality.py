@@ -193,8 +193,7 @@ def measure_adapted(args, command: str) -> dict:
     from adaretrieve.eval import Evaluator, run_from_arrays
     from adaretrieve.index.build import build_index
     from adaretrieve.modeling import Encoder
-    from adaretrieve.search import IndexReader
-    from adaretrieve.search.twostage import FunnelSearcher
+    from adaretrieve.search import FunnelPlan, FunnelSearcher, IndexReader
     from adaretrieve.sizes import parse_size
 
     t_start = time.time()
@@ -213,7 +212,7 @@ def measure_adapted(args, command: str) -> dict:
         build_index(args.data, torch_enc, args.adapted_index, sizes, full, batch_size=32, progress=True)
         build_seconds = round(time.perf_counter() - t0, 1)
     reader = IndexReader(args.adapted_index)
-    reader.check_model(torch_enc.weights_hash(), torch_enc.name)
+    reader.check_encoder(torch_enc.spec(), torch_enc.name)
     qrels = read_qrels(args.data / "qrels" / "test.tsv")
     queries = {q: t for q, t in read_queries(args.data / "queries.jsonl").items() if q in qrels}
     qids = list(queries)
@@ -222,7 +221,7 @@ def measure_adapted(args, command: str) -> dict:
     rows, encode_ms = [], {}
     for name, shortlist, k, rerank in ADAPTED_CONFIGS:
         want = [parse_size(shortlist), *([parse_size(rerank)] if rerank else [])]
-        searcher = FunnelSearcher(reader, shortlist, k=k or 200, rerank=rerank)
+        searcher = FunnelSearcher(reader, FunnelPlan(shortlist, k=k or 200, rerank=rerank, top=100))
         depth = max(s.layer for s in want)
         results, vecs, ndcg = {}, {}, {}
         for b in BACKENDS:  # torch first: the others are compared with it
@@ -231,7 +230,7 @@ def measure_adapted(args, command: str) -> dict:
             t0 = time.perf_counter()
             vecs[b] = enc.encode_queries(texts, want, batch_size=32)
             encode_ms.setdefault(b, {})[f"L{depth}"] = round(1000 * (time.perf_counter() - t0) / len(texts), 2)
-            s, r = searcher.search(vecs[b], top=100)
+            s, r = searcher.search(vecs[b])
             results[b] = r
             metrics = {m: round(v, 5) for m, v in ev(run_from_arrays(qids, s, r, reader.docids)).items()}
             top, ref = r[:, :10], results["torch"][:, :10]
