@@ -696,6 +696,30 @@ def encoding() -> str:
 
 {table(["method", "query ms, batch 1", "x our torch", "x ST torch", "ms/query, batch 32", "x ST torch",
         f"corpus docs/s ({d['corpus_docs']} docs)" if ce else "corpus docs/s"], rows)}{reading}""")
+    adapted = ""
+    if "adapted" in q:
+        a = q["adapted"]
+        by = {(x["config"], x["queries"]): x for x in a["rows"]}
+        configs = list(dict.fromkeys(x["config"] for x in a["rows"]))
+        n = a["n_queries"]
+        rows = []
+        for c in configs:
+            t, o, i8 = by[(c, "torch")], by[(c, "onnx")], by[(c, "onnx-int8")]
+            rows.append([c, f"{t['metrics']['nDCG@10']:.5f}", f"{o['nDCG@10_minus_torch']:+.5f} ({o['identical_top10']}/{n})",
+                         f"{i8['nDCG@10_minus_torch']:+.5f}", f"{i8['overlap@10_with_torch']:.3f}",
+                         f"{i8['identical_top10']}/{n}"])
+        ok = [c for c in q.get("checks", []) if c["what"].startswith("adapted")]
+        floor = f"{-ok[0]['floor']:g}" if ok else "-"
+        adapted = f"""
+
+An adapted {a['model']['n_layers']}x{a['model']['hidden_size']} model (`adaretrieve adapt` on SciFact, train queries),
+queries encoded by each backend against one torch-built index, each query to the deepest layer its
+configuration needs (`{a['command']}`, {a['date']}; every figure in `benchmarks/results/onnx-quality/`).
+"identical": queries whose top 10 is torch's, in the same order; the check allows onnx and int8 queries an nDCG@10 at most
+{floor} below torch's ({sum(c['ok'] for c in ok)} of {len(ok)} rows met):
+
+{table(["configuration", "torch nDCG@10", "onnx minus torch (identical)", "onnx-int8 minus torch",
+        "int8 overlap@10 with torch", "int8 identical top 10"], rows)}"""
     rm = load("rerank-micro/results.json")
     r = rm["results"]
     both = (f"queries and corpus by onnx {onnx_both['metrics']['nDCG@10']:.5f} (vectors within "
@@ -710,7 +734,7 @@ ratios, which are measured in one run.
 
 Quality, {q["model"]["name"]} on SciFact test at {q["size"]} (`{q["command"]}`): nDCG@10 torch {torch_ndcg:.5f}, onnx queries
 {qrow[('torch (index)', 'onnx')]['metrics']['nDCG@10']:.5f}, {both}; int8 queries against the fp32 index
-{int8['metrics']['nDCG@10']:.5f} ({int8['nDCG@10_minus_torch']:+.4f}).
+{int8['metrics']['nDCG@10']:.5f} ({int8['nDCG@10_minus_torch']:+.4f}).{adapted}
 
 Rerank of {rm['k']} float16 rows at {rm['dim']}-d for one query (`{rm['command'].split(' --note ')[0]}`): {r['adaretrieve']['p50_us']:.0f} us
 against {r['bare']['p50_us']:.0f} us for a bare numpy gather + matrix-vector product over the same rows in the same
