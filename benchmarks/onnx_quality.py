@@ -243,6 +243,7 @@ def measure_adapted(args, command: str) -> dict:
                          "identical_top10": int(sum(bool((a == t).all()) for a, t in zip(top, ref))),
                          "min_query_cosine_to_torch": round(cos, 5)})
     return {"command": command, "model": torch_enc.describe(), "adaptor_layers": list(torch_enc.adaptor.layers),
+            "adaptor": {k: torch_enc.adaptor.meta.get(k) for k in ("base_model", "objective", "fitted_on", "ladder")},
             "index": str(args.adapted_index), "index_build": build, "index_build_seconds": build_seconds,
             "n_docs": reader.n_docs, "n_queries": len(qids), "threads": args.threads, "machine": machine_info(),
             "encode_ms_per_query_batch32": encode_ms, "uptime_before": uptime_before, "uptime_after": uptime(),

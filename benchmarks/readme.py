@@ -709,10 +709,15 @@ def encoding() -> str:
                          f"{i8['nDCG@10_minus_torch']:+.5f}", f"{i8['overlap@10_with_torch']:.3f}",
                          f"{i8['identical_top10']}/{n}"])
         ok = [c for c in q.get("checks", []) if c["what"].startswith("adapted")]
+        ad = a.get("adaptor") or {}
+        on = ad.get("fitted_on") or {}
+        fitted = (f"{ad.get('base_model') or a['model']['name']} + `adaretrieve adapt`, {ad.get('objective')}, fitted on "
+                  f"{Path(str(on.get('corpus'))).parent.name} with {on.get('n_queries')} {on.get('query_split') or ''} "
+                  f"queries{', label-free' if not on.get('labelled_pairs') else ''}") if on else "`adaretrieve adapt`"
         floor = f"{-ok[0]['floor']:g}" if ok else "-"
         adapted = f"""
 
-An adapted {a['model']['n_layers']}x{a['model']['hidden_size']} model (`adaretrieve adapt` on SciFact, train queries),
+An adapted {a['model']['n_layers']}x{a['model']['hidden_size']} model ({fitted}),
 queries encoded by each backend against one torch-built index, each query to the deepest layer its
 configuration needs (`{a['command']}`, {a['date']}; every figure in `benchmarks/results/onnx-quality/`).
 "identical": queries whose top 10 is torch's, in the same order; the check allows onnx and int8 queries an nDCG@10 at most

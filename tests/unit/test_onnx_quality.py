@@ -82,3 +82,21 @@ def test_adapted_rows_per_configuration_and_backend_and_the_floor_check(setting)
     assert "| 2x16 k=20 -> 4x32 | 4 | onnx-int8 |" in md and "## Checks" in md
     with pytest.raises(SystemExit, match="failed: .*nDCG@10 minus torch"):
         bench.main([*args, "--max-ndcg-drop", "-0.5", "--check"])  # a floor above torch's own score fails every row
+
+
+def test_the_readme_renders_the_adapted_section(setting, tmp_path, monkeypatch):
+    """benchmarks/readme.py's encoding block, over the real results with this run's adapted section."""
+    bench, args, out, _ = setting
+    bench.main(args)
+    spec = importlib.util.spec_from_file_location("readme_figures", BENCH.parent / "readme.py")
+    readme = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(readme)
+    results = shutil.copytree(readme.RESULTS, tmp_path / "results")
+    real = json.loads((results / "onnx-quality" / "results.json").read_text())
+    ours = json.loads((out / "results.json").read_text())
+    real["adapted"], real["checks"] = ours["adapted"], ours["checks"]
+    (results / "onnx-quality" / "results.json").write_text(json.dumps(real))
+    monkeypatch.setattr(readme, "RESULTS", results)
+    text = readme.encoding()
+    print(text[text.index("Quality,") : text.index("Rerank of")])
+    assert "| 2x16 k=20 -> 4x32 | " in text and "+0.00000 (5/5)" in text
