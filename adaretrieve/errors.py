@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import re
 import zlib
 
 
@@ -23,6 +25,26 @@ class AdaError(ValueError):
 def _first_line(e: BaseException, limit: int = 200) -> str:
     lines = str(e).strip().splitlines()
     return lines[0][:limit] if lines else type(e).__name__
+
+
+_WHY = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+        errno.EFBIG: "file too large: a file-size limit (ulimit -f) was reached"}
+
+
+def io_reason(e: BaseException) -> str | None:
+    """Why a write failed, in words, for the OS errors a full disk or a limit causes, including the two
+    that carry no errno: numpy's short write ('38400 requested and 25568 written') and safetensors'
+    SafetensorError ('... I/O error: File too large (os error 27)'). None for anything else."""
+    if isinstance(e, OSError) and e.errno is not None:
+        return _WHY.get(e.errno, e.strerror or _first_line(e))
+    m = re.search(r"(\d+) requested and (\d+) written", str(e))
+    if isinstance(e, OSError) and m:
+        return (f"a write was cut short ({m.group(1)} bytes requested, {m.group(2)} written): "
+                "the disk is full or a file-size limit (ulimit -f) was reached")
+    m = re.search(r"os error (\d+)", str(e))
+    if type(e).__name__ == "SafetensorError" and m:
+        return _WHY.get(int(m.group(1)), os.strerror(int(m.group(1))))
+    return None
 
 
 def describe(e: BaseException) -> str | None:
@@ -39,8 +61,10 @@ def describe(e: BaseException) -> str | None:
         return f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})"
     if isinstance(e, OSError) and e.errno is not None:
         where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
-        why = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded"}.get(e.errno, e.strerror)
+        why = io_reason(e)
         return f"{where}: {why}" if where else str(why)
+    if io_reason(e) is not None:
+        return io_reason(e)
     if isinstance(e, RuntimeError) and "faiss" in str(e):
         return f"faiss could not read or use an index file: {_first_line(e)}"
     try:

@@ -31,10 +31,15 @@ the graph is checked with onnxruntime against adaretrieve's vectors.
 from __future__ import annotations
 
 import copy
+import ctypes
+import errno
+import fcntl
 import json
 import logging
+import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +47,7 @@ import torch
 from torch import nn
 
 from adaretrieve._version import __version__
-from adaretrieve.errors import AdaError
+from adaretrieve.errors import AdaError, io_reason
 from adaretrieve.modeling.encoder import Encoder
 from adaretrieve.modeling.st_format import DenseLayer, write_st_files
 from adaretrieve.sizes import Size
@@ -110,30 +115,188 @@ def _cut_model(enc: Encoder, layer: int, hidden_states: bool) -> nn.Module:
     return model.eval()
 
 
+# -- the folder at --out: only an export of ours is replaced, and always whole ------------------------
+
+EXPORT_MARKER = "adaretrieve-export.json"  # written last into every export: what marks a folder as one
+# the points between the steps of a replacement; a test kills an export at each to check that --out
+# always holds the old or the new export ("exchanged" with renameat2, the others where it is missing)
+REPLACE_STEPS = ("written", "exchanged", "moved_aside", "renamed")
+replace_hook: Callable[[str], None] | None = None
+_RENAME_EXCHANGE = 2
+
+
+def _step(name: str) -> None:
+    if replace_hook is not None:
+        replace_hook(name)
+
+
+def export_path(out: str | Path) -> Path:
+    """``out`` made absolute with ``.`` and ``..`` resolved (its folder through symlinks, its own name
+    kept), so that ``--out ..`` names the folder it means and a temporary name beside it exists."""
+    p = Path(os.path.abspath(out))
+    if p.name == "":
+        raise AdaError(f"--out {out}: the file-system root cannot be an export folder")
+    return p.parent.resolve() / p.name
+
+
+def check_export_out(out: Path, overwrite: bool) -> None:
+    """``out`` may be written: absent, an empty folder, or with ``overwrite`` a previous export (it
+    holds ``EXPORT_MARKER``). Anything else (a user's folder, an index, the working directory, a
+    symlink, a file) is refused, never deleted."""
+    if out.is_symlink():
+        raise AdaError(f"--out {out} is a symlink; give the folder it points to ({os.path.realpath(out)})")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise AdaError(f"--out {out} exists and is not a folder; refusing to replace it")
+    cwd = Path.cwd().resolve()
+    holds_cwd = cwd == out or out in cwd.parents
+    if not any(out.iterdir()) and not holds_cwd:
+        return
+    if not overwrite and any(out.iterdir()):
+        raise AdaError(f"--out {out} exists and is not empty; pass --overwrite to replace it (a previous export only)")
+    if not (out / EXPORT_MARKER).is_file() and any(out.iterdir()):
+        what = ("an adaretrieve index" if (out / "CURRENT").exists() or (out / "manifest.json").exists()
+                else "not a folder written by `adaretrieve export`")
+        raise AdaError(f"--out {out} is {what} (it has no {EXPORT_MARKER}); --overwrite replaces previous exports "
+                       "only, so nothing was deleted")
+    if holds_cwd:
+        raise AdaError(f"--out {out} holds the working directory; run the export from another folder")
+
+
+def _remove_leftovers(out: Path) -> None:
+    """What an interrupted export to ``out`` left beside it (called under the export lock, so no
+    other export is using them): temporary folders, and an old export moved aside, which is moved
+    back when nothing is at ``out`` (a kill between the two renames of ``_replace``'s fallback)."""
+    for p in sorted(out.parent.glob(f".{out.name}.export-old-*")):
+        if not out.exists() and (p / EXPORT_MARKER).is_file():
+            p.rename(out)
+            log.warning("%s: moved back the previous export an interrupted export had moved aside", out)
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+    for p in out.parent.glob(f".{out.name}.export-*tmp"):  # ours, and the shared name of older versions
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or a folder (a folder's fsync makes the names in it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def try_lock(path: Path) -> int | None:
+    """An exclusive flock(2) on ``path`` (created if absent) without waiting: the fd that holds it, or
+    None when another process does; the kernel drops it when its holder dies. The index writer's
+    rule, kept here because ``index`` imports ``modeling`` (not the other way round)."""
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _fsync_tree(root: Path) -> None:
+    for d, _, files in os.walk(root):
+        for f in files:
+            fsync_path(Path(d) / f)
+        fsync_path(Path(d))
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the system or the
+    file system cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    if fn(-100, os.fsencode(a), -100, os.fsencode(b), _RENAME_EXCHANGE) == 0:  # -100: AT_FDCWD
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Put the complete export ``tmp`` at ``out``; at every instant ``out`` is the old export or the
+    new one. An existing export is swapped with ``tmp`` in one step (``tmp`` then holds the old one,
+    which the caller removes); where that is impossible it is moved aside, the new one renamed into
+    place and, should that fail, the old one moved back (a kill in between: the next export moves it
+    back, ``_remove_leftovers``)."""
+    _fsync_tree(tmp)
+    fsync_path(out.parent)
+    _step("written")
+    if not out.exists() or not any(out.iterdir()):
+        tmp.rename(out)  # over nothing, or an empty folder
+        fsync_path(out.parent)
+        _step("renamed")
+        return
+    if _exchange(tmp, out):
+        fsync_path(out.parent)
+        _step("exchanged")
+        return
+    aside = out.parent / f".{out.name}.export-old-{os.getpid()}"
+    out.rename(aside)
+    fsync_path(out.parent)
+    try:
+        _step("moved_aside")
+        tmp.rename(out)
+    except BaseException:
+        if not out.exists():
+            aside.rename(out)
+        raise
+    fsync_path(out.parent)
+    _step("renamed")
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def export_size(model: str | Encoder, size: str | Size, out: str | Path, onnx: bool = False, overwrite: bool = False,
                 query_prefix: str | None = None, passage_prefix: str | None = None, verify: bool = True,
                 tolerance: float = 1e-5) -> dict:
     """Write ``out``, a sentence-transformers folder for ``size`` of ``model``; returns a summary
     (modules, whether trust_remote_code is needed, the measured max abs difference to adaretrieve's
-    vectors on sample texts for the torch and onnx paths)."""
-    enc = model if isinstance(model, Encoder) else Encoder(model, device="cpu", query_prefix=query_prefix,
-                                                           passage_prefix=passage_prefix)
-    if isinstance(model, Encoder) and (query_prefix is not None or passage_prefix is not None):
-        enc.query_prefix = enc.query_prefix if query_prefix is None else query_prefix
-        enc.passage_prefix = enc.passage_prefix if passage_prefix is None else passage_prefix
-    s = enc.check_sizes([size], "export size")[0]
-    out = Path(out)
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not overwrite:
-        raise AdaError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
-    adapted = enc.adapted(s.layer)
-    features = enc.adaptor.inputs(s.layer) if adapted else [s.layer]
-    if adapted and enc.adaptor.kind != "linear":
-        raise AdaError(f"export {s}: the adaptor at layer {s.layer} is of kind {enc.adaptor.kind!r}; "
-                       "only a linear map has a sentence-transformers Dense module")
-    concat = adapted and features != [s.layer]
-    tmp = out.with_name(f".{out.name}.export-tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    vectors on sample texts for the torch and onnx paths).
+
+    ``overwrite`` replaces a previous export only (``check_export_out``), never a user's folder or an
+    index; one export per ``out`` at a time (a flock on ``.NAME.export.lock`` beside it, which stays);
+    the new export is written beside ``out`` and swapped in whole (``_replace``)."""
+    shown, out = str(out), export_path(out)
+    check_export_out(out, overwrite)  # before the model loads
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = out.parent / f".{out.name}.export.lock"
+    lock = try_lock(lock_path)
+    if lock is None:
+        raise AdaError(f"another export is writing {shown} now (it holds {lock_path}); wait for it to finish")
+    try:
+        _remove_leftovers(out)
+        check_export_out(out, overwrite)  # again, under the lock
+        enc = model if isinstance(model, Encoder) else Encoder(model, device="cpu", query_prefix=query_prefix,
+                                                               passage_prefix=passage_prefix)
+        if isinstance(model, Encoder) and (query_prefix is not None or passage_prefix is not None):
+            enc.query_prefix = enc.query_prefix if query_prefix is None else query_prefix
+            enc.passage_prefix = enc.passage_prefix if passage_prefix is None else passage_prefix
+        s = enc.check_sizes([size], "export size")[0]
+        adapted = enc.adapted(s.layer)
+        features = enc.adaptor.inputs(s.layer) if adapted else [s.layer]
+        if adapted and enc.adaptor.kind != "linear":
+            raise AdaError(f"export {s}: the adaptor at layer {s.layer} is of kind {enc.adaptor.kind!r}; "
+                           "only a linear map has a sentence-transformers Dense module")
+        concat = adapted and features != [s.layer]
+        tmp = out.parent / f".{out.name}.export-{os.getpid()}.tmp"
+        tmp.mkdir()
+        return _write_export(enc, s, out, shown, tmp, adapted, features, concat, onnx, verify, tolerance)
+    finally:
+        os.close(lock)
+
+
+def _write_export(enc: Encoder, s: Size, out: Path, shown: str, tmp: Path, adapted: bool, features: list[int],
+                  concat: bool, onnx: bool, verify: bool, tolerance: float) -> dict:
     try:
         cut = _cut_model(enc, s.layer, hidden_states=concat)
         cut.save_pretrained(tmp)
@@ -162,7 +325,7 @@ def export_size(model: str | Encoder, size: str | Size, out: str | Path, onnx: b
                        dense=dense, before_pooling=before, pooled_width=width, lowercase=enc.lowercase)
         summary = {
             "model": enc.name, "model_path": enc.path, "weights_sha256": enc.weights_hash(), "size": str(s),
-            "out": str(out), "layers_kept": s.layer, "adapted": adapted, "feature_layers": features,
+            "out": shown, "layers_kept": s.layer, "adapted": adapted, "feature_layers": features,
             "pooling": enc.pooling, "normalize": enc.normalize, "max_length": enc.max_length,
             "query_prefix": enc.query_prefix, "passage_prefix": enc.passage_prefix,
             "modules": [m["type"].rsplit(".", 1)[-1] for m in json.loads((tmp / "modules.json").read_text())],
@@ -173,13 +336,16 @@ def export_size(model: str | Encoder, size: str | Size, out: str | Path, onnx: b
             summary["onnx"] = _export_onnx(tmp, s, features if concat else None, enc, want, tolerance)
         if verify:
             summary["check"] = _check_st(tmp, concat, want, tolerance)
-        (tmp / "adaretrieve-export.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (tmp / EXPORT_MARKER).write_text(json.dumps(summary, indent=2) + "\n")
+        _replace(tmp, out)
+    except OSError as e:
+        raise AdaError(f"{shown}: the export could not be written ({io_reason(e)}); the folder at --out is unchanged") from None
+    except Exception as e:
+        if io_reason(e) is None:
+            raise
+        raise AdaError(f"{shown}: the export could not be written ({io_reason(e)}); the folder at --out is unchanged") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the new export's files on failure, the old export's after a switch
     return summary
 
 
