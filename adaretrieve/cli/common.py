@@ -91,3 +91,31 @@ def load_encoder(model: str, pooling=None, normalize=None, max_length=None, devi
 
     return Encoder(model, pooling=pooling, normalize=normalize, max_length=max_length, device=device, dtype=dtype,
                    query_prefix=query_prefix, passage_prefix=passage_prefix, backend=backend)
+
+
+def check_query_text(query: str) -> None:
+    """A query given on the command line must show something and be valid Unicode (as every query
+    in a file must: ``data.readers.read_queries``)."""
+    from adaretrieve.data.readers import check_unicode, visible
+
+    if not visible(query):
+        raise AdaError("the query text is empty" + (f" (only invisible or control characters: {query!r:.40})"
+                                                    if query.strip() else ""))
+    check_unicode(query, "the query", "text")
+
+
+def check_run_out(out, index: str) -> None:
+    """``--out`` of a run: ``-`` (stdout), or a file that is not a folder and lies in no index folder
+    (``--out INDEX/CURRENT`` would replace the pointer of the index being read)."""
+    from pathlib import Path
+
+    if out is None or str(out) == "-":
+        return
+    out = Path(out)
+    if out.is_dir():
+        raise AdaError(f"--out {out} is a folder; give a file name for the run")
+    real = Path(os.path.realpath(out))
+    for d in real.parents:
+        if (d / "CURRENT").is_file() or ((d / "manifest.json").is_file() and (d / "docids.txt").exists()):
+            raise AdaError(f"--out {out} is inside the index folder {d}; writing a run there would damage the index, "
+                           "give a file outside it")

@@ -7,7 +7,15 @@ from typing import Optional
 
 import typer
 
-from adaretrieve.cli.common import BACKEND_HELP, at_least_1, handle_errors, print_metrics, setup
+from adaretrieve.cli.common import (
+    BACKEND_HELP,
+    at_least_1,
+    check_query_text,
+    check_run_out,
+    handle_errors,
+    print_metrics,
+    setup,
+)
 from adaretrieve.errors import AdaError
 
 
@@ -64,8 +72,7 @@ def search(
     if (k or then) and len(k) != 1 + len(then):
         raise AdaError(f"give one --k for the shortlist and one per --then stage: got {len(k)} --k for {len(then)} --then")
     at_least_1({"--batch-size": batch_size, "--nprobe": nprobe, "--ef-search": ef_search})
-    if out is not None and out.is_dir():
-        raise AdaError(f"--out {out} is a folder; give a file name for the run")
+    check_run_out(out, index)  # a folder, or a file inside an index; '-' is stdout
     if min(k, default=1) < 1 or (top is not None and top < 1):
         raise AdaError(f"--k ({', '.join(map(str, k))}) and --top ({top}) must be at least 1")
     if query is None and out is None and qrels is None:
@@ -126,8 +133,7 @@ def search(
                     return run_from_arrays(qids, res.scores, res.rows, reader.docids)
 
         if query is not None:
-            if not query.strip():
-                raise AdaError("the query text is empty")
+            check_query_text(query)
             qv1 = [query] if rule is not None else enc.encode_queries([query], plan.sizes())
             hits = run_search(["q"], qv1, None)["q"]
             _print_hits(sorted(hits.items(), key=lambda x: -x[1]), m.corpus)

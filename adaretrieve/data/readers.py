@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import unicodedata
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,13 +42,34 @@ def check_id(value: str, where: str, what: str = "id") -> str:
     """``value`` when it is a usable doc/query id; else AdaError naming ``where`` (file:line), the id and the rule."""
     if not value or _BAD_ID_CHAR.search(value):
         raise AdaError(f"{where}: {what} {value!r} is not allowed: {ID_RULE}")
+    return check_unicode(value, where, what)
+
+
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def check_unicode(value: str, where: str, what: str = "text") -> str:
+    """``value`` unless it holds a lone surrogate (JSON can spell one, ``"\\ud800"``; it is not a
+    character, so it cannot be written as UTF-8 or tokenized): AdaError naming ``where`` then."""
+    m = _SURROGATE.search(value)
+    if m:
+        raise AdaError(f"{where}: {what} holds a lone surrogate (U+{ord(m.group()):04X} at character {m.start()}), "
+                       "which is not valid Unicode text")
     return value
+
+
+def visible(text: str) -> bool:
+    """True when ``text`` has a character that shows: not only whitespace, control characters (NUL,
+    C0/C1) or invisible format characters (zero-width space and joiners, BOM, bidi marks), which
+    would be encoded as a query of nothing and give an arbitrary ranking."""
+    return any(not (c.isspace() or unicodedata.category(c) in ("Cc", "Cf")) for c in text)
 
 
 def text_lines(path: str | Path, what: str = "file") -> Iterator[tuple[int, str]]:
     """(line number, line without its line end) for every line of a UTF-8 text file, gzipped when it
     ends in .gz. A folder, undecodable bytes or a corrupt gzip stream is an AdaError naming the
-    file (and the line). Lines are split at \\n only (CRLF is tolerated), never at U+2028."""
+    file (and the line). Lines are split at \\n only (CRLF is tolerated), never at U+2028. A UTF-8
+    byte-order mark at the start is dropped (Windows editors write one), so it never joins an id."""
     p = Path(path)
     if p.is_dir():
         raise AdaError(f"{what} {p} is a folder, not a file")
@@ -62,6 +84,8 @@ def text_lines(path: str | Path, what: str = "file") -> Iterator[tuple[int, str]
                 except UnicodeDecodeError as e:
                     raise AdaError(f"{p}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start} of the line); "
                                    f"convert the file to UTF-8") from None
+                if lineno == 1 and line.startswith("\ufeff"):  # a UTF-8 byte-order mark is not part of the first line
+                    line = line[1:]
                 yield lineno, line.rstrip("\r\n")
     except (EOFError, OSError, zlib.error) as e:
         if isinstance(e, OSError) and not isinstance(e, gzip.BadGzipFile):
@@ -121,7 +145,9 @@ def iter_corpus(path: str | Path) -> Iterator[Doc]:
         docid = obj.get("_id", obj.get("id", obj.get("docid")))
         if docid is None:
             raise AdaError(f"{p}:{lineno}: document has no '_id'")
-        yield Doc(check_id(str(docid), f"{p}:{lineno}", "doc id"), str(obj.get("title") or ""), str(obj.get("text") or obj.get("contents") or ""))
+        title, text = str(obj.get("title") or ""), str(obj.get("text") or obj.get("contents") or "")
+        yield Doc(check_id(str(docid), f"{p}:{lineno}", "doc id"), check_unicode(title, f"{p}:{lineno}", "title"),
+                  check_unicode(text, f"{p}:{lineno}", "text"))
 
 
 def validate_corpus(path: str | Path) -> int:
@@ -167,8 +193,10 @@ def read_queries(path: str | Path) -> dict[str, str]:
         if not qid:
             raise AdaError(f"{p}:{lineno}: query has no id")
         check_id(qid, f"{p}:{lineno}", "query id")
-        if not text.strip():
-            raise AdaError(f"{p}:{lineno}: query {qid!r} has an empty text")
+        if not visible(text):
+            raise AdaError(f"{p}:{lineno}: query {qid!r} has an empty text"
+                           + (f" (only invisible or control characters: {text!r:.40})" if text.strip() else ""))
+        check_unicode(text, f"{p}:{lineno}", f"query {qid!r}")
         if qid in out:
             raise AdaError(f"{p}:{lineno}: duplicate query id {qid!r}")
         out[qid] = text.strip()

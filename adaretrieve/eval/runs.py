@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from adaretrieve.data.readers import check_id, text_lines
-from adaretrieve.errors import AdaError
+from adaretrieve.errors import AdaError, io_reason
 
 Run = dict[str, dict[str, float]]
 
@@ -25,7 +26,23 @@ def run_from_arrays(qids: Sequence[str], scores: np.ndarray, rows: np.ndarray, d
     return run
 
 
+def _write_lines(run: Run, f, tag: str, fmt: str) -> None:
+    for qid, hits in run.items():
+        ranked = sorted(hits.items(), key=lambda x: -x[1])
+        if fmt == "jsonl":
+            f.write(json.dumps({"qid": qid, "hits": [{"docid": d, "score": s} for d, s in ranked]}) + "\n")
+        else:
+            for rank, (docid, score) in enumerate(ranked, 1):
+                f.write(f"{qid} Q0 {docid} {rank} {score:.6f} {tag}\n")
+
+
 def write_run(run: Run, path: str | Path, tag: str = "adaretrieve", fmt: str = "trec") -> None:
+    """Write ``run`` to ``path`` (``-``: standard output), replaced whole; a failed write (a full
+    disk, a file-size limit) is an AdaError naming the file, and the old file stays."""
+    if str(path) == "-":
+        _write_lines(run, sys.stdout, tag, fmt)
+        sys.stdout.flush()
+        return
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     # a temporary name of this writer's own, replaced into place whole: concurrent writers of one
@@ -34,15 +51,14 @@ def write_run(run: Run, path: str | Path, tag: str = "adaretrieve", fmt: str = "
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for qid, hits in run.items():
-                ranked = sorted(hits.items(), key=lambda x: -x[1])
-                if fmt == "jsonl":
-                    f.write(json.dumps({"qid": qid, "hits": [{"docid": d, "score": s} for d, s in ranked]}) + "\n")
-                else:
-                    for rank, (docid, score) in enumerate(ranked, 1):
-                        f.write(f"{qid} Q0 {docid} {rank} {score:.6f} {tag}\n")
+            _write_lines(run, f, tag, fmt)
         os.chmod(tmp, 0o644)
         tmp.replace(p)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if io_reason(e) is None or e.filename is not None:
+            raise
+        raise AdaError(f"{p}: the run could not be written ({io_reason(e)}); the old file, if any, is unchanged") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

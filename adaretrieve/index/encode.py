@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from adaretrieve.errors import AdaError, io_reason
 from adaretrieve.sizes import Size, parse_size
 
 
@@ -24,14 +25,38 @@ def chunk_name(c: int) -> str:
 
 
 def write_chunk(bdir: Path, c: int, ids: Sequence[str], vecs: dict[Size, np.ndarray]) -> None:
-    """Write chunk ``c`` of ``bdir``: its ids and one float32 array [len(ids), dim] per size."""
+    """Chunk ``c``'s ids and vectors {Size: [n, dim]}, written whole or not at all: vectors that are
+    not finite (a broken model) are refused before anything is written, and a failed write (a full
+    disk, a file-size limit) removes what it wrote and names the file."""
+    for s, v in vecs.items():
+        check_finite_vectors(v, f"the model's {s} vectors", ids)
     tmp = bdir / f".{chunk_name(c)}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    (tmp / "ids.txt").write_text("".join(f"{d}\n" for d in ids), encoding="utf-8")
-    for s, v in vecs.items():
-        np.save(tmp / f"{s}.npy", np.ascontiguousarray(v, dtype=np.float32))
+    path = tmp / "ids.txt"
+    try:
+        path.write_text("".join(f"{d}\n" for d in ids), encoding="utf-8")
+        for s, v in vecs.items():
+            path = tmp / f"{s}.npy"
+            np.save(path, np.ascontiguousarray(v, dtype=np.float32))
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if io_reason(e) is None:
+            raise
+        raise AdaError(f"{path}: {io_reason(e)}; the index at the path is unchanged") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     tmp.rename(bdir / chunk_name(c))
+
+
+def check_finite_vectors(x: np.ndarray, what: str, ids: Sequence[str]) -> None:
+    """AdaError naming the first document whose vector [dim] in ``x`` [n, dim] holds NaN or inf."""
+    ok = np.isfinite(x).all(axis=1)
+    if not ok.all():
+        i = int(np.flatnonzero(~ok)[0])
+        raise AdaError(f"{what} are not finite (NaN or inf) for {int((~ok).sum())} of {len(ok)} documents, the first "
+                       f"{ids[i]!r}: the model is broken (NaN weights?); nothing was indexed from them")
 
 
 def read_chunk(bdir: Path, c: int, sizes: Sequence[str | Size]) -> tuple[list[str], dict[Size, np.ndarray]]:

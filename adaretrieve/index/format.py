@@ -148,10 +148,14 @@ def write_durably(path: Path, text: str) -> None:
 
 def current_name(directory: str | Path) -> str | None:
     """What ``CURRENT`` names (stripped), or None when the index has no such file."""
+    p = Path(directory) / CURRENT
     try:
-        return (Path(directory) / CURRENT).read_text(encoding="utf-8").strip()
+        return p.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         return None
+    except UnicodeDecodeError as e:
+        raise AdaError(f"{p} is not UTF-8 text ({e.reason} at byte {e.start}): it should hold one generation name; "
+                       "the index is damaged, rebuild it") from None
 
 
 def try_lock(path: Path) -> int | None:
@@ -183,7 +187,18 @@ def current_generation(directory: str | Path) -> Path:
         raise AdaError(f"{d / CURRENT}: {name!r} is not a generation name (gen-<13 digits>-<pid>)")
     if not (d / name / MANIFEST).exists():
         raise AdaError(f"{d / CURRENT} names {name}, which has no {MANIFEST}")
-    return d / name
+    return check_inside(d, d / name)
+
+
+def check_inside(root: str | Path, path: str | Path) -> Path:
+    """``path`` when it resolves (symlinks followed) inside the folder ``root`` resolves to; AdaError
+    otherwise. Names in a manifest are checked by ``_contained``, but a file or folder of an index can
+    itself be a symlink to anything: every file a reader opens is checked here first."""
+    real, top = os.path.realpath(path), os.path.realpath(root)
+    if real != top and not real.startswith(top.rstrip(os.sep) + os.sep):
+        raise AdaError(f"{path} is a link to {real}, outside the index folder {root}; an index reads only files "
+                       "inside its own folder, so it was not opened")
+    return Path(path)
 
 
 def _contained(directory: Path, name: object, where: str) -> str:
@@ -201,10 +216,13 @@ def read_manifest(directory: str | Path) -> Manifest:
     p = d / MANIFEST
     if not p.exists():
         raise AdaError(f"{d} is not an adaretrieve index: it has no {MANIFEST} (build one with `adaretrieve index`)")
+    check_inside(d, p)
     try:
-        data = json.loads(p.read_text())
+        data = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise AdaError(f"{p}: manifest is not valid JSON ({e.msg})") from None
+    except UnicodeDecodeError as e:
+        raise AdaError(f"{p}: manifest is not UTF-8 text ({e.reason} at byte {e.start}); rebuild the index") from None
     if not isinstance(data, dict):
         raise AdaError(f"{p}: expected a JSON object, got a {type(data).__name__}; rebuild the index")
     if data.get("format") != FORMAT_VERSION:

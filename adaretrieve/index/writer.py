@@ -261,6 +261,10 @@ class IndexWriter:
         n = len(docids)
         if self.row + n > self.n_docs:
             raise AdaError(f"more documents added ({self.row + n}) than announced ({self.n_docs})")
+        for s, x in vectors.items():
+            if not np.isfinite(x).all():
+                raise AdaError(f"the {s} vectors of documents {self.row}..{self.row + n - 1} are not finite (NaN or inf); "
+                               "an index of them would give wrong results, so nothing is written")
         for s in self.shortlist:
             x = _to_index_input(vectors[s], self.binary)
             if self._train_first:

@@ -18,6 +18,7 @@ from adaretrieve.errors import AdaError
 from adaretrieve.faiss_util import downcast
 from adaretrieve.search.plan import FunnelPlan
 from adaretrieve.search.prefetch import prefetch_rows
+from adaretrieve.search.reader import check_finite_rows
 from adaretrieve.sizes import Size
 
 log = logging.getLogger(__name__)
@@ -182,6 +183,7 @@ def rerank_candidates(
             if prefetch:
                 prefetch_rows(rows, ids)
             gathered = np.ascontiguousarray(rows[ids])
+            check_finite_rows(gathered, rows, ids)  # NaN rows would rank arbitrarily, exit 0
             t1 = time.perf_counter()
             best = _fp16_top_one(gathered, np.ascontiguousarray(queries, dtype=np.float32), top)
             if best is not None:
@@ -193,6 +195,7 @@ def rerank_candidates(
     if prefetch:
         prefetch_rows(rows, uniq)
     gathered = rows[uniq]  # [n_unique, width]: the only read of the rows
+    check_finite_rows(gathered, rows, uniq)
     if gathered.shape[1] != dim:
         gathered = gathered[:, :dim]  # a view: the cut happens as the rows are scored
     t1 = time.perf_counter()

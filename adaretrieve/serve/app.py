@@ -25,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adaretrieve._version import __version__
+from adaretrieve.data.readers import visible
 from adaretrieve.errors import AdaError
 from adaretrieve.search.plan import DEFAULT
 from adaretrieve.serve.service import Overloaded, SearchService
@@ -91,8 +92,8 @@ class SearchRequest(BaseModel):
         for i, t in enumerate(texts):
             if len(t) > MAX_QUERY_CHARS:
                 raise ValueError(f"query {i} is {len(t)} characters long; the limit is {MAX_QUERY_CHARS}")
-            if not t.strip():
-                raise ValueError(f"query {i} is empty")
+            if not visible(t):  # whitespace, NUL, control or zero-width characters only
+                raise ValueError(f"query {i} is empty" + (" (only invisible or control characters)" if t.strip() else ""))
             try:
                 t.encode("utf-8")
             except UnicodeEncodeError as e:  # JSON can spell a lone surrogate (\ud800); no tokenizer takes it

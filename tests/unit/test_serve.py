@@ -160,6 +160,8 @@ BAD = [
     ("JSON sent as a form", ("queries=cell", "application/x-www-form-urlencoded"), 422, "content-type: application/json"),
     ("empty query", {"queries": ""}, 422, "query 0 is empty"),
     ("blank query in a list", {"queries": ["the cell", "  \t"]}, 422, "query 1 is empty"),
+    ("a query of NULs", {"queries": ["\u0000\u0000"]}, 422, "query 0 is empty (only invisible or control characters)"),
+    ("a query of zero-width spaces", {"queries": ["the cell", "\u200b\u200b"]}, 422, "query 1 is empty"),
     ("no queries", {"queries": []}, 422, "0 queries"),
     ("1 MB query", {"queries": "cell " * 200_000}, 422, "1000000 characters"),
     ("a lone surrogate", b'{"queries": "cell \\ud800"}', 422, "query 0 is not valid Unicode"),

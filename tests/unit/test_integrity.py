@@ -1,0 +1,271 @@
+"""Crafted index folders and inputs that used to be followed or silently give wrong results
+(issue 27, items 2-5): symlinks out of an index, non-finite vectors, rerank rows of another dtype,
+ids that break a TREC line, a BOM in a tsv, lone surrogates, invisible queries, --out inside an index."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from adaretrieve import AdaError, Size
+from adaretrieve.cli.main import app
+from adaretrieve.data.readers import iter_corpus, read_queries, visible
+from adaretrieve.index.format import current_generation
+from adaretrieve.index.writer import IndexWriter
+from adaretrieve.search import IndexReader, TwoStageSearcher
+from adaretrieve.sizes import truncate
+from tests.conftest import make_corpus
+
+N, D = 60, 32
+SHORT, FULL = Size(1, 8), Size(2, D)
+MODEL = {"name": "random", "path": "random", "weights_sha256": "abc", "normalize": True, "pooling": "mean",
+         "max_length": 32, "n_layers": 2, "hidden_size": D}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("integrity") / "base"
+    rng = np.random.default_rng(0)
+    x = truncate(rng.normal(size=(N, D)).astype(np.float32), D, True)
+    w = IndexWriter(out, N, [SHORT], FULL)
+    w.add([f"d{i}" for i in range(N)], {SHORT: truncate(x[:, :8], 8, True), FULL: x})
+    w.close(MODEL, corpus="random")
+    return out
+
+
+def crafted(base: Path, tmp_path: Path, name: str = "ix") -> tuple[Path, Path]:
+    """A copy of ``base`` and its generation folder."""
+    ix = Path(shutil.copytree(base, tmp_path / name))
+    return ix, current_generation(ix)
+
+
+def search(ix: Path, short=SHORT, rerank=FULL):
+    r = IndexReader(ix)
+    q = truncate(np.random.default_rng(1).normal(size=(3, D)).astype(np.float32), D, True)
+    s = TwoStageSearcher(r, short, rerank, k=20)
+    _, rows = s.search(truncate(q[:, : short.dim], short.dim, True), q, top=5)
+    return [[r.docids[int(j)] for j in row if j >= 0] for row in rows]
+
+
+# -- item 2: nothing of an index is read through a link to outside its folder ---------------------------
+
+
+@pytest.mark.parametrize("what", ["generation", "rerank_abs", "rerank_rel", "manifest", "docids", "faiss"])
+def test_a_link_out_of_the_index_is_refused(base, tmp_path, what):
+    ix, g = crafted(base, tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    if what == "generation":
+        shutil.copytree(g, outside / "gen")
+        shutil.rmtree(g)
+        g.symlink_to(outside / "gen")
+    else:
+        name = {"rerank_abs": "rerank-2x32.npy", "rerank_rel": "rerank-2x32.npy", "manifest": "manifest.json",
+                "docids": "docids.txt", "faiss": "shortlist-1x8.faiss"}[what]
+        shutil.move(g / name, outside / name)
+        (g / name).symlink_to(outside / name if what != "rerank_rel" else Path("../../outside") / name)
+    with pytest.raises(AdaError, match="outside the index folder"):
+        search(ix)
+
+
+def test_links_inside_the_index_and_a_linked_index_folder_are_fine(base, tmp_path):
+    ix, g = crafted(base, tmp_path)
+    shutil.move(g / "rerank-2x32.npy", g / "rows.npy")
+    (g / "rerank-2x32.npy").symlink_to(Path("rows.npy"))
+    want = search(base)
+    assert search(ix) == want
+    (tmp_path / "link").symlink_to(base)  # the user's own link to an index: its files resolve inside its target
+    assert search(tmp_path / "link") == want
+
+
+# -- item 3: non-finite vectors and rows of another dtype ----------------------------------------------
+
+
+@pytest.mark.parametrize("fill", [np.nan, np.inf])
+def test_non_finite_rerank_rows_are_refused_at_first_use(base, tmp_path, fill):
+    ix, g = crafted(base, tmp_path)
+    rows = np.load(g / "rerank-2x32.npy")
+    rows[7] = fill
+    np.save(g / "rerank-2x32.npy", rows)
+    r = IndexReader(ix)
+    q = truncate(np.random.default_rng(1).normal(size=(2, D)).astype(np.float32), D, True)
+    with pytest.raises(AdaError, match=r"rerank-2x32.npy: row 7 holds NaN or inf"):
+        TwoStageSearcher(r, SHORT, FULL, k=N).search(truncate(q[:, :8], 8, True), q, top=5)
+    with pytest.raises(AdaError, match="row 7 holds NaN or inf"):  # the one-query float16 path too
+        TwoStageSearcher(r, SHORT, FULL, k=N).search(truncate(q[:1, :8], 8, True), q[:1], top=5)
+    with pytest.raises(AdaError, match="row 7 holds NaN or inf"):  # a shortlist derived from the rows
+        r.shortlist_index(Size(2, 16))
+
+
+def test_non_finite_shortlist_vectors_are_refused_at_open(base, tmp_path):
+    ix, g = crafted(base, tmp_path)
+    flat = faiss.read_index(str(g / "shortlist-1x8.faiss"))
+    x = faiss.rev_swig_ptr(flat.get_xb(), N * 8).reshape(N, 8).copy()
+    x[3] = np.nan
+    bad = faiss.IndexFlatIP(8)
+    bad.add(x)
+    faiss.write_index(bad, str(g / "shortlist-1x8.faiss"))
+    with pytest.raises(AdaError, match="row 3 holds NaN or inf"):
+        search(ix)
+
+
+def test_an_hnsw_file_declared_flat_is_refused(base, tmp_path):
+    ix, g = crafted(base, tmp_path)
+    flat = faiss.read_index(str(g / "shortlist-1x8.faiss"))
+    hnsw = faiss.IndexHNSWFlat(8, 8, faiss.METRIC_INNER_PRODUCT)
+    hnsw.add(faiss.rev_swig_ptr(flat.get_xb(), N * 8).reshape(N, 8).copy())
+    faiss.write_index(hnsw, str(g / "shortlist-1x8.faiss"))
+    with pytest.raises(AdaError, match="IndexHNSWFlat, the manifest says factory 'Flat'"):
+        search(ix)
+
+
+def test_nan_vectors_are_never_written():
+    w = IndexWriter.__new__(IndexWriter)
+    w.row, w.n_docs = 0, 2
+    with pytest.raises(AdaError, match="not finite"):
+        w.add(["a", "b"], {SHORT: np.full((2, 8), np.nan, np.float32)})
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.bool_, np.complex64, np.float32])
+def test_rerank_rows_of_another_dtype_are_refused(base, tmp_path, dtype):
+    ix, g = crafted(base, tmp_path)
+    rows = np.load(g / "rerank-2x32.npy")
+    np.save(g / "rerank-2x32.npy", (rows > 0) if dtype == np.bool_ else rows.astype(dtype))
+    with pytest.raises(AdaError, match=f"holds {np.dtype(dtype)} values, the manifest says float16"):
+        search(ix)
+
+
+def test_big_endian_float16_rows_are_the_same_rows(base, tmp_path):
+    ix, g = crafted(base, tmp_path)
+    np.save(g / "rerank-2x32.npy", np.load(g / "rerank-2x32.npy").astype(">f2"))
+    assert search(ix) == search(base)
+
+
+def test_int8_rerank_without_scale_file_is_one_line(base, tmp_path):
+    ix, g = crafted(base, tmp_path)
+    m = json.loads((g / "manifest.json").read_text())
+    m["rerank"]["dtype"] = "int8"
+    (g / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(AdaError, match="need a 'scale_file'"):
+        search(ix)
+
+
+@pytest.mark.parametrize("row0, words", [("a b", "a space"), ("d0\r", "a CR"), ("d0\0", "a NUL"), ("a\u2028b", "not allowed"),
+                                         (b"\xff\xfe", "not UTF-8")])
+def test_a_docid_that_breaks_a_run_line_is_refused(base, tmp_path, row0, words):
+    ix, g = crafted(base, tmp_path)
+    lines = (g / "docids.txt").read_bytes().split(b"\n")
+    lines[0] = row0 if isinstance(row0, bytes) else row0.encode()
+    (g / "docids.txt").write_bytes(b"\n".join(lines))
+    with pytest.raises(AdaError, match=words):
+        r = IndexReader(ix)
+        [r.docids[i] for i in range(N)]
+
+
+def test_a_binary_current_is_named(base, tmp_path):
+    ix, _ = crafted(base, tmp_path)
+    (ix / "CURRENT").write_bytes(b"\xff\x00gen")
+    with pytest.raises(AdaError, match="CURRENT is not UTF-8 text"):
+        IndexReader(ix)
+
+
+# -- items 3-5: corpora and queries --------------------------------------------------------------------
+
+
+def test_a_utf8_bom_never_joins_the_first_id(tmp_path):
+    (tmp_path / "c.tsv").write_bytes(b"\xef\xbb\xbfd1\tcell\nd2\tgene\n")
+    assert [d.docid for d in iter_corpus(tmp_path / "c.tsv")] == ["d1", "d2"]
+    (tmp_path / "c.jsonl").write_bytes(b'\xef\xbb\xbf{"_id": "d1", "text": "cell"}\n')
+    assert [d.docid for d in iter_corpus(tmp_path / "c.jsonl")] == ["d1"]
+    (tmp_path / "q.tsv").write_bytes(b"\xef\xbb\xbfq1\tcell\nq2\tgene\n")
+    assert list(read_queries(tmp_path / "q.tsv")) == ["q1", "q2"]
+
+
+@pytest.mark.parametrize("line, words", [('{"_id": "x\\ud800", "text": "cell"}', "doc id holds a lone surrogate"),
+                                         ('{"_id": "x", "text": "cell \\udc00 membrane"}', "text holds a lone surrogate")])
+def test_lone_surrogates_in_a_corpus_are_refused_at_their_line(tmp_path, line, words):
+    (tmp_path / "c.jsonl").write_text('{"_id": "a", "text": "gene"}\n' + line + "\n")
+    with pytest.raises(AdaError, match=f"c.jsonl:2: {words}"):
+        list(iter_corpus(tmp_path / "c.jsonl"))
+
+
+@pytest.mark.parametrize("text", ["\u0000\u0000", "\u0001\u001f", "\u200b\u200c\ufeff", " \u2028 ", "\u200e"])
+def test_a_query_of_invisible_characters_is_empty(tmp_path, text):
+    assert not visible(text)
+    (tmp_path / "q.jsonl").write_text(json.dumps({"_id": "1", "text": text}) + "\n")
+    with pytest.raises(AdaError, match="has an empty text"):
+        read_queries(tmp_path / "q.jsonl")
+
+
+def test_visible_text_is_kept():
+    assert all(visible(t) for t in ["a", "\u200bcell", "\U0001f600", "\u05e9\u05dc\u05d5\u05dd", "e\u0301"])
+
+
+def test_a_query_with_a_lone_surrogate_is_refused(tmp_path):
+    (tmp_path / "q.jsonl").write_text('{"_id": "1", "text": "cells \\ud800 x"}\n')
+    with pytest.raises(AdaError, match="q.jsonl:1: query '1' holds a lone surrogate"):
+        read_queries(tmp_path / "q.jsonl")
+
+
+# -- the CLI: one line, and --out that must not be written ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cli_index(tiny_model, tmp_path_factory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("integrity-cli")
+    corpus = make_corpus(d / "corpus.jsonl", n=30)
+    r = CliRunner().invoke(app, ["index", "-q", "--model", str(tiny_model), "--corpus", str(corpus), "--shortlist", "1x8",
+                                 "--rerank", "4x32", "--out", str(d / "ix")])
+    assert r.exit_code == 0, r.output
+    return d / "ix", corpus
+
+
+def test_search_out_inside_an_index_is_refused(cli_index, tmp_path):
+    ix, _ = cli_index
+    before = (ix / "CURRENT").read_bytes()
+    for out in (ix / "CURRENT", current_generation(ix) / "run.trec"):
+        r = CliRunner().invoke(app, ["search", "-q", "--index", str(ix), "--out", str(out), "cell"])
+        assert r.exit_code == 2 and "is inside the index folder" in r.output, r.output
+    assert (ix / "CURRENT").read_bytes() == before and not (current_generation(ix) / "run.trec").exists()
+
+
+def test_search_out_dash_writes_the_run_to_stdout(cli_index, tmp_path, monkeypatch):
+    ix, _ = cli_index
+    q = tmp_path / "q.jsonl"
+    q.write_text(json.dumps({"_id": "q1", "text": "cell gene"}) + "\n")
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(app, ["search", "-q", "--index", str(ix), "--queries", str(q), "--k", "5", "--top", "3", "--out", "-"])
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 3 and all(len(x.split()) == 6 and x.startswith("q1 Q0 ") for x in lines), r.stdout
+    assert not (tmp_path / "-").exists()
+
+
+@pytest.mark.parametrize("text", ["\u0000\u0000", "\u200b", "cells \ud800 x"])
+def test_search_one_bad_query_text_is_one_line(cli_index, text):
+    ix, _ = cli_index
+    r = CliRunner().invoke(app, ["search", "-q", "--index", str(ix), text])
+    assert r.exit_code == 2 and r.output.startswith("error: ") and "Traceback" not in r.output, r.output
+
+
+def test_index_with_a_nan_model_is_refused_naming_the_size(tiny_model, tmp_path):
+    import torch
+    from transformers import AutoModel
+
+    bad = Path(shutil.copytree(tiny_model, tmp_path / "nan-model"))
+    m = AutoModel.from_pretrained(bad)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.fill_(float("nan"))
+    m.save_pretrained(bad)
+    corpus = make_corpus(tmp_path / "corpus.jsonl", n=10)
+    r = CliRunner().invoke(app, ["index", "-q", "--model", str(bad), "--corpus", str(corpus), "--shortlist", "1x8",
+                                 "--out", str(tmp_path / "ix")])
+    assert r.exit_code == 2 and "1x8 vectors are not finite" in r.output, r.output
+    assert not (tmp_path / "ix").exists() or not any((tmp_path / "ix").glob("gen-*"))
