@@ -284,6 +284,152 @@ def other_cases(model, data, bad, d):
     return cases
 
 
+# -- trial 3 (/work/shared/reviews/trial-3.md): links out of an index, non-finite and mistyped rows, ids that
+# break a run line, BOMs, lone surrogates, invisible queries, --out inside an index or '-' (issue 27) --------
+
+TRIAL3_INDEXES = ["gen_symlink", "file_symlink", "file_symlink_rel", "manifest_symlink", "docids_symlink_etc", "npy_i32",
+                  "npy_bool", "npy_complex", "npy_nan", "npy_inf", "docids_space", "docids_crlf", "docids_nul",
+                  "docids_nonutf8", "man_dtype_int8_noscale", "faiss_hnsw_as_flat", "cur_binary", "shortlist_nan"]
+
+
+def trial3_indexes(base: Path, cidx: Path, outside: Path) -> None:
+    import faiss
+
+    from adaretrieve.index.format import current_generation
+
+    outside.mkdir()
+
+    def copy(name):
+        return current_generation(Path(shutil.copytree(base, cidx / name)))
+
+    npy = "rerank-4x32.npy"
+    g = copy("gen_symlink")
+    shutil.copytree(g, outside / "gencopy")
+    shutil.rmtree(g)
+    g.symlink_to(outside / "gencopy")
+    g = copy("file_symlink")
+    shutil.copy(g / npy, outside / "rerank.npy")
+    (g / npy).unlink()
+    (g / npy).symlink_to(outside / "rerank.npy")
+    g = copy("file_symlink_rel")
+    (g / npy).unlink()
+    (g / npy).symlink_to(Path("../../..") / outside.name / "rerank.npy")
+    g = copy("manifest_symlink")
+    shutil.copy(g / "manifest.json", outside / "manifest.json")
+    (g / "manifest.json").unlink()
+    (g / "manifest.json").symlink_to(outside / "manifest.json")
+    g = copy("docids_symlink_etc")
+    (outside / "hostname").write_text("a-host\n")
+    (g / "docids.txt").unlink()
+    (g / "docids.txt").symlink_to(outside / "hostname")
+    for name, fn in {"npy_i32": lambda r: r.astype(np.int32), "npy_bool": lambda r: r > 0,
+                     "npy_complex": lambda r: r.astype(np.complex64), "npy_nan": lambda r: np.full_like(r, np.nan),
+                     "npy_inf": lambda r: np.full_like(r, np.inf)}.items():
+        g = copy(name)
+        np.save(g / npy, fn(np.load(g / npy)))
+    for name, row0 in {"docids_space": b"a b", "docids_crlf": None, "docids_nul": b"d0\0", "docids_nonutf8": b"\xff\xfe"}.items():
+        g = copy(name)
+        lines = (g / "docids.txt").read_bytes().split(b"\n")
+        lines = [x + b"\r" for x in lines[:-1]] + [b""] if row0 is None else [row0] + lines[1:]
+        (g / "docids.txt").write_bytes(b"\n".join(lines))
+    g = copy("man_dtype_int8_noscale")
+    m = json.loads((g / "manifest.json").read_text())
+    m["rerank"]["dtype"] = "int8"
+    (g / "manifest.json").write_text(json.dumps(m))
+    g = copy("faiss_hnsw_as_flat")
+    flat = faiss.read_index(str(g / "shortlist-2x16.faiss"))
+    x = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d).copy()
+    hnsw = faiss.IndexHNSWFlat(flat.d, 8, faiss.METRIC_INNER_PRODUCT)
+    hnsw.add(x)
+    faiss.write_index(hnsw, str(g / "shortlist-2x16.faiss"))
+    g = copy("shortlist_nan")
+    bad = faiss.IndexFlatIP(flat.d)
+    bad.add(np.full_like(x, np.nan))
+    faiss.write_index(bad, str(g / "shortlist-2x16.faiss"))
+    (Path(shutil.copytree(base, cidx / "cur_binary")) / "CURRENT").write_bytes(b"\xff\xfe\x00gen\n")
+
+
+def trial3_cases(model, data, bad, d):
+    """(cases, checks): checks[name](result) -> (verdict, message) or None, run after the exit status is classified."""
+    import torch
+    from transformers import AutoModel
+
+    lines = [json.loads(x) for x in (data / "corpus.jsonl").read_text().splitlines()[:8]]
+    (bad / "bom.tsv").write_bytes(b"\xef\xbb\xbf" + "".join(f"{x['_id']}\t{x['text']}\n" for x in lines).encode())
+    (bad / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(x) + "\n" for x in lines).encode())
+    qs = [json.loads(x) for x in (data / "queries.jsonl").read_text().splitlines()]
+    (bad / "q_bom.tsv").write_bytes(b"\xef\xbb\xbf" + "".join(f"{q['_id']}\t{q['text']}\n" for q in qs).encode())
+    head = "".join(json.dumps(x) + "\n" for x in lines[:3])
+    (bad / "surrogate_id.jsonl").write_text(head + '{"_id": "x\\ud800", "text": "cell"}\n')
+    (bad / "surrogate_text.jsonl").write_text(head + '{"_id": "x", "text": "cell \\udc00 gene"}\n')
+    (bad / "q_surrogate.jsonl").write_text('{"_id": "1", "text": "cell \\ud800 x"}\n')
+    for name, text in {"q_nul": "\u0000\u0000", "q_ctrl_only": "\u0001\u001f", "q_zw_only": "\u200b\u200c"}.items():
+        (bad / f"{name}.jsonl").write_text(json.dumps({"_id": "1", "text": text}) + "\n")
+    nan = Path(shutil.copytree(model, d / "nan-model"))
+    m = AutoModel.from_pretrained(nan)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.fill_(float("nan"))
+    m.save_pretrained(nan)
+    base = d / "idx" / "base"
+    q = str(data / "queries.jsonl")
+    runs = d / "runs"
+    x = ["--out", str(runs / "t3.trec")]
+    ix = ["index", "-q", "--model", str(model), "--shortlist", "1x8", "--corpus"]
+    cases = [("co-bomtsv", ix + [str(bad / "bom.tsv"), "--out", str(d / "idx" / "bomtsv")], "ok"),
+             ("co-bom", ix + [str(bad / "bom.jsonl"), "--out", str(d / "idx" / "bomjsonl")], "ok"),
+             ("co-surrogate_id", ix + [str(bad / "surrogate_id.jsonl"), "--out", str(d / "idx" / "sur")], "error"),
+             ("co-surrogate_id-rerun", ix + [str(bad / "surrogate_id.jsonl"), "--out", str(d / "idx" / "sur")], "error"),
+             ("co-surrogate_text", ix + [str(bad / "surrogate_text.jsonl"), "--out", str(d / "idx" / "sur")], "error"),
+             ("am-nan", ["index", "-q", "--model", str(nan), "--shortlist", "1x8", "--corpus", str(data), "--out",
+                         str(d / "idx" / "amnan")], "error"),
+             ("qf-bomtsv", ["search", "-q", "--index", str(base), "--queries", str(bad / "q_bom.tsv"), "--qrels",
+                            str(data / "qrels.tsv"), "--out", str(runs / "qbom.trec")], "ok"),
+             ("qf-q_surrogate", ["search", "-q", "--index", str(base), "--queries", str(bad / "q_surrogate.jsonl")] + x, "error")]
+    for name in ("q_nul", "q_ctrl_only", "q_zw_only"):
+        cases.append((f"qf-invisible-{name}", ["search", "-q", "--index", str(base), "--queries", str(bad / f"{name}.jsonl")] + x,
+                      "error"))
+    cases += [("qf-invisible-arg", ["search", "-q", "--index", str(base), "\u200b\u200b"], "error"),
+              ("qf-surrogate-arg", ["search", "-q", "--index", str(base), "cell \ud800"], "error")]
+    for name in TRIAL3_INDEXES:
+        extra = {"faiss_hnsw_as_flat": ["--shortlist", "2x8"], "shortlist_nan": ["--shortlist", "2x16"]}.get(name, [])
+        cases.append((f"ci-{name}", ["search", "-q", "--index", str(d / "cidx" / name), "--queries", q, *extra] + x, "error"))
+    victim = d / "idx" / "victim3"
+    shutil.copytree(base, victim)
+    cases += [("se-out-current", ["search", "-q", "--index", str(victim), "--queries", q, "--out", str(victim / "CURRENT")],
+               "error"),
+              ("se-out-dash", ["search", "-q", "--index", str(base), "--queries", q, "--top", "3", "--out", "-"], "ok")]
+
+    def first_id(index):
+        from adaretrieve.index.format import current_generation
+
+        return (current_generation(index) / "docids.txt").read_bytes().split(b"\n")[0]
+
+    def bom_corpus(name):
+        return lambda r: None if first_id(d / "idx" / name) == lines[0]["_id"].encode() else ("BAD", "the BOM joined the first id")
+
+    def qbom(r):
+        ok = {ln.split()[0] for ln in (runs / "qbom.trec").read_text().splitlines()} == {q["_id"] for q in qs}
+        return None if ok else ("BAD", "the first query id was changed by the BOM")
+
+    def current_intact(r):
+        ok = (victim / "CURRENT").read_bytes() == (base / "CURRENT").read_bytes()
+        return None if ok else ("BAD", "the index's CURRENT was replaced")
+
+    def dash(r):
+        rows = [ln for ln in r.stdout.splitlines() if " Q0 " in ln]
+        ok = len(rows) == 3 * len(qs) and all(len(ln.split()) == 6 for ln in rows) and not Path("-").exists()
+        return None if ok else ("BAD", f"{len(rows)} run lines on stdout; a file named '-': {Path('-').exists()}")
+
+    def surrogate_rerun(r):
+        left = list((d / "idx").glob(".sur.build"))
+        return None if not left else ("MINOR", f"left {left[0].name}")
+
+    checks = {"co-bomtsv": bom_corpus("bomtsv"), "co-bom": bom_corpus("bomjsonl"), "qf-bomtsv": qbom,
+              "se-out-current": current_intact, "se-out-dash": dash, "co-surrogate_id-rerun": surrogate_rerun}
+    return cases, checks
+
+
 def classify(res, expect: str) -> tuple[str, str]:
     err = [x for x in (res.stderr or "").splitlines() if x.strip()]
     errors = [x for x in err if x.startswith("error: ")]
@@ -316,8 +462,11 @@ def main() -> None:
                                   "--out", str(d / "idx" / "other")])
         assert res.exit_code == 0, res.output
         corrupt_indexes(d / "idx" / "base", d / "cidx")
+        trial3_indexes(d / "idx" / "base", d / "cidx", d / "outside")
         cases = (index_cases(inp["model"], inp["data"], inp["bad"], d) + search_cases(inp["model"], other, inp["data"], inp["bad"], d)
                  + other_cases(inp["model"], inp["data"], inp["bad"], d))
+        t3_cases, checks = trial3_cases(inp["model"], inp["data"], inp["bad"], d)
+        cases += t3_cases
         victim = d / "idx" / "victim"
 
         def snapshot():
@@ -331,6 +480,10 @@ def main() -> None:
             rows.append((name, verdict, r.exit_code, msg.replace(tmp, "<tmp>").replace("|", "\\|")[:160]))
             if name == "be-overwrite" and snapshot() != victim_before:
                 rows[-1] = (name, "BAD", r.exit_code, "the existing index was replaced")
+            if name in checks and verdict == "GOOD":
+                seen = checks[name](r)
+                if seen is not None:
+                    rows[-1] = (name, seen[0], r.exit_code, seen[1])
             if name == "se-metrics" and (d / "runs" / "metrics.trec").exists():
                 rows[-1] = (name, "MINOR", r.exit_code, "refused only after searching: the run file was written")
             print(f"{verdict:5} {name:22} {r.exit_code} {rows[-1][3]}", flush=True)

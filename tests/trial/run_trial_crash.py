@@ -611,17 +611,105 @@ def resources(d: Path, inp: dict) -> None:
            f"{kb:.0f} KB read = {kb / 200:.1f} KB per candidate row of {dim * 2} bytes (MADV_RANDOM: no readahead)")
 
 
+def _export_size(folder: Path) -> str:
+    """The size of the export at ``folder`` once adaretrieve has loaded it, or what stops it loading."""
+    p = subprocess.run([sys.executable, "-c", "import sys; from adaretrieve.modeling import Encoder; "
+                        "print(Encoder(sys.argv[1], device='cpu').full_size)", str(folder)], capture_output=True, text=True, env=ENV)
+    return p.stdout.strip() if p.returncode == 0 else f"not loadable ({error_line(p)[:80]})"
+
+
+def exports(d: Path, inp: dict) -> None:
+    """Trial 3 (/work/shared/reviews/trial-3.md, area 6 and 7): export onto folders that are not exports, two
+    exports at once, a kill at every step of a replacement, a file-size limit (issue 27, items 1 and 4)."""
+    ex = ["export", "-q", "--model", "minilm"]
+    sb = d / "sb"
+    (sb / "a" / "b").mkdir(parents=True)
+    (sb / "a" / "precious.txt").write_text("precious\n")
+    (sb / "a" / "b" / "mine.txt").write_text("mine\n")
+    p = subprocess.run(ADA + ex + ["--size", "2x64", "--out", "..", "--overwrite"], cwd=sb / "a" / "b", capture_output=True,
+                       text=True, env=ENV)
+    kept = (sb / "a" / "precious.txt").exists() and (sb / "a" / "b" / "mine.txt").exists()
+    record("6", "ex-dotdot: export --out .. --overwrite", "GOOD" if one_line_error(p) and kept else "BAD",
+           f"exit {p.returncode}: {error_line(p)[:140]}; user files {'kept' if kept else 'DELETED'}")
+    p = subprocess.run(ADA + ex + ["--size", "2x64", "--out", ".", "--overwrite"], cwd=sb / "a", capture_output=True, text=True, env=ENV)
+    record("6", "ex-dot: export --out . --overwrite", "GOOD" if one_line_error(p) and (sb / "a" / "precious.txt").exists() else "BAD",
+           f"exit {p.returncode}: {error_line(p)[:140]}")
+    victim = d / "idx" / "victim-ex"
+    shutil.copytree(d / "idx" / "ref", victim)
+    before = tree_hash(victim)
+    p = run(ex + ["--size", "2x64", "--out", str(victim), "--overwrite"])
+    record("6", "ex-onto-index: export --overwrite onto an index", "GOOD" if one_line_error(p) and tree_hash(victim) == before else "BAD",
+           f"exit {p.returncode}: {error_line(p)[:140]}; index {'unchanged' if tree_hash(victim) == before else 'CHANGED'}")
+    exp = d / "exp"
+    exp.mkdir()
+    # two exports to one --out: the second starts while the first is writing; one must win whole, the other refuse
+    first = subprocess.Popen(ADA + ex + ["--size", "2x64", "--out", str(exp / "c")], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, env=ENV)
+    t0 = time.monotonic()
+    while not list(exp.glob(".c.export-*.tmp")) and first.poll() is None and time.monotonic() - t0 < 300:
+        time.sleep(0.05)
+    second = run(ex + ["--size", "4x128", "--out", str(exp / "c")])
+    first.wait()
+    got = _export_size(exp / "c")
+    ok = first.returncode == 0 and one_line_error(second) and "another export" in second.stderr and got == "2x64"
+    record("6", "ex-concurrent: two exports to one --out", "GOOD" if ok else "BAD",
+           f"first exit {first.returncode}; second exit {second.returncode}: {error_line(second)[:100]}; at --out: {got}")
+    # a kill (os._exit) at every step of replacing exp/a (2x64) by 4x128; the fallback without renameat2 too
+    assert run(ex + ["--size", "2x64", "--out", str(exp / "a"), "--no-verify"]).returncode == 0
+    for exchange, step in [(True, "written"), (True, "exchanged"), (False, "written"), (False, "moved_aside"), (False, "renamed")]:
+        patch = ("from adaretrieve.modeling import export as E\n"
+                 + ("" if exchange else "E._exchange = lambda a, b: False\n")
+                 + f"E.replace_hook = lambda s: E.os._exit(137) if s == {step!r} else None\n")
+        p = injected_run(patch, ex + ["--size", "4x128", "--out", str(exp / "a"), "--overwrite", "--no-verify"])
+        at_once = _export_size(exp / "a")
+        rerun = run(ex + ["--size", "2x64", "--out", str(exp / "a"), "--overwrite", "--no-verify"])
+        after = _export_size(exp / "a")
+        left = sorted(x.name for x in exp.iterdir() if x.name.startswith(".a.") and not x.name.endswith(".lock"))
+        how = "renameat2 exchange" if exchange else "rename-aside fallback"
+        ok = p.returncode == 137 and (at_once in ("2x64", "4x128") or step == "moved_aside") and rerun.returncode == 0 \
+            and after == "2x64" and not left
+        record("6", f"ex-kill-mid-replace at {step} ({how})", "GOOD" if ok else "BAD",
+               f"exit {p.returncode}; at --out after the kill: {at_once}"
+               + (" (the next export moves the old one back)" if step == "moved_aside" else "")
+               + f"; next export exit {rerun.returncode}, then {after}; leftovers {left or 'none'}")
+    # file-size limits: one line naming the file, the old export / index / run intact, nothing left
+    code = "import resource, subprocess, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]),) * 2); " \
+           "sys.exit(subprocess.run(sys.argv[2:]).returncode)"
+
+    def limited(nbytes, args):
+        return subprocess.run([sys.executable, "-c", code, str(nbytes), *ADA, *args], capture_output=True, text=True, env=ENV)
+
+    p = limited(20000 * 1024, ex + ["--size", "4x128", "--out", str(exp / "a"), "--overwrite", "--no-verify"])
+    left = sorted(x.name for x in exp.iterdir() if x.name.startswith(".a.") and not x.name.endswith(".lock"))
+    ok = one_line_error(p) and str(exp / "a") in error_line(p) and _export_size(exp / "a") == "2x64" and not left
+    record("7", "uf-export: export under ulimit -f 20000", "GOOD" if ok else "BAD", f"exit {p.returncode}: {error_line(p)[:160]}; leftovers {left or 'none'}")
+    v2 = d / "idx" / "victim2"
+    shutil.copytree(d / "idx" / "ref", v2)
+    before = tree_hash(v2)
+    p = limited(100 * 1024, index_args(inp["s300rev"], v2, "--overwrite"))
+    tmp_left = glob.glob(str(d / "idx" / ".victim2.build" / ".chunk-*.tmp"))
+    ok = one_line_error(p) and ".tmp" in error_line(p) and tree_hash(v2) == before and not tmp_left
+    record("7", "uf-index-overwrite: index --overwrite under ulimit -f 100", "GOOD" if ok else "BAD",
+           f"exit {p.returncode}: {error_line(p)[:160]}; old index {'intact' if tree_hash(v2) == before else 'CHANGED'}; "
+           f"chunk temp files left {len(tmp_left)}")
+    run_file = d / "runs-uf.trec"
+    run_file.write_text("old\n")
+    p = limited(4 * 1024, search_args(d / "idx" / "ref", inp, run_file))
+    ok = one_line_error(p) and str(run_file) in error_line(p) and run_file.read_text() == "old\n"
+    record("7", "uf-search-out: search --out under ulimit -f 4", "GOOD" if ok else "BAD", f"exit {p.returncode}: {error_line(p)[:160]}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "trial" / "crash.md"))
-    ap.add_argument("--only", nargs="*", default=["crash", "ray", "train", "concurrency", "security", "resources"])
+    ap.add_argument("--only", nargs="*", default=["crash", "ray", "train", "concurrency", "security", "resources", "export"])
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="ada-trial-", dir=ROOT.parent) as tmp:
         d = Path(tmp)
         inp = build_inputs(d)
-        if "crash" in args.only or {"ray", "concurrency", "security", "resources"} & set(args.only):
+        if "crash" in args.only or {"ray", "concurrency", "security", "resources", "export"} & set(args.only):
             crash_safety(d, inp) if "crash" in args.only else (d / "idx").mkdir() or run(index_args(inp["s300"], d / "idx" / "ref"))
         if "ray" in args.only:
             crash_ray(d, inp)
@@ -633,6 +721,8 @@ def main() -> None:
             security(d, inp)
         if "resources" in args.only:
             resources(d, inp)
+        if "export" in args.only:
+            exports(d, inp)
         out_text = [r for r in rows]
         out_text = [tuple(x.replace(tmp, "<tmp>") for x in r) for r in out_text]
     counts = {v: sum(1 for r in out_text if r[2] == v) for v in ("GOOD", "MINOR", "BAD")}
