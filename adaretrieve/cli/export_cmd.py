@@ -39,6 +39,12 @@ def export(
 
     summary = export_size(model, size, out, onnx=onnx, overwrite=overwrite, query_prefix=query_prefix,
                           passage_prefix=passage_prefix, verify=verify)
-    typer.echo(json.dumps(summary))
+    try:
+        typer.echo(json.dumps(summary))
+    except OSError as e:  # the export is complete: say so, rather than read as a failed export
+        from adaretrieve.errors import AdaError, io_reason
+
+        raise AdaError(f"the export to {out} is complete, but its summary could not be written to stdout "
+                       f"({io_reason(e) or e})") from None
     load = f"SentenceTransformer({str(out)!r}{', trust_remote_code=True' if summary['trust_remote_code'] else ''})"
     typer.echo(f"exported {summary['size']} of {summary['model']} to {out}: {load}", err=True)

@@ -30,7 +30,7 @@ def search(
     k: list[int] = typer.Option([], "--k", help="Candidates kept by the shortlist (default 200); repeat once per --then stage for a funnel."),
     then: list[str] = typer.Option([], "--then", help="Intermediate exact stage(s) of a funnel, e.g. --then 4x128 with a second --k."),
     top: Optional[int] = typer.Option(None, "--top", help="Results kept per query (default: all the last stage ranks: its --k; single stage: --k, default 200)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the run here."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the run here ('-': to stdout); never a file inside an index folder."),
     fmt: str = typer.Option("trec", "--format", help="Run format: trec or jsonl."),
     metrics: list[str] = typer.Option(["nDCG@10", "RR@10", "R@100", "R@1000"], "--metrics", help="ir-measures names, comma-separated or repeated, with --qrels; a recall cut off deeper than the run (R@1000 on 200 results) is reported as the recall at that depth (R@200)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Query encoder (default: the model that built the index; another one is refused)."),

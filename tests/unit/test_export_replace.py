@@ -147,3 +147,15 @@ def test_errno_less_write_errors_are_one_line():
     assert "ulimit -f" in io_reason(SafetensorError("Error while serializing: I/O error: File too large (os error 27)"))
     assert "38400 bytes requested, 25568 written" in describe(OSError("38400 requested and 25568 written"))
     assert describe(OSError("something else")) is None and io_reason(ValueError("x")) is None
+
+
+def test_a_complete_export_with_stdout_on_a_full_device_says_it_is_complete(tiny_model, tmp_path):
+    out = tmp_path / "exp"
+    code = ("import sys; from adaretrieve.cli.main import main; sys.argv = ['adaretrieve', 'export', '-q', '--model', "
+            f"{str(tiny_model)!r}, '--size', '2x16', '--out', {str(out)!r}, '--no-verify']; main()")
+    with open("/dev/full", "w") as full:
+        p = subprocess.run([sys.executable, "-c", code], stdout=full, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert f"the export to {out} is complete, but its summary could not be written to stdout" in p.stderr, p.stderr
+    assert _size_at(out) == "2x16"

@@ -269,3 +269,47 @@ def test_index_with_a_nan_model_is_refused_naming_the_size(tiny_model, tmp_path)
                                  "--out", str(tmp_path / "ix")])
     assert r.exit_code == 2 and "1x8 vectors are not finite" in r.output, r.output
     assert not (tmp_path / "ix").exists() or not any((tmp_path / "ix").glob("gen-*"))
+
+
+# -- item 4: a file-size limit while writing is one line naming the file, and leaves nothing ------------
+
+LIMITED = """
+import resource, sys
+import numpy as np
+resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
+from adaretrieve.errors import AdaError
+what, target = sys.argv[1], sys.argv[2]
+try:
+    if what == "run":
+        from adaretrieve.eval import write_run
+        write_run({f"q{i}": {f"d{j}": float(j) for j in range(100)} for i in range(100)}, target)
+    else:
+        from adaretrieve import Size
+        from adaretrieve.index.build import _write_chunk
+        _write_chunk(__import__("pathlib").Path(target), 0, ["a"] * 100, {Size(1, 64): np.ones((100, 64), np.float32)})
+except AdaError as e:
+    print(e)
+    sys.exit(2)
+"""
+
+
+@pytest.mark.parametrize("what", ["run", "chunk"])
+def test_a_file_size_limit_names_the_file_and_leaves_nothing(tmp_path, what):
+    import os
+    import subprocess
+    import sys
+
+    target = tmp_path / ("run.trec" if what == "run" else "build")
+    if what == "run":
+        target.write_text("old\n")
+    else:
+        target.mkdir()
+    root = Path(__file__).resolve().parents[2]
+    p = subprocess.run([sys.executable, "-c", LIMITED, what, str(target)], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(root)})
+    assert p.returncode == 2, p.stderr
+    assert "ulimit -f" in p.stdout and (str(target) if what == "run" else ".chunk-000000.") in p.stdout, p.stdout
+    if what == "run":
+        assert target.read_text() == "old\n" and sorted(x.name for x in tmp_path.iterdir()) == ["run.trec"]
+    else:
+        assert not list(target.iterdir())
