@@ -18,7 +18,7 @@ from adaretrieve.cli.main import app
 from adaretrieve.data.readers import iter_corpus, read_queries, visible
 from adaretrieve.index.format import current_generation
 from adaretrieve.index.writer import IndexWriter
-from adaretrieve.search import IndexReader, TwoStageSearcher
+from adaretrieve.search import FunnelPlan, FunnelSearcher, IndexReader
 from adaretrieve.sizes import truncate
 from tests.conftest import make_corpus
 
@@ -48,9 +48,14 @@ def crafted(base: Path, tmp_path: Path, name: str = "ix") -> tuple[Path, Path]:
 def search(ix: Path, short=SHORT, rerank=FULL):
     r = IndexReader(ix)
     q = truncate(np.random.default_rng(1).normal(size=(3, D)).astype(np.float32), D, True)
-    s = TwoStageSearcher(r, short, rerank, k=20)
-    _, rows = s.search(truncate(q[:, : short.dim], short.dim, True), q, top=5)
+    _, rows = two_stage(r, short, rerank, 20, 5, q)
     return [[r.docids[int(j)] for j in row if j >= 0] for row in rows]
+
+
+def two_stage(reader, short, rerank, k, top, q):
+    """(scores, rows) of a shortlist at ``short`` (k candidates) reranked at ``rerank``; ``q`` [n, rerank.dim]."""
+    s = FunnelSearcher(reader, FunnelPlan(short, k, rerank=rerank, top=top))
+    return s.search({short: truncate(q[:, : short.dim], short.dim, True), rerank: q})
 
 
 # -- item 2: nothing of an index is read through a link to outside its folder ---------------------------
@@ -96,9 +101,9 @@ def test_non_finite_rerank_rows_are_refused_at_first_use(base, tmp_path, fill):
     r = IndexReader(ix)
     q = truncate(np.random.default_rng(1).normal(size=(2, D)).astype(np.float32), D, True)
     with pytest.raises(AdaError, match=r"rerank-2x32.npy: row 7 holds NaN or inf"):
-        TwoStageSearcher(r, SHORT, FULL, k=N).search(truncate(q[:, :8], 8, True), q, top=5)
+        two_stage(r, SHORT, FULL, N, 5, q)
     with pytest.raises(AdaError, match="row 7 holds NaN or inf"):  # the one-query float16 path too
-        TwoStageSearcher(r, SHORT, FULL, k=N).search(truncate(q[:1, :8], 8, True), q[:1], top=5)
+        two_stage(r, SHORT, FULL, N, 5, q[:1])
     with pytest.raises(AdaError, match="row 7 holds NaN or inf"):  # a shortlist derived from the rows
         r.shortlist_index(Size(2, 16))
 
