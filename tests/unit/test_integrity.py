@@ -162,15 +162,21 @@ def test_int8_rerank_without_scale_file_is_one_line(base, tmp_path):
 
 
 @pytest.mark.parametrize("row0, words", [("a b", "a space"), ("d0\r", "a CR"), ("d0\0", "a NUL"), ("a\u2028b", "not allowed"),
-                                         (b"\xff\xfe", "not UTF-8")])
+                                         ("a\u00a0b", "not allowed"), (b"\xff\xfe", "not UTF-8")])
 def test_a_docid_that_breaks_a_run_line_is_refused(base, tmp_path, row0, words):
     ix, g = crafted(base, tmp_path)
     lines = (g / "docids.txt").read_bytes().split(b"\n")
     lines[0] = row0 if isinstance(row0, bytes) else row0.encode()
     (g / "docids.txt").write_bytes(b"\n".join(lines))
-    with pytest.raises(AdaError, match=words):
-        r = IndexReader(ix)
-        [r.docids[i] for i in range(N)]
+    with pytest.raises(AdaError, match=f"docids.txt:1: .*{words}"):
+        IndexReader(ix)  # at open, before any model loads
+
+
+def test_non_ascii_ids_are_read_as_written(base, tmp_path):
+    ix, g = crafted(base, tmp_path)
+    ids = ["caf\u00e9", "\U0001f600", "\u05e9\u05dc\u05d5\u05dd"] + [f"d{i}" for i in range(3, N)]
+    (g / "docids.txt").write_text("".join(i + "\n" for i in ids), encoding="utf-8")
+    assert list(IndexReader(ix).docids) == ids
 
 
 def test_a_binary_current_is_named(base, tmp_path):
