@@ -168,14 +168,16 @@ def _remove_leftovers(out: Path) -> None:
     """What an interrupted export to ``out`` left beside it (called under the export lock, so no
     other export is using them): temporary folders, and an old export moved aside, which is moved
     back when nothing is at ``out`` (a kill between the two renames of ``_replace``'s fallback)."""
-    for p in sorted(out.parent.glob(f".{out.name}.export-old-*")):
-        if not out.exists() and (p / EXPORT_MARKER).is_file():
-            p.rename(out)
-            log.warning("%s: moved back the previous export an interrupted export had moved aside", out)
-        else:
+    mine = sorted(p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.export-"))  # no glob: names may hold [*?
+    for p in mine:
+        if p.name.startswith(f".{out.name}.export-old-"):
+            if not out.exists() and (p / EXPORT_MARKER).is_file():
+                p.rename(out)
+                log.warning("%s: moved back the previous export an interrupted export had moved aside", out)
+            else:
+                shutil.rmtree(p, ignore_errors=True)
+        elif p.name.endswith("tmp") and p.is_dir():  # ours (.NAME.export-<pid>.tmp), and older versions' .NAME.export-tmp
             shutil.rmtree(p, ignore_errors=True)
-    for p in out.parent.glob(f".{out.name}.export-*tmp"):  # ours, and the shared name of older versions
-        shutil.rmtree(p, ignore_errors=True)
 
 
 def fsync_path(path: Path) -> None:
