@@ -44,6 +44,10 @@ def io_reason(e: BaseException) -> str | None:
     m = re.search(r"os error (\d+)", str(e))
     if type(e).__name__ == "SafetensorError" and m:
         return _WHY.get(int(m.group(1)), os.strerror(int(m.group(1))))
+    if isinstance(e, (OSError, RuntimeError)):  # faiss' "write error in ...: 27 (File too large)" and the like
+        for code, why in _WHY.items():
+            if os.strerror(code) in str(e):
+                return why
     return None
 
 

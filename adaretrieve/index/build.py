@@ -276,17 +276,26 @@ def _merge(out: Path, overwrite: bool, build: dict | None) -> Manifest:
                        "finish every shard first")
     shortlist = [parse_size(s) for s in plan["shortlist"]]
     rerank = parse_size(plan["rerank"]) if plan["rerank"] else None
-    writer = IndexWriter(out, plan["n_docs"], shortlist, rerank, factory=plan["factory"], overwrite=overwrite,
-                         rerank_dtype=plan["rerank_dtype"], ef_construction=plan.get("ef_construction"),
-                         nprobe=plan.get("nprobe"))
+    try:
+        writer = IndexWriter(out, plan["n_docs"], shortlist, rerank, factory=plan["factory"], overwrite=overwrite,
+                             rerank_dtype=plan["rerank_dtype"], ef_construction=plan.get("ef_construction"),
+                             nprobe=plan.get("nprobe"))
+    except Exception as e:
+        if io_reason(e) is None:
+            raise
+        raise AdaError(f"{out}: the new index could not be written ({io_reason(e)}); the index at the path is unchanged "
+                       f"and the encoded chunks are kept in {bdir} for the next run") from None
     try:
         for c in range(plan["n_chunks"]):
             writer.add(*read_chunk(bdir, c, plan["sizes"]))
         manifest = writer.close(model=plan["model"], corpus=plan["corpus"]["path"], spec=plan_spec(plan).to_dict(),
                                 build={**(build or {}), "chunk_size": plan["chunk_size"], "n_chunks": plan["n_chunks"],
                                        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    except BaseException:
+    except BaseException as e:
         writer.abort()
+        if isinstance(e, Exception) and io_reason(e) is not None:
+            raise AdaError(f"{out}: the new index could not be written ({io_reason(e)}); the index at the path is "
+                           f"unchanged and the encoded chunks are kept in {bdir} for the next run") from None
         raise
     shutil.rmtree(bdir, ignore_errors=True)
     return manifest

@@ -249,11 +249,15 @@ class IndexWriter:
         (self.tmp / READER_LOCK).touch()
         self._ids = open(self.tmp / DOCIDS, "w", encoding="utf-8")
         self._rerank = self._scale = None
-        if rerank is not None:
-            self._rerank = np.lib.format.open_memmap(
-                self.tmp / rerank_file(rerank), mode="w+", dtype=np.dtype(rerank_dtype), shape=(n_docs, rerank.dim))
-            self._scale = (np.lib.format.open_memmap(self.tmp / scale_file(rerank), mode="w+", dtype=np.float32,
-                                                     shape=(n_docs,)) if rerank_dtype == "int8" else None)
+        try:  # a full disk or a file-size limit here: remove the partial generation and the lock, as abort does
+            if rerank is not None:
+                self._rerank = np.lib.format.open_memmap(
+                    self.tmp / rerank_file(rerank), mode="w+", dtype=np.dtype(rerank_dtype), shape=(n_docs, rerank.dim))
+                self._scale = (np.lib.format.open_memmap(self.tmp / scale_file(rerank), mode="w+", dtype=np.float32,
+                                                         shape=(n_docs,)) if rerank_dtype == "int8" else None)
+        except BaseException:
+            self.abort()
+            raise
         self.row = 0
         self.t0 = time.perf_counter()
 

@@ -291,7 +291,16 @@ resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
 from adaretrieve.errors import AdaError
 what, target = sys.argv[1], sys.argv[2]
 try:
-    if what == "run":
+    if what == "writer":
+        from adaretrieve import Size
+        from adaretrieve.index.writer import IndexWriter
+        try:
+            IndexWriter(target, 1000, [Size(1, 8)], Size(1, 64))
+        except OSError as e:
+            from adaretrieve.errors import io_reason
+            print(io_reason(e))
+            sys.exit(2)
+    elif what == "run":
         from adaretrieve.eval import write_run
         write_run({f"q{i}": {f"d{j}": float(j) for j in range(100)} for i in range(100)}, target)
     else:
@@ -304,23 +313,25 @@ except AdaError as e:
 """
 
 
-@pytest.mark.parametrize("what", ["run", "chunk"])
+@pytest.mark.parametrize("what", ["run", "chunk", "writer"])
 def test_a_file_size_limit_names_the_file_and_leaves_nothing(tmp_path, what):
     import os
     import subprocess
     import sys
 
-    target = tmp_path / ("run.trec" if what == "run" else "build")
+    target = tmp_path / {"run": "run.trec", "chunk": "build", "writer": "ix"}[what]
     if what == "run":
         target.write_text("old\n")
-    else:
+    elif what == "chunk":
         target.mkdir()
     root = Path(__file__).resolve().parents[2]
     p = subprocess.run([sys.executable, "-c", LIMITED, what, str(target)], capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(root)})
     assert p.returncode == 2, p.stderr
-    assert "ulimit -f" in p.stdout and (str(target) if what == "run" else ".chunk-000000.") in p.stdout, p.stdout
+    assert "ulimit -f" in p.stdout, p.stdout
     if what == "run":
-        assert target.read_text() == "old\n" and sorted(x.name for x in tmp_path.iterdir()) == ["run.trec"]
-    else:
-        assert not list(target.iterdir())
+        assert str(target) in p.stdout and target.read_text() == "old\n" and sorted(x.name for x in tmp_path.iterdir()) == ["run.trec"]
+    elif what == "chunk":
+        assert ".chunk-000000." in p.stdout and not list(target.iterdir())
+    else:  # the writer that could not create its rerank file removed its partial generation and the folder it made
+        assert not target.exists(), sorted(x.name for x in target.iterdir())
