@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from adaretrieve.data.readers import doc_text, iter_corpus, resolve_corpus, validate_corpus
-from adaretrieve.errors import AdaError
+from adaretrieve.errors import AdaError, io_reason
 from adaretrieve.index.encode import chunk_name, encode_chunk, read_chunk
 from adaretrieve.index.format import Manifest, read_manifest, try_lock
 from adaretrieve.index.writer import (

@@ -305,8 +305,8 @@ try:
         write_run({f"q{i}": {f"d{j}": float(j) for j in range(100)} for i in range(100)}, target)
     else:
         from adaretrieve import Size
-        from adaretrieve.index.build import _write_chunk
-        _write_chunk(__import__("pathlib").Path(target), 0, ["a"] * 100, {Size(1, 64): np.ones((100, 64), np.float32)})
+        from adaretrieve.index.encode import write_chunk
+        write_chunk(__import__("pathlib").Path(target), 0, ["a"] * 100, {Size(1, 64): np.ones((100, 64), np.float32)})
 except AdaError as e:
     print(e)
     sys.exit(2)
