@@ -55,6 +55,26 @@ def parse_size(text: str | Size) -> Size:
     return Size(layer, dim)
 
 
+class BySize(dict):
+    """``{Size: array}`` that also takes a size's string as a key (``vecs["2x64"]``): what
+    ``Encoder.encode`` returns."""
+
+    def _key(self, key):
+        return key if isinstance(key, (Size, tuple)) else parse_size(key)
+
+    def __getitem__(self, key):
+        return super().__getitem__(self._key(key))
+
+    def __contains__(self, key):
+        try:
+            return super().__contains__(self._key(key))
+        except AdaError:
+            return False
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+
 def parse_sizes(texts: str | Iterable[str | Size]) -> list[Size]:
     """Parse sizes given as a list and/or comma-separated strings, keeping order, dropping repeats."""
     if isinstance(texts, (str, Size)):

@@ -82,7 +82,7 @@ def at_least_1(options: dict[str, int | None]) -> None:
 
 BACKEND_HELP = ("Encoder backend: torch, onnx (ONNX Runtime, same vectors, graph exported once and cached under "
                 "~/.cache/adaretrieve or $ADARETRIEVE_CACHE) or onnx-int8 (int8 weights: faster, slightly different vectors). "
-                "The onnx ones need `pip install 'adaretrieve[onnx]'`.")
+                "The onnx ones need `pip install 'adaretrieve\\[onnx]'`.")
 
 
 def load_encoder(model: str, pooling=None, normalize=None, max_length=None, device=None, dtype=None,

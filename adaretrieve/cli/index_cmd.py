@@ -36,7 +36,7 @@ def index(
     backend: str = typer.Option("torch", "--backend", help=BACKEND_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index (only once the new one is complete)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/n: encode only this process's share of the corpus; then `adaretrieve index merge`."),
-    ray: bool = typer.Option(False, "--ray", help="Encode the chunks on Ray Data (an actor pool; a local Ray unless --ray-address). Optional extra: pip install 'adaretrieve[ray]'."),
+    ray: bool = typer.Option(False, "--ray", help="Encode the chunks on Ray Data (an actor pool; a local Ray unless --ray-address). Optional extra: pip install 'adaretrieve\\[ray]'."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --ray: a running Ray cluster (e.g. ray://head:10001 or head:6379); the build folder must be on storage every node sees."),
     ray_actors: int = typer.Option(2, "--ray-actors", help="With --ray: encoder actors (one model each)."),
     ray_threads: int = typer.Option(1, "--ray-threads", help="With --ray: CPU threads (and Ray CPUs) per actor."),

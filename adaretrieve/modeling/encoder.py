@@ -26,7 +26,7 @@ from adaretrieve.errors import AdaError
 from adaretrieve.hub import check_hub_model
 from adaretrieve.modeling.adaptor import Adaptor
 from adaretrieve.modeling.st_format import read_st_config
-from adaretrieve.sizes import Size, parse_sizes, truncate
+from adaretrieve.sizes import BySize, Size, parse_sizes, truncate
 
 log = logging.getLogger(__name__)
 
@@ -467,7 +467,7 @@ class Encoder:
         pooled = {L: np.zeros((n, widest[L]), dtype=np.float32) for L in layers if widest[L]}
         raw = {L: np.zeros((n, self.hidden_size), dtype=np.float32) for L in raw_layers}
         if n == 0:
-            return {**{s: np.zeros((0, s.dim), dtype=np.float32) for s in sizes}, **{("raw", L): raw[L] for L in raw}}
+            return BySize({**{s: np.zeros((0, s.dim), dtype=np.float32) for s in sizes}, **{("raw", L): raw[L] for L in raw}})
         enc = self.tokenizer(self.tokenizer_texts(texts), truncation=True, max_length=self.max_length)
         lengths = np.array([len(x) for x in enc["input_ids"]])
         order = np.argsort(-lengths, kind="stable") if sort_by_length else np.arange(n)
@@ -502,7 +502,7 @@ class Encoder:
                     on_batch(len(idx))
         if bar is not None:
             bar.close()
-        out: dict = {s: truncate(pooled[s.layer], s.dim, self.normalize) for s in sizes}
+        out: dict = BySize({s: truncate(pooled[s.layer], s.dim, self.normalize) for s in sizes})
         out.update({("raw", L): raw[L] for L in raw})
         return out
 
@@ -520,7 +520,7 @@ class Encoder:
             for s in sizes:
                 if s.layer == L:
                     out[s] = truncate(v, s.dim, self.normalize)
-        return out
+        return BySize(out)
 
     def encode_to(self, texts: Sequence[str], sizes: Iterable[str | Size], batch_size: int = 32,
                   sort_by_length: bool = True) -> tuple[dict[Size, np.ndarray], EncodeState]:

@@ -146,3 +146,20 @@ def test_mpnet_alias_prefers_the_assembled_folder(tmp_path, monkeypatch):
     folder = tmp_path / ".cache" / "mpnet" / "all-mpnet-base-v2"
     folder.mkdir(parents=True)
     assert resolve_model("mpnet") == str(folder.resolve())
+
+
+def test_vectors_are_keyed_by_size_or_by_its_string(enc):
+    """newcomer-3: ``encode_queries(texts, ["2x8"])["2x8"]`` was a KeyError (the keys are Size values)."""
+    v = enc.encode_queries(["the cell"], ["2x8"])
+    np.testing.assert_array_equal(v["2x8"], v[Size(2, 8)])
+    assert "2x8" in v and "4x32" not in v and "junk" not in v and v.get("1x4") is None
+
+
+def test_help_shows_the_install_lines_of_the_extras():
+    """newcomer-3: Rich markup ate ``[onnx]`` / ``[ray]`` in --help."""
+    from typer.testing import CliRunner
+
+    from adaretrieve.cli.main import app
+
+    out = CliRunner().invoke(app, ["index", "--help"], env={"COLUMNS": "300"}).output
+    assert "'adaretrieve[onnx]'" in out and "pip install 'adaretrieve[ray]'" in out  # the help may wrap after "install"
