@@ -26,6 +26,20 @@ README = ROOT / "README.md"
 BLOCK = re.compile(r"(<!-- BEGIN generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- END generated:(?P=name) -->)", re.S)
 
 
+def _verdicts():
+    """adaretrieve.bench.verdicts, loaded by its path: it imports nothing, where importing the
+    package would load numpy (the check stays JSON-only)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("adaretrieve_bench_verdicts", ROOT / "adaretrieve" / "bench" / "verdicts.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+verdicts = _verdicts()
+
+
 @cache
 def load(rel: str) -> dict:
     return json.loads((RESULTS / rel).read_text())
@@ -201,14 +215,8 @@ def budget() -> str:
 
 
 def best_goal(big: dict) -> dict:
-    """The goal row (benchmarks/scale.py's goal_rows, in the results file) to show: of those meeting
-    the goal with a margin run-to-run noise does not erase (HNSW-768's own rows moved by 5% between
-    runs), else of all meeting it, the one with the highest recall; when none does, the one closest
-    to HNSW-768's speed."""
-    rows = [g for g in big["goal"] if g["ref"] is not None]
-    met = [g for g in rows if g["met"]]
-    clear = [g for g in met if g["speed"] >= 1.1] or met
-    return max(clear, key=lambda g: (g["recall"], g["speed"])) if met else max(rows, key=lambda g: g["speed"])
+    """The goal entry (verdicts.goal_rows, in the results file) to show: ``verdicts.best_goal``."""
+    return verdicts.best_goal(big["goal"])
 
 
 def ann_flags(r: dict) -> str:

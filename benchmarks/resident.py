@@ -40,12 +40,12 @@ def main() -> None:
     reader = ensure_index(suite, enc, rebuild=False, progress=False)
     qrels = read_qrels(suite.qrels)
     queries = {q: t for q, t in read_queries(suite.queries).items() if q in qrels}
-    configs = suite.configs()
-    sizes = sorted({s for c in configs for s in c.sizes()}, key=lambda s: (s.layer, s.dim))
+    plans = suite.plans(reader.manifest)
+    sizes = sorted({s for p in plans for s in p.sizes()}, key=lambda s: (s.layer, s.dim))
     qv = enc.encode(list(queries.values()), sizes, batch_size=64)
     files = [p for p in reader.gen_dir.iterdir() if p.suffix in (".npy", ".txt")]
     rows = []
-    for c in configs:
+    for c in plans:
         p = dense_pipeline(c, reader)
         need = {s: v for s, v in qv.items() if s in p.need}
         for f in files:

@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 import faiss  # noqa: E402
 
-from adaretrieve.bench import machine_info  # noqa: E402
+from adaretrieve.bench.measure import machine_info  # noqa: E402
+from adaretrieve.bench.verdicts import ANN, ann_kind, goal_rows  # noqa: E402
 from adaretrieve.eval.pagecache import evict, resident_fraction  # noqa: E402
 from adaretrieve.eval.timing import REPEATS, WARMUP, WARMUP_BATCHED, time_repeats, time_stages  # noqa: E402
 from adaretrieve.index.writer import IndexWriter  # noqa: E402
@@ -48,12 +49,11 @@ D = 768
 FULL = Size(12, D)
 SHORT = [Size(2, 32), Size(4, 64)]
 EF768 = (16, 32, 64, 128, 256, 512, 1024)  # efSearch of FAISS HNSW32 over 768-d: its recall/latency curve
-# sublinear shortlists over the small sizes, by their key prefix in the results: HNSW32 graphs; IVF
-# lists holding the vectors as float32 (IVF), 8-bit scalar codes (IVFSQ8) or 4-bit PQ codes scanned by
-# FAISS's fast-scan kernels (IVFPQfs: 32 sub-quantizers, 16 bytes a vector at both sizes); SQfp16: a
-# flat scan of float16 codes, half the bytes of Flat
-ANN = ("HNSW32", "IVF", "IVFSQ8", "IVFPQfs", "SQfp16")
-ANN_PREFIX = tuple(f"{kind.lower()}_" for kind in ANN)
+# sublinear shortlists over the small sizes (ANN, named in adaretrieve.bench.verdicts with the goal
+# rule that reads them), by their key prefix in the results: HNSW32 graphs; IVF lists holding the
+# vectors as float32 (IVF), 8-bit scalar codes (IVFSQ8) or 4-bit PQ codes scanned by FAISS's fast-scan
+# kernels (IVFPQfs: 32 sub-quantizers, 16 bytes a vector at both sizes); SQfp16: a flat scan of float16
+# codes, half the bytes of Flat
 # (k, efSearch / nprobe) per shortlist depth: efSearch below k is raised to k by FAISS, so it starts at k
 ANN_SWEEP = {"HNSW32": [(200, 200), (200, 400), (1000, 1000), (2000, 2000)],
              "IVF": [(200, 8), (200, 32), (200, 128), (1000, 32), (1000, 64), (1000, 128), (2000, 128)],
@@ -69,14 +69,6 @@ def ann_factory(kind: str, n: int) -> str:
     """The `index --factory` string of a sublinear shortlist kind at ``n`` documents."""
     lists = {"IVF": "Flat", "IVFSQ8": "SQ8", "IVFPQfs": "PQ32x4fs"}
     return f"IVF{nlist_for(n)},{lists[kind]}" if kind in lists else kind
-
-
-def ann_kind(key: str) -> str | None:
-    """The sublinear shortlist kind of an adaretrieve results key (None for FAISS's own HNSW-768
-    rows, "hnsw32_efc...", and every other row)."""
-    if key.startswith("hnsw32_efc"):
-        return None
-    return next((kind for kind, pre in zip(ANN, ANN_PREFIX) if key.startswith(pre)), None)
 
 
 MODEL = {"name": "synthetic", "path": "synthetic", "weights_sha256": "", "normalize": True, "pooling": "mean",
@@ -435,59 +427,6 @@ def ours(key: str) -> bool:
 def measured_mb(v: dict) -> str:
     m = v.get("resident_measured_bytes")
     return "-" if m is None else f"{m / 1e6:.1f}"
-
-
-def hnsw768_at(r: dict, recall: float) -> tuple[str, dict] | None:
-    """The fastest FAISS HNSW32-768 row (any efConstruction / efSearch) whose recall@10 is at least ``recall``."""
-    match = [(k, v) for k, v in r.items() if k.startswith("hnsw32_efc") and v["recall@10"] >= recall]
-    return min(match, key=lambda kv: kv[1]["batch1"]["p50_ms"]) if match else None
-
-
-def hnsw768_ms_interpolated(r: dict, recall: float) -> float | None:
-    """HNSW-768's batch-1 ms at exactly ``recall``: along its recall/latency frontier (every
-    efConstruction and efSearch measured; the fastest point at each recall and above), log-latency
-    interpolated linearly in recall between the two points around it. None outside the measured
-    recalls (below its lowest the frontier's first point is the best it is known to do)."""
-    pts = sorted((v["recall@10"], v["batch1"]["p50_ms"]) for k, v in r.items() if k.startswith("hnsw32_efc"))
-    frontier = []
-    for rec, ms in reversed(pts):  # from the highest recall down, keep a point only if it is faster
-        if not frontier or ms < frontier[-1][1]:
-            frontier.append((rec, ms))
-    frontier.reverse()
-    if not frontier or recall > frontier[-1][0]:
-        return None
-    if recall <= frontier[0][0]:
-        return frontier[0][1]
-    for (r0, m0), (r1, m1) in zip(frontier, frontier[1:]):
-        if r0 <= recall <= r1:
-            t = 0.0 if r1 == r0 else (recall - r0) / (r1 - r0)
-            return float(np.exp(np.log(m0) + t * (np.log(m1) - np.log(m0))))
-    return None
-
-
-def goal_rows(r: dict) -> list[dict]:
-    """The issue's goal for sublinear shortlists over a small size: HNSW-768's batch-1 latency at
-    equal recall with at most 1/6 of its RAM. One entry per HNSW / IVF row over a small size: its
-    recall, ms and RAM (measured private memory where measured, else the index bytes), the fastest
-    HNSW-768 row reaching its recall (None when none does), HNSW-768's ms interpolated at exactly
-    that recall, the speed ratio against the interpolated ms, the RAM ratio, and ``met``."""
-    out = []
-    for k, v in r.items():
-        if not (isinstance(v, dict) and ann_kind(k) not in (None, "SQfp16")):
-            continue
-        g = {"row": k, "recall": v["recall@10"], "ms": v["batch1"]["p50_ms"],
-             "ram": v.get("resident_measured_bytes") or v["resident_bytes"], "ref": None, "met": False}
-        ref = hnsw768_at(r, v["recall@10"])
-        if ref is not None:
-            fk, fv = ref
-            g.update(ref=fk, ref_recall=fv["recall@10"], ref_ms=fv["batch1"]["p50_ms"],
-                     ref_ram=fv.get("resident_measured_bytes") or fv["resident_bytes"])
-            g["interp_ms"] = hnsw768_ms_interpolated(r, v["recall@10"])
-            g["speed"] = (g["interp_ms"] or g["ref_ms"]) / g["ms"]
-            g["ram_ratio"] = g["ref_ram"] / g["ram"]
-            g["met"] = g["speed"] >= 1.0 and g["ram_ratio"] >= 6.0
-        out.append(g)
-    return out
 
 
 def goal_lines(r: dict) -> list[str]:

@@ -33,9 +33,10 @@ def tune(
             --qrels ../shared/data/beir/scifact/qrels/test.tsv --budget-ms 20
     """
     setup(quiet)
-    from adaretrieve.bench import Suite, config_name, pareto, run_suite
+    from adaretrieve import bench
+    from adaretrieve.bench.suite import Suite, config_name
+    from adaretrieve.bench.verdicts import best_within_budget, latency_ms, pareto, resident_mb, within_budget
     from adaretrieve.search import IndexReader
-    from adaretrieve.tune import best_within_budget, latency_ms, resident_mb, within_budget
 
     at_least_1({"--latency-queries": latency_queries, "--k": min(k, default=None), "--nprobe": min(nprobe, default=None),
                 "--ef-search": min(ef_search, default=None)})
@@ -50,7 +51,7 @@ def tune(
                   index=str(index), shortlist=sizes, rerank=rerank, single=sizes, two_stage=two,
                   metrics=[metric], max_length=mod["max_length"], latency_queries=latency_queries,
                   nprobe=list(nprobe), ef_search=list(ef_search), backend=backend, factory=m.shortlist[0]["factory"])
-    rows = run_suite(suite, progress=not quiet)["results"]
+    rows = bench.run_suite(suite, progress=not quiet)["results"]
     n = reader.n_docs
 
     def ram(r: dict) -> str:

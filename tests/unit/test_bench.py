@@ -6,10 +6,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from adaretrieve.bench import BenchConfig, ResultRow, Suite, check_expected, config_name, load_rows, to_markdown
+from adaretrieve.bench import ResultRow, Suite, check_expected, config_name, load_rows, to_markdown
 from adaretrieve.cli.main import app
 from adaretrieve.eval.timing import REPEATS, WARMUP
 from adaretrieve.index.format import current_generation
+from adaretrieve.search import FunnelPlan
 from adaretrieve.sizes import Size
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
@@ -18,12 +19,29 @@ RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 def test_suite_grid(tmp_path):
     s = Suite(name="x", model="m", corpus="c", queries="q", qrels="r", index="i", shortlist=["2x64"], rerank="6x384",
               single=["2x64", "6x384"], two_stage=[{"shortlist": ["2x64", "4x128"], "k": [50, 200], "rerank": ["6x384"]}])
-    configs = s.configs()
-    assert configs[2] == BenchConfig(Size(2, 64), 50, Size(6, 384)) and configs[0].rerank is None
+    configs = s.plans()
+    assert configs[2] == FunnelPlan(Size(2, 64), 50, rerank=Size(6, 384), top=1000) and configs[0].rerank is None
     names = [c.name for c in configs]
     assert names == [config_name(c) for c in configs]
     assert names == ["single 2x64", "single 6x384", "2x64 k=50 -> 6x384", "2x64 k=200 -> 6x384",
                      "4x128 k=50 -> 6x384", "4x128 k=200 -> 6x384"]
+
+
+def test_suite_grid_runs_funnels_and_refuses_what_a_plan_refuses():
+    """A two_stage entry with ``then`` is a funnel; k below 1 and a widening funnel are refused as
+    resolve_plan refuses them (code-review-3 A15.2: k=0 never silently becomes 1)."""
+    from adaretrieve.errors import AdaError
+
+    base = dict(name="x", model="m", corpus="c", queries="q", qrels="r", index="i", shortlist=["2x32"], rerank="6x384")
+    s = Suite(**base, two_stage=[{"shortlist": "2x32", "k": [1000], "then": [{"size": "4x128", "k": 100}],
+                                  "rerank": "6x384"}])
+    (p,) = s.plans()
+    assert p.name == "2x32 k=1000 -> 4x128 k=100 -> 6x384" and p.depth == 100 and p.sizes()[1] == Size(4, 128)
+    for bad, words in (({"k": [0]}, "at least 1"), ({"k": [10], "then": [{"size": "4x128", "k": 100}]}, "funnel narrows"),
+                       ({"k": [10], "then": [{"size": "4x128"}]}, "exactly 'size' and 'k'")):
+        entry = {"shortlist": "2x32", "rerank": "6x384", **bad}
+        with pytest.raises(AdaError, match=words):
+            Suite(**base, two_stage=[entry]).check()
 
 
 def test_check_expected():
