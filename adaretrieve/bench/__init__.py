@@ -25,7 +25,7 @@ _WHERE = {
     "COLD_HOW": "measure", "shortlist_resident_bytes_per_doc": "measure", "disk_bytes_per_doc": "measure",
     "bm25_pipelines": "baselines", "refine_pipelines": "baselines",
     "pareto": "verdicts", "check_expected": "verdicts", "best_within_budget": "verdicts", "within_budget": "verdicts",
-    "latency_ms": "verdicts", "resident_mb": "verdicts", "goal_rows": "verdicts",
+    "latency_ms": "verdicts", "resident_mb": "verdicts", "row_ram_bytes": "verdicts", "goal_rows": "verdicts",
     "best_goal": "verdicts",
     "to_markdown": "report", "plot_report": "report", "write_report": "report", "STAGES": "report",
     "run_suite": "run", "ensure_index": "run",

@@ -15,7 +15,7 @@ def tune(
     queries: Path = typer.Option(..., "--queries", help="Queries to measure on (a held-out split, ideally)."),
     qrels: Path = typer.Option(..., "--qrels", help="Qrels for those queries."),
     budget_ms: float = typer.Option(..., "--budget-ms", help="Per-query latency budget at batch 1: query encoding + search, median."),
-    budget_ram_mb: Optional[float] = typer.Option(None, "--budget-ram-mb", help="RAM budget for what stays resident (the shortlist index, by its FAISS type), MB."),
+    budget_ram_mb: Optional[float] = typer.Option(None, "--budget-ram-mb", help="RAM budget, MB: everything a configuration's latency needs resident: private memory (measured in a fresh process serving it, else its shortlist index by FAISS type) plus the index-file pages it reads (measured, else the whole rerank file)."),
     metric: str = typer.Option("nDCG@10", "--metric", help="What to maximise."),
     k: list[int] = typer.Option([50, 100, 200, 500], "--k", help="Shortlist depths to try."),
     latency_queries: int = typer.Option(50, "--latency-queries", help="Queries timed one at a time."),

@@ -13,7 +13,7 @@ from adaretrieve.bench import config_name
 from adaretrieve.cli.main import app
 from adaretrieve.faiss_util import resident_bytes_per_doc
 from adaretrieve.sizes import parse_size
-from adaretrieve.tune import best_within_budget, latency_ms
+from adaretrieve.tune import best_within_budget, latency_ms, resident_mb
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "scifact-minilm-starbucks" / "results.json"
 
@@ -31,25 +31,34 @@ def pick(rows, n_docs, **budgets):
 
 def brute_force(rows, n_docs, metric, budget_ms, budget_ram_mb):
     """Every row that fits both budgets, best metric, then lowest latency."""
-    fits = [r for r in rows if latency_ms(r) <= budget_ms and r["resident_bytes_per_doc"] * n_docs / 1e6 <= budget_ram_mb]
+    fits = [r for r in rows if latency_ms(r) <= budget_ms and resident_mb(r, n_docs) <= budget_ram_mb]
     return config_name(min(fits, key=lambda r: (-r["metrics"][metric], latency_ms(r)))) if fits else None
 
 
 def test_ram_budget_is_applied_before_choosing(starbucks):
     rows, n = starbucks
     assert n == 5183 and len(rows) == 18
-    # single 6x384 (0.620) needs 8 MB; the 3x64 shortlist (1.3 MB) reranked at 6x384 is as good
-    assert pick(rows, n, budget_ms=40, budget_ram_mb=3) == "3x64 k=1000 -> 6x384"
-    # 5x256 k=200 -> 6x384 is dominated by single 6x384 on (latency, quality), but 6x384 does not fit 6 MB:
-    # a Pareto front built before the RAM filter loses it and settles for 4x128 k=200 (0.571 < 0.601)
-    assert pick(rows, n, budget_ms=30.5, budget_ram_mb=6) == "5x256 k=200 -> 6x384"
-    assert pick(rows, n, budget_ms=30.5) == "single 6x384"
-    assert pick(rows, n, budget_ram_mb=3) == "3x64 k=1000 -> 6x384"
+    # one memory model (code-review-3 A1): a two-stage row needs its shortlist and the float16 rerank
+    # rows its latency reads (768 B/doc here, unmeasured, so the whole file); single stage its index
+    assert resident_mb(rows[0], n) == pytest.approx(64 * n / 1e6)
+    two = next(r for r in rows if r["config"] == "3x64 k=1000 -> 6x384")
+    assert resident_mb(two, n) == pytest.approx((256 + 768) * n / 1e6)
+    # single 6x384 (0.620) needs 8 MB; the 3x64 shortlist (1.3 MB) reranked at 6x384 (4 MB of rows) is as good
+    assert pick(rows, n, budget_ms=40, budget_ram_mb=6) == "3x64 k=1000 -> 6x384"
+    assert pick(rows, n, budget_ms=30.5, budget_ram_mb=6) == "3x64 k=200 -> 6x384"
+    assert pick(rows, n, budget_ms=30.5, budget_ram_mb=8) == pick(rows, n, budget_ms=30.5) == "single 6x384"
+    assert pick(rows, n, budget_ram_mb=3) == "single 4x128"  # no two-stage row fits: the rerank rows alone are 4 MB
     assert pick(rows, n, budget_ms=10) == "single 1x16"
     assert pick(rows, n, budget_ms=5) is None and pick(rows, n, budget_ms=40, budget_ram_mb=0.1) is None
     for ms in (7, 15, 20, 22.5, 29.6, 30, 30.2, 31, 32, 40):
-        for mb in (0.5, 1.5, 3, 6, 10):
+        for mb in (0.5, 1.5, 3, 5, 6, 7, 10):
             assert pick(rows, n, budget_ms=ms, budget_ram_mb=mb) == brute_force(rows, n, "nDCG@10", ms, mb), (ms, mb)
+
+
+def test_a_measured_row_is_charged_its_private_memory_and_the_index_file_pages_it_mapped():
+    row = {"resident_bytes_per_doc": 64, "rerank_bytes_per_doc_on_disk": 768,
+           "resident_measured": {"anon_bytes": 1_000_000, "file_bytes": 250_000}}
+    assert resident_mb(row, 5000) == pytest.approx(1.25)
 
 
 def test_equal_quality_goes_to_the_faster():
@@ -71,12 +80,12 @@ def test_tune_command_picks_within_every_budget(starbucks, monkeypatch, tmp_path
     monkeypatch.setattr("adaretrieve.search.IndexReader", lambda path: SimpleNamespace(manifest=manifest, n_docs=n))
     monkeypatch.setattr("adaretrieve.bench.run_suite", lambda suite, progress=True: {"results": rows})
     args = ["tune", "--index", str(tmp_path / "ix"), "--queries", "q.jsonl", "--qrels", "qrels.tsv", "--quiet"]
-    res = CliRunner().invoke(app, [*args, "--budget-ms", "30.5", "--budget-ram-mb", "6"])
+    res = CliRunner().invoke(app, [*args, "--budget-ms", "30.5", "--budget-ram-mb", "10"])
     assert res.exit_code == 0, res.output
-    assert "best within budget: 5x256 k=200 -> 6x384: nDCG@10 0.6006" in res.stdout
-    assert res.stdout.strip().splitlines()[-1].endswith("--shortlist 5x256 --k 200 --rerank 6x384")
-    res = CliRunner().invoke(app, [*args, "--budget-ms", "40", "--budget-ram-mb", "3"])
+    assert "best within budget: single 6x384: nDCG@10 0.6198" in res.stdout
+    res = CliRunner().invoke(app, [*args, "--budget-ms", "40", "--budget-ram-mb", "6"])
     assert res.exit_code == 0 and "best within budget: 3x64 k=1000 -> 6x384: nDCG@10 0.6198" in res.stdout
+    assert res.stdout.strip().splitlines()[-1].endswith("--shortlist 3x64 --k 1000 --rerank 6x384")
     res = CliRunner().invoke(app, [*args, "--budget-ms", "40", "--budget-ram-mb", "0.1"])
     assert res.exit_code == 2 and "no configuration fits 40.0 ms and 0.1 MB" in res.stderr
 
