@@ -39,7 +39,7 @@ def bm25_pipelines(suite, reader: IndexReader, qids: list[str], queries: dict) -
             t["bm25"] = t.get("bm25", 0.0) + time.perf_counter() - t0
         return run
 
-    out = [Pipeline("bm25 (k1=0.9, b=0.4)", "bm25", [], lambda rows, q, t: bm25(rows, t), lambda run, _: run,
+    out = [Pipeline("bm25 (k1=0.9, b=0.4)", "bm25", [], lambda rows, q, t: bm25(rows, t), lambda run, _: run, depth=1000,
                     extra={"bm25_setup_seconds": bm.setup_seconds})]
     row_of = {d: i for i, d in enumerate(reader.docids)}
     for h in suite.hybrid:
@@ -48,7 +48,7 @@ def bm25_pipelines(suite, reader: IndexReader, qids: list[str], queries: dict) -
         def hybrid(rows, q, t, size=size, k=k):
             return rerank_run(bm25(rows, t), [qids[i] for i in rows], q[size], reader, size, k, 1000, row_of, t)
 
-        out.append(Pipeline(f"bm25 k={k} -> {size}", "hybrid", [size], hybrid, _arrays_run(reader),
+        out.append(Pipeline(f"bm25 k={k} -> {size}", "hybrid", [size], hybrid, _arrays_run(reader), depth=min(k, 1000),
                             cold=_evict_rerank(reader) if _reads_rerank_file(reader, size) else None,
                             k=k, rerank=size, rerank_bytes_per_doc_on_disk=size.dim * 2))
     for sz in suite.rrf:
@@ -65,7 +65,7 @@ def bm25_pipelines(suite, reader: IndexReader, qids: list[str], queries: dict) -
                 t["fusion"] = t.get("fusion", 0.0) + time.perf_counter() - t0
             return fused
 
-        out.append(Pipeline(f"rrf(bm25, single {size})", "rrf", [size], rrf, lambda run, _: run, shortlist=size,
+        out.append(Pipeline(f"rrf(bm25, single {size})", "rrf", [size], rrf, lambda run, _: run, depth=1000, shortlist=size,
                             resident_bytes_per_doc=shortlist_resident_bytes_per_doc(reader.manifest, size),
                             disk_bytes_per_doc=disk_bytes_per_doc(reader, size, None)))
     return out
@@ -92,7 +92,7 @@ def refine_pipelines(suite, reader: IndexReader) -> list[Pipeline]:
         def search(rows, q, t, params=params):
             return index.search(q[size], 1000, params=params)
 
-        out.append(Pipeline(f"faiss RefineFlat(SQ8) {size} kf={kf:g}", "refine", [size], search, _arrays_run(reader),
+        out.append(Pipeline(f"faiss RefineFlat(SQ8) {size} kf={kf:g}", "refine", [size], search, _arrays_run(reader), depth=1000,
                             resident_bytes_per_doc=resident_bytes_per_doc(size.dim, "SQ8,RFlat"),
                             extra={"build_seconds": build_s}))
     return out

@@ -13,6 +13,7 @@ import numpy as np
 
 from adaretrieve._version import __version__
 from adaretrieve.eval import Evaluator, run_from_arrays
+from adaretrieve.eval.measures import recall_within_depth
 from adaretrieve.eval.timing import Timing, time_each, time_repeats, time_stages
 from adaretrieve.faiss_util import resident_bytes_per_doc
 from adaretrieve.index.format import Manifest
@@ -96,6 +97,7 @@ class ResultRow:
     nprobe: int | None = None  # search-time settings of an IVF / HNSW shortlist (absent when not set)
     ef_search: int | None = None
     then: list | None = None  # a funnel's middle stages, [[size, k], ...] (absent for two stages)
+    depth: int | None = None  # results per query at most; recall measures are named at it (R@50, not R@100)
     search_ms_batch1_cold: LatencyMs | None = None  # rerank rows dropped from the page cache per query
     encode_layers: int = 0
     encode_ms_batch1: LatencyMs | None = None
@@ -174,6 +176,7 @@ class Pipeline:
     need: list[Size]
     search: Callable[[list[int], dict, dict | None], object]
     to_run: Callable[[object, list[str]], dict]
+    depth: int | None = None  # results per query at most: measures are named for it (None: as asked)
     cold: Callable[[], None] | None = None  # drops the rerank rows from the page cache
     shortlist: Size | None = None
     k: int | None = None
@@ -189,6 +192,25 @@ class Pipeline:
     resident: Callable[[dict], dict] | None = None
 
 
+class DepthEvaluator:
+    """The suite's measures, named and computed for the depth of each run (``recall_within_depth``):
+    a run of 50 results per query has no R@100, so it is scored and reported as R@50. One ir-measures
+    evaluator per set of names, built on first use."""
+
+    def __init__(self, qrels, metrics):
+        self.qrels, self.metrics = qrels, list(metrics)
+        self._by: dict[tuple, Evaluator] = {}
+
+    def names(self, depth: int | None) -> list[str]:
+        return list(self.metrics) if depth is None else recall_within_depth(self.metrics, depth)[0]
+
+    def __call__(self, run: dict, depth: int | None) -> dict[str, float]:
+        key = tuple(self.names(depth))
+        if key not in self._by:
+            self._by[key] = Evaluator(self.qrels, key)
+        return self._by[key](run)
+
+
 @dataclass
 class Context:
     """What every row is measured against: the queries, their vectors, the encoder and its timings."""
@@ -197,7 +219,7 @@ class Context:
     qids: list[str]
     texts: list[str]
     qv: dict  # {Size: [n_queries, dim]}
-    evaluator: Evaluator
+    evaluator: DepthEvaluator
     n_lat: int
     enc_ms: dict[int, LatencyMs]  # batch-1 encoding to each depth
     enc_batched_ms: dict[int, float]  # batched encoding to each depth, per query
@@ -214,7 +236,7 @@ def measure(p: Pipeline, ctx: Context) -> ResultRow:
     the median of REPEATS searches over every query after a warm-up one."""
     n = len(ctx.qids)
     every = list(range(n))
-    metrics = ctx.evaluator(p.to_run(p.search(every, ctx.qv, None), ctx.qids))
+    metrics = ctx.evaluator(p.to_run(p.search(every, ctx.qv, None), ctx.qids), p.depth)
 
     def one(i, t):
         return p.search([i], {s: v[i : i + 1] for s, v in ctx.qv.items()}, t)
@@ -248,7 +270,7 @@ def measure(p: Pipeline, ctx: Context) -> ResultRow:
         config=p.config, kind=p.kind, metrics={k: round(v, 5) for k, v in metrics.items()},
         search_ms_batch1=search1, search_ms_batched=search_b,
         shortlist=str(p.shortlist) if p.shortlist else None, k=p.k, rerank=str(p.rerank) if p.rerank else None,
-        nprobe=p.nprobe, ef_search=p.ef_search, then=p.then,
+        nprobe=p.nprobe, ef_search=p.ef_search, then=p.then, depth=p.depth,
         search_ms_batch1_cold=LatencyMs.of(cold) if cold else None,
         encode_layers=depth, encode_ms_batch1=enc1, encode_ms_batched=enc_b if p.need else None,
         end_to_end_ms_batch1=e2e, stages_ms_batch1=stage_ms, stages_ms_batched=stage_b,
@@ -296,7 +318,7 @@ def dense_pipeline(plan: FunnelPlan, reader: IndexReader) -> Pipeline:
     def search(rows, q, t):
         return searcher.search(q, timings=t)
 
-    return Pipeline(plan.name, "dense", plan.sizes(), search, _arrays_run(reader),
+    return Pipeline(plan.name, "dense", plan.sizes(), search, _arrays_run(reader), depth=plan.depth,
                     cold=_evict_rerank(reader) if any(_reads_rerank_file(reader, s) for s in rescored) else None,
                     shortlist=short, k=None if plan.single else plan.k, rerank=rr, nprobe=plan.nprobe,
                     ef_search=plan.ef_search, then=[[str(s), k] for s, k in plan.then] or None,

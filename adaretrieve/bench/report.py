@@ -4,10 +4,11 @@ PNG plots of quality against latency and memory, each with its Pareto front (``v
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from adaretrieve.bench.measure import load_rows
-from adaretrieve.bench.verdicts import pareto
+from adaretrieve.bench.verdicts import metric_of, pareto
 
 
 def plot_report(res: dict, out_dir: Path, metric: str | None = None) -> list[Path]:
@@ -37,7 +38,10 @@ def plot_report(res: dict, out_dir: Path, metric: str | None = None) -> list[Pat
                 if r.resident_bytes_per_doc is None:
                     continue
                 cost = r.resident_bytes_per_doc
-            pts.append((cost, r.metrics[metric]))
+            quality = metric_of({"metrics": r.metrics, "depth": r.depth}, metric)  # a shallow row: at its depth
+            if quality is None:
+                continue
+            pts.append((cost, quality))
             names.append(r.config)
         if not pts:
             continue
@@ -62,12 +66,40 @@ def plot_report(res: dict, out_dir: Path, metric: str | None = None) -> list[Pat
     return paths
 
 
+def _cutoff(name: str) -> tuple[str, int | None]:
+    m = re.fullmatch(r"(.*)@(\d+)", name)
+    return (m[1], int(m[2])) if m else (name, None)
+
+
+def metric_columns(rows, asked=()) -> list[str]:
+    """The metric columns of a table: every measure a row has, in the suite's order, recalls of one
+    kind side by side by cut-off. A row shallower than a recall's cut-off has it under its own depth
+    (``R@50`` for a k=50 row; the R@100 column shows "-" there), never under the deeper name."""
+    names = list(dict.fromkeys([*asked, *(k for r in rows for k in r.metrics)]))
+    names = [n for n in names if any(n in r.metrics for r in rows)]
+    out: list = []
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        kind, cut = _cutoff(n)
+        if cut is None or not kind.startswith("R") or kind.startswith("RR"):
+            out.append(n)
+            continue
+        if kind not in groups:
+            groups[kind] = []
+            out.append((kind,))
+        groups[kind].append(n)
+    flat = []
+    for x in out:
+        flat += sorted(groups[x[0]], key=lambda n: _cutoff(n)[1]) if isinstance(x, tuple) else [x]
+    return flat
+
+
 STAGES = ("encode_to_shortlist_layer", "encode_to_rerank_layer", "bm25", "shortlist", "gather", "rerank", "fusion")
 
 
 def to_markdown(res: dict, command: str) -> str:
     rows = load_rows(res)
-    metrics = list(rows[0].metrics) if rows else []
+    metrics = metric_columns(rows, res.get("metrics") or ())
     m = res["machine"]
     timing = res.get("timing")
     lines = [
@@ -120,7 +152,7 @@ def to_markdown(res: dict, command: str) -> str:
         if r.resident_measured:
             ram += f" / {r.resident_measured['anon_bytes_per_doc']:g}"
         lines.append(
-            f"| {r.config} | " + " | ".join(f"{r.metrics[k]:.4f}" for k in metrics)
+            f"| {r.config} | " + " | ".join("-" if k not in r.metrics else f"{r.metrics[k]:.4f}" for k in metrics)
             + f" | {enc_s} | {r.search_ms_batch1.p50:.3f} | {cold} | {e2e}"
             + f" | {r.search_ms_batched:.3f} | {ram} |"
         )

@@ -8,12 +8,19 @@ import time
 from pathlib import Path
 
 from adaretrieve.bench.baselines import bm25_pipelines, refine_pipelines
-from adaretrieve.bench.measure import COLD_HOW, Context, LatencyMs, dense_pipeline, machine_info, measure
+from adaretrieve.bench.measure import (
+    COLD_HOW,
+    Context,
+    DepthEvaluator,
+    LatencyMs,
+    dense_pipeline,
+    machine_info,
+    measure,
+)
 from adaretrieve.bench.suite import Suite, with_search_params
 from adaretrieve.bench.verdicts import check_expected
 from adaretrieve.data import read_qrels, read_queries
 from adaretrieve.errors import AdaError
-from adaretrieve.eval import Evaluator
 from adaretrieve.eval.timing import REPEATS, WARMUP, WARMUP_BATCHED, time_each, time_repeats
 from adaretrieve.search import IndexReader
 from adaretrieve.sizes import Size, parse_size, parse_sizes
@@ -89,7 +96,7 @@ def run_suite(suite: Suite, rebuild: bool = False, progress: bool = True, replac
         enc_ms[depth] = LatencyMs.of(time_each(lambda i, s=size: enc.encode([texts[i]], [s]), n_lat))
         t = time_repeats(lambda _, s=size: enc.encode(texts, [s], batch_size=64))[0]
         enc_batched_ms[depth] = round(1000 * t.p50 / len(qids), 4)
-    ctx = Context(enc, qids, texts, qv, Evaluator(qrels, suite.metrics), n_lat, enc_ms, enc_batched_ms)
+    ctx = Context(enc, qids, texts, qv, DepthEvaluator(qrels, suite.metrics), n_lat, enc_ms, enc_batched_ms)
 
     pipelines = [dense_pipeline(p, reader) for p in plans]
     if suite.refine and reader.manifest.rerank:
@@ -101,6 +108,7 @@ def run_suite(suite: Suite, rebuild: bool = False, progress: bool = True, replac
     return {
         "suite": suite.name, "description": suite.description, "model": enc.describe(), "backend": suite.backend,
         "index": {"path": str(reader.dir), "n_docs": reader.n_docs, "build": reader.manifest.build},
+        "metrics": list(suite.metrics),
         "n_queries": len(qids), "queries_encode_ms_batched": round(encode_batched_ms, 3),
         "timing": {"warmup": WARMUP, "warmup_batched": WARMUP_BATCHED, "repeats": REPEATS, "latency_queries": n_lat,
                    "cold": COLD_HOW},

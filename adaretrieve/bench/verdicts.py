@@ -135,15 +135,29 @@ def within_budget(rows: Sequence[dict], n_docs: int, budget_ms: float | None = N
     return out
 
 
+def metric_of(row: dict, metric: str) -> float | None:
+    """A bench row's ``metric``; for a row whose run is shallower than a recall's cut-off, its recall
+    at its depth, which is what that recall is for a run of that depth (a k=50 row's ``R@1000`` is its
+    ``R@50``, stored under that name). None when the row has neither."""
+    got = row["metrics"]
+    if metric in got:
+        return got[metric]
+    kind, _, cut = metric.rpartition("@")
+    depth = row.get("depth")
+    if kind.startswith("R") and not kind.startswith("RR") and cut.isdigit() and depth is not None and int(cut) > depth:
+        return got.get(f"{kind}@{depth}")
+    return None
+
+
 def best_within_budget(rows: Sequence[dict], metric: str, n_docs: int, budget_ms: float | None = None,
                        budget_ram_mb: float | None = None) -> dict | None:
-    """The bench row with the highest ``metric`` among those that fit every budget, the faster on a
-    tie; None when none fits. Feasibility comes first: a Pareto front of latency and quality built
-    before the RAM filter can drop the best row that fits (its dominator may not fit)."""
-    fits = [i for i in within_budget(rows, n_docs, budget_ms, budget_ram_mb) if metric in rows[i]["metrics"]]
+    """The bench row with the highest ``metric`` (``metric_of``) among those that fit every budget,
+    the faster on a tie; None when none fits. Feasibility comes first: a Pareto front of latency and
+    quality built before the RAM filter can drop the best row that fits (its dominator may not fit)."""
+    fits = [i for i in within_budget(rows, n_docs, budget_ms, budget_ram_mb) if metric_of(rows[i], metric) is not None]
     if not fits:
         return None
-    return rows[min(fits, key=lambda i: (-rows[i]["metrics"][metric], latency_ms(rows[i]) or 0.0, i))]
+    return rows[min(fits, key=lambda i: (-metric_of(rows[i], metric), latency_ms(rows[i]) or 0.0, i))]
 
 
 # -- the scale goal (benchmarks/scale.py rows at one N) --------------------------------------------

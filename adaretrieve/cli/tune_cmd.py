@@ -35,7 +35,7 @@ def tune(
     setup(quiet)
     from adaretrieve import bench
     from adaretrieve.bench.suite import Suite, config_name
-    from adaretrieve.bench.verdicts import best_within_budget, latency_ms, pareto, resident_mb, within_budget
+    from adaretrieve.bench.verdicts import best_within_budget, latency_ms, metric_of, pareto, resident_mb, within_budget
     from adaretrieve.search import IndexReader
 
     at_least_1({"--latency-queries": latency_queries, "--k": min(k, default=None), "--nprobe": min(nprobe, default=None),
@@ -69,14 +69,14 @@ def tune(
                        f"{latency_ms(fastest):.2f} ms, {ram(fastest)} MB")
     fits = [rows[i] for i in within_budget(rows, n, budget_ms, budget_ram_mb)]
     typer.echo(f"within {budgets}, the Pareto front (latency ms, RAM MB, {metric}):", err=True)
-    for i in sorted(pareto([(latency_ms(r), r["metrics"][metric]) for r in fits]), key=lambda i: latency_ms(fits[i])):
+    for i in sorted(pareto([(latency_ms(r), metric_of(r, metric) or 0.0) for r in fits]), key=lambda i: latency_ms(fits[i])):
         r = fits[i]
         typer.echo(f" {'*' if r is best else ' '} {config_name(r):<28} {latency_ms(r):8.2f} ms {ram(r):>9} MB  "
-                   f"{r['metrics'][metric]:.4f}", err=True)
+                   f"{metric_of(r, metric) or 0.0:.4f}", err=True)
     cmd = f"adaretrieve search --index {index} --queries {queries} --shortlist {best['shortlist']}"
     cmd += f" --k {best['k']} --rerank {best['rerank']}" if best["rerank"] else " --rerank none"
     cmd += "".join(f" --{opt} {best[key]}" for key, opt in (("nprobe", "nprobe"), ("ef_search", "ef-search")) if best.get(key))
     cmd += f" --backend {backend}" if backend != "torch" else ""
-    typer.echo(f"best within budget: {config_name(best)}: {metric} {best['metrics'][metric]:.4f}, "
+    typer.echo(f"best within budget: {config_name(best)}: {metric} {metric_of(best, metric):.4f}, "
                f"{latency_ms(best):.2f} ms, {ram(best)} MB resident")
     typer.echo(cmd)

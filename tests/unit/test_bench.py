@@ -299,3 +299,41 @@ def test_tune_sweeps_search_parameters_and_prints_them(tiny_model, queries_qrels
     res = CliRunner().invoke(app, ["tune", "--index", str(ix), "--queries", str(q), "--qrels", str(r), "--budget-ms",
                                    "1000", "--ef-search", "16", "--quiet"])
     assert res.exit_code == 2 and "ef_search applies to HNSW shortlists" in res.stderr
+
+
+def test_each_row_names_its_measures_for_the_depth_it_returns(tiny_model, corpus, queries_qrels, tmp_path):
+    """code-review-3 A3: a two-stage k=5 row returns 5 results per query, so the R@100 asked of the
+    suite is computed and named R@5 for it (recall_within_depth), and the Markdown table shows it
+    under R@5, with "-" under R@100; a single-stage row keeps R@100."""
+    from adaretrieve.bench import run_suite
+    from adaretrieve.eval import Evaluator
+
+    q, r = queries_qrels
+    suite = Suite(name="depth", model=str(tiny_model), corpus=str(corpus), queries=str(q), qrels=str(r),
+                  index=str(tmp_path / "ix"), shortlist=["2x16"], rerank="4x32", single=["2x16"],
+                  two_stage=[{"shortlist": ["2x16"], "k": [5], "rerank": ["4x32"]}], metrics=["nDCG@10", "R@100"],
+                  latency_queries=2)
+    res = run_suite(suite, progress=False)
+    rows = {x["config"]: x for x in res["results"]}
+    two, single = rows["2x16 k=5 -> 4x32"], rows["single 2x16"]
+    assert two["depth"] == 5 and list(two["metrics"]) == ["nDCG@10", "R@5"]
+    assert single["depth"] == 1000 and list(single["metrics"]) == ["nDCG@10", "R@100"]
+    # the value is the recall of the 5 results returned
+    from adaretrieve.data import read_qrels
+    from adaretrieve.retriever import Retriever
+
+    qrels = read_qrels(r)
+    texts = {x["_id"]: x["text"] for x in map(json.loads, q.read_text().splitlines()) if x["_id"] in qrels}
+    hits = Retriever(tmp_path / "ix", device="cpu").search(list(texts.values()), shortlist="2x16", k=5, rerank="4x32",
+                                                          top=1000)
+    run = {qid: dict(h) for qid, h in zip(texts, hits)}
+    assert two["metrics"]["R@5"] == pytest.approx(Evaluator(qrels, ["R@5"])(run)["R@5"], abs=1e-5)
+    md = to_markdown(res, "cmd").splitlines()
+    header = next(line for line in md if line.startswith("| configuration | nDCG@10"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    cells = {name: [c.strip() for c in next(line for line in md if line.startswith(f"| {name} |")).strip("|").split("|")]
+             for name in rows}
+    at = {name: dict(zip(cols, c)) for name, c in cells.items()}
+    assert cols[1:4] == ["nDCG@10", "R@5", "R@100"]
+    assert at["2x16 k=5 -> 4x32"]["R@100"] == "-" and at["2x16 k=5 -> 4x32"]["R@5"] == f"{two['metrics']['R@5']:.4f}"
+    assert at["single 2x16"]["R@5"] == "-" and at["single 2x16"]["R@100"] == f"{single['metrics']['R@100']:.4f}"

@@ -55,3 +55,12 @@ def test_the_committed_goal_table_is_the_rule_applied_to_the_committed_rows():
         for got, g in zip(r["goal"], want):
             assert set(got) == set(g) and all(got[k] == (pytest.approx(v) if isinstance(v, float) else v)
                                               for k, v in g.items()), (r["n"], g["row"])
+
+
+def test_a_shallow_row_is_compared_at_its_own_depth():
+    """A k=50 row stores R@50 (code-review-3 A3); asked for R@1000, tune compares that value (a run of
+    50 results recalls at 1000 what it recalls at 50), never a missing key."""
+    row = {"metrics": {"nDCG@10": 0.2, "R@50": 0.22}, "depth": 50}
+    assert verdicts.metric_of(row, "R@1000") == 0.22 and verdicts.metric_of(row, "R@50") == 0.22
+    assert verdicts.metric_of(row, "R@10") is None and verdicts.metric_of(row, "RR@1000") is None
+    assert verdicts.metric_of({"metrics": {"R(rel=2)@50": 0.1}, "depth": 50}, "R(rel=2)@100") == 0.1
