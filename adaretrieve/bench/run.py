@@ -29,10 +29,13 @@ log = logging.getLogger(__name__)
 
 
 def ensure_index(suite: Suite, enc, rebuild: bool = False, progress: bool = True, replace_stale: bool = False) -> IndexReader:
-    """Reuse the suite's index when it was built by the same weights with the needed sizes; an index
-    there that does not match is refused unless ``rebuild`` (always build) or ``replace_stale`` (build
-    only when it does not match: for drivers that own their index paths)."""
+    """Reuse the suite's index when its documents were made as ``enc`` makes them (every field of
+    ``spec.DOCUMENT_FIELDS``: weights, pooling, normalisation, max length, passage prefix,
+    lowercasing, backend, dtype) with the suite's shortlist sizes, factory and rerank size; an index
+    there that does not match is refused, naming what differs, unless ``rebuild`` (always build) or
+    ``replace_stale`` (build only when it does not match: for drivers that own their index paths)."""
     from adaretrieve.index.build import build_index
+    from adaretrieve.spec import DOCUMENT_FIELDS
 
     want = parse_sizes(suite.shortlist)
     path = Path(suite.index)
@@ -41,15 +44,16 @@ def ensure_index(suite: Suite, enc, rebuild: bool = False, progress: bool = True
         m = reader.manifest
         rerank = parse_size(suite.rerank) if suite.rerank else None
         factories = {e["factory"] for e in m.shortlist if parse_size(e["size"]) in want}
+        have, suite_spec = m.vector_spec, enc.spec()
         differs = [what for what, ok in (
             (f"factory {', '.join(sorted(factories))} (the suite's: {suite.factory})", factories <= {suite.factory}),
-            (f"weights {str(m.model.get('weights_sha256'))[:12]} (the suite's model: {enc.weights_hash()[:12]})",
-             m.model.get("weights_sha256") == enc.weights_hash()),
             (f"shortlist {', '.join(map(str, m.shortlist_sizes))} (the suite needs {', '.join(map(str, want))})",
              set(want) <= set(m.shortlist_sizes)),
             (f"rerank {m.rerank_size} (the suite needs {rerank})", str(m.rerank_size) == str(rerank)),
-            (f"max length {m.model.get('max_length')} (the suite's: {enc.max_length})", m.model.get("max_length") == enc.max_length),
         ) if not ok]
+        if have.differs(suite_spec, DOCUMENT_FIELDS):  # named field by field: "pooling 'cls' -> 'mean'"
+            differs.insert(0, f"vector spec {', '.join(have.differs(suite_spec, DOCUMENT_FIELDS))} (the index's -> the "
+                              f"suite's: {have.explain(suite_spec, DOCUMENT_FIELDS)})")
         if not differs:
             log.info("reusing index %s", path)
             return reader
@@ -64,17 +68,40 @@ def ensure_index(suite: Suite, enc, rebuild: bool = False, progress: bool = True
     return IndexReader(path)
 
 
-def run_suite(suite: Suite, rebuild: bool = False, progress: bool = True, replace_stale: bool = False) -> dict:
+def suite_encoder(suite: Suite):
+    """The encoder the suite builds its index with: its model, with the suite's spec settings where
+    given, else the model folder's own."""
     from adaretrieve.modeling import Encoder
 
-    enc = Encoder(suite.model, max_length=suite.max_length, backend=suite.backend)
+    return Encoder(suite.model, pooling=suite.pooling, normalize=suite.normalize, max_length=suite.max_length,
+                   dtype=suite.dtype, query_prefix=suite.query_prefix, passage_prefix=suite.passage_prefix,
+                   lowercase=suite.lowercase, backend=suite.backend)
+
+
+def query_encoder(suite: Suite, reader: IndexReader, enc):
+    """The encoder for the suite's queries against ``reader``: ``enc`` when it makes the index's query
+    vectors (every field of ``spec.QUERY_FIELDS``) on the suite's query backend, else the index's own
+    (``retriever.load_index_encoder``: its pooling, normalisation, max length, query prefix,
+    lowercasing; code-review-3 A4)."""
+    from adaretrieve.retriever import load_index_encoder
+    from adaretrieve.spec import QUERY_FIELDS
+
+    backend = suite.query_backend or suite.backend
+    if not reader.manifest.vector_spec.differs(enc.spec(), QUERY_FIELDS) and backend == enc.backend:
+        return enc
+    return load_index_encoder(reader, suite.model, backend=backend)
+
+
+def run_suite(suite: Suite, rebuild: bool = False, progress: bool = True, replace_stale: bool = False) -> dict:
+    enc = suite_encoder(suite)
     reader = ensure_index(suite, enc, rebuild, progress, replace_stale)
+    enc = query_encoder(suite, reader, enc)
     suite.check_search_params()
     plans = with_search_params(suite.plans(reader.manifest), reader, suite.nprobe, suite.ef_search)
     qrels = read_qrels(suite.qrels)
     queries = {q: t for q, t in read_queries(suite.queries).items() if q in qrels}
     qids = list(queries)
-    texts = enc.queries([queries[q] for q in qids])  # with the index's query prefix
+    texts = enc.queries([queries[q] for q in qids])  # with the index's query prefix (enc has the index's spec)
     sizes = {s for p in plans for s in p.sizes()}
     sizes |= {parse_size(h["rerank"]) for h in suite.hybrid if suite.bm25} | {parse_size(s) for s in suite.rrf if suite.bm25}
     if suite.refine and reader.manifest.rerank:

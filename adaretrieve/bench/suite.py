@@ -64,6 +64,7 @@ class Suite:
     query_prefix: str | None = None
     passage_prefix: str | None = None
     lowercase: bool | None = None
+    dtype: str | None = None  # autocast dtype of the corpus encoder (None: float32 on CPU)
     query_backend: str | None = None  # the queries' backend, when it differs from the corpus's (tune --backend)
 
     @classmethod

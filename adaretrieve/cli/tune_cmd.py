@@ -42,15 +42,20 @@ def tune(
                 "--ef-search": min(ef_search, default=None)})
     reader = IndexReader(index)
     m = reader.manifest
-    mod = m.model
+    mod, spec = m.model, m.vector_spec
     model = mod["path"] if Path(mod["path"]).exists() else mod["name"]
     sizes = [str(s) for s in m.shortlist_sizes]
     rerank = str(m.rerank_size) if m.rerank else None
     two = [{"shortlist": [s], "k": list(k), "rerank": [rerank]} for s in sizes if rerank and s != rerank]
     suite = Suite(name=f"tune-{index.name}", model=model, corpus=m.corpus, queries=str(queries), qrels=str(qrels),
                   index=str(index), shortlist=sizes, rerank=rerank, single=sizes, two_stage=two,
-                  metrics=[metric], max_length=mod["max_length"], latency_queries=latency_queries,
-                  nprobe=list(nprobe), ef_search=list(ef_search), backend=backend, factory=m.shortlist[0]["factory"])
+                  metrics=[metric], latency_queries=latency_queries, nprobe=list(nprobe), ef_search=list(ef_search),
+                  factory=m.shortlist[0]["factory"],
+                  # the index's own vector spec (code-review-3 A4): the suite reuses the index as built,
+                  # and its queries are encoded as `search` encodes them; --backend is the queries'
+                  max_length=spec.max_length, pooling=spec.pooling, normalize=spec.normalize,
+                  query_prefix=spec.query_prefix, passage_prefix=spec.passage_prefix, lowercase=spec.lowercase,
+                  backend=spec.backend, dtype=None if spec.dtype == "float32" else spec.dtype, query_backend=backend)
     rows = bench.run_suite(suite, progress=not quiet)["results"]
     n = reader.n_docs
 

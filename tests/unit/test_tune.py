@@ -7,12 +7,14 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from adaretrieve.bench import config_name
 from adaretrieve.cli.main import app
 from adaretrieve.faiss_util import resident_bytes_per_doc
 from adaretrieve.sizes import parse_size
+from adaretrieve.spec import VectorSpec
 from adaretrieve.tune import best_within_budget, latency_ms, resident_mb
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "scifact-minilm-starbucks" / "results.json"
@@ -76,9 +78,11 @@ def test_tune_command_picks_within_every_budget(starbucks, monkeypatch, tmp_path
     manifest = SimpleNamespace(model={"path": "minilm", "name": "minilm", "max_length": 512}, corpus="corpus.jsonl",
                                shortlist_sizes=[parse_size(s) for s in ("1x16", "2x32", "3x64", "4x128", "5x256")],
                                shortlist=[{"size": s, "factory": "Flat"} for s in ("1x16", "2x32", "3x64", "4x128", "5x256")],
-                               rerank_size=parse_size("6x384"), rerank={"size": "6x384"})
-    monkeypatch.setattr("adaretrieve.search.IndexReader", lambda path: SimpleNamespace(manifest=manifest, n_docs=n))
+                               rerank_size=parse_size("6x384"), rerank={"size": "6x384"},
+                               vector_spec=VectorSpec(weights_sha256="x", pooling="mean", normalize=True, max_length=512))
+    # run_suite first: patching it imports adaretrieve.bench.run, which must bind the real IndexReader
     monkeypatch.setattr("adaretrieve.bench.run_suite", lambda suite, progress=True: {"results": rows})
+    monkeypatch.setattr("adaretrieve.search.IndexReader", lambda path: SimpleNamespace(manifest=manifest, n_docs=n))
     args = ["tune", "--index", str(tmp_path / "ix"), "--queries", "q.jsonl", "--qrels", "qrels.tsv", "--quiet"]
     res = CliRunner().invoke(app, [*args, "--budget-ms", "30.5", "--budget-ram-mb", "10"])
     assert res.exit_code == 0, res.output
@@ -145,3 +149,52 @@ def test_bench_rows_count_the_stored_factory(tmp_path):
     m = IndexReader(tmp_path / "ix").manifest
     assert shortlist_resident_bytes_per_doc(m, Size(1, 16)) == 16  # SQ8: one byte per dim
     assert shortlist_resident_bytes_per_doc(m, Size(2, 8)) == 32  # cut from the rerank rows: flat float32
+
+
+def test_tune_encodes_queries_as_the_index_does(tiny_model, corpus, queries_qrels, tmp_path, monkeypatch):
+    """code-review-3 A4: over an index built with cls pooling and the query prefix 'q: ' (the tiny
+    model's folder says mean pooling, no prefix), tune's `single <full>` row scores what `adaretrieve
+    search` scores on the same queries: bench and tune encode queries with the index's vector spec.
+    A bench suite over that index with the folder's defaults is refused, naming the field."""
+    import adaretrieve.bench as bench
+    from adaretrieve.data import read_qrels
+    from adaretrieve.eval import Evaluator, read_run
+
+    q, r = queries_qrels
+    runner = CliRunner()
+    ix = tmp_path / "ix"
+    res = runner.invoke(app, ["index", "--corpus", str(corpus), "--model", str(tiny_model), "--shortlist", "2x16",
+                              "--shortlist", "4x32", "--rerank", "4x32", "--pooling", "cls", "--query-prefix", "q: ",
+                              "--out", str(ix), "--quiet"])
+    assert res.exit_code == 0, res.output
+    seen = {}
+    real = bench.run_suite
+
+    def spy(suite, progress=True):
+        seen["res"] = real(suite, progress=progress)
+        return seen["res"]
+
+    monkeypatch.setattr("adaretrieve.bench.run_suite", spy)
+    res = runner.invoke(app, ["tune", "--index", str(ix), "--queries", str(q), "--qrels", str(r), "--budget-ms", "1000",
+                              "--k", "10", "--latency-queries", "2", "--quiet"])
+    assert res.exit_code == 0, res.output
+    tuned = {x["config"]: x["metrics"]["nDCG@10"] for x in seen["res"]["results"]}
+    run = tmp_path / "run.trec"
+    res = runner.invoke(app, ["search", "--index", str(ix), "--queries", str(q), "--shortlist", "4x32", "--rerank", "none",
+                              "--top", "1000", "--out", str(run), "--quiet"])
+    assert res.exit_code == 0, res.output
+    searched = Evaluator(read_qrels(r), ["nDCG@10"])(read_run(run))["nDCG@10"]
+    assert tuned["single 4x32"] == pytest.approx(searched, abs=1e-5)
+    monkeypatch.undo()  # bench itself from here on
+    # a suite whose encoder makes other document vectors (the folder's mean pooling) is refused, naming it
+    cfg = {"name": "tiny", "model": str(tiny_model), "corpus": str(corpus), "queries": str(q), "qrels": str(r),
+           "index": str(ix), "shortlist": ["2x16"], "rerank": "4x32", "single": ["2x16"], "latency_queries": 2}
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = runner.invoke(app, ["bench", "--config", str(path), "--out", str(tmp_path / "rep"), "--quiet"])
+    assert res.exit_code == 2 and "vector spec pooling" in res.stderr and "'cls' -> 'mean'" in res.stderr, res.stderr
+    # the same suite with the index's pooling reuses it, and queries it with the index's prefix
+    path.write_text(yaml.safe_dump({**cfg, "pooling": "cls"}))
+    res = runner.invoke(app, ["bench", "--config", str(path), "--out", str(tmp_path / "rep"), "--quiet"])
+    assert res.exit_code == 0, res.output
+
