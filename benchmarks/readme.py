@@ -151,7 +151,7 @@ def scifact_starbucks() -> str:
     pick = "3x64 k=1000 -> 6x384"
     r = s.row(pick)
     enc_share = [s.ms(c, "encode_ms_batch1") / (s.ms(c, "encode_ms_batch1") + s.ms(c)) for c in s.rows if s.row(c).get("encode_ms_batch1")]
-    return f"""The same model after 120 steps of Starbucks fine-tuning on NFCorpus train (SciFact is out of its
+    return f"""The same model after {train_facts()['steps']} steps of Starbucks fine-tuning on NFCorpus train (SciFact is out of its
 domain): `{s.d['command']}` (after `python benchmarks/train_minilm.py --only starbucks`). Now a small
 shortlist carries the ranking:
 
@@ -205,7 +205,7 @@ def budget() -> str:
   4x32 k=200 -> 12x768 from {pct(mp['rows']['untrained 4x32 k=200 -> 12x768']['nDCG@10'], mfull)} to
   {pct(mp['rows']['adapt 4x32 k=200 -> 12x768']['nDCG@10'], mfull)} of its full size.
 - **Large corpus, RAM-bound:** a small flat shortlist plus float16 rerank rows on disk, from a model whose
-  small sizes are good (adapted or Starbucks-trained). After the 120-step CPU fine-tune, 3x64 k=1000 -> 6x384
+  small sizes are good (adapted or Starbucks-trained). After the {train_facts()['steps']}-step CPU fine-tune, 3x64 k=1000 -> 6x384
   scores {sb('3x64 k=1000 -> 6x384'):.4f} against its full-size single stage's {sb(full):.4f} with
   1/{sb.row(full)['resident_bytes_per_doc'] // sb.row('3x64 k=1000 -> 6x384')['resident_bytes_per_doc']} of the RAM in its own
   memory, {ram_ratio(sb.row(full), sb.row('3x64 k=1000 -> 6x384'), sb.d['index']['n_docs'])} counting the float16 rerank rows
@@ -374,16 +374,16 @@ def starbucks_keep() -> str:
     return f"""{table(["SciFact test nDCG@10", "untrained", "Starbucks (before)", "Starbucks, full size kept", "adapt (no labels)"], rows)}
 
 The kept full size moves by {un(full) - keep(full):.4f} instead of {un(full) - sb(full):.3f} (NFCorpus dev: {keepn(full):.4f} against
-{unn(full):.4f}); the small sizes learn about what they did before. 120 CPU steps of fine-tuning remain far weaker than
+{unn(full):.4f}); the small sizes learn about what they did before. {fit['steps']} CPU steps of fine-tuning remain far weaker than
 a few minutes of adapt for the small sizes. Training took {fit['seconds']:.0f} s ({fit['tokens_per_second']:.0f} tokens/s). CPU bfloat16 autocast
 (`{sp['command']}`, A/B interleaved in one process on the loaded machine): bfloat16
 {' and '.join(f'{x:.0f}' for x in speeds['bfloat16'])} tokens/s against float32 {' and '.join(f'{x:.0f}' for x in speeds['float32'])},
-**{min(ratios):.2f}-{max(ratios):.2f}x**; loss after 3 steps {loss['bfloat16']:.3f} against {loss['float32']:.3f}. The whole 120-step run in
+**{min(ratios):.2f}-{max(ratios):.2f}x**; loss after 3 steps {loss['bfloat16']:.3f} against {loss['float32']:.3f}. The whole {bf.d['fit']['steps']}-step run in
 bfloat16 (`--only starbucks-keep-bf16`) scores on SciFact test 6x384 {bf(full):.4f} against float32's {keep(full):.4f},
 4x128 {bf('single 4x128'):.4f} against {keep('single 4x128'):.4f}.
 
 Adapt, then Starbucks (`--only adapt-starbucks`: the label-free NFCorpus adaptor, trained with the
-backbone for the same 120 steps on NFCorpus train, full size kept; run before the centring fix): on NFCorpus dev
+backbone for the same {asn.d['fit']['steps']} steps on NFCorpus train, full size kept; run before the centring fix): on NFCorpus dev
 4x128 {asn('single 4x128'):.4f} (the adaptor it started from: {an('single 4x128'):.4f}), 5x256 {asn('single 5x256'):.4f} ({an('single 5x256'):.4f})
 (5x256 k=100 keeps {pct(asn('5x256 k=100 -> 6x384'), asn(full))}), with the full size at {asn(full):.4f} ({unn(full):.4f} untouched);
 on SciFact, out of its domain, the NFCorpus-fitted adaptor plus training gives 4x128 {ass('single 4x128'):.3f} with the full
@@ -395,6 +395,14 @@ you search."""
 # Training and SMAE
 
 TRAIN = "train-minilm-nfcorpus"
+
+
+@cache
+def train_facts() -> dict:
+    """The training figures the prose quotes (fine-tuning steps and batch, SMAE pre-training steps),
+    read from the training results JSON, never typed in (code-review-3 A15.7)."""
+    sb, smae = load(f"{TRAIN}/starbucks-train.json")["config"], load(f"{TRAIN}/smae-pretrain.json")["config"]
+    return {"steps": sb["steps"], "batch": sb["batch_size"], "smae_steps": smae["steps"]}
 LADDER = ["1x16", "2x32", "3x64", "4x128", "5x256", "6x384"]
 TWO = "1x16 k=200 -> 6x384"
 
@@ -446,7 +454,7 @@ def training() -> str:
 
     return f"""Measured here (`python benchmarks/train_minilm.py`; full tables and costs in
 `benchmarks/results/train-minilm-nfcorpus/results.md`): all-MiniLM-L6-v2 fine-tuned on NFCorpus
-train for only 120 steps of batch 16 on CPU, nDCG@10 per size; `separate` is a model trained on that one
+train for only {train_facts()['steps']} steps of batch {train_facts()['batch']} on CPU, nDCG@10 per size; `separate` is a model trained on that one
 size alone. Two 2DMSE forms: `2dmse-paper` (`--set loss=2dmse`), the Starbucks paper's baseline (each step
 the last layer and one random earlier ladder layer, each at every ladder dim, KL to the full size), and
 `2dmse-inhouse`, the three-pair variant this project ran first (full size, last layer at one random dim, one
@@ -458,7 +466,7 @@ on one thread, Starbucks {t['starbucks']['seconds'] / 60:.0f} minutes on two thr
 
 Starbucks is ahead of the paper's 2DMSE at {where('nfcorpus')} on NFCorpus dev and at {where('scifact')} on
 SciFact test; the paper form beats the in-house variant in {len(paper_gain)} of {2 * len(sub)} sub-size cells.
-All stay far below the full size: 120 steps on CPU are a sliver of the paper's training, and the full size
+All stay far below the full size: {train_facts()['steps']} steps on CPU are a sliver of the paper's training, and the full size
 slips on SciFact (out of domain for an NFCorpus fine-tune). MRL (same data and steps) trains only the last
 layer's dims, so the earlier-layer sizes stay at the untrained level (NFCorpus dev 4x128: {mrl('single 4x128'):.4f};
 full size {mrl('single 6x384'):.4f}). Train longer on a GPU, or adapt, before deploying a two-stage search on a small
@@ -473,7 +481,7 @@ def smae() -> str:
     cols = [(n, lab) for n, lab in cols if exists(f"{TRAIN}/{n}-nfcorpus.json")]
     s, s0 = pre["summary"], v0["summary"]
     return f"""Measured here (`python benchmarks/train_minilm.py --only smae-starbucks smae-only`): SMAE as above
-(150 steps), then the same 120-step Starbucks fine-tune, against that fine-tune alone; nDCG@10. "Before the
+({train_facts()['smae_steps']} steps), then the same {train_facts()['steps']}-step Starbucks fine-tune, against that fine-tune alone; nDCG@10. "Before the
 fix" is the first implementation (the sub-vector zero-padded into the decoder, the pair's two losses summed;
 loss {s0['first_loss']:.1f} -> {s0['final_loss']:.1f}); "after" follows ielab/Starbucks `smae/modeling.py` (the
 sub-vector through the MLM head's sliced transform, the two losses averaged: loss {s['first_loss']:.2f} ->
@@ -498,13 +506,13 @@ def smae_reading() -> str:
     probe = load(f"{TRAIN}/smae-probe.json")
     losses = [v for d in probe["decoder_mlm_loss"].values() for v in d.values()]
     return f"""The fix moves no NFCorpus dev cell by more than {moved:.4f}. Why (`{probe['command'].split(' --model')[0]}`,
-`smae-probe.json`): after 150 steps the decoder's masked-LM loss is {min(losses):.3f}-{max(losses):.3f} at every size whether
+`smae-probe.json`): after {train_facts()['smae_steps']} steps the decoder's masked-LM loss is {min(losses):.3f}-{max(losses):.3f} at every size whether
 its first position holds the pair's own sub-vector, zeros or another text's vector, so it rebuilds the input
 from the visible tokens alone and the sub-vector gets no signal from it; the encoder's own masked-LM loss,
 which the fix does not change, is what shapes the model. {gain}{loss}. The `SMAE only` columns show the
 cost of starting from all-MiniLM-L6-v2: it is already a contrastively trained retriever with no MLM head, and
-150 MLM steps through a freshly initialised head take its full size from {un('single 6x384'):.3f} to
-{only('single 6x384'):.3f} on NFCorpus: pre-training turns it back into an MLM-style encoder, and 120 fine-tuning
+{train_facts()['smae_steps']} MLM steps through a freshly initialised head take its full size from {un('single 6x384'):.3f} to
+{only('single 6x384'):.3f} on NFCorpus: pre-training turns it back into an MLM-style encoder, and {train_facts()['steps']} fine-tuning
 steps on CPU are far too few to relearn retrieval from there (the paper pre-trains BERT, which has its MLM
 head, then fine-tunes for many epochs of MS MARCO). To see the paper's effect, start from an MLM checkpoint
 (`bert-base-uncased`) and fine-tune far longer, on a GPU."""

@@ -14,6 +14,7 @@ from adaretrieve.bench.measure import (
     _evict_rerank,
     _reads_rerank_file,
     disk_bytes_per_doc,
+    search_threads,
     shortlist_resident_bytes_per_doc,
 )
 from adaretrieve.eval import run_from_arrays
@@ -31,16 +32,17 @@ def bm25_pipelines(suite, reader: IndexReader, qids: list[str], queries: dict) -
     from adaretrieve.search.fusion import reciprocal_rank_fusion, rerank_run
 
     bm = BM25Searcher(build_bm25_index(suite.corpus, suite.bm25_index or f"{suite.index}-bm25"))
+    threads = search_threads()  # the dense rows' FAISS threads: every row searches a batch on as many
 
     def bm25(rows, t):
         t0 = time.perf_counter()
-        run = bm.search({qids[i]: queries[qids[i]] for i in rows}, k=1000, threads=1)
+        run = bm.search({qids[i]: queries[qids[i]] for i in rows}, k=1000, threads=threads)
         if t is not None:
             t["bm25"] = t.get("bm25", 0.0) + time.perf_counter() - t0
         return run
 
     out = [Pipeline("bm25 (k1=0.9, b=0.4)", "bm25", [], lambda rows, q, t: bm25(rows, t), lambda run, _: run, depth=1000,
-                    extra={"bm25_setup_seconds": bm.setup_seconds})]
+                    extra={"bm25_setup_seconds": bm.setup_seconds, "bm25_threads": threads})]
     row_of = {d: i for i, d in enumerate(reader.docids)}
     for h in suite.hybrid:
         size, k = parse_size(h["rerank"]), int(h["k"])

@@ -25,6 +25,14 @@ from adaretrieve.sizes import Size, parse_size
 log = logging.getLogger(__name__)
 
 
+def search_threads() -> int:
+    """Threads a batched search runs on: FAISS's OpenMP threads (the dense rows' shortlist and rerank
+    kernels); BM25's Lucene batches are given as many (code-review-3 A15.8)."""
+    import faiss
+
+    return faiss.omp_get_max_threads()
+
+
 def machine_info() -> dict:
     import faiss
     import torch
@@ -43,6 +51,7 @@ def machine_info() -> dict:
         "cpu": cpu,
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "search_threads": search_threads(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "faiss": faiss.__version__,
@@ -98,6 +107,7 @@ class ResultRow:
     ef_search: int | None = None
     then: list | None = None  # a funnel's middle stages, [[size, k], ...] (absent for two stages)
     depth: int | None = None  # results per query at most; recall measures are named at it (R@50, not R@100)
+    top: int | None = None  # results per query asked of a dense row's plan (its depth is at most this)
     search_ms_batch1_cold: LatencyMs | None = None  # rerank rows dropped from the page cache per query
     encode_layers: int = 0
     encode_ms_batch1: LatencyMs | None = None
@@ -123,7 +133,7 @@ class ResultRow:
             if f.name in d or f.name == "extra":
                 continue
             v = getattr(self, f.name)
-            if v is None and f.name in ("nprobe", "ef_search", "then"):
+            if v is None and f.name in ("nprobe", "ef_search", "then", "top"):
                 continue
             if isinstance(v, LatencyMs):
                 v = v.to_dict()
@@ -177,6 +187,7 @@ class Pipeline:
     search: Callable[[list[int], dict, dict | None], object]
     to_run: Callable[[object, list[str]], dict]
     depth: int | None = None  # results per query at most: measures are named for it (None: as asked)
+    top: int | None = None  # a dense row's plan's top
     cold: Callable[[], None] | None = None  # drops the rerank rows from the page cache
     shortlist: Size | None = None
     k: int | None = None
@@ -270,7 +281,7 @@ def measure(p: Pipeline, ctx: Context) -> ResultRow:
         config=p.config, kind=p.kind, metrics={k: round(v, 5) for k, v in metrics.items()},
         search_ms_batch1=search1, search_ms_batched=search_b,
         shortlist=str(p.shortlist) if p.shortlist else None, k=p.k, rerank=str(p.rerank) if p.rerank else None,
-        nprobe=p.nprobe, ef_search=p.ef_search, then=p.then, depth=p.depth,
+        nprobe=p.nprobe, ef_search=p.ef_search, then=p.then, depth=p.depth, top=p.top,
         search_ms_batch1_cold=LatencyMs.of(cold) if cold else None,
         encode_layers=depth, encode_ms_batch1=enc1, encode_ms_batched=enc_b if p.need else None,
         end_to_end_ms_batch1=e2e, stages_ms_batch1=stage_ms, stages_ms_batched=stage_b,
@@ -318,7 +329,7 @@ def dense_pipeline(plan: FunnelPlan, reader: IndexReader) -> Pipeline:
     def search(rows, q, t):
         return searcher.search(q, timings=t)
 
-    return Pipeline(plan.name, "dense", plan.sizes(), search, _arrays_run(reader), depth=plan.depth,
+    return Pipeline(plan.name, "dense", plan.sizes(), search, _arrays_run(reader), depth=plan.depth, top=plan.top,
                     cold=_evict_rerank(reader) if any(_reads_rerank_file(reader, s) for s in rescored) else None,
                     shortlist=short, k=None if plan.single else plan.k, rerank=rr, nprobe=plan.nprobe,
                     ef_search=plan.ef_search, then=[[str(s), k] for s, k in plan.then] or None,

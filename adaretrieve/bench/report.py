@@ -125,7 +125,12 @@ def to_markdown(res: dict, command: str) -> str:
             f"every query after {timing['warmup_batched']} warm-up search, divided by the number of queries. Search "
             "excludes query encoding (timed per depth, the same way); end to end is measured per query, encoding "
             "included. BM25 uses one Lucene searcher for the whole suite: JVM start and searcher open are reported "
-            "once below, not per query. Hybrid = BM25 + rerank (+ encoding to the rerank layer end to end); RRF = "
+            "once below, not per query"
+            + (f"; it searches a batch on {m['search_threads']} threads, as FAISS does for the dense rows"
+               if m.get("search_threads") else
+               "; it searched its batches on 1 thread, the dense rows on FAISS's default OpenMP threads (this report "
+               "predates giving BM25 the same)" if any(r.kind in ("bm25", "hybrid", "rrf") for r in rows) else "")
+            + ". Hybrid = BM25 + rerank (+ encoding to the rerank layer end to end); RRF = "
             "BM25 + dense search + fusion (+ encoding). Cold: " + timing["cold"] + ".",
             "",
         ]

@@ -134,15 +134,36 @@ class Suite:
         return [resolve_plan(manifest or _NO_INDEX, **g) for g in self.grid()]
 
 
+def plan_of(row: dict) -> FunnelPlan:
+    """The plan a dense result row (as results.json stores it) was measured with."""
+    return FunnelPlan(row["shortlist"], row.get("k") or TOP, tuple((s, k) for s, k in row.get("then") or ()),
+                      row.get("rerank"), top=row.get("top") or TOP, nprobe=row.get("nprobe"), ef_search=row.get("ef_search"))
+
+
+def search_args(plan: FunnelPlan) -> list[str]:
+    """`adaretrieve search` options that resolve to ``plan`` (resolve_plan): shortlist, k, each
+    ``--then SIZE --k K`` stage, rerank (or none), top, and the shortlist's nprobe / ef_search
+    when set."""
+    args = ["--shortlist", str(plan.shortlist)]
+    if not plan.single:
+        args += ["--k", str(plan.k)]
+        for s, k in plan.then:
+            args += ["--then", str(s), "--k", str(k)]
+    args += ["--rerank", str(plan.rerank) if plan.rerank else "none", "--top", str(plan.top)]
+    if plan.nprobe is not None:
+        args += ["--nprobe", str(plan.nprobe)]
+    if plan.ef_search is not None:
+        args += ["--ef-search", str(plan.ef_search)]
+    return args
+
+
 def config_name(c: FunnelPlan | dict) -> str:
     """The name of a plan, or of a result row (as loaded from results.json)."""
     if isinstance(c, FunnelPlan):
         return c.name
     if c.get("config"):
         return c["config"]
-    plan = FunnelPlan(c["shortlist"], c.get("k") or TOP, tuple((s, k) for s, k in c.get("then") or ()), c.get("rerank"),
-                      top=c.get("top") or TOP, nprobe=c.get("nprobe"), ef_search=c.get("ef_search"))
-    return plan.name
+    return plan_of(c).name
 
 
 def with_search_params(plans: list[FunnelPlan], reader, nprobe: list[int], ef_search: list[int]) -> list[FunnelPlan]:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Optional
 
@@ -34,7 +35,7 @@ def tune(
     """
     setup(quiet)
     from adaretrieve import bench
-    from adaretrieve.bench.suite import Suite, config_name
+    from adaretrieve.bench.suite import Suite, config_name, plan_of, search_args
     from adaretrieve.bench.verdicts import best_within_budget, latency_ms, metric_of, pareto, resident_mb, within_budget
     from adaretrieve.search import IndexReader
 
@@ -78,10 +79,9 @@ def tune(
         r = fits[i]
         typer.echo(f" {'*' if r is best else ' '} {config_name(r):<28} {latency_ms(r):8.2f} ms {ram(r):>9} MB  "
                    f"{metric_of(r, metric) or 0.0:.4f}", err=True)
-    cmd = f"adaretrieve search --index {index} --queries {queries} --shortlist {best['shortlist']}"
-    cmd += f" --k {best['k']} --rerank {best['rerank']}" if best["rerank"] else " --rerank none"
-    cmd += "".join(f" --{opt} {best[key]}" for key, opt in (("nprobe", "nprobe"), ("ef_search", "ef-search")) if best.get(key))
-    cmd += f" --backend {backend}" if backend != "torch" else ""
+    # the command runs the chosen plan: `search` resolves these options to the same FunnelPlan
+    cmd = " ".join(["adaretrieve search --index", shlex.quote(str(index)), "--queries", shlex.quote(str(queries)),
+                    *search_args(plan_of(best)), *(["--backend", backend] if backend != "torch" else [])])
     typer.echo(f"best within budget: {config_name(best)}: {metric} {metric_of(best, metric):.4f}, "
                f"{latency_ms(best):.2f} ms, {ram(best)} MB resident")
     typer.echo(cmd)

@@ -89,7 +89,7 @@ def test_tune_command_picks_within_every_budget(starbucks, monkeypatch, tmp_path
     assert "best within budget: single 6x384: nDCG@10 0.6198" in res.stdout
     res = CliRunner().invoke(app, [*args, "--budget-ms", "40", "--budget-ram-mb", "6"])
     assert res.exit_code == 0 and "best within budget: 3x64 k=1000 -> 6x384: nDCG@10 0.6198" in res.stdout
-    assert res.stdout.strip().splitlines()[-1].endswith("--shortlist 3x64 --k 1000 --rerank 6x384")
+    assert res.stdout.strip().splitlines()[-1].endswith("--shortlist 3x64 --k 1000 --rerank 6x384 --top 1000")
     res = CliRunner().invoke(app, [*args, "--budget-ms", "40", "--budget-ram-mb", "0.1"])
     assert res.exit_code == 2 and "no configuration fits 40.0 ms and 0.1 MB" in res.stderr
 
@@ -198,3 +198,48 @@ def test_tune_encodes_queries_as_the_index_does(tiny_model, corpus, queries_qrel
     res = runner.invoke(app, ["bench", "--config", str(path), "--out", str(tmp_path / "rep"), "--quiet"])
     assert res.exit_code == 0, res.output
 
+
+def test_the_printed_search_command_runs_the_chosen_plan(tiny_model, corpus, queries_qrels, tmp_path, monkeypatch):
+    """tune's last line is built from the chosen row's FunnelPlan (bench.suite.search_args): run as
+    printed, `search` scores what tune measured for that row; a funnel's stages print as --then."""
+    import shlex
+
+    import adaretrieve.bench as bench
+    from adaretrieve.bench.suite import plan_of, search_args
+    from adaretrieve.data import read_qrels
+    from adaretrieve.eval import Evaluator, read_run
+    from adaretrieve.search import FunnelPlan, resolve_plan
+
+    q, r = queries_qrels
+    runner = CliRunner()
+    ix = tmp_path / "ix"
+    res = runner.invoke(app, ["index", "--corpus", str(corpus), "--model", str(tiny_model), "--shortlist", "1x8",
+                              "--rerank", "4x32", "--out", str(ix), "--quiet"])
+    assert res.exit_code == 0, res.output
+    seen = {}
+    real = bench.run_suite
+    monkeypatch.setattr("adaretrieve.bench.run_suite", lambda suite, progress=True: seen.setdefault("res", real(suite)))
+    res = runner.invoke(app, ["tune", "--index", str(ix), "--queries", str(q), "--qrels", str(r), "--budget-ms", "1000",
+                              "--k", "3", "--k", "20", "--latency-queries", "2", "--quiet"])
+    assert res.exit_code == 0, res.output
+    best = next(x for x in seen["res"]["results"] if res.stdout.startswith(f"best within budget: {x['config']}:"))
+    cmd = shlex.split(res.stdout.strip().splitlines()[-1])
+    assert cmd[:2] == ["adaretrieve", "search"] and "--k" in cmd or best["rerank"] is None
+    res = runner.invoke(app, [*cmd[1:], "--out", str(tmp_path / "run.trec"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    got = Evaluator(read_qrels(r), ["nDCG@10"])(read_run(tmp_path / "run.trec"))["nDCG@10"]
+    assert got == pytest.approx(best["metrics"]["nDCG@10"], abs=1e-5)
+    # the options resolve back to the plan, funnels and search settings included
+    from adaretrieve.search import IndexReader
+
+    m = IndexReader(ix).manifest
+    for plan in (plan_of(best), FunnelPlan("1x8", 30, (("2x16", 10),), "4x32", top=10, nprobe=4),
+                 FunnelPlan("1x8", top=1000), FunnelPlan("1x8", 50, rerank="4x32", top=1000, ef_search=64)):
+        a = search_args(plan)
+        ks = [int(a[i + 1]) for i, x in enumerate(a) if x == "--k"]
+        then = [(a[i + 1], ks[j + 1]) for j, i in enumerate(i for i, x in enumerate(a) if x == "--then")]
+        opt = {x: a[i + 1] for i, x in enumerate(a) if x.startswith("--") and x not in ("--k", "--then")}
+        again = resolve_plan(m, opt["--shortlist"], ks[0] if ks else None, then, opt["--rerank"], int(opt["--top"]),
+                             int(opt["--nprobe"]) if "--nprobe" in opt else None,
+                             int(opt["--ef-search"]) if "--ef-search" in opt else None)
+        assert again == plan, a
