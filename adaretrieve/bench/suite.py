@@ -56,7 +56,9 @@ class Suite:
     factory: str = "Flat"  # FAISS factory of the stored shortlist indexes when the suite builds its index
     nprobe: list[int] = field(default_factory=list)  # every configuration over an IVF shortlist, once per value
     ef_search: list[int] = field(default_factory=list)  # every configuration over an HNSW shortlist, once per value
-    top: int = TOP  # results per query asked of every dense row (a two-stage row returns at most its k)
+    # results per query asked of every dense row (a two-stage row returns at most its k); None: the
+    # resolver's default (what the plan ranks: single stage 200, else the last stage's k)
+    top: int | None = TOP
     # the vector spec of an index the suite builds (None: the model folder's own); an existing index
     # is compared with it field by field (spec.DOCUMENT_FIELDS) and queried with its own spec
     pooling: str | None = None
