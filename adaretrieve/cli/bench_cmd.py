@@ -22,7 +22,7 @@ def bench(
     ef_search: list[int] = typer.Option([], "--ef-search", help="Sweep: every configuration over an HNSW shortlist once per value (repeat); replaces the suite's `ef_search`."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
-    """Sweep single-stage sizes and two-stage (shortlist, k, rerank) triples; write JSON + Markdown.
+    """Sweep single-stage sizes and two-stage (shortlist, k, rerank) triples or funnels (`then:`); write JSON + Markdown.
 
     Example:
 
