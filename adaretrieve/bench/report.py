@@ -113,6 +113,8 @@ def to_markdown(res: dict, command: str) -> str:
         f"{res['index']['n_docs']} docs, {res['n_queries']} queries.  ",
         f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), faiss {m['faiss']}; {res['date']}.  ",
         *([f"Encoder backend: {res['backend']}.  "] if res.get("backend", "torch") != "torch" else []),
+        *([f"Query encoder backend: {res['query_backend']} (the index's documents: {res.get('backend', 'torch')}).  "]
+          if res.get("query_backend") else []),
         f"Index build: {res['index']['build'].get('encode_seconds', '?')} s encoding "
         f"({res['index']['build'].get('docs_per_second', '?')} docs/s).",
         "",

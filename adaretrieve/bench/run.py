@@ -134,6 +134,7 @@ def run_suite(suite: Suite, rebuild: bool = False, progress: bool = True, replac
     checks = check_expected(rows, suite.expected)
     return {
         "suite": suite.name, "description": suite.description, "model": enc.describe(), "backend": suite.backend,
+        **({"query_backend": enc.backend} if enc.backend != suite.backend else {}),
         "index": {"path": str(reader.dir), "n_docs": reader.n_docs, "build": reader.manifest.build},
         "metrics": list(suite.metrics),
         "n_queries": len(qids), "queries_encode_ms_batched": round(encode_batched_ms, 3),

@@ -337,3 +337,30 @@ def test_each_row_names_its_measures_for_the_depth_it_returns(tiny_model, corpus
     assert cols[1:4] == ["nDCG@10", "R@5", "R@100"]
     assert at["2x16 k=5 -> 4x32"]["R@100"] == "-" and at["2x16 k=5 -> 4x32"]["R@5"] == f"{two['metrics']['R@5']:.4f}"
     assert at["single 2x16"]["R@5"] == "-" and at["single 2x16"]["R@100"] == f"{single['metrics']['R@100']:.4f}"
+
+
+def test_bench_backend_is_the_corpus_one_and_query_backend_the_queries(tiny_model, corpus, queries_qrels, tmp_path):
+    """An index built by torch is refused to a suite whose corpus backend is onnx (its documents
+    would differ: spec.DOCUMENT_FIELDS), naming the field; --query-backend onnx queries it as built."""
+    from tests.conftest import module_or_skip
+
+    module_or_skip("onnxruntime", "pip install 'adaretrieve[onnx]'")
+    q, r = queries_qrels
+    cfg = {"name": "tiny", "model": str(tiny_model), "corpus": str(corpus), "queries": str(q), "qrels": str(r),
+           "index": str(tmp_path / "ix"), "shortlist": ["2x16"], "rerank": "4x32", "single": ["2x16"],
+           "latency_queries": 2}
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    runner = CliRunner()
+    res = runner.invoke(app, ["bench", "--config", str(path), "--out", str(tmp_path / "a"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["bench", "--config", str(path), "--out", str(tmp_path / "b"), "--quiet", "--backend", "onnx"])
+    assert res.exit_code == 2 and "vector spec backend" in res.stderr and "'torch' -> 'onnx'" in res.stderr, res.stderr
+    res = runner.invoke(app, ["bench", "--config", str(path), "--out", str(tmp_path / "c"), "--quiet",
+                              "--query-backend", "onnx"])
+    assert res.exit_code == 0, res.output
+    torch_run, onnx_run = (json.loads((tmp_path / d / "results.json").read_text())["results"][0] for d in ("a", "c"))
+    assert onnx_run["metrics"]["nDCG@10"] == pytest.approx(torch_run["metrics"]["nDCG@10"], abs=1e-3)
+    rep = json.loads((tmp_path / "c" / "results.json").read_text())
+    assert (rep["backend"], rep["query_backend"]) == ("torch", "onnx")
+    assert "Query encoder backend: onnx" in (tmp_path / "c" / "results.md").read_text()
