@@ -10,10 +10,10 @@ import numpy as np
 
 from adaretrieve.bench.measure import (
     Pipeline,
-    _arrays_run,
-    _evict_rerank,
-    _reads_rerank_file,
+    arrays_run,
     disk_bytes_per_doc,
+    evict_rerank,
+    reads_rerank_file,
     search_threads,
     shortlist_resident_bytes_per_doc,
 )
@@ -50,8 +50,8 @@ def bm25_pipelines(suite, reader: IndexReader, qids: list[str], queries: dict) -
         def hybrid(rows, q, t, size=size, k=k):
             return rerank_run(bm25(rows, t), [qids[i] for i in rows], q[size], reader, size, k, 1000, row_of, t)
 
-        out.append(Pipeline(f"bm25 k={k} -> {size}", "hybrid", [size], hybrid, _arrays_run(reader), depth=min(k, 1000),
-                            cold=_evict_rerank(reader) if _reads_rerank_file(reader, size) else None,
+        out.append(Pipeline(f"bm25 k={k} -> {size}", "hybrid", [size], hybrid, arrays_run(reader), depth=min(k, 1000),
+                            cold=evict_rerank(reader) if reads_rerank_file(reader, size) else None,
                             k=k, rerank=size, rerank_bytes_per_doc_on_disk=size.dim * 2))
     for sz in suite.rrf:
         size = parse_size(sz)
@@ -94,7 +94,7 @@ def refine_pipelines(suite, reader: IndexReader) -> list[Pipeline]:
         def search(rows, q, t, params=params):
             return index.search(q[size], 1000, params=params)
 
-        out.append(Pipeline(f"faiss RefineFlat(SQ8) {size} kf={kf:g}", "refine", [size], search, _arrays_run(reader), depth=1000,
+        out.append(Pipeline(f"faiss RefineFlat(SQ8) {size} kf={kf:g}", "refine", [size], search, arrays_run(reader), depth=1000,
                             resident_bytes_per_doc=resident_bytes_per_doc(size.dim, "SQ8,RFlat"),
                             extra={"build_seconds": build_s}))
     return out

@@ -236,7 +236,7 @@ class Context:
     enc_batched_ms: dict[int, float]  # batched encoding to each depth, per query
 
 
-def _arrays_run(reader: IndexReader):
+def arrays_run(reader: IndexReader):
     return lambda res, qids: run_from_arrays(qids, res[0], res[1], reader.docids)
 
 
@@ -296,7 +296,7 @@ def measure(p: Pipeline, ctx: Context) -> ResultRow:
     return row
 
 
-def _evict_rerank(reader: IndexReader) -> Callable[[], None] | None:
+def evict_rerank(reader: IndexReader) -> Callable[[], None] | None:
     """A function that drops the index's rerank rows from the page cache (see eval.pagecache)."""
     from adaretrieve.eval.pagecache import evict
 
@@ -314,7 +314,7 @@ def _evict_rerank(reader: IndexReader) -> Callable[[], None] | None:
     return drop
 
 
-def _reads_rerank_file(reader: IndexReader, size: Size) -> bool:
+def reads_rerank_file(reader: IndexReader, size: Size) -> bool:
     """Whether rescoring at ``size`` reads the stored (memory-mapped) rerank rows."""
     return reader.manifest.rerank is not None and reader.rerank_source(size) is reader.rerank_rows()
 
@@ -329,8 +329,8 @@ def dense_pipeline(plan: FunnelPlan, reader: IndexReader) -> Pipeline:
     def search(rows, q, t):
         return searcher.search(q, timings=t)
 
-    return Pipeline(plan.name, "dense", plan.sizes(), search, _arrays_run(reader), depth=plan.depth, top=plan.top,
-                    cold=_evict_rerank(reader) if any(_reads_rerank_file(reader, s) for s in rescored) else None,
+    return Pipeline(plan.name, "dense", plan.sizes(), search, arrays_run(reader), depth=plan.depth, top=plan.top,
+                    cold=evict_rerank(reader) if any(reads_rerank_file(reader, s) for s in rescored) else None,
                     shortlist=short, k=None if plan.single else plan.k, rerank=rr, nprobe=plan.nprobe,
                     ef_search=plan.ef_search, then=[[str(s), k] for s, k in plan.then] or None,
                     resident_bytes_per_doc=shortlist_resident_bytes_per_doc(reader.manifest, short),
