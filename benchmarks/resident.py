@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from adaretrieve.bench import Suite, dense_pipeline, ensure_index, shortlist_resident_bytes_per_doc  # noqa: E402
+from adaretrieve.bench.run import query_encoder, suite_encoder  # noqa: E402
 from adaretrieve.data import read_qrels, read_queries  # noqa: E402
 from adaretrieve.eval.pagecache import evict  # noqa: E402
-from adaretrieve.modeling import Encoder  # noqa: E402
 
 
 def main() -> None:
@@ -36,16 +36,17 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="folder (default benchmarks/results/<suite>)")
     args = ap.parse_args()
     suite = Suite.load(args.config)
-    enc = Encoder(suite.model, max_length=suite.max_length)
+    enc = suite_encoder(suite)
     reader = ensure_index(suite, enc, rebuild=False, progress=False)
+    enc = query_encoder(suite, reader, enc)  # queries as the index encodes them
     qrels = read_qrels(suite.qrels)
     queries = {q: t for q, t in read_queries(suite.queries).items() if q in qrels}
-    configs = suite.configs()
-    sizes = sorted({s for c in configs for s in c.sizes()}, key=lambda s: (s.layer, s.dim))
-    qv = enc.encode(list(queries.values()), sizes, batch_size=64)
+    plans = suite.plans(reader.manifest)
+    sizes = sorted({s for p in plans for s in p.sizes()}, key=lambda s: (s.layer, s.dim))
+    qv = enc.encode_queries(list(queries.values()), sizes, batch_size=64)
     files = [p for p in reader.gen_dir.iterdir() if p.suffix in (".npy", ".txt")]
     rows = []
-    for c in configs:
+    for c in plans:
         p = dense_pipeline(c, reader)
         need = {s: v for s, v in qv.items() if s in p.need}
         for f in files:

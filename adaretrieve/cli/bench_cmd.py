@@ -17,12 +17,13 @@ def bench(
     rebuild: bool = typer.Option(False, "--rebuild", help="Build the suite's index again, replacing the one at its path (without it, an index there that does not match the suite is refused, never replaced)."),
     check: bool = typer.Option(False, "--check", help="Exit non-zero when a pinned score moves beyond its tolerance."),
     note: Optional[str] = typer.Option(None, "--note", help="A line for the report, e.g. what else ran on the machine."),
-    backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP + " Default: the suite's `backend`, else torch."),
+    backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP + " For the corpus (an existing index must have been built with it) and the queries. Default: the suite's `backend`, else torch."),
+    query_backend: Optional[str] = typer.Option(None, "--query-backend", help="The queries' backend alone (torch, onnx, onnx-int8), e.g. onnx-int8 queries against a torch-built index. Default: --backend."),
     nprobe: list[int] = typer.Option([], "--nprobe", help="Sweep: every configuration over an IVF shortlist once per value (repeat); replaces the suite's `nprobe`."),
     ef_search: list[int] = typer.Option([], "--ef-search", help="Sweep: every configuration over an HNSW shortlist once per value (repeat); replaces the suite's `ef_search`."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
-    """Sweep single-stage sizes and two-stage (shortlist, k, rerank) triples; write JSON + Markdown.
+    """Sweep single-stage sizes and two-stage (shortlist, k, rerank) triples or funnels (`then:`); write JSON + Markdown.
 
     Example:
 
@@ -39,6 +40,8 @@ def bench(
         suite.ef_search = list(ef_search)
     if backend is not None:
         suite.backend = backend
+    if query_backend is not None:
+        suite.query_backend = query_backend
     res = run_suite(suite, rebuild=rebuild, progress=not quiet)
     if note:
         res["note"] = note

@@ -6,10 +6,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from adaretrieve.bench import BenchConfig, ResultRow, Suite, check_expected, config_name, load_rows, to_markdown
+from adaretrieve.bench import ResultRow, Suite, check_expected, config_name, load_rows, to_markdown
 from adaretrieve.cli.main import app
 from adaretrieve.eval.timing import REPEATS, WARMUP
 from adaretrieve.index.format import current_generation
+from adaretrieve.search import FunnelPlan
 from adaretrieve.sizes import Size
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
@@ -18,12 +19,29 @@ RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 def test_suite_grid(tmp_path):
     s = Suite(name="x", model="m", corpus="c", queries="q", qrels="r", index="i", shortlist=["2x64"], rerank="6x384",
               single=["2x64", "6x384"], two_stage=[{"shortlist": ["2x64", "4x128"], "k": [50, 200], "rerank": ["6x384"]}])
-    configs = s.configs()
-    assert configs[2] == BenchConfig(Size(2, 64), 50, Size(6, 384)) and configs[0].rerank is None
+    configs = s.plans()
+    assert configs[2] == FunnelPlan(Size(2, 64), 50, rerank=Size(6, 384), top=1000) and configs[0].rerank is None
     names = [c.name for c in configs]
     assert names == [config_name(c) for c in configs]
     assert names == ["single 2x64", "single 6x384", "2x64 k=50 -> 6x384", "2x64 k=200 -> 6x384",
                      "4x128 k=50 -> 6x384", "4x128 k=200 -> 6x384"]
+
+
+def test_suite_grid_runs_funnels_and_refuses_what_a_plan_refuses():
+    """A two_stage entry with ``then`` is a funnel; k below 1 and a widening funnel are refused as
+    resolve_plan refuses them (code-review-3 A15.2: k=0 never silently becomes 1)."""
+    from adaretrieve.errors import AdaError
+
+    base = dict(name="x", model="m", corpus="c", queries="q", qrels="r", index="i", shortlist=["2x32"], rerank="6x384")
+    s = Suite(**base, two_stage=[{"shortlist": "2x32", "k": [1000], "then": [{"size": "4x128", "k": 100}],
+                                  "rerank": "6x384"}])
+    (p,) = s.plans()
+    assert p.name == "2x32 k=1000 -> 4x128 k=100 -> 6x384" and p.depth == 100 and p.sizes()[1] == Size(4, 128)
+    for bad, words in (({"k": [0]}, "at least 1"), ({"k": [10], "then": [{"size": "4x128", "k": 100}]}, "funnel narrows"),
+                       ({"k": [10], "then": [{"size": "4x128"}]}, "exactly 'size' and 'k'")):
+        entry = {"shortlist": "2x32", "rerank": "6x384", **bad}
+        with pytest.raises(AdaError, match=words):
+            Suite(**base, two_stage=[entry]).check()
 
 
 def test_check_expected():
@@ -281,3 +299,68 @@ def test_tune_sweeps_search_parameters_and_prints_them(tiny_model, queries_qrels
     res = CliRunner().invoke(app, ["tune", "--index", str(ix), "--queries", str(q), "--qrels", str(r), "--budget-ms",
                                    "1000", "--ef-search", "16", "--quiet"])
     assert res.exit_code == 2 and "ef_search applies to HNSW shortlists" in res.stderr
+
+
+def test_each_row_names_its_measures_for_the_depth_it_returns(tiny_model, corpus, queries_qrels, tmp_path):
+    """code-review-3 A3: a two-stage k=5 row returns 5 results per query, so the R@100 asked of the
+    suite is computed and named R@5 for it (recall_within_depth), and the Markdown table shows it
+    under R@5, with "-" under R@100; a single-stage row keeps R@100."""
+    from adaretrieve.bench import run_suite
+    from adaretrieve.eval import Evaluator
+
+    q, r = queries_qrels
+    suite = Suite(name="depth", model=str(tiny_model), corpus=str(corpus), queries=str(q), qrels=str(r),
+                  index=str(tmp_path / "ix"), shortlist=["2x16"], rerank="4x32", single=["2x16"],
+                  two_stage=[{"shortlist": ["2x16"], "k": [5], "rerank": ["4x32"]}], metrics=["nDCG@10", "R@100"],
+                  latency_queries=2)
+    res = run_suite(suite, progress=False)
+    rows = {x["config"]: x for x in res["results"]}
+    two, single = rows["2x16 k=5 -> 4x32"], rows["single 2x16"]
+    assert two["depth"] == 5 and list(two["metrics"]) == ["nDCG@10", "R@5"]
+    assert single["depth"] == 1000 and list(single["metrics"]) == ["nDCG@10", "R@100"]
+    # the value is the recall of the 5 results returned
+    from adaretrieve.data import read_qrels
+    from adaretrieve.retriever import Retriever
+
+    qrels = read_qrels(r)
+    texts = {x["_id"]: x["text"] for x in map(json.loads, q.read_text().splitlines()) if x["_id"] in qrels}
+    hits = Retriever(tmp_path / "ix", device="cpu").search(list(texts.values()), shortlist="2x16", k=5, rerank="4x32",
+                                                          top=1000)
+    run = {qid: dict(h) for qid, h in zip(texts, hits)}
+    assert two["metrics"]["R@5"] == pytest.approx(Evaluator(qrels, ["R@5"])(run)["R@5"], abs=1e-5)
+    md = to_markdown(res, "cmd").splitlines()
+    header = next(line for line in md if line.startswith("| configuration | nDCG@10"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    cells = {name: [c.strip() for c in next(line for line in md if line.startswith(f"| {name} |")).strip("|").split("|")]
+             for name in rows}
+    at = {name: dict(zip(cols, c)) for name, c in cells.items()}
+    assert cols[1:4] == ["nDCG@10", "R@5", "R@100"]
+    assert at["2x16 k=5 -> 4x32"]["R@100"] == "-" and at["2x16 k=5 -> 4x32"]["R@5"] == f"{two['metrics']['R@5']:.4f}"
+    assert at["single 2x16"]["R@5"] == "-" and at["single 2x16"]["R@100"] == f"{single['metrics']['R@100']:.4f}"
+
+
+def test_bench_backend_is_the_corpus_one_and_query_backend_the_queries(tiny_model, corpus, queries_qrels, tmp_path):
+    """An index built by torch is refused to a suite whose corpus backend is onnx (its documents
+    would differ: spec.DOCUMENT_FIELDS), naming the field; --query-backend onnx queries it as built."""
+    from tests.conftest import module_or_skip
+
+    module_or_skip("onnxruntime", "pip install 'adaretrieve[onnx]'")
+    q, r = queries_qrels
+    cfg = {"name": "tiny", "model": str(tiny_model), "corpus": str(corpus), "queries": str(q), "qrels": str(r),
+           "index": str(tmp_path / "ix"), "shortlist": ["2x16"], "rerank": "4x32", "single": ["2x16"],
+           "latency_queries": 2}
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    runner = CliRunner()
+    res = runner.invoke(app, ["bench", "--config", str(path), "--out", str(tmp_path / "a"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["bench", "--config", str(path), "--out", str(tmp_path / "b"), "--quiet", "--backend", "onnx"])
+    assert res.exit_code == 2 and "vector spec backend" in res.stderr and "'torch' -> 'onnx'" in res.stderr, res.stderr
+    res = runner.invoke(app, ["bench", "--config", str(path), "--out", str(tmp_path / "c"), "--quiet",
+                              "--query-backend", "onnx"])
+    assert res.exit_code == 0, res.output
+    torch_run, onnx_run = (json.loads((tmp_path / d / "results.json").read_text())["results"][0] for d in ("a", "c"))
+    assert onnx_run["metrics"]["nDCG@10"] == pytest.approx(torch_run["metrics"]["nDCG@10"], abs=1e-3)
+    rep = json.loads((tmp_path / "c" / "results.json").read_text())
+    assert (rep["backend"], rep["query_backend"]) == ("torch", "onnx")
+    assert "Query encoder backend: onnx" in (tmp_path / "c" / "results.md").read_text()

@@ -185,6 +185,46 @@ def test_every_surface_resolves_the_same_plan_and_returns_the_same_results(ivf_i
     assert [[h["id"] for h in hits] for hits in resp.json()["results"]] == _ids(lib)
 
 
+def _suite_grid(cfg: dict, m) -> dict:
+    """The same configuration as a bench suite writes it: a suite names every stage, so what the
+    other surfaces may omit (shortlist, rerank) is the index's default written out; k, then, top and
+    nprobe are left as given, for the suite to resolve."""
+    shortlist = cfg.get("shortlist", str(m.shortlist_sizes[0]))
+    rerank = cfg.get("rerank", str(m.rerank_size))
+    kw = {"top": cfg.get("top"), "nprobe": [cfg["nprobe"]] if "nprobe" in cfg else []}
+    if rerank == "none" and not cfg.get("then"):
+        return {"single": [shortlist], **kw} if "k" not in cfg else {"single": [shortlist], **kw, "top": cfg["k"]}
+    entry = {"shortlist": [shortlist], "k": [cfg.get("k", 200)], "rerank": [rerank],
+             **({"then": [{"size": s, "k": kk} for s, kk in cfg["then"]]} if "then" in cfg else {})}
+    return {"two_stage": [entry], **kw}
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: json.dumps(c))
+def test_bench_resolves_the_same_plan_and_returns_the_same_results(ivf_index, tiny_model, cfg):
+    """The bench surface: a Suite over the index, holding the same configuration, makes the same
+    FunnelPlan (resolve_plan, the index's nprobe default included) and its rows search what the
+    Retriever returns (bench's own pipeline: its query encoder and dense_pipeline)."""
+    from adaretrieve import Retriever
+    from adaretrieve.bench import Suite, dense_pipeline
+    from adaretrieve.bench.run import query_encoder, suite_encoder, with_search_params
+    from adaretrieve.search import IndexReader
+
+    ix, _, texts = ivf_index
+    reader = IndexReader(ix)
+    want = resolve_plan(reader.manifest, **cfg)
+    suite = Suite(name="surfaces", model=str(tiny_model), corpus="-", queries="-", qrels="-", index=str(ix),
+                  shortlist=[str(s) for s in reader.manifest.shortlist_sizes], rerank=str(reader.manifest.rerank_size),
+                  factory="IVF4,Flat", **_suite_grid(cfg, reader.manifest))
+    suite.check()
+    (plan,) = with_search_params(suite.plans(reader.manifest), reader, suite.nprobe, suite.ef_search)
+    assert plan == want and plan.name == want.name
+    enc = query_encoder(suite, reader, suite_encoder(suite))
+    qv = enc.encode_queries(texts, plan.sizes())
+    scores, rows = dense_pipeline(plan, reader).search(list(range(len(texts))), qv, None)
+    got = [[reader.docids[j] for j in row if j >= 0] for row in rows]
+    assert got == _ids(Retriever(ix, device="cpu").search(texts, plan=want))
+
+
 def test_qdrant_surface_resolves_like_the_folder(ivf_index, tmp_path):
     module_or_skip("qdrant_client", "pip install 'adaretrieve[qdrant]'")
     from adaretrieve.qdrant import QdrantIndex, upload
