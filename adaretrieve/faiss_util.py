@@ -41,15 +41,21 @@ def _code_bytes(part: str, dim: int) -> float | None:
         return 2 * dim
     if m := re.fullmatch(r"SQ(\d+)(_direct(_signed)?)?", part):
         return math.ceil(int(m[1]) * dim / 8)
-    if m := re.fullmatch(r"PQ(\d+)(?:x(\d+))?", part):
+    if m := re.fullmatch(r"PQ(\d+)(?:x(\d+))?(fs)?", part):
         return math.ceil(int(m[1]) * int(m[2] or 8) / 8)
+    if m := re.fullmatch(r"RaBitQ(?:fs)?(\d*)", part):
+        # the sign bits and 2 float32 factors; more bits add (nb-1) bits a dim and 3 more factors
+        nb = int(m[1] or 1)
+        return math.ceil(dim / 8) + 8 + (math.ceil((nb - 1) * dim / 8) + 12 if nb > 1 else 0)
+    if part == "sign":  # index.codes.sign_index: the packed sign bits
+        return math.ceil(dim / 8)
     return None
 
 
 def resident_bytes_per_doc(dim: int, factory: str = "Flat") -> float | None:
     """Estimated RAM per vector of a FAISS index built from ``factory`` over ``dim`` dims (sign bits for
     ``B...`` factories), once loaded: the codes (Flat 4 bytes a dim, SQfp16 2, SQ8 1, SQ4 1/2, PQm
-    m bytes, binary dim/8), plus 8 bytes of ids per vector for IVF and IDMap, ``hnsw_bytes(M)`` for
+    m bytes, binary and ``sign`` dim/8, RaBitQ dim/8 + 8), plus 8 bytes of ids per vector for IVF and IDMap, ``hnsw_bytes(M)`` for
     HNSW (8M + 16), and 4 bytes a dim more for a refining ``RFlat``. Costs that do not grow with the
     corpus (IVF centroids, PCA/OPQ matrices) are left out. None for factories this does not model."""
     parts = factory.split(",")

@@ -93,6 +93,12 @@ def _meta(client, loc: QdrantLocation) -> dict | None:
     return meta
 
 
+def is_code(factory: str) -> bool:
+    """Shortlist kinds Qdrant has no counterpart for: sign bits scored against float queries, RaBitQ and
+    PQ codes (Hamming sign bits, ``B...``, are refused where their rows are read)."""
+    return factory == "sign" or any(p.startswith(("RaBitQ", "PQ")) for p in factory.split(","))
+
+
 def _size_rows(reader, size: Size):
     """Rows [n_docs, >=dim] holding ``size`` as the folder index searches it: the rerank rows (float16 /
     int8) for the rerank size, as adaretrieve rescores with them even beside a flat shortlist of that
@@ -143,6 +149,11 @@ def _upload(reader, loc: QdrantLocation, batch_size: int, overwrite: bool, quant
     from adaretrieve.search.twostage import takes_as_stored
 
     m = reader.manifest
+    for e in m.shortlist:
+        if is_code(e.get("factory", "Flat")):
+            raise AdaError(f"shortlist {e['size']} is stored as {e['factory']!r} codes, which a Qdrant collection cannot "
+                           "hold (it keeps float vectors under HNSW; --quantization sets its own codes for the rerank "
+                           f"vectors): rebuild the folder index with a float kind for {e['size']} to upload it")
     short = list(dict.fromkeys(m.shortlist_sizes))
     sizes = short + ([m.rerank_size] if m.rerank_size and m.rerank_size not in short else [])
     want = {"manifest": asdict(m), "shortlist": [str(s) for s in short], "rerank": str(m.rerank_size) if m.rerank else None,

@@ -17,7 +17,7 @@ def index(
     ctx: typer.Context,
     corpus: Optional[Path] = typer.Option(None, "--corpus", help="BEIR folder or corpus.jsonl[.gz], or an MS MARCO collection.tsv[.gz]."),
     model: str = typer.Option("minilm", "--model", "-m", help="Local folder, Hub id, or 'minilm' (the packaged all-MiniLM-L6-v2)."),
-    shortlist: list[str] = typer.Option([], "--shortlist", "-s", help="Shortlist size(s) LxD, one FAISS index each; repeat or comma-separate."),
+    shortlist: list[str] = typer.Option([], "--shortlist", "-s", help="Shortlist size(s) LxD, one FAISS index each; repeat or comma-separate. LxD:KIND stores that size as its own kind: sign (sign bits scored against the float query, dim/8 bytes), hamming (sign bits, Hamming), sq8, rabitq, or any FAISS factory (6x384:IVF256,RaBitQ); without one, --factory."),
     rerank: Optional[str] = typer.Option(None, "--rerank", "-r", help="Size stored as float16 rows for exact reranking (default: the model's full size; 'none' for none)."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Index directory to write (e.g. indexes/scifact), or a Qdrant collection (qdrant://HOST:PORT/COLLECTION, or qdrant:PATH for qdrant-client's local mode): the folder index is built first (see --folder), then uploaded."),
     folder: Optional[Path] = typer.Option(None, "--folder", help="With a Qdrant --out: where the folder index is built before the upload (default ~/.cache/adaretrieve/qdrant/<collection>); kept, so a rerun resumes either step."),
@@ -52,6 +52,8 @@ def index(
 
         adaretrieve index --corpus ../shared/data/beir/scifact --model minilm \\
             --shortlist 2x64 --shortlist 4x128 --rerank 6x384 --out indexes/scifact
+
+        adaretrieve index --corpus ../shared/data/beir/scifact --shortlist 6x384:sign --shortlist 2x64 --rerank 6x384 --out indexes/scifact-sign
 
         adaretrieve index --corpus collection.tsv --shortlist 2x32 --factory BFlat --rerank-dtype int8 --out indexes/msmarco --shard 0/4
 
@@ -100,12 +102,15 @@ def index(
     elif rerank.lower() == "none":
         rerank = None
     if target is not None and Path(out).exists() and not overwrite:
+        from adaretrieve.index.codes import parse_shortlist
         from adaretrieve.search import IndexReader
-        from adaretrieve.sizes import parse_size, parse_sizes
+        from adaretrieve.sizes import parse_size
 
         m = IndexReader(out).manifest  # built by an earlier run that stopped before or during its upload
-        asked = ([str(s) for s in parse_sizes(shortlist)], str(parse_size(rerank)) if rerank else None, enc.weights_hash())
-        held = ([str(s) for s in m.shortlist_sizes], str(m.rerank_size) if m.rerank else None, m.model.get("weights_sha256"))
+        asked = ([f"{s}:{f}" for s, f in parse_shortlist(shortlist, factory)], str(parse_size(rerank)) if rerank else None,
+                 enc.weights_hash())
+        held = ([f"{e['size']}:{e['factory']}" for e in m.shortlist], str(m.rerank_size) if m.rerank else None,
+                m.model.get("weights_sha256"))
         if asked != held:
             raise AdaError(f"{out} holds a folder index with shortlist {', '.join(held[0])}, rerank {held[1]} from "
                            f"{m.model.get('name')!r}, not this one; pass --overwrite to rebuild it, or --folder elsewhere")
@@ -119,7 +124,7 @@ def index(
         return
     typer.echo(
         f"indexed {m.n_docs} docs into {out} (encoding {m.build['encode_seconds']:.1f}s, {m.build['docs_per_second'] or 0:.1f} docs/s): "
-        f"shortlist {', '.join(str(s) for s in m.shortlist_sizes)}; rerank {m.rerank_size or 'none'}",
+        f"shortlist {', '.join(e['size'] + ('' if e['factory'] == 'Flat' else ':' + e['factory']) for e in m.shortlist)}; rerank {m.rerank_size or 'none'}",
         err=True,
     )
     if target is not None:

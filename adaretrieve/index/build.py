@@ -29,15 +29,15 @@ from typing import TypeVar
 
 from adaretrieve.data.readers import doc_text, iter_corpus, resolve_corpus, validate_corpus
 from adaretrieve.errors import AdaError, io_reason
+from adaretrieve.index.codes import parse_shortlist
 from adaretrieve.index.encode import chunk_name, encode_chunk, read_chunk
 from adaretrieve.index.format import Manifest, read_manifest, try_lock
 from adaretrieve.index.writer import (
     IndexWriter,
-    check_nprobe,
     check_out,
     check_trainable,
     make_faiss_index,
-    set_ef_construction,
+    shortlist_options,
 )
 from adaretrieve.modeling.encoder import Encoder
 from adaretrieve.sizes import Size, parse_size, parse_sizes
@@ -77,6 +77,7 @@ def plan_key(plan: dict) -> dict:
     return {
         **spec.to_dict(), "adaptor": plan.get("model", {}).get("adaptor"),
         "shortlist": plan.get("shortlist"), "rerank": plan.get("rerank"), "factory": plan.get("factory"),
+        "kinds": plan.get("kinds") or {},
         "ef_construction": plan.get("ef_construction"), "nprobe": plan.get("nprobe"),
         "rerank_dtype": plan.get("rerank_dtype"), "chunk_size": plan.get("chunk_size"),
         "corpus_sha256": plan.get("corpus", {}).get("sha256"),
@@ -129,21 +130,25 @@ def build_index(
 ) -> Manifest | None:
     """Encode ``corpus`` once and write an index directory at ``out``.
 
+    ``shortlist``: sizes, each optionally with its own kind (``"6x384:sign"``, ``"2x32:SQ8"``; see
+    ``index.codes``); a size without one is stored as ``factory``. Every kind is built from the same
+    encoding pass.
+
     Every check (sizes, factory, each corpus line, duplicate ids, the build folder's plan) runs
     before encoding starts. Returns the manifest, or None when this shard is done but others are
     not yet, or another shard is assembling the index. ``ray`` (``{"address": str | None, "actors": int,
     "threads": int}``) encodes the chunks on Ray Data instead of in this process (``index.ray_encode``).
     """
     out = Path(out)
-    shortlist = encoder.check_sizes(shortlist, "shortlist size")
+    entries = parse_shortlist(shortlist, default=factory)
+    shortlist = encoder.check_sizes([s for s, _ in entries], "shortlist size")
+    factories = dict(zip(shortlist, (f for _, f in entries)))
     rerank_size = encoder.check_sizes([rerank], "rerank size")[0] if rerank else None
     if not shortlist:
         raise AdaError("index needs at least one --shortlist size")
     check_out(out, overwrite)
-    probes = [make_faiss_index(s.dim, factory) for s in shortlist]  # the factory checked before any encoding
-    check_nprobe(factory, nprobe)
-    for ix in probes:
-        set_ef_construction(ix, factory, ef_construction)
+    probes = {s: make_faiss_index(s.dim, f) for s, f in factories.items()}  # every kind checked before any encoding
+    shortlist_options(probes, factories, ef_construction, nprobe)
     if rerank_dtype not in ("float16", "int8"):
         raise AdaError(f"rerank dtype {rerank_dtype!r} is not one of float16, int8")
     i_shard, n_shards = shard or (0, 1)
@@ -151,8 +156,8 @@ def build_index(
         raise AdaError(f"shard {i_shard}/{n_shards}: expected i/n with 0 <= i < n")
     corpus_path = resolve_corpus(corpus)
     n_docs = validate_corpus(corpus_path)
-    for ix in probes:
-        check_trainable(ix, factory, n_docs)
+    for s, ix in probes.items():
+        check_trainable(ix, factories[s], n_docs)
     sizes = parse_sizes([*shortlist, *([rerank_size] if rerank_size else [])])
     corpus_info = {"path": str(corpus_path.resolve()), "bytes": corpus_path.stat().st_size,
                    "sha256": file_sha256(corpus_path)}
@@ -161,6 +166,8 @@ def build_index(
         "n_chunks": -(-n_docs // chunk_size), "model": encoder.describe(), "sizes": [str(s) for s in sizes],
         "shortlist": [str(s) for s in shortlist], "rerank": str(rerank_size) if rerank_size else None,
         "factory": factory, "rerank_dtype": rerank_dtype, "spec": encoder.spec().to_dict(),
+        **({"kinds": {str(s): f for s, f in factories.items() if f != factory}}
+           if any(f != factory for f in factories.values()) else {}),
         **({"ef_construction": int(ef_construction)} if ef_construction is not None else {}),
         **({"nprobe": int(nprobe)} if nprobe is not None else {}),
     }
@@ -276,10 +283,11 @@ def _merge(out: Path, overwrite: bool, build: dict | None) -> Manifest:
                        "finish every shard first")
     shortlist = [parse_size(s) for s in plan["shortlist"]]
     rerank = parse_size(plan["rerank"]) if plan["rerank"] else None
+    kinds = {parse_size(s): f for s, f in (plan.get("kinds") or {}).items()}
     try:
         writer = IndexWriter(out, plan["n_docs"], shortlist, rerank, factory=plan["factory"], overwrite=overwrite,
                              rerank_dtype=plan["rerank_dtype"], ef_construction=plan.get("ef_construction"),
-                             nprobe=plan.get("nprobe"))
+                             nprobe=plan.get("nprobe"), kinds=kinds)
     except Exception as e:
         if io_reason(e) is None:
             raise

@@ -17,7 +17,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import faiss
@@ -25,6 +25,7 @@ import numpy as np
 
 from adaretrieve.errors import AdaError
 from adaretrieve.faiss_util import downcast, is_binary_factory
+from adaretrieve.index.codes import add_vectors, is_sign, sign_index
 from adaretrieve.index.format import (
     CURRENT,
     DOCIDS,
@@ -124,7 +125,10 @@ def _remove_legacy_partials(out: Path) -> None:
 
 def make_faiss_index(dim: int, factory: str):
     """An inner-product FAISS index from a factory string (``Flat``, ``HNSW32``, ``SQ8``, ``SQfp16``,
-    ``IVF1024,Flat``...), or a binary one over ``dim`` sign bits (``BFlat``, ``BHNSW32``)."""
+    ``IVF1024,Flat``, ``RaBitQ``...), a binary one over ``dim`` sign bits (``BFlat``, ``BHNSW32``), or
+    ``sign``: sign bits scored against float queries (``codes.sign_index``)."""
+    if is_sign(factory):
+        return sign_index(dim)
     try:
         if is_binary_factory(factory):
             if dim % 8:
@@ -156,6 +160,8 @@ def training_points(index, n_docs: int = 0) -> tuple[int, str, str]:
     anything or not at all."""
     down = downcast(index)
     need, what, hint = 0, "", ""
+    if index.is_trained:  # a fixed codebook (sign) or nothing to learn
+        return need, what, hint
     nlist = getattr(down, "nlist", 0)
     if nlist > need:
         fit = 1 << max(0, max(1, n_docs // 39).bit_length() - 1)  # FAISS wants about 39 points per centroid
@@ -188,6 +194,26 @@ def check_nprobe(factory: str, nprobe: int | None) -> int | None:
     return (nprobe or default_nprobe(nlist)) if nlist else None
 
 
+def has_graph(index) -> bool:
+    return hasattr(downcast(index), "hnsw")
+
+
+def shortlist_options(indexes: Mapping[Size, object], factories: Mapping[Size, str], ef_construction: int | None,
+                      nprobe: int | None) -> dict[Size, int | None]:
+    """Apply ``ef_construction`` to the HNSW shortlists among ``indexes`` and return the nprobe to
+    record per size (``check_nprobe`` for IVF ones, None for the rest). AdaError when either is given
+    and no shortlist is of a kind it applies to."""
+    first = next(iter(factories))
+    if ef_construction is not None:
+        graphs = [s for s, ix in indexes.items() if has_graph(ix)] or [first]  # none: the first says why not
+        for s in graphs:
+            set_ef_construction(indexes[s], factories[s], ef_construction)
+    ivf = [s for s, f in factories.items() if ivf_lists(f)]
+    if nprobe is not None and not ivf:
+        check_nprobe(factories[first], nprobe)  # raises: the factory is not IVF
+    return {s: check_nprobe(f, nprobe) if s in ivf else None for s, f in factories.items()}
+
+
 def quantize_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric int8 codes [n, d] and per-vector scales [n] with x ~= codes * scale."""
     scale = np.abs(x).max(axis=1) / 127.0
@@ -209,6 +235,8 @@ class IndexWriter:
         shortlist: sizes that get a FAISS index each.
         rerank: size stored as float16 rows for exact rescoring, or None.
         factory: FAISS factory string for the shortlist indexes (``B...`` for binary ones).
+        kinds: ``{size: factory}`` for shortlist sizes stored as another kind than ``factory``
+            (``sign``, ``BFlat``, ``RaBitQ``, ``SQ8`` ...: see ``index.codes``).
         ef_construction: HNSW factories only: the graph's efConstruction (FAISS's default 40).
         nprobe: IVF factories only: the nprobe searches use unless told otherwise, recorded in the
             manifest (default ``format.default_nprobe`` of the list count).
@@ -217,7 +245,8 @@ class IndexWriter:
 
     def __init__(self, out: str | Path, n_docs: int, shortlist: Sequence[Size], rerank: Size | None,
                  factory: str = "Flat", overwrite: bool = False, rerank_dtype: str = "float16",
-                 ef_construction: int | None = None, nprobe: int | None = None):
+                 ef_construction: int | None = None, nprobe: int | None = None,
+                 kinds: Mapping[Size, str] | None = None):
         self.out = Path(out)
         check_out(self.out, overwrite)
         if not shortlist:
@@ -226,14 +255,13 @@ class IndexWriter:
             raise AdaError(f"rerank dtype {rerank_dtype!r} is not one of float16, int8")
         self.n_docs, self.shortlist, self.rerank, self.factory = n_docs, list(shortlist), rerank, factory
         self.rerank_dtype = rerank_dtype
-        self.binary = is_binary_factory(factory)
-        self.indexes = {s: make_faiss_index(s.dim, factory) for s in self.shortlist}
-        for ix in self.indexes.values():
-            check_trainable(ix, factory, n_docs)
-            set_ef_construction(ix, factory, ef_construction)
+        self.factories = {s: (kinds or {}).get(s, factory) for s in self.shortlist}
+        self.indexes = {s: make_faiss_index(s.dim, f) for s, f in self.factories.items()}
+        for s, ix in self.indexes.items():
+            check_trainable(ix, self.factories[s], n_docs)
         self.ef_construction = ef_construction
-        self.nprobe = check_nprobe(factory, nprobe)
-        self._train_first = any(not ix.is_trained for ix in self.indexes.values())
+        self.nprobes = shortlist_options(self.indexes, self.factories, ef_construction, nprobe)
+        self._train_first = {s: not ix.is_trained for s, ix in self.indexes.items()}
         self._held: dict[Size, list[np.ndarray]] = {s: [] for s in self.shortlist}
         self.out.mkdir(parents=True, exist_ok=True)
         self._lock = try_lock(self.out / WRITE_LOCK)
@@ -270,11 +298,11 @@ class IndexWriter:
                 raise AdaError(f"the {s} vectors of documents {self.row}..{self.row + n - 1} are not finite (NaN or inf); "
                                "an index of them would give wrong results, so nothing is written")
         for s in self.shortlist:
-            x = _to_index_input(vectors[s], self.binary)
-            if self._train_first:
+            x = _to_index_input(vectors[s], is_binary_factory(self.factories[s]))
+            if self._train_first[s]:
                 self._held[s].append(x)
             else:
-                self.indexes[s].add(x)
+                add_vectors(self.indexes[s], self.factories[s], x)
         if self._rerank is not None and self._scale is not None:
             codes, scale = quantize_int8(np.asarray(vectors[self.rerank], dtype=np.float32))
             self._rerank[self.row : self.row + n] = codes
@@ -291,11 +319,12 @@ class IndexWriter:
             raise AdaError(f"index got {self.row} documents, expected {self.n_docs}")
         self._ids.close()
         for s, ix in self.indexes.items():
-            if self._train_first:
+            if self._train_first[s]:
                 x = np.concatenate(self._held.pop(s))
                 ix.train(x)
-                ix.add(x)
-            (faiss.write_index_binary if self.binary else faiss.write_index)(ix, str(self.tmp / shortlist_file(s)))
+                add_vectors(ix, self.factories[s], x)
+            binary = is_binary_factory(self.factories[s])
+            (faiss.write_index_binary if binary else faiss.write_index)(ix, str(self.tmp / shortlist_file(s)))
         if self._rerank is not None:
             self._rerank.flush()
             self._rerank = None
@@ -307,12 +336,13 @@ class IndexWriter:
         manifest = Manifest(
             model=model,
             n_docs=self.n_docs,
-            shortlist=[{"size": str(s), "factory": self.factory,
-                        "metric": "hamming" if self.binary else "inner_product",
-                        "dtype": "bits" if self.binary else "float32", "file": shortlist_file(s),
-                        **({"ef_construction": self.ef_construction} if self.ef_construction is not None else {}),
-                        **({"nprobe": self.nprobe} if self.nprobe is not None else {})}
-                       for s in self.shortlist],
+            shortlist=[{"size": str(s), "factory": f,
+                        "metric": "hamming" if is_binary_factory(f) else "inner_product",
+                        "dtype": "bits" if is_binary_factory(f) else "float32", "file": shortlist_file(s),
+                        **({"ef_construction": self.ef_construction}
+                           if self.ef_construction is not None and has_graph(self.indexes[s]) else {}),
+                        **({"nprobe": self.nprobes[s]} if self.nprobes[s] is not None else {})}
+                       for s, f in self.factories.items()],
             rerank=({"size": str(self.rerank), "dtype": self.rerank_dtype, "file": rerank_file(self.rerank),
                      **({"scale_file": scale_file(self.rerank)} if self.rerank_dtype == "int8" else {})}
                     if self.rerank else None),
