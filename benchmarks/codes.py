@@ -1,0 +1,421 @@
+"""Full-size codes against small-size codes as the shortlist (issue 24, items 2 and 3).
+
+For SciFact test, NFCorpus dev and the DL19 pool: every (size, code kind, k in 50/100/200) shortlist,
+then the same exact 6x384 rerank from float16 rows (what an index stores), nDCG@10 (and its share of
+the full size's single stage) and recall@100 against the shortlist's resident bytes per document.
+
+Each corpus (and its judged queries) is encoded once by the untrained backbone, keeping the raw pooled
+state of every layer (``Encoder.encode(raw_layers=...)``), cached under ``--cache``; a set's adapted
+sizes are its adaptor's maps of those states (the encoder's own path, checked against
+``Encoder.encode`` of the adapted model on a sample), so the adaptors can be fitted while the corpora
+encode. The full size 6x384 is the backbone's with or without an adaptor (``adapt`` leaves it to the
+bit), so every full-size code is the same for any adaptor. Shortlists are built with the index
+writer's own functions (``make_faiss_index``, ``codes.add_vectors``) and searched with ``funnel``,
+the function ``FunnelSearcher`` runs.
+
+    python benchmarks/codes.py encode          # heavy: one pass per corpus (and NFCorpus's train queries), cached
+    python benchmarks/codes.py adapt --sets nfcorpus --adapt-out DIR   # adapt's fit, from the cached pass
+    python benchmarks/codes.py measure --adaptor scifact=DIR --adaptor nfcorpus=DIR [--adaptor dl19=DIR]
+
+Writes benchmarks/results/codes/{results.json, results.md, pareto.png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from adaretrieve.data import read_qrels, read_queries  # noqa: E402
+from adaretrieve.data.readers import doc_text, iter_corpus  # noqa: E402
+from adaretrieve.sizes import Size, truncate  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+FULL = Size(6, 384)
+LAYERS = list(range(7))  # 0 (embeddings) .. 6: every state an adaptor reads
+SETS = {
+    "scifact": dict(corpus=DATA / "beir" / "scifact", queries=DATA / "beir" / "scifact" / "queries.jsonl",
+                    qrels=DATA / "beir" / "scifact" / "qrels" / "test.tsv", split="test"),
+    "nfcorpus": dict(corpus=DATA / "beir" / "nfcorpus", queries=DATA / "beir" / "nfcorpus" / "queries.jsonl",
+                     qrels=DATA / "beir" / "nfcorpus" / "qrels" / "dev.tsv", split="dev"),
+    "dl19": dict(corpus=DATA / "msmarco-dl-pool" / "collection.tsv.gz", queries=DATA / "msmarco-dl-pool" / "queries.dl19.tsv",
+                 qrels=DATA / "msmarco-dl-pool" / "qrels.dl19.txt", split="dl19"),
+}
+
+
+DTYPE = {"dtype": "float32"}  # what the cached states were encoded under (encode --dtype)
+
+
+def cache_file(cache: Path, name: str) -> Path:
+    return cache / f"{name}-minilm-raw{'' if DTYPE['dtype'] == 'float32' else '-' + DTYPE['dtype']}.npz"
+
+
+def train_queries(name: str) -> dict[str, str]:
+    """The texts of a BEIR set's train queries, as ``adapt --queries DIR --query-split train`` reads them."""
+    folder = SETS[name]["corpus"]
+    sel = read_qrels(folder / "qrels" / "train.tsv")
+    return {q: t for q, t in read_queries(folder).items() if q in sel}
+
+
+def encode(cache: Path, names: list[str], with_train: set[str]) -> None:
+    """The raw pooled states of layers 0..6 for every document and judged query of each set, one pass;
+    for the sets in ``with_train``, also the train queries (what ``adapt`` fits on besides the corpus)."""
+    from adaretrieve.modeling.encoder import Encoder
+
+    cache.mkdir(parents=True, exist_ok=True)
+    enc = Encoder("minilm", dtype=DTYPE["dtype"])
+    for name in names:
+        out = cache_file(cache, name)
+        if out.exists():
+            print(f"{name}: cached at {out}", flush=True)
+            continue
+        s = SETS[name]
+        docs = list(iter_corpus(s["corpus"]))
+        qrels = read_qrels(s["qrels"])
+        qs = {q: t for q, t in read_queries(s["queries"]).items() if q in qrels}
+        t0 = time.perf_counter()
+        dv = enc.encode_passages([doc_text(d.title, d.text) for d in docs], [], batch_size=32, progress=True, raw_layers=LAYERS)
+        t1 = time.perf_counter()
+        qv = enc.encode_queries(list(qs.values()), [], batch_size=32, raw_layers=LAYERS)
+        tq = train_queries(name) if name in with_train else {}
+        tv = enc.encode_queries(list(tq.values()), [], batch_size=32, raw_layers=LAYERS) if tq else {}
+        t2 = time.perf_counter()
+        tmp = out.with_suffix(".tmp.npz")
+        np.savez(tmp, docids=np.array([d.docid for d in docs]), qids=np.array(list(qs)),
+                 **{f"d{L}": dv[("raw", L)] for L in LAYERS}, **{f"q{L}": qv[("raw", L)] for L in LAYERS},
+                 **({"tids": np.array(list(tq)), **{f"t{L}": tv[("raw", L)] for L in LAYERS}} if tq else {}),
+                 seconds=np.array([t1 - t0, t2 - t1]), weights=np.array(enc.weights_hash()))
+        tmp.rename(out)
+        print(f"{name}: {len(docs)} docs in {t1 - t0:.0f}s, {len(qs)} + {len(tq)} queries in {t2 - t1:.1f}s -> {out}",
+              flush=True)
+
+
+def adapt_from_cache(cache: Path, name: str, out: Path) -> dict:
+    """``adaretrieve adapt --model minilm --corpus DIR --queries DIR --query-split train --out OUT`` with
+    its one encoding pass read from the cache (the same states: the corpus in file order, then the
+    train queries) instead of run again: the library's ``fit_adaptor`` and model writer, default
+    settings. Meant for a shared machine where a second pass over the corpus costs 20 minutes."""
+    import torch
+
+    from adaretrieve import __version__
+    from adaretrieve.modeling.encoder import Encoder
+    from adaretrieve.training import adapt as A
+    from adaretrieve.training.losses import default_ladder
+
+    z = np.load(cache_file(cache, name))
+    if "tids" not in z:
+        raise SystemExit(f"{name}: the cache holds no train queries (encode with --with-train {name})")
+    folder = SETS[name]["corpus"]
+    cfg = A.AdaptConfig(model="minilm", corpus=str(folder), queries=str(folder), query_split="train", out=str(out))
+    enc = Encoder(cfg.model)
+    ladder = default_ladder(enc.n_layers, enc.hidden_size)
+    layers = A._ladder_layers(enc, ladder)
+    doc_ids, _ = A._sample_corpus(A.resolve_corpus(folder), cfg.max_texts, cfg.seed)
+    if doc_ids != [str(d) for d in z["docids"]] or list(train_queries(name)) != [str(q) for q in z["tids"]]:
+        raise SystemExit(f"{name}: the cached documents / train queries are not the ones adapt would read")
+    states = {L: torch.from_numpy(np.concatenate([z[f"d{L}"], z[f"t{L}"]])) for L in LAYERS}
+    t0 = time.perf_counter()
+    adaptor, fit_log = A.fit_adaptor(states, len(doc_ids), [], ladder, layers, enc.hidden_size, enc.n_layers,
+                                     enc.normalize, cfg, False)
+    fit_s = time.perf_counter() - t0
+    adaptor.meta = {
+        "features": cfg.features, "pooling": enc.pooling, "backbone_sha256": enc.backbone_hash(), "objective": cfg.objective,
+        "output_order": "principal coordinates of the normalised full-size vectors, by falling variance; "
+                        "every prefix D is the size LxD",
+        "ladder": [str(s) for s in ladder],
+        "fitted_on": {"corpus": str(folder), "documents": len(doc_ids), "queries": str(folder), "query_split": "train",
+                      "n_queries": len(z["tids"]), "qrels": None, "labelled_pairs": 0},
+        "config": {**A.asdict(cfg), "states_from": str(cache_file(cache, name)), "states_dtype": DTYPE["dtype"]},
+        "encode_seconds": None,
+        "fit_seconds": round(fit_s, 1), "fit_log": fit_log, "adaretrieve": __version__, "base_model": enc.name,
+    }
+    A._write_model(enc, adaptor, out)
+    print(f"{name}: adaptor fitted in {fit_s:.0f}s -> {out}", flush=True)
+    return {"out": str(out), "fit_seconds": round(fit_s, 1)}
+
+
+# -- vectors of every size from the cached states ------------------------------------------------
+
+SIZES = [Size(1, 16), Size(2, 32), Size(2, 64), Size(3, 64), Size(4, 128), Size(5, 256), FULL]
+
+
+def adapted_vectors(raw: dict[int, np.ndarray], enc, sizes: list[Size]) -> dict[Size, np.ndarray]:
+    """``{size: float32 [n, dim]}``: layer L's adaptor map of the raw states (the encoder's own
+    ``_map``), or the raw pooled state where the layer has none (the full size), cut and renormalised."""
+    import torch
+
+    out = {}
+    with torch.inference_mode():
+        for L in sorted({s.layer for s in sizes}):
+            if enc is not None and enc.adaptor is not None and enc.adaptor.has(L):
+                v = np.concatenate([enc.adaptor(L, {i: torch.from_numpy(raw[i][a:a + 4096]) for i in enc.adaptor.inputs(L)}).numpy()
+                                    for a in range(0, len(raw[L]), 4096)])
+            else:
+                v = raw[L]
+            for s in sizes:
+                if s.layer == L:
+                    out[s] = truncate(np.ascontiguousarray(v[:, : s.dim]), s.dim, True)
+    return out
+
+
+def check_against_encoder(enc, name: str, cached: dict[int, np.ndarray], sizes: list[Size], n: int = 16) -> float:
+    """Largest difference between this script's vectors and ``enc.encode_passages`` on the first ``n``
+    documents (the cache's row order and the adaptor path both checked); raises past 1e-4."""
+    docs = [d for _, d in zip(range(n), iter_corpus(SETS[name]["corpus"]))]
+    texts = [doc_text(d.title, d.text) for d in docs]
+    want = enc.encode_passages(texts, sizes, batch_size=n)
+    mine = adapted_vectors({L: v[:n] for L, v in cached.items()}, enc, sizes)
+    diff = max(float(np.abs(want[s] - mine[s]).max()) for s in sizes)
+    if diff > (1e-4 if DTYPE["dtype"] == "float32" else 3e-2):  # bfloat16: batches of other lengths round otherwise
+        raise SystemExit(f"{name}: the cached states do not give the encoder's vectors (max diff {diff:.2e})")
+    return diff
+
+
+# -- the grid ---------------------------------------------------------------------------------------
+
+KS = [50, 100, 200]
+
+
+def grid() -> list[tuple[Size, str]]:
+    """(size, kind) pairs measured: every size as float32, SQ8, sign, Hamming and RaBitQ; PQ fast-scan
+    codes of the full size, 4x128 and 5x256."""
+    out = []
+    for s in SIZES:
+        out += [(s, "Flat"), (s, "SQ8"), (s, "sign"), (s, "BFlat"), (s, "RaBitQ")]
+    out += [(FULL, "RaBitQ4"), (FULL, "PQ32x4fs"), (FULL, "PQ64x4fs"), (FULL, "PQ96x4fs"), (Size(4, 128), "PQ32x4fs"),
+            (Size(5, 256), "PQ32x4fs")]
+    return out
+
+
+def build(size: Size, kind: str, x: np.ndarray):
+    """The shortlist index of ``kind`` over ``x`` [n, dim] as the index writer builds it."""
+    from adaretrieve.index.codes import add_vectors, train_and_add
+    from adaretrieve.index.writer import _to_index_input, is_binary_factory, make_faiss_index
+
+    ix = make_faiss_index(size.dim, kind)
+    xi = _to_index_input(x, is_binary_factory(kind))
+    (add_vectors if ix.is_trained else train_and_add)(ix, kind, xi)
+    return ix
+
+
+def bytes_per_doc(size: Size, kind: str) -> float:
+    from adaretrieve.tune import resident_bytes_per_doc
+
+    return resident_bytes_per_doc(size.dim, kind)
+
+
+def label(size: Size, kind: str) -> str:
+    return f"{size}:{kind}"
+
+
+def measure(cache: Path, names: list[str], adaptors: dict[str, str], out_dir: Path, command: str,
+            skip_check: bool = False, only: str | None = None) -> dict:
+    import faiss
+
+    from adaretrieve.eval.measures import Evaluator
+    from adaretrieve.modeling.encoder import Encoder
+    from adaretrieve.search.plan import FunnelPlan
+    from adaretrieve.search.twostage import funnel
+
+    faiss.omp_set_num_threads(1)  # many small searches on a shared machine: OpenMP's spinning threads cost more than they give
+    results: dict = {"command": command, "sets": {}, "faiss": faiss.__version__}
+    for name in names:
+        t0 = time.perf_counter()
+        z = np.load(cache_file(cache, name))
+        adaptor = adaptors.get(name)
+        enc = Encoder(adaptor, dtype=DTYPE["dtype"]) if adaptor else None
+        draw = {L: z[f"d{L}"] for L in LAYERS}
+        qraw = {L: z[f"q{L}"] for L in LAYERS}
+        diff = None if skip_check else check_against_encoder(enc or Encoder("minilm", dtype=DTYPE["dtype"]), name, draw, SIZES)
+        dv, qv = adapted_vectors(draw, enc, SIZES), adapted_vectors(qraw, enc, SIZES)
+        docids, qids = [str(d) for d in z["docids"]], [str(q) for q in z["qids"]]
+        dl = name == "dl19"
+        metrics = ["nDCG@10", "R(rel=2)@100" if dl else "R@100"]
+        ev = Evaluator(read_qrels(SETS[name]["qrels"]), metrics)
+        rows = dv[FULL].astype(np.float16)  # what the index stores and the rerank reads
+
+        def run_of(scores, cand, docids=docids, qids=qids):
+            return {q: {docids[r]: float(sc) for sc, r in zip(scores[i], cand[i]) if r >= 0} for i, q in enumerate(qids)}
+
+        full_ix = faiss.IndexFlatIP(FULL.dim)
+        full_ix.add(dv[FULL])
+        full = ev(run_of(*full_ix.search(qv[FULL], 100)))
+        entries = {}
+        for size, kind in grid():
+            if only and not re.search(only, label(size, kind)):
+                continue
+            t1 = time.perf_counter()
+            ix = build(size, kind, dv[size])
+            built = time.perf_counter() - t1
+            e = {"size": str(size), "kind": kind, "bytes_per_doc": bytes_per_doc(size, kind), "build_s": round(built, 2),
+                 "full_size_code": size == FULL, "k": {}}
+            for k in KS:
+                plan = FunnelPlan(size, k, rerank=FULL, top=k)
+                t2 = time.perf_counter()
+                scores, cand = funnel(plan, ix, {size: qv[size], FULL: qv[FULL]}, {FULL: rows}, True)
+                search_s = time.perf_counter() - t2
+                m = ev(run_of(scores, cand))
+                e["k"][str(k)] = {**{n: round(v, 5) for n, v in m.items()},
+                                  "share": round(m["nDCG@10"] / full["nDCG@10"], 4),
+                                  "search_ms_per_query": round(1000 * search_s / len(qids), 3)}
+            entries[label(size, kind)] = e
+            print(f"{name} {label(size, kind):24s} {e['bytes_per_doc']:>6g} B  " +
+                  "  ".join(f"k={k} {e['k'][str(k)]['nDCG@10']:.4f} ({e['k'][str(k)]['share']:.1%})" for k in KS), flush=True)
+        results["sets"][name] = {
+            "adaptor": adaptor or "none (the untrained minilm: its small sizes are unadapted)", "n_docs": len(docids),
+            "n_queries": len(qids), "metrics": metrics, "full": {n: round(v, 5) for n, v in full.items()},
+            "encoder_check_max_diff": diff, "dtype": DTYPE["dtype"], "encode_seconds": [round(float(x), 1) for x in z["seconds"]],
+            "measure_seconds": round(time.perf_counter() - t0, 1), "entries": entries,
+        }
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("phase", choices=["encode", "adapt", "measure", "report"])
+    ap.add_argument("--dtype", default="float32", help="encode under this dtype (bfloat16: CPU autocast, ~2.9x faster)")
+    ap.add_argument("--with-train", default="nfcorpus", help="sets whose train queries are encoded too (for adapt)")
+    ap.add_argument("--adapt-out", help="adapt: the model folder to write")
+    ap.add_argument("--cache", default="/tmp/h-codes/vecs")
+    ap.add_argument("--sets", default="scifact,nfcorpus,dl19")
+    ap.add_argument("--adaptor", action="append", default=[], help="SET=MODEL_FOLDER: the adapted MiniLM for a set")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "codes"))
+    ap.add_argument("--only", help="measure only the shortlists whose size:kind matches this regex")
+    ap.add_argument("--skip-check", action="store_true", help="smoke runs on synthetic caches only")
+    args = ap.parse_args()
+    names = args.sets.split(",")
+    out = Path(args.out)
+    DTYPE["dtype"] = args.dtype
+    if args.phase == "encode":
+        encode(Path(args.cache), names, set(args.with_train.split(",")))
+        return
+    if args.phase == "adapt":
+        adapt_from_cache(Path(args.cache), names[0], Path(args.adapt_out))
+        return
+    if args.phase == "measure":
+        adaptors = dict(a.split("=", 1) for a in args.adaptor)
+        t0 = time.perf_counter()
+        res = measure(Path(args.cache), names, adaptors, out, "python benchmarks/codes.py " + " ".join(sys.argv[1:]),
+                      args.skip_check, args.only)
+        res["wall_seconds"] = round(time.perf_counter() - t0, 1)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"results-{'-'.join(names)}.json").write_text(json.dumps(res, indent=2) + "\n")
+    runs = [json.loads(p.read_text()) for p in sorted(out.glob("results-*.json"))]
+    merged = {"faiss": runs[0]["faiss"], "runs": [{"command": r["command"], "wall_seconds": r.get("wall_seconds"),
+                                                   "sets": list(r["sets"])} for r in runs],
+              "sets": {n: {**v, "command": r["command"], "wall_seconds": r.get("wall_seconds")}
+                       for r in runs for n, v in r["sets"].items()}}
+    order = [n for n in SETS if n in merged["sets"]]
+    merged["sets"] = {n: merged["sets"][n] for n in order}
+    (out / "results.json").write_text(json.dumps(merged, indent=2) + "\n")
+    report(merged, out)
+
+
+# -- report -----------------------------------------------------------------------------------------
+
+def pareto(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
+    """The (bytes, quality, label) points no other point beats on both (fewer or equal bytes, higher quality)."""
+    front, best = [], -1.0
+    for b, q, lab in sorted(points, key=lambda p: (p[0], -p[1])):
+        if q > best:
+            front.append((b, q, lab))
+            best = q
+    return front
+
+
+def best_within(entries: dict, budget: float, k: int, full_only: bool | None = None) -> tuple[str, dict] | None:
+    cands = [(lab, e) for lab, e in entries.items()
+             if e["bytes_per_doc"] <= budget and (full_only is None or e["full_size_code"] == full_only)]
+    if not cands:
+        return None
+    return max(cands, key=lambda le: le[1]["k"][str(k)]["nDCG@10"])
+
+
+def report(res: dict, out: Path) -> None:
+    names = list(res["sets"])
+    lines = ["# Full-size codes against small-size codes as the shortlist (issue 24)", "",
+             "One run per set (FAISS " + res["faiss"] + ", the shared 2-core machine): " + "; ".join(
+                 f"`{r['command']}` ({r['wall_seconds']} s wall)" for r in res["runs"]) + ". The corpora's states were "
+             "encoded once by `python benchmarks/codes.py encode` (cached under /tmp, times below).", "",
+             "Every row: the shortlist (size:kind) returns its top k, then the same exact 6x384 rerank from float16 rows. "
+             "nDCG@10 and its share of the full size's exact single stage; recall@100 of the reranked list (k=50 lists "
+             "hold 50). Bytes per document: the shortlist's codes in RAM (`tune.resident_bytes_per_doc`; a rotation's "
+             "matrix is not counted). `sign`: sign bits scored against the float query; `BFlat`: Hamming; "
+             "", ""]
+    lines += ["## Goals", "", "| set | full nDCG@10 | best at <= 16 B, k=100 | share | full-size sign 48 B, k=100 | "
+              "best at <= 48 B, k=100 | share |", "| --- | ---: | --- | ---: | ---: | --- | ---: |"]
+    for n in names:
+        r = res["sets"][n]
+        e = r["entries"]
+        def best(budget, e=e):
+            b = best_within(e, budget, 100)
+            return f"{b[0]} ({b[1]['bytes_per_doc']:g} B) | {b[1]['k']['100']['share']:.1%}" if b else "- | -"
+
+        sign = f"{e['6x384:sign']['k']['100']['share']:.1%}" if "6x384:sign" in e else "-"
+        lines.append(f"| {n} | {r['full']['nDCG@10']:.4f} | {best(16)} | {sign} | {best(48)} |")
+    lines.append("")
+    for n in names:
+        r = res["sets"][n]
+        rec = r["metrics"][1]
+        lines += [f"## {n} ({r['n_docs']} documents, {r['n_queries']} queries; adaptor: {r['adaptor']})", "",
+                  f"Full size single stage: nDCG@10 {r['full']['nDCG@10']:.4f}, {rec} {r['full'][rec]:.4f}. Encoded under "
+                  f"{r.get('dtype', 'float32')} (largest difference from `Encoder.encode` of the set's model on 16 documents: "
+                  f"{r['encoder_check_max_diff'] if r['encoder_check_max_diff'] is None else format(r['encoder_check_max_diff'], '.1e')}): "
+                  f"{r['encode_seconds'][0]:.0f} s (documents) + {r['encode_seconds'][1]:.0f} s (queries); measuring "
+                  f"{r['measure_seconds']:.0f} s. Pareto front at k=100 in bold.", "",
+                  f"| shortlist | B/doc | nDCG@10 k=50 | k=100 | k=200 | {rec} k=100 | k=200 |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        front = {lab for _, _, lab in pareto([(e["bytes_per_doc"], e["k"]["100"]["nDCG@10"], lab)
+                                              for lab, e in r["entries"].items()])}
+        for lab, e in sorted(r["entries"].items(), key=lambda le: (le[1]["bytes_per_doc"], le[0])):
+            ks = e["k"]
+            name = f"**{lab}**" if lab in front else lab
+            lines.append(f"| {name} | {e['bytes_per_doc']:g} | " + " | ".join(
+                f"{ks[k]['nDCG@10']:.4f} ({ks[k]['share']:.0%})" for k in ("50", "100", "200")) +
+                f" | {ks['100'][rec]:.4f} | {ks['200'][rec]:.4f} |")
+        lines.append("")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    plot(res, out / "pareto.png")
+
+
+def plot(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(res["sets"])
+    fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 4.4), squeeze=False)
+    for ax, n in zip(axes[0], names):
+        e = res["sets"][n]["entries"]
+        for full, colour, what in ((True, "tab:red", "codes of the full size 6x384"), (False, "tab:blue", "codes of smaller sizes")):
+            pts = [(v["bytes_per_doc"], v["k"]["100"]["share"]) for v in e.values() if v["full_size_code"] == full]
+            if pts:
+                ax.scatter(*zip(*pts), s=14, c=colour, alpha=0.7, label=what)
+        front = pareto([(v["bytes_per_doc"], v["k"]["100"]["share"], lab) for lab, v in e.items()])
+        ax.plot([b for b, _, _ in front], [q for _, q, _ in front], "k-", lw=0.8, label="Pareto front")
+        for b, q, lab in front:
+            ax.annotate(lab, (b, q), fontsize=6, xytext=(3, -8), textcoords="offset points")
+        ax.set_xscale("log", base=2)
+        ax.axhline(0.97, ls=":", c="grey", lw=0.8)
+        ax.axvline(16, ls=":", c="grey", lw=0.8)
+        ax.set_xlabel("shortlist bytes per document (RAM)")
+        ax.set_ylabel("nDCG@10 share of the full size (k=100, exact 6x384 rerank)")
+        ax.set_title(n)
+        shares = [v["k"]["100"]["share"] for v in e.values()]
+        ax.set_ylim(max(0.0, min(shares) - 0.05), max(1.03, max(shares) + 0.02))
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+
+
+if __name__ == "__main__":
+    main()
