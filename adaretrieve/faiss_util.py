@@ -49,6 +49,8 @@ def _code_bytes(part: str, dim: int) -> float | None:
         return math.ceil(dim / 8) + 8 + (math.ceil((nb - 1) * dim / 8) + 12 if nb > 1 else 0)
     if part == "sign":  # index.codes.sign_index: the packed sign bits
         return math.ceil(dim / 8)
+    if m := re.fullmatch(r"(?:pca|itq)(\d+)", part):  # M sign bits of a rotation (its matrix is a fixed cost)
+        return math.ceil(int(m[1]) / 8)
     return None
 
 

@@ -96,7 +96,7 @@ def _meta(client, loc: QdrantLocation) -> dict | None:
 def is_code(factory: str) -> bool:
     """Shortlist kinds Qdrant has no counterpart for: sign bits scored against float queries, RaBitQ and
     PQ codes (Hamming sign bits, ``B...``, are refused where their rows are read)."""
-    return factory == "sign" or any(p.startswith(("RaBitQ", "PQ")) for p in factory.split(","))
+    return factory == "sign" or re.fullmatch(r"(pca|itq)\d+", factory) is not None or any(p.startswith(("RaBitQ", "PQ")) for p in factory.split(","))
 
 
 def _size_rows(reader, size: Size):

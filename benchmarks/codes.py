@@ -186,12 +186,13 @@ KS = [50, 100, 200]
 
 def grid() -> list[tuple[Size, str]]:
     """(size, kind) pairs measured: every size as float32, SQ8, sign, Hamming and RaBitQ; PQ fast-scan
-    codes of the full size, 4x128 and 5x256."""
+    codes of the full size, 4x128 and 5x256; sign bits of rotations of the full size at 64..384 bits."""
     out = []
     for s in SIZES:
         out += [(s, "Flat"), (s, "SQ8"), (s, "sign"), (s, "BFlat"), (s, "RaBitQ")]
     out += [(FULL, "RaBitQ4"), (FULL, "PQ32x4fs"), (FULL, "PQ64x4fs"), (FULL, "PQ96x4fs"), (Size(4, 128), "PQ32x4fs"),
             (Size(5, 256), "PQ32x4fs")]
+    out += [(FULL, f"{r}{m}") for r in ("pca", "itq") for m in (64, 128, 256, 384)]
     return out
 
 
@@ -349,7 +350,8 @@ def report(res: dict, out: Path) -> None:
              "nDCG@10 and its share of the full size's exact single stage; recall@100 of the reranked list (k=50 lists "
              "hold 50). Bytes per document: the shortlist's codes in RAM (`tune.resident_bytes_per_doc`; a rotation's "
              "matrix is not counted). `sign`: sign bits scored against the float query; `BFlat`: Hamming; "
-             "", ""]
+             "`pcaM` / `itqM`: M sign bits of the top M principal directions of the corpus (ITQ: then ITQ's rotation), "
+             "of the centred document, against the rotated float query (`index.codes.fit_rotation`).", ""]
     lines += ["## Goals", "", "| set | full nDCG@10 | best at <= 16 B, k=100 | share | full-size sign 48 B, k=100 | "
               "best at <= 48 B, k=100 | share |", "| --- | ---: | --- | ---: | ---: | --- | ---: |"]
     for n in names:

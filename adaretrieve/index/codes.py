@@ -6,7 +6,10 @@ A kind is a FAISS factory string or one of the short names in ``KINDS``; without
 encodes, and every candidate it shortlists is rescored from the stored rows, so a code only has
 to find the right candidates, not score them well.
 
-``sign`` is the one kind FAISS's factory cannot spell: the sign bits of a vector (dim/8 bytes),
+``pcaM`` / ``itqM`` are M sign bits of a rotation fitted on the corpus (``fit_rotation``), scored
+the same way against the rotated query: fewer bits of the full size than its dims.
+
+``sign`` is the first kind FAISS's factory cannot spell: the sign bits of a vector (dim/8 bytes),
 scored asymmetrically, the float query against the signs (``q . sign(d) / sqrt(dim)``). It is a
 FAISS ``IndexPQ`` with one 8-bit sub-quantizer per 8 dims whose fixed codebook is the 256 sign
 patterns of 8 dims (scaled to unit vectors), so:
@@ -28,6 +31,7 @@ from adaretrieve.errors import AdaError
 from adaretrieve.sizes import Size, parse_size
 
 SIGN = "sign"
+ROTATED = re.compile(r"(pca|itq)(\d+)")  # pcaM / itqM: M sign bits of a rotation fitted on the corpus
 # short names for kinds; anything else after SIZE: is taken as a FAISS factory string
 KINDS = {"flat": "Flat", "fp16": "SQfp16", "sq8": "SQ8", "sq4": "SQ4", "sign": SIGN, "hamming": "BFlat",
          "rabitq": "RaBitQ"}
@@ -78,6 +82,12 @@ def is_sign(factory: str) -> bool:
     return factory == SIGN
 
 
+def rotation_bits(factory: str) -> int | None:
+    """M of a ``pcaM`` / ``itqM`` kind, else None."""
+    m = ROTATED.fullmatch(factory)
+    return int(m[2]) if m else None
+
+
 def sign_index(dim: int):
     """An IndexPQ over ``dim`` dims whose codes are the packed sign bits and whose scores are
     ``q . sign(d) / sqrt(dim)`` (see the module docstring); trained already (its codebook is fixed)."""
@@ -102,6 +112,62 @@ def decode_sign(codes: np.ndarray, dim: int) -> np.ndarray:
     """float32 [n, dim] vectors a ``sign`` index scores against: +-1/sqrt(dim) per dim."""
     bits = np.unpackbits(codes, axis=1, bitorder="little", count=dim)
     return ((bits.astype(np.float32) * 2 - 1) / np.sqrt(dim)).astype(np.float32)
+
+
+def rotated_sign_index(dim: int, bits: int):
+    """``pcaM`` / ``itqM``: a LinearTransform [bits, dim] (no bias) in front of a ``sign`` index over its
+    ``bits`` outputs; untrained until ``train_and_add`` fits the rotation on the corpus."""
+    import faiss
+
+    if not 8 <= bits <= dim or bits % 8:
+        raise AdaError(f"a rotation keeps 8 to {dim} bits, a multiple of 8 (the size's dim at most), got {bits}")
+    lt = faiss.LinearTransform(dim, bits, False)
+    lt.is_trained = False
+    ix = faiss.IndexPreTransform(lt, sign_index(bits))
+    ix.is_trained = False
+    return ix
+
+
+def fit_rotation(x: np.ndarray, bits: int, itq: bool, iters: int = 50, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(A [bits, dim], mean [dim]) for ``x`` [n, dim]: the top ``bits`` principal directions of the
+    centred corpus, then, for ITQ (Gong & Lazebnik), the rotation of them that makes the sign bits
+    lose least (``iters`` alternations). Documents are coded sign(A (x - mean)); queries are scored
+    as A q, uncentred: q . mean is the same for every document, so leaving it out keeps the ranking,
+    where centring the query too would add a term that varies by document."""
+    mu = x.mean(0, dtype=np.float64)
+    xc = np.asarray(x, dtype=np.float64) - mu
+    evals, evecs = np.linalg.eigh(xc.T @ xc)
+    P = evecs[:, np.argsort(-evals)[:bits]].T  # [bits, dim]
+    if itq:
+        V = xc @ P.T
+        R = np.linalg.qr(np.random.default_rng(seed).normal(size=(bits, bits)))[0]
+        for _ in range(iters):
+            U, _, Wt = np.linalg.svd(np.where(V @ R >= 0, 1.0, -1.0).T @ V)
+            R = (U @ Wt).T
+        P = R.T @ P
+    return P.astype(np.float32), mu.astype(np.float32)
+
+
+def train_and_add(index, factory: str, x: np.ndarray) -> None:
+    """Train ``index`` (of ``factory``) on ``x`` [n, dim] and add it: a rotation kind fits its rotation
+    and adds the signs of the centred, rotated documents (the centre is needed only here)."""
+    import faiss
+
+    bits = rotation_bits(factory)
+    if bits is None:
+        index.train(x)
+        add_vectors(index, factory, x)
+        return
+    if len(x) < bits:
+        raise AdaError(f"kind {factory!r} fits {bits} directions: it needs at least {bits} documents, got {len(x)}")
+    A, mu = fit_rotation(x, bits, factory.startswith("itq"))
+    lt = faiss.downcast_VectorTransform(index.chain.at(0))
+    faiss.copy_array_to_vector(A.ravel(), lt.A)
+    lt.is_trained = True
+    inner = faiss.downcast_index(index.index)
+    inner.add_sa_codes(sign_codes((x - mu) @ A.T))
+    index.ntotal = inner.ntotal
+    index.is_trained = True
 
 
 def add_vectors(index, factory: str, x: np.ndarray) -> None:

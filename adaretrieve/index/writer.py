@@ -25,7 +25,7 @@ import numpy as np
 
 from adaretrieve.errors import AdaError
 from adaretrieve.faiss_util import downcast, is_binary_factory
-from adaretrieve.index.codes import add_vectors, is_sign, sign_index
+from adaretrieve.index.codes import add_vectors, is_sign, rotated_sign_index, rotation_bits, sign_index, train_and_add
 from adaretrieve.index.format import (
     CURRENT,
     DOCIDS,
@@ -126,9 +126,12 @@ def _remove_legacy_partials(out: Path) -> None:
 def make_faiss_index(dim: int, factory: str):
     """An inner-product FAISS index from a factory string (``Flat``, ``HNSW32``, ``SQ8``, ``SQfp16``,
     ``IVF1024,Flat``, ``RaBitQ``...), a binary one over ``dim`` sign bits (``BFlat``, ``BHNSW32``), or
-    ``sign``: sign bits scored against float queries (``codes.sign_index``)."""
+    ``sign``: sign bits scored against float queries (``codes.sign_index``), ``pcaM`` / ``itqM``: M
+    such bits of a rotation fitted on the corpus (``codes.rotated_sign_index``)."""
     if is_sign(factory):
         return sign_index(dim)
+    if rotation_bits(factory) is not None:
+        return rotated_sign_index(dim, rotation_bits(factory))
     try:
         if is_binary_factory(factory):
             if dim % 8:
@@ -320,9 +323,7 @@ class IndexWriter:
         self._ids.close()
         for s, ix in self.indexes.items():
             if self._train_first[s]:
-                x = np.concatenate(self._held.pop(s))
-                ix.train(x)
-                add_vectors(ix, self.factories[s], x)
+                train_and_add(ix, self.factories[s], np.concatenate(self._held.pop(s)))
             binary = is_binary_factory(self.factories[s])
             (faiss.write_index_binary if binary else faiss.write_index)(ix, str(self.tmp / shortlist_file(s)))
         if self._rerank is not None:

@@ -193,3 +193,37 @@ def test_qdrant_refuses_a_code_it_cannot_hold_in_one_line(tiny_model, corpus, tm
     assert res.exit_code == 2
     lines = [x for x in res.output.splitlines() if x.strip()]
     assert len(lines) == 1 and "4x32" in lines[0] and "sign" in lines[0], res.output
+
+
+@pytest.mark.parametrize("factory", ["pca16", "itq16", "itq32"])
+def test_a_rotation_kind_scores_the_rotated_query_against_the_signs_of_the_centred_rotated_documents(factory, tmp_path):
+    from adaretrieve.index.codes import fit_rotation, train_and_add
+
+    d, n, bits = 32, 600, int(factory[3:])
+    x, q = unit(n, d, 14) + 0.3, unit(6, d, 15)  # off-centre, as real embeddings are
+    ix = make_faiss_index(d, factory)
+    assert not ix.is_trained
+    train_and_add(ix, factory, x)
+    A, mu = fit_rotation(x, bits, factory.startswith("itq"))
+    np.testing.assert_allclose(A @ A.T, np.eye(bits), atol=1e-4)  # orthonormal rows: a rotation (and a cut)
+    codes = sign_codes((x - mu) @ A.T)
+    scores, rows = ix.search(q, 25)
+    want_s, _ = brute(q @ A.T, decode_sign(codes, bits), 25)
+    np.testing.assert_allclose(scores, want_s, atol=1e-5)
+    np.testing.assert_allclose(np.take_along_axis((q @ A.T) @ decode_sign(codes, bits).T, rows, 1), want_s, atol=1e-5)
+    faiss.write_index(ix, str(tmp_path / "r.faiss"))  # what the reader loads answers the same
+    np.testing.assert_allclose(faiss.read_index(str(tmp_path / "r.faiss")).search(q, 25)[0], scores, atol=1e-6)
+    if factory == "itq32":  # at every dim, the rotation keeps float scores: (A q) . (A x) = q . x
+        np.testing.assert_allclose((q @ A.T) @ (x @ A.T).T, q @ x.T, atol=1e-4)
+
+
+def test_a_rotation_kind_through_the_writer(tmp_path):
+    full = Size(2, 64)
+    write_kinds(tmp_path, {full: "itq32"}, [full], full)
+    reader = IndexReader(tmp_path / "ix")
+    assert reader.manifest.shortlist[0]["factory"] == "itq32"
+    assert resident_bytes_per_doc(64, "itq32") == 4
+    scores, rows = FunnelSearcher(reader, FunnelPlan(full, 50, rerank=full, top=5)).search({full: unit(3, 64, 16)})
+    assert rows.shape == (3, 5) and (rows >= 0).all()
+    with pytest.raises(AdaError, match="multiple of 8"):
+        make_faiss_index(64, "pca12")
