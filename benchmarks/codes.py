@@ -265,11 +265,11 @@ def measure(cache: Path, names: list[str], adaptors: dict[str, str], out_dir: Pa
                 search_s = time.perf_counter() - t2
                 m = ev(run_of(scores, cand))
                 e["k"][str(k)] = {**{n: round(v, 5) for n, v in m.items()},
-                                  "share": round(m["nDCG@10"] / full["nDCG@10"], 4),
+                                  "share": round(m["nDCG@10"] / full["nDCG@10"], 4) if full["nDCG@10"] else None,
                                   "search_ms_per_query": round(1000 * search_s / len(qids), 3)}
             entries[label(size, kind)] = e
             print(f"{name} {label(size, kind):24s} {e['bytes_per_doc']:>6g} B  " +
-                  "  ".join(f"k={k} {e['k'][str(k)]['nDCG@10']:.4f} ({e['k'][str(k)]['share']:.1%})" for k in KS), flush=True)
+                  "  ".join(f"k={k} {e['k'][str(k)]['nDCG@10']:.4f} ({e['k'][str(k)]['share'] or 0:.1%})" for k in KS), flush=True)
         results["sets"][name] = {
             "adaptor": adaptor or "none (the untrained minilm: its small sizes are unadapted)", "n_docs": len(docids),
             "n_queries": len(qids), "metrics": metrics, "full": {n: round(v, 5) for n, v in full.items()},
@@ -322,6 +322,10 @@ def main() -> None:
 
 # -- report -----------------------------------------------------------------------------------------
 
+def pct(x: float | None, digits: int = 1) -> str:
+    return "-" if x is None else f"{x:.{digits}%}"
+
+
 def pareto(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
     """The (bytes, quality, label) points no other point beats on both (fewer or equal bytes, higher quality)."""
     front, best = [], -1.0
@@ -359,9 +363,9 @@ def report(res: dict, out: Path) -> None:
         e = r["entries"]
         def best(budget, e=e):
             b = best_within(e, budget, 100)
-            return f"{b[0]} ({b[1]['bytes_per_doc']:g} B) | {b[1]['k']['100']['share']:.1%}" if b else "- | -"
+            return f"{b[0]} ({b[1]['bytes_per_doc']:g} B) | {pct(b[1]['k']['100']['share'])}" if b else "- | -"
 
-        sign = f"{e['6x384:sign']['k']['100']['share']:.1%}" if "6x384:sign" in e else "-"
+        sign = pct(e["6x384:sign"]["k"]["100"]["share"]) if "6x384:sign" in e else "-"
         lines.append(f"| {n} | {r['full']['nDCG@10']:.4f} | {best(16)} | {sign} | {best(48)} |")
     lines.append("")
     for n in names:
@@ -381,7 +385,7 @@ def report(res: dict, out: Path) -> None:
             ks = e["k"]
             name = f"**{lab}**" if lab in front else lab
             lines.append(f"| {name} | {e['bytes_per_doc']:g} | " + " | ".join(
-                f"{ks[k]['nDCG@10']:.4f} ({ks[k]['share']:.0%})" for k in ("50", "100", "200")) +
+                f"{ks[k]['nDCG@10']:.4f} ({pct(ks[k]['share'], 0)})" for k in ("50", "100", "200")) +
                 f" | {ks['100'][rec]:.4f} | {ks['200'][rec]:.4f} |")
         lines.append("")
     (out / "results.md").write_text("\n".join(lines) + "\n")
@@ -399,10 +403,10 @@ def plot(res: dict, path: Path) -> None:
     for ax, n in zip(axes[0], names):
         e = res["sets"][n]["entries"]
         for full, colour, what in ((True, "tab:red", "codes of the full size 6x384"), (False, "tab:blue", "codes of smaller sizes")):
-            pts = [(v["bytes_per_doc"], v["k"]["100"]["share"]) for v in e.values() if v["full_size_code"] == full]
+            pts = [(v["bytes_per_doc"], v["k"]["100"]["share"] or 0) for v in e.values() if v["full_size_code"] == full]
             if pts:
                 ax.scatter(*zip(*pts), s=14, c=colour, alpha=0.7, label=what)
-        front = pareto([(v["bytes_per_doc"], v["k"]["100"]["share"], lab) for lab, v in e.items()])
+        front = pareto([(v["bytes_per_doc"], v["k"]["100"]["share"] or 0, lab) for lab, v in e.items()])
         ax.plot([b for b, _, _ in front], [q for _, q, _ in front], "k-", lw=0.8, label="Pareto front")
         for b, q, lab in front:
             ax.annotate(lab, (b, q), fontsize=6, xytext=(3, -8), textcoords="offset points")
@@ -412,7 +416,7 @@ def plot(res: dict, path: Path) -> None:
         ax.set_xlabel("shortlist bytes per document (RAM)")
         ax.set_ylabel("nDCG@10 share of the full size (k=100, exact 6x384 rerank)")
         ax.set_title(n)
-        shares = [v["k"]["100"]["share"] for v in e.values()]
+        shares = [v["k"]["100"]["share"] or 0 for v in e.values()]
         ax.set_ylim(max(0.0, min(shares) - 0.05), max(1.03, max(shares) + 0.02))
     axes[0][0].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
