@@ -208,7 +208,7 @@ def build(size: Size, kind: str, x: np.ndarray):
 
 
 def bytes_per_doc(size: Size, kind: str) -> float:
-    from adaretrieve.tune import resident_bytes_per_doc
+    from adaretrieve.faiss_util import resident_bytes_per_doc
 
     return resident_bytes_per_doc(size.dim, kind)
 
@@ -352,7 +352,7 @@ def report(res: dict, out: Path) -> None:
              "encoded once by `python benchmarks/codes.py encode` (cached under /tmp, times below).", "",
              "Every row: the shortlist (size:kind) returns its top k, then the same exact 6x384 rerank from float16 rows. "
              "nDCG@10 and its share of the full size's exact single stage; recall@100 of the reranked list (k=50 lists "
-             "hold 50). Bytes per document: the shortlist's codes in RAM (`tune.resident_bytes_per_doc`; a rotation's "
+             "hold 50). Bytes per document: the shortlist's codes in RAM (`faiss_util.resident_bytes_per_doc`; a rotation's "
              "matrix is not counted). `sign`: sign bits scored against the float query; `BFlat`: Hamming; "
              "`pcaM` / `itqM`: M sign bits of the top M principal directions of the corpus (ITQ: then ITQ's rotation), "
              "of the centred document, against the rotated float query (`index.codes.fit_rotation`).", ""]
