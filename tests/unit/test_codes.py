@@ -13,6 +13,7 @@ from adaretrieve.index.codes import decode_sign, parse_shortlist, sign_codes, si
 from adaretrieve.index.writer import IndexWriter, make_faiss_index
 from adaretrieve.search import FunnelPlan, FunnelSearcher, IndexReader
 from adaretrieve.sizes import truncate
+from tests.conftest import module_or_skip
 
 runner = CliRunner()
 MODEL = {"name": "random", "path": "random", "weights_sha256": "abc", "normalize": True, "pooling": "mean",
@@ -184,7 +185,7 @@ def test_index_command_takes_a_kind_per_size(tiny_model, corpus, tmp_path):
 
 
 def test_qdrant_refuses_a_code_it_cannot_hold_in_one_line(tiny_model, corpus, tmp_path):
-    pytest.importorskip("qdrant_client")
+    module_or_skip("qdrant_client", "pip install 'adaretrieve[qdrant]'")
     out = tmp_path / "ix"
     res = runner.invoke(app, ["index", "-q", "--model", str(tiny_model), "--corpus", str(corpus), "--shortlist", "4x32:sign",
                               "--rerank", "4x32", "--out", str(out)])
