@@ -116,6 +116,7 @@ def write_stop_rule(path: str | Path, fit: Fit, plan: FunnelPlan, manifest, targ
                                                           "weights_sha256": manifest.model.get("weights_sha256"),
                                                           "n_docs": manifest.n_docs},
            "fitted_on": fitted_on, "fit": fit.to_dict(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     return doc
 

@@ -129,7 +129,7 @@ def test_cli_calibrate_then_search_adaptive(retriever, tmp_path):
     fit_q.write_text("".join(json.dumps({"_id": f"f{i}", "text": f"{t} {w}"}) + "\n"
                              for i, (t, w) in enumerate((t, w) for t in TEXTS for w in ("risk", "dose"))))
     test_q.write_text("".join(json.dumps({"_id": f"t{i}", "text": t}) + "\n" for i, t in enumerate(TEXTS)))
-    rule = tmp_path / "rule.json"
+    rule = tmp_path / "runs" / "rule.json"  # a folder that does not exist yet
     run = CliRunner().invoke
     res = run(app, ["calibrate", "--index", str(ix), "--queries", str(fit_q), "--shortlist", "1x8", "--k", "40",
                     "--then", "2x16", "--k", "20", "--rerank", "4x32", "--top", "10", "--target", "0.7", "--out", str(rule),
