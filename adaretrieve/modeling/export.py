@@ -33,7 +33,6 @@ from __future__ import annotations
 import copy
 import ctypes
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -48,6 +47,7 @@ from torch import nn
 
 from adaretrieve._version import __version__
 from adaretrieve.errors import AdaError, io_reason
+from adaretrieve.index.format import fsync_path, try_lock
 from adaretrieve.modeling.encoder import Encoder
 from adaretrieve.modeling.st_format import DenseLayer, write_st_files
 from adaretrieve.sizes import Size
@@ -178,28 +178,6 @@ def _remove_leftovers(out: Path) -> None:
                 shutil.rmtree(p, ignore_errors=True)
         elif p.name.endswith("tmp") and p.is_dir():  # ours (.NAME.export-<pid>.tmp), and older versions' .NAME.export-tmp
             shutil.rmtree(p, ignore_errors=True)
-
-
-def fsync_path(path: Path) -> None:
-    """fsync a file or a folder (a folder's fsync makes the names in it durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def try_lock(path: Path) -> int | None:
-    """An exclusive flock(2) on ``path`` (created if absent) without waiting: the fd that holds it, or
-    None when another process does; the kernel drops it when its holder dies. The index writer's
-    rule, kept here because ``index`` imports ``modeling`` (not the other way round)."""
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
 
 
 def _fsync_tree(root: Path) -> None:
