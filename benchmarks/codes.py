@@ -75,6 +75,8 @@ def encode(cache: Path, names: list[str], with_train: set[str]) -> None:
     for name in names:
         out = cache_file(cache, name)
         if out.exists():
+            if name in with_train and "tids" not in np.load(out):
+                add_train_queries(enc, out, name)
             print(f"{name}: cached at {out}", flush=True)
             continue
         s = SETS[name]
@@ -96,6 +98,22 @@ def encode(cache: Path, names: list[str], with_train: set[str]) -> None:
         tmp.rename(out)
         print(f"{name}: {len(docs)} docs in {t1 - t0:.0f}s, {len(qs)} + {len(tq)} queries in {t2 - t1:.1f}s -> {out}",
               flush=True)
+
+
+def add_train_queries(enc, out: Path, name: str) -> None:
+    """Add a set's train queries' raw states to a cache encoded without them (same encoder, same dtype)."""
+    z = dict(np.load(out))
+    if str(z["weights"]) != enc.weights_hash():
+        raise SystemExit(f"{name}: the cache at {out} was encoded by other weights")
+    tq = train_queries(name)
+    t0 = time.perf_counter()
+    tv = enc.encode_queries(list(tq.values()), [], batch_size=32, raw_layers=LAYERS)
+    z.update({"tids": np.array(list(tq)), **{f"t{L}": tv[("raw", L)] for L in LAYERS}})
+    z["seconds"] = np.array([*z["seconds"][:2], time.perf_counter() - t0])
+    tmp = out.with_suffix(".tmp.npz")
+    np.savez(tmp, **z)
+    tmp.rename(out)
+    print(f"{name}: {len(tq)} train queries added in {time.perf_counter() - t0:.0f}s -> {out}", flush=True)
 
 
 def adapt_from_cache(cache: Path, name: str, out: Path) -> dict:

@@ -21,7 +21,7 @@ def bench(
     query_backend: Optional[str] = typer.Option(None, "--query-backend", help="The queries' backend alone (torch, onnx, onnx-int8), e.g. onnx-int8 queries against a torch-built index. Default: --backend."),
     nprobe: list[int] = typer.Option([], "--nprobe", help="Sweep: every configuration over an IVF shortlist once per value (repeat); replaces the suite's `nprobe`."),
     ef_search: list[int] = typer.Option([], "--ef-search", help="Sweep: every configuration over an HNSW shortlist once per value (repeat); replaces the suite's `ef_search`."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notes on stderr; results and errors only."),
 ):
     """Sweep single-stage sizes and two-stage (shortlist, k, rerank) triples or funnels (`then:`); write JSON + Markdown.
 

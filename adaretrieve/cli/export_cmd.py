@@ -19,7 +19,7 @@ def export(
     passage_prefix: Optional[str] = typer.Option(None, "--passage-prefix", help="Text put before passages (default: the model's); written as the 'document' prompt."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Check sentence-transformers' vectors equal adaretrieve's on sample texts (when it is installed)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notes on stderr; results and errors only."),
 ):
     """Export one size of a model as a sentence-transformers folder whose encode() equals adaretrieve's LxD vectors.
 

@@ -157,7 +157,7 @@ def upload_cmd(
     batch_size: int = typer.Option(256, "--batch-size", help="Points per upsert."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a collection that holds another index."),
     quantization: str = typer.Option("none", "--quantization", help="Rerank vectors kept on disk, with an in-RAM copy: none, scalar (int8) or binary."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notes on stderr; results and errors only."),
 ):
     """Upload a folder index to Qdrant without re-encoding: one named vector per stored size, the doc
     id as payload, the index's manifest with the collection. An interrupted upload resumes when run again.

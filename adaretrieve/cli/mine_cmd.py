@@ -15,11 +15,11 @@ def mine(
     index: Optional[Path] = typer.Option(None, "--index", help="Dense: index of the same corpus (its full-size vectors rank the candidates)."),
     method: str = typer.Option("dense", "--method", help="dense (needs --index) or bm25 (pyserini, as the Starbucks paper; needs Java 21+)."),
     out: Path = typer.Option(..., "--out", "-o", help="Negatives cache (jsonl) for `train --set negatives=...`."),
-    split: str = typer.Option("train", "--split"),
+    split: str = typer.Option("train", "--split", help="With a BEIR folder: mine for the queries of qrels/SPLIT.tsv."),
     depth: int = typer.Option(100, "--depth", help="Ranks searched per query."),
     skip: int = typer.Option(0, "--skip", help="Top ranks passed over (often unjudged positives)."),
     n: int = typer.Option(30, "--n", help="Negatives kept per query."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notes on stderr; results and errors only."),
 ):
     """Mine hard negatives for training: top-ranked unjudged documents, by a dense index or BM25.
 

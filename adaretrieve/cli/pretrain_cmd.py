@@ -14,7 +14,7 @@ def pretrain(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Pretraining YAML."),
     set_: list[str] = typer.Option([], "--set", help="Override a setting: --set steps=500 --set data=[a,b]."),
     no_resume: bool = typer.Option(False, "--no-resume", help="Start over even if the output has a checkpoint."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notes on stderr; results and errors only."),
 ):
     """SMAE pre-training: MLM from every (layer, dim) pair's sub-vector plus a one-layer decoder that
     rebuilds a heavily masked input from the pair's pooled vector. The output loads into `train`.

@@ -38,11 +38,11 @@ def search(
     ef_search: Optional[int] = typer.Option(None, "--ef-search", help="HNSW shortlists: candidate list size per query (more: slower, higher recall)."),
     query_prefix: Optional[str] = typer.Option(None, "--query-prefix", help="Text put before every query (default: the prefix the index recorded, from `index --query-prefix` or the model's prompts)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Queries per forward pass."),
-    device: Optional[str] = typer.Option(None, "--device"),
+    device: Optional[str] = typer.Option(None, "--device", help="torch device for the query encoder (cpu, cuda, cuda:1; default: cuda when available)."),
     backend: str = typer.Option("torch", "--backend", help=BACKEND_HELP),
     adaptive: Optional[Path] = typer.Option(None, "--adaptive", help="A stop rule from `adaretrieve calibrate`: each query stops at the first stage the rule trusts (the rule file fixes the plan); the rest resume their encoding."),
     as_json: bool = typer.Option(False, "--json", help="Print metrics as JSON."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notes on stderr; results and errors only."),
 ):
     """Two-stage search: FAISS shortlist at a small size, exact rerank at a large size.
 

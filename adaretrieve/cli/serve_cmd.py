@@ -43,12 +43,12 @@ def serve(
     reload_every: float = typer.Option(1.0, "--reload-every", help="Seconds between checks for a rebuilt index; a new "
                                        "generation is served from the next batch on."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Query encoder (default: the model that built the index)."),
-    device: Optional[str] = typer.Option(None, "--device"),
+    device: Optional[str] = typer.Option(None, "--device", help="torch device for the query encoder (cpu, cuda, cuda:1; default: cuda when available)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads per worker (default: torch's, one "
                                           "per core); with several workers, cores / workers."),
     backend: str = typer.Option("torch", "--backend", help=BACKEND_HELP),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request (uvicorn's access log)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notes on stderr; results and errors only."),
 ):
     """Serve an index over HTTP: POST /search, GET /health, GET /metrics, OpenAPI at /docs.
 

@@ -15,7 +15,7 @@ def train(
     set_: list[str] = typer.Option([], "--set", help="Override a setting: --set steps=100 --set loss=2dmse."),
     pairs: Optional[str] = typer.Option(None, "--pairs", help="Train exactly these sizes, e.g. 4x32,12x768 (overrides the ladder)."),
     no_resume: bool = typer.Option(False, "--no-resume", help="Start over even if the output has checkpoints."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notes on stderr; results and errors only."),
 ):
     """Fine-tune an encoder so that every (layer, dim) pair is a good embedding.
 

@@ -23,7 +23,7 @@ def tune(
     nprobe: list[int] = typer.Option([], "--nprobe", help="IVF shortlists: nprobe values to try (repeat)."),
     ef_search: list[int] = typer.Option([], "--ef-search", help="HNSW shortlists: ef_search values to try (repeat)."),
     backend: str = typer.Option("torch", "--backend", help=BACKEND_HELP),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notes on stderr; results and errors only."),
 ):
     """Pick the configuration with the best --metric among those that fit every budget given (the
     faster on a tie), and print the `search` command that uses it.

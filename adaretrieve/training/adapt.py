@@ -47,6 +47,47 @@ from adaretrieve.training.losses import default_ladder
 log = logging.getLogger(__name__)
 
 
+def _as_list(value) -> list[str]:
+    """A setting that takes one path or several (``corpus``, ``queries``), as a list."""
+    if value is None or value == "":
+        return []
+    return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+
+
+def _sample_corpora(paths: list[Path], max_texts: int, seed: int) -> tuple[list[str], list[str]]:
+    """Every corpus's documents in the order given, each cut to its share of ``max_texts`` (by size)
+    with the same fixed random sample ``_sample_corpus`` takes of one corpus."""
+    read = [_sample_corpus(p, 1 << 62, seed) for p in paths]
+    total = sum(len(ids) for ids, _ in read)
+    ids, texts = [], []
+    for (i, t) in read:
+        cap = max_texts if len(read) == 1 else max(1, round(max_texts * len(i) / total))
+        if len(i) > cap:
+            keep = np.sort(np.random.default_rng(seed).choice(len(i), cap, replace=False))
+            i, t = [i[k] for k in keep], [t[k] for k in keep]
+        ids += i
+        texts += t
+    return ids, texts
+
+
+def _read_fit_queries(source: Path, split: str | None) -> tuple[list[str], list[str]]:
+    """The query texts fitted on from one ``--queries`` source: a BEIR folder's queries named in
+    ``qrels/<split>.tsv`` (all with ``split`` "all"; refused without a split when the folder holds
+    evaluation qrels), or a queries file whole."""
+    held_out = _held_out_qrels(source)
+    if split is None and held_out:
+        raise AdaError(f"--queries {source} is a BEIR folder with {held_out}: fitting on every query would "
+                       "fit on its held-out queries too; pass --query-split train (or --query-split all to fit "
+                       "on every query anyway)")
+    qs = read_queries(source)
+    if split and split != "all" and source.is_dir():
+        sel = read_qrels(source / "qrels" / f"{split}.tsv")
+        qs = {q: t for q, t in qs.items() if q in sel}
+        if not qs:
+            raise AdaError(f"no query of {source} is named in qrels/{split}.tsv")
+    return list(qs), list(qs.values())
+
+
 def _sample_corpus(path: Path, max_texts: int, seed: int) -> tuple[list[str], list[str]]:
     ids, texts = [], []
     for d in iter_corpus(path):
@@ -139,25 +180,20 @@ def adapt(cfg: AdaptConfig, progress: bool = True) -> dict:
     layers = _ladder_layers(enc, ladder)
     if not layers:
         raise AdaError(f"ladder {', '.join(map(str, ladder))} has no size below the last layer ({enc.n_layers}): nothing to adapt")
-    corpus_path = resolve_corpus(cfg.corpus)
+    corpora = _as_list(cfg.corpus)
+    corpus_paths = [resolve_corpus(c) for c in corpora]
+    query_sources = _as_list(cfg.queries)
+    if cfg.qrels and len(corpora) > 1:
+        raise AdaError(f"--qrels names documents of one corpus; fit with labels on one --corpus (got {len(corpora)})")
 
     # -- texts (all checks before the encoding pass) -----------------------------------------
-    doc_ids, doc_texts = _sample_corpus(corpus_path, cfg.max_texts, cfg.seed)
+    doc_ids, doc_texts = _sample_corpora(corpus_paths, cfg.max_texts, cfg.seed)
     q_ids: list[str] = []
     q_texts: list[str] = []
-    if cfg.queries:
-        held_out = _held_out_qrels(Path(cfg.queries))
-        if cfg.query_split is None and held_out:
-            raise AdaError(f"--queries {cfg.queries} is a BEIR folder with {held_out}: fitting on every query would "
-                           "fit on its held-out queries too; pass --query-split train (or --query-split all to fit "
-                           "on every query anyway)")
-        qs = read_queries(cfg.queries)
-        if cfg.query_split and cfg.query_split != "all":
-            sel = read_qrels(Path(cfg.queries) / "qrels" / f"{cfg.query_split}.tsv")
-            qs = {q: t for q, t in qs.items() if q in sel}
-            if not qs:
-                raise AdaError(f"no query of {cfg.queries} is named in qrels/{cfg.query_split}.tsv")
-        q_ids, q_texts = list(qs), list(qs.values())
+    for source in query_sources:
+        ids, texts = _read_fit_queries(Path(source), cfg.query_split)
+        q_ids += ids
+        q_texts += texts
     pairs: list[tuple[int, int]] = []
     if cfg.qrels:
         qrels = read_qrels(cfg.qrels)
@@ -200,7 +236,9 @@ def adapt(cfg: AdaptConfig, progress: bool = True) -> dict:
         "output_order": "the normalised full-size vectors in their principal axes (uncentred), by falling "
                         "variance; every prefix D is the size LxD",
         "ladder": [str(s) for s in ladder],
-        "fitted_on": {"corpus": str(corpus_path), "documents": n_docs, "queries": cfg.queries,
+        "fitted_on": {"corpus": str(corpus_paths[0]) if len(corpus_paths) == 1 else [str(c) for c in corpus_paths],
+                      "documents": n_docs,
+                      "queries": query_sources[0] if len(query_sources) == 1 else (query_sources or None),
                       "query_split": cfg.query_split, "n_queries": len(q_ids), "qrels": cfg.qrels,
                       "labelled_pairs": len(pairs)},
         "config": asdict(cfg), "encode_seconds": round(encode_s, 1), "fit_seconds": round(fit_s, 1),

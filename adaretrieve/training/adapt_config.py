@@ -12,8 +12,8 @@ class AdaptConfig:
     """Every `adapt` setting; YAML keys and `--set` names are these field names."""
 
     model: str = "minilm"
-    corpus: str = ""  # BEIR folder or corpus file: the documents the adaptor is fitted on
-    queries: str | None = None  # queries file or BEIR folder (texts only, unless qrels are given)
+    corpus: str | list[str] = ""  # BEIR folder or corpus file (or a list: their union): the documents fitted on
+    queries: str | list[str] | None = None  # queries file or BEIR folder, or a list (texts only, unless qrels are given)
     # with a BEIR folder: only the queries named in qrels/<split>.tsv (ids only), or "all"; required when
     # the folder has qrels/test.tsv or dev.tsv, so held-out queries are never fitted on by default
     query_split: str | None = None

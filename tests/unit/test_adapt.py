@@ -279,3 +279,49 @@ def test_qrels_term_never_treats_a_querys_other_positives_as_negatives(tiny_mode
     for logits, target in seen:
         assert torch.isfinite(logits[torch.arange(len(target)), target]).all()  # the target itself is kept
         assert (torch.isinf(logits).sum(1) >= 1).float().mean() > 0.5  # most rows mask other positives
+
+
+def test_one_adaptor_fits_on_many_corpora(tiny_model, tmp_path):
+    """Issue 24 item 3: `adapt --corpus A --corpus B --queries A --queries B` fits one adaptor on
+    the union (every document of both, every train query of both), and says so in its metadata;
+    the result equals fitting on one corpus file holding both (the texts are the same)."""
+    from typer.testing import CliRunner
+
+    from adaretrieve.cli.main import app
+
+    a = _beir_folder(tmp_path / "a", ["train", "test"])
+    b = tmp_path / "b"
+    b.mkdir()
+    make_corpus(b / "corpus.jsonl", n=40, seed=5)
+    (b / "queries.jsonl").write_text("".join(json.dumps({"_id": f"bq{i}", "text": f"brain {i}"}) + "\n" for i in range(6)))
+    common = ["adapt", "--model", str(tiny_model), "--ladder", ",".join(LADDER), "--steps", "3", "--quiet"]
+    res = CliRunner().invoke(app, [*common, "--corpus", str(a), "--corpus", str(b), "--queries", str(a),
+                                   "--queries", str(b / "queries.jsonl"), "--query-split", "train",
+                                   "--out", str(tmp_path / "mix")])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output.strip().splitlines()[0])
+    assert (summary["documents"], summary["queries"]) == (100, 4 + 6)
+    meta = json.loads((tmp_path / "mix" / "adaptor.json").read_text())["fitted_on"]
+    assert meta["corpus"] == [str(a / "corpus.jsonl"), str(b / "corpus.jsonl")]
+    assert meta["queries"] == [str(a), str(b / "queries.jsonl")] and meta["n_queries"] == 10
+    # the same texts in one file give the same adaptor (the union is read in the order given)
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "corpus.jsonl").write_text((a / "corpus.jsonl").read_text() + (b / "corpus.jsonl").read_text())
+    train = {f"q{i}" for i in range(4)}
+    qlines = [ln for ln in (a / "queries.jsonl").read_text().splitlines() if json.loads(ln)["_id"] in train]
+    (one / "queries.jsonl").write_text("\n".join(qlines) + "\n" + (b / "queries.jsonl").read_text())
+    res = CliRunner().invoke(app, [*common, "--corpus", str(one), "--queries", str(one / "queries.jsonl"),
+                                   "--out", str(tmp_path / "single")])
+    assert res.exit_code == 0, res.output
+    texts = ["the cell 3", "brain 2", "cancer risk"]
+    got = Encoder(tmp_path / "mix", device="cpu").encode(texts, ["1x8", "2x16"])
+    want = Encoder(tmp_path / "single", device="cpu").encode(texts, ["1x8", "2x16"])
+    for s in want:
+        np.testing.assert_allclose(got[s], want[s], atol=1e-5)
+    # labelled pairs name documents of one corpus: refused with many, in one line
+    res = CliRunner().invoke(app, [*common, "--corpus", str(a), "--corpus", str(b), "--queries", str(a),
+                                   "--query-split", "train", "--qrels", str(a / "qrels" / "train.tsv"),
+                                   "--out", str(tmp_path / "q")])
+    assert res.exit_code == 2 and res.output.strip().startswith("error:") and "one --corpus" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1

@@ -306,3 +306,17 @@ def test_prefixes_are_applied_recorded_and_used_by_search(tiny_model, corpus, qu
     old["model"].pop("query_prefix"), old["model"].pop("passage_prefix"), old.pop("spec")
     path.write_text(json.dumps(old))
     assert Retriever(tmp_path / "px").encoder.query_prefix == ""
+
+
+def test_every_option_of_every_command_has_help():
+    """Newcomer 3: `--device` and `--quiet` had no help text in `search`, `serve`, `adapt` and the
+    rest; every option of every command now says what it does."""
+    import typer
+
+    from adaretrieve.cli.main import app
+
+    root = typer.main.get_command(app)
+    missing = [f"{name} {p.opts[0]}" for name, cmd in root.commands.items()
+               for p in cmd.params if getattr(p, "help", None) in (None, "") and p.opts[0].startswith("--")
+               and p.opts[0] not in ("--help",)]
+    assert not missing, missing
