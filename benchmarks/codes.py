@@ -15,6 +15,9 @@ the function ``FunnelSearcher`` runs.
 
     python benchmarks/codes.py encode          # heavy: one pass per corpus (and NFCorpus's train queries), cached
     python benchmarks/codes.py adapt --sets nfcorpus --adapt-out DIR   # adapt's fit, from the cached pass
+    python benchmarks/codes.py adapt --sets scifact,nfcorpus,dl19 --adapt-out DIR   # one adaptor for all three
+    python benchmarks/codes.py union --adaptor DIR   # every code at 30k real documents, recall@10 against exact
+    python benchmarks/codes.py alone --adaptor own:scifact=DIR ... --adaptor 'mix:*=DIR'   # each size alone, per adaptor
     python benchmarks/codes.py measure --adaptor scifact=DIR --adaptor nfcorpus=DIR [--adaptor dl19=DIR]
 
 Writes benchmarks/results/codes/{results.json, results.md, pareto.png}.
@@ -116,11 +119,13 @@ def add_train_queries(enc, out: Path, name: str) -> None:
     print(f"{name}: {len(tq)} train queries added in {time.perf_counter() - t0:.0f}s -> {out}", flush=True)
 
 
-def adapt_from_cache(cache: Path, name: str, out: Path) -> dict:
-    """``adaretrieve adapt --model minilm --corpus DIR --queries DIR --query-split train --out OUT`` with
-    its one encoding pass read from the cache (the same states: the corpus in file order, then the
-    train queries) instead of run again: the library's ``fit_adaptor`` and model writer, default
-    settings. Meant for a shared machine where a second pass over the corpus costs 20 minutes."""
+def adapt_from_cache(cache: Path, names: list[str], out: Path) -> dict:
+    """``adaretrieve adapt --model minilm --corpus DIR [--corpus DIR2 ...] --queries DIR ... --query-split
+    train --out OUT`` with its one encoding pass read from the cache (the same states: the corpora in
+    the order given, then the train queries of the sets that have them) instead of run again: the
+    library's ``fit_adaptor`` and model writer, default settings. Meant for a shared machine where a
+    second pass over the corpora costs 20 minutes. A set without train queries (the DL19 pool) gives
+    its documents only."""
     import torch
 
     from adaretrieve import __version__
@@ -128,18 +133,25 @@ def adapt_from_cache(cache: Path, name: str, out: Path) -> dict:
     from adaretrieve.training import adapt as A
     from adaretrieve.training.losses import default_ladder
 
-    z = np.load(cache_file(cache, name))
-    if "tids" not in z:
-        raise SystemExit(f"{name}: the cache holds no train queries (encode with --with-train {name})")
-    folder = SETS[name]["corpus"]
-    cfg = A.AdaptConfig(model="minilm", corpus=str(folder), queries=str(folder), query_split="train", out=str(out))
+    zs = {n: np.load(cache_file(cache, n)) for n in names}
+    with_q = [n for n in names if "tids" in zs[n]]
+    folders = [SETS[n]["corpus"] for n in names]
+    qfolders = [str(SETS[n]["corpus"]) for n in with_q]
+    cfg = A.AdaptConfig(model="minilm", corpus=[str(f) for f in folders] if len(folders) > 1 else str(folders[0]),
+                        queries=(qfolders if len(qfolders) > 1 else qfolders[0]) if qfolders else None,
+                        query_split="train" if qfolders else None, out=str(out))
     enc = Encoder(cfg.model)
     ladder = default_ladder(enc.n_layers, enc.hidden_size)
     layers = A._ladder_layers(enc, ladder)
-    doc_ids, _ = A._sample_corpus(A.resolve_corpus(folder), cfg.max_texts, cfg.seed)
-    if doc_ids != [str(d) for d in z["docids"]] or list(train_queries(name)) != [str(q) for q in z["tids"]]:
-        raise SystemExit(f"{name}: the cached documents / train queries are not the ones adapt would read")
-    states = {L: torch.from_numpy(np.concatenate([z[f"d{L}"], z[f"t{L}"]])) for L in LAYERS}
+    doc_ids, _ = A._sample_corpora([A.resolve_corpus(f) for f in folders], cfg.max_texts, cfg.seed)
+    if doc_ids != [str(d) for n in names for d in zs[n]["docids"]]:
+        raise SystemExit(f"{names}: the cached documents are not the ones adapt would read")
+    for n in with_q:
+        if list(train_queries(n)) != [str(q) for q in zs[n]["tids"]]:
+            raise SystemExit(f"{n}: the cached train queries are not the ones adapt would read")
+    states = {L: torch.from_numpy(np.concatenate([zs[n][f"d{L}"] for n in names] + [zs[n][f"t{L}"] for n in with_q]))
+              for L in LAYERS}
+    n_q = sum(len(zs[n]["tids"]) for n in with_q)
     t0 = time.perf_counter()
     adaptor, fit_log = A.fit_adaptor(states, len(doc_ids), [], ladder, layers, enc.hidden_size, enc.n_layers,
                                      enc.normalize, cfg, False)
@@ -149,14 +161,16 @@ def adapt_from_cache(cache: Path, name: str, out: Path) -> dict:
         "output_order": "principal coordinates of the normalised full-size vectors, by falling variance; "
                         "every prefix D is the size LxD",
         "ladder": [str(s) for s in ladder],
-        "fitted_on": {"corpus": str(folder), "documents": len(doc_ids), "queries": str(folder), "query_split": "train",
-                      "n_queries": len(z["tids"]), "qrels": None, "labelled_pairs": 0},
-        "config": {**A.asdict(cfg), "states_from": str(cache_file(cache, name)), "states_dtype": DTYPE["dtype"]},
+        "fitted_on": {"corpus": cfg.corpus, "documents": len(doc_ids), "queries": cfg.queries,
+                      "query_split": cfg.query_split, "n_queries": n_q, "qrels": None, "labelled_pairs": 0},
+        "config": {**A.asdict(cfg), "states_from": [str(cache_file(cache, n)) for n in names],
+                   "states_dtype": DTYPE["dtype"]},
         "encode_seconds": None,
         "fit_seconds": round(fit_s, 1), "fit_log": fit_log, "adaretrieve": __version__, "base_model": enc.name,
     }
     A._write_model(enc, adaptor, out)
-    print(f"{name}: adaptor fitted in {fit_s:.0f}s -> {out}", flush=True)
+    print(f"{'+'.join(names)}: adaptor fitted on {len(doc_ids)} documents + {n_q} queries in {fit_s:.0f}s -> {out}",
+          flush=True)
     return {"out": str(out), "fit_seconds": round(fit_s, 1)}
 
 
@@ -297,9 +311,152 @@ def measure(cache: Path, names: list[str], adaptors: dict[str, str], out_dir: Pa
     return results
 
 
+def union(cache: Path, names: list[str], adaptor: str | None, out: Path, command: str, only: str | None = None) -> dict:
+    """Issue 24's 30k check: the documents of every set in one index (SciFact + NFCorpus + the DL19
+    pool, as ``real_recall.py`` builds it), every set's judged queries; for each (size, kind) shortlist
+    and k, recall@10 against the exact full-size top 10 over the float16 rows the rerank reads (so no
+    label is involved), with the same exact 6x384 rerank. Writes ``union.json`` / ``union.md``."""
+    import faiss
+
+    from adaretrieve.modeling.encoder import Encoder
+    from adaretrieve.search.plan import FunnelPlan
+    from adaretrieve.search.twostage import funnel
+
+    faiss.omp_set_num_threads(1)
+    t0 = time.perf_counter()
+    zs = [np.load(cache_file(cache, n)) for n in names]
+    enc = Encoder(adaptor, dtype=DTYPE["dtype"]) if adaptor else None
+    draw = {L: np.concatenate([z[f"d{L}"] for z in zs]) for L in LAYERS}
+    qraw = {L: np.concatenate([z[f"q{L}"] for z in zs]) for L in LAYERS}
+    q_set = np.concatenate([[n] * len(z["qids"]) for n, z in zip(names, zs)])
+    dv, qv = adapted_vectors(draw, enc, SIZES), adapted_vectors(qraw, enc, SIZES)
+    rows = dv[FULL].astype(np.float16)
+    exact = faiss.IndexFlatIP(FULL.dim)
+    exact.add(rows.astype(np.float32))
+    _, truth = exact.search(qv[FULL], 10)
+
+    def recall(cand) -> dict:
+        hit = np.array([len(set(truth[i]) & set(cand[i][:10])) / 10 for i in range(len(truth))])
+        return {"all": round(float(hit.mean()), 4), **{n: round(float(hit[q_set == n].mean()), 4) for n in names}}
+
+    entries = {}
+    for size, kind in grid():
+        if only and not re.search(only, label(size, kind)):
+            continue
+        ix = build(size, kind, dv[size])
+        e = {"size": str(size), "kind": kind, "bytes_per_doc": bytes_per_doc(size, kind), "full_size_code": size == FULL,
+             "k": {}}
+        for k in KS:
+            _, cand = funnel(FunnelPlan(size, k, rerank=FULL, top=10), ix, {size: qv[size], FULL: qv[FULL]}, {FULL: rows}, True)
+            e["k"][str(k)] = recall(cand)
+        entries[label(size, kind)] = e
+        print(f"union {label(size, kind):24s} {e['bytes_per_doc']:>6g} B  " +
+              "  ".join(f"k={k} {e['k'][str(k)]['all']:.4f}" for k in KS), flush=True)
+    res = {"command": command, "sets": names, "n_docs": len(rows), "n_queries": len(truth), "adaptor": adaptor,
+           "dtype": DTYPE["dtype"], "faiss": faiss.__version__, "seconds": round(time.perf_counter() - t0, 1),
+           "entries": entries}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "union.json").write_text(json.dumps(res, indent=2) + "\n")
+    report_union(res, out / "union.md")
+    return res
+
+
+BUDGETS = [8, 16, 32, 48]
+
+
+def report_union(res: dict, path: Path) -> None:
+    e = res["entries"]
+    names = res["sets"]
+    lines = ["# Codes at 30k real documents: recall@10 against exact (issue 24)", "",
+             f"One run: `{res['command']}` ({res['seconds']} s). {res['n_docs']} documents ({' + '.join(names)} in one "
+             f"index), {res['n_queries']} queries (every set's judged ones); adaptor: {res['adaptor'] or 'none'}. "
+             "Recall@10: the share of the exact 6x384 top 10 (brute force over the float16 rows the rerank reads) that "
+             "the shortlist of k followed by the same exact 6x384 rerank returns in its top 10. No labels.", "",
+             "## Best code per budget (k=100)", "", "| B/doc | best by recall@10 at 30k | recall@10 | runner-up | recall@10 |",
+             "| ---: | --- | ---: | --- | ---: |"]
+    for b in BUDGETS:
+        ranked = sorted(((v["k"]["100"]["all"], lab) for lab, v in e.items() if v["bytes_per_doc"] <= b), reverse=True)
+        if ranked:
+            first, second = ranked[0], ranked[1] if len(ranked) > 1 else (None, "-")
+            lines.append(f"| {b} | {first[1]} | {first[0]:.4f} | {second[1]} | "
+                         f"{'-' if second[0] is None else format(second[0], '.4f')} |")
+    lines += ["", "## Every code", "", "| shortlist | B/doc | k=50 | k=100 | k=200 | " +
+              " | ".join(f"{n} k=100" for n in names) + " |", "| --- | ---: | ---: | ---: | ---: |" + " ---: |" * len(names)]
+    for lab, v in sorted(e.items(), key=lambda le: (le[1]["bytes_per_doc"], le[0])):
+        ks = v["k"]
+        lines.append(f"| {lab} | {v['bytes_per_doc']:g} | " + " | ".join(f"{ks[k]['all']:.4f}" for k in ("50", "100", "200"))
+                     + " | " + " | ".join(f"{ks['100'][n]:.4f}" for n in names) + " |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def alone(cache: Path, names: list[str], adaptors: dict[str, dict[str, str]], out: Path, command: str) -> dict:
+    """Issue 24 item 3: every size alone (exact single stage over its float32 vectors), nDCG@10 on
+    each set, for each named adaptor (``{label: {set: folder}}``; label ``none``: the untrained model).
+    Writes ``adaptors.json`` and ``adaptors.md`` beside the codes results."""
+    import faiss
+
+    from adaretrieve.eval.measures import Evaluator
+    from adaretrieve.modeling.encoder import Encoder
+
+    faiss.omp_set_num_threads(1)
+    res: dict = {"command": command, "sizes": [str(s) for s in SIZES], "sets": {}}
+    for name in names:
+        z = np.load(cache_file(cache, name))
+        draw, qraw = {L: z[f"d{L}"] for L in LAYERS}, {L: z[f"q{L}"] for L in LAYERS}
+        docids, qids = [str(d) for d in z["docids"]], [str(q) for q in z["qids"]]
+        ev = Evaluator(read_qrels(SETS[name]["qrels"]), ["nDCG@10"])
+        res["sets"][name] = {"n_docs": len(docids), "n_queries": len(qids), "adaptors": {}}
+        for lab, per_set in adaptors.items():
+            folder = per_set.get(name, per_set.get("*"))
+            if lab != "none" and not folder:
+                continue
+            enc = Encoder(folder, dtype=DTYPE["dtype"]) if folder else None
+            diff = check_against_encoder(enc or Encoder("minilm", dtype=DTYPE["dtype"]), name, draw, SIZES)
+            dv, qv = adapted_vectors(draw, enc, SIZES), adapted_vectors(qraw, enc, SIZES)
+            row = {}
+            for size in SIZES:
+                ix = faiss.IndexFlatIP(size.dim)
+                ix.add(dv[size])
+                sc, cand = ix.search(qv[size], 10)
+                run = {q: {docids[r]: float(x) for x, r in zip(sc[i], cand[i]) if r >= 0} for i, q in enumerate(qids)}
+                row[str(size)] = round(ev(run)["nDCG@10"], 5)
+            fitted = json.loads((Path(folder) / "adaptor.json").read_text())["fitted_on"] if folder else None
+            res["sets"][name]["adaptors"][lab] = {"folder": folder, "fitted_on": fitted, "nDCG@10": row,
+                                                  "encoder_check_max_diff": diff}
+            print(f"{name} {lab:8s} " + "  ".join(f"{s} {v:.4f}" for s, v in row.items()), flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "adaptors.json").write_text(json.dumps(res, indent=2) + "\n")
+    report_alone(res, out / "adaptors.md")
+    return res
+
+
+def report_alone(res: dict, path: Path) -> None:
+    labs = list(dict.fromkeys(lab for r in res["sets"].values() for lab in r["adaptors"]))
+    lines = ["# One adaptor for many corpora (issue 24 item 3)", "",
+             f"One run: `{res['command']}`. Every size alone: exact single stage over its own float32 vectors, "
+             "nDCG@10 (the set's judged split: SciFact test, NFCorpus dev, DL19). Adaptors, all label-free "
+             "(`adapt`'s defaults, fitted from the cached encoding pass by `benchmarks/codes.py adapt`): "
+             "`none` the untrained MiniLM; `own` fitted on that set's corpus and train-split queries (DL19: its "
+             "pool's passages only, it has no train queries here); `mix` one adaptor fitted on all three corpora and "
+             "both train-query sets. The full size 6x384 is the backbone's under every adaptor.", ""]
+    for name, r in res["sets"].items():
+        lines += [f"## {name} ({r['n_docs']} documents, {r['n_queries']} queries)", "",
+                  "| adaptor | " + " | ".join(res["sizes"]) + " |", "| --- |" + " ---: |" * len(res["sizes"])]
+        for lab in labs:
+            if lab in r["adaptors"]:
+                row = r["adaptors"][lab]["nDCG@10"]
+                lines.append(f"| {lab} | " + " | ".join(f"{row[s]:.4f}" for s in res["sizes"]) + " |")
+        own, mix = r["adaptors"].get("own"), r["adaptors"].get("mix")
+        if own and mix:
+            lines += ["", "mix against own: " + ", ".join(
+                f"{s} {mix['nDCG@10'][s] - own['nDCG@10'][s]:+.4f}" for s in res["sizes"][:-1])]
+        lines.append("")
+    path.write_text("\n".join(lines) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("phase", choices=["encode", "adapt", "measure", "report"])
+    ap.add_argument("phase", choices=["encode", "adapt", "measure", "alone", "union", "report"])
     ap.add_argument("--dtype", default="float32", help="encode under this dtype (bfloat16: CPU autocast, ~2.9x faster)")
     ap.add_argument("--with-train", default="nfcorpus", help="sets whose train queries are encoded too (for adapt)")
     ap.add_argument("--adapt-out", help="adapt: the model folder to write")
@@ -317,7 +474,19 @@ def main() -> None:
         encode(Path(args.cache), names, set(args.with_train.split(",")))
         return
     if args.phase == "adapt":
-        adapt_from_cache(Path(args.cache), names[0], Path(args.adapt_out))
+        adapt_from_cache(Path(args.cache), names, Path(args.adapt_out))
+        return
+    if args.phase == "union":  # --adaptor DIR: the one adaptor the union index is encoded with
+        union(Path(args.cache), names, args.adaptor[0] if args.adaptor else None, out,
+              "python benchmarks/codes.py " + " ".join(sys.argv[1:]), args.only)
+        return
+    if args.phase == "alone":  # --adaptor LABEL:SET=DIR (SET * for every set)
+        per: dict[str, dict[str, str]] = {"none": {}}
+        for a in args.adaptor:
+            lab, _, rest = a.partition(":")
+            st, _, folder = rest.partition("=")
+            per.setdefault(lab, {})[st] = folder
+        alone(Path(args.cache), names, per, out, "python benchmarks/codes.py " + " ".join(sys.argv[1:]))
         return
     if args.phase == "measure":
         adaptors = dict(a.split("=", 1) for a in args.adaptor)

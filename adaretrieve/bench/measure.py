@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 
@@ -106,6 +107,7 @@ class ResultRow:
     nprobe: int | None = None  # search-time settings of an IVF / HNSW shortlist (absent when not set)
     ef_search: int | None = None
     then: list | None = None  # a funnel's middle stages, [[size, k], ...] (absent for two stages)
+    shortlist_kind: str | None = None  # the stored code of the shortlist size when not float32 Flat (sign, pca128, SQ8)
     depth: int | None = None  # results per query at most; recall measures are named at it (R@50, not R@100)
     top: int | None = None  # results per query asked of a dense row's plan (its depth is at most this)
     search_ms_batch1_cold: LatencyMs | None = None  # rerank rows dropped from the page cache per query
@@ -133,7 +135,7 @@ class ResultRow:
             if f.name in d or f.name == "extra":
                 continue
             v = getattr(self, f.name)
-            if v is None and f.name in ("nprobe", "ef_search", "then", "top"):
+            if v is None and f.name in ("nprobe", "ef_search", "then", "top", "shortlist_kind"):
                 continue
             if isinstance(v, LatencyMs):
                 v = v.to_dict()
@@ -195,6 +197,7 @@ class Pipeline:
     nprobe: int | None = None
     ef_search: int | None = None
     then: list | None = None
+    shortlist_kind: str | None = None
     resident_bytes_per_doc: float | None = None
     rerank_bytes_per_doc_on_disk: int = 0
     disk_bytes_per_doc: float | None = None
@@ -281,7 +284,7 @@ def measure(p: Pipeline, ctx: Context) -> ResultRow:
         config=p.config, kind=p.kind, metrics={k: round(v, 5) for k, v in metrics.items()},
         search_ms_batch1=search1, search_ms_batched=search_b,
         shortlist=str(p.shortlist) if p.shortlist else None, k=p.k, rerank=str(p.rerank) if p.rerank else None,
-        nprobe=p.nprobe, ef_search=p.ef_search, then=p.then, depth=p.depth, top=p.top,
+        nprobe=p.nprobe, ef_search=p.ef_search, then=p.then, shortlist_kind=p.shortlist_kind, depth=p.depth, top=p.top,
         search_ms_batch1_cold=LatencyMs.of(cold) if cold else None,
         encode_layers=depth, encode_ms_batch1=enc1, encode_ms_batched=enc_b if p.need else None,
         end_to_end_ms_batch1=e2e, stages_ms_batch1=stage_ms, stages_ms_batched=stage_b,
@@ -329,10 +332,11 @@ def dense_pipeline(plan: FunnelPlan, reader: IndexReader) -> Pipeline:
     def search(rows, q, t):
         return searcher.search(q, timings=t)
 
-    return Pipeline(plan.name, "dense", plan.sizes(), search, arrays_run(reader), depth=plan.depth, top=plan.top,
+    kind = shortlist_kind_of(reader.manifest, short)
+    return Pipeline(coded_name(plan, kind), "dense", plan.sizes(), search, arrays_run(reader), depth=plan.depth, top=plan.top,
                     cold=evict_rerank(reader) if any(reads_rerank_file(reader, s) for s in rescored) else None,
                     shortlist=short, k=None if plan.single else plan.k, rerank=rr, nprobe=plan.nprobe,
-                    ef_search=plan.ef_search, then=[[str(s), k] for s, k in plan.then] or None,
+                    ef_search=plan.ef_search, then=[[str(s), k] for s, k in plan.then] or None, shortlist_kind=kind,
                     resident_bytes_per_doc=shortlist_resident_bytes_per_doc(reader.manifest, short),
                     rerank_bytes_per_doc_on_disk=max((s.dim for s in rescored), default=0) * 2,
                     disk_bytes_per_doc=disk_bytes_per_doc(reader, short, max(rescored, key=lambda s: s.dim, default=None)),
@@ -343,6 +347,30 @@ def dense_pipeline(plan: FunnelPlan, reader: IndexReader) -> Pipeline:
 
 COLD_HOW = ("before each cold query the rerank file is dropped from the page cache: madvise(MADV_DONTNEED) on "
             "this process's memory map of it, then posix_fadvise(POSIX_FADV_DONTNEED) (no root needed)")
+
+
+def shortlist_kind_of(manifest: Manifest, size: Size) -> str | None:
+    """The stored code of the shortlist index at ``size`` (its factory: ``sign``, ``pca128``, ``SQ8``,
+    ``HNSW32``), or None when it is float32 ``Flat`` or not stored (a flat index cut from a prefix)."""
+    entry = next((e for e in manifest.shortlist if parse_size(e["size"]) == size), None)
+    return entry["factory"] if entry is not None and stores_a_code(entry["factory"]) else None
+
+
+def stores_a_code(factory: str) -> bool:
+    """Whether a shortlist factory stores its vectors as something other than float32: sign bits
+    (``sign``, ``pcaM``, ``BFlat``...), SQ, PQ, RaBitQ. An IVF or HNSW structure over float32 vectors
+    (``IVF256,Flat``, ``HNSW32``) does not: its rows are named by their search settings instead."""
+    last = factory.split(",")[-1].strip()
+    return not (last in ("Flat", "IDMap") or re.fullmatch(r"(IDMap2?,)?(IVF\d+|HNSW\d+(_\d+)?|NSG\d+)", last))
+
+
+def coded_name(plan: FunnelPlan, kind: str | None) -> str:
+    """A row's name: the plan's (``2x64 k=200 -> 6x384``), its shortlist size followed by its code when
+    the stored index is not float32 Flat (``6x384:sign k=100 -> 6x384``, ``single 6x384:pca128``)."""
+    if not kind:
+        return plan.name
+    head = "single " if plan.single else ""
+    return head + f"{plan.shortlist}:{kind}" + plan.name[len(head) + len(str(plan.shortlist)):]
 
 
 def shortlist_resident_bytes_per_doc(manifest: Manifest, size: Size) -> float | None:

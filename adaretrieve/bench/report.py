@@ -197,6 +197,7 @@ def to_markdown(res: dict, command: str) -> str:
             lines.append(f"| {r.config} | " + " | ".join(cell(r, k) for k in cols)
                          + f" | {e.p50:.2f} | {e.p95:.2f} | {r.qps_batch1:.1f} | {r.qps_batched:.1f} | "
                          f"{'-' if r.disk_bytes_per_doc is None else r.disk_bytes_per_doc} |")
+    lines += quality_per_byte(rows, metrics)
     setup = next((r.extra["bm25_setup_seconds"] for r in rows if "bm25_setup_seconds" in r.extra), None)
     if setup:
         lines += ["", f"BM25 set-up, once per suite (not in any latency above): JVM start {setup['jvm_start']} s, "
@@ -207,6 +208,33 @@ def to_markdown(res: dict, command: str) -> str:
             got = "missing" if c["got"] is None else f"{c['got']:.5f}"
             lines.append(f"| {c['config']} | {c['metric']} | {c['expected']} | {c['tolerance']} | {got} | {'yes' if c['ok'] else 'NO'} |")
     return "\n".join(lines) + "\n"
+
+
+def quality_per_byte(rows, metrics: list[str]) -> list[str]:
+    """The bytes-per-document table: every row whose shortlist codes' bytes are known, by those bytes,
+    with the suite's first metric and first recall (at the row's depth, ``metric_of``), and whether it is
+    on the Pareto front of bytes against the first metric (``verdicts.pareto``). Empty without such rows."""
+    known = [r for r in rows if r.resident_bytes_per_doc is not None]
+    if not known or not metrics:
+        return []
+    first = metrics[0]
+    recall = next((m for m in metrics if m.startswith("R@")), None)
+
+    def q(r, m):
+        return metric_of({"metrics": r.metrics, "depth": r.depth}, m) if m else None
+
+    scored = [r for r in known if q(r, first) is not None]
+    front = {id(scored[i]) for i in pareto([(r.resident_bytes_per_doc, q(r, first)) for r in scored])}
+    cols = [first] + ([recall] if recall and recall != first else [])
+    out = ["", "## Quality per byte", "",
+           "Bytes per document the shortlist keeps in RAM (its codes: float32 4 x dim, SQ8 1 x dim, sign bits dim / 8; "
+           "`faiss_util.resident_bytes_per_doc`), what grows with the corpus; the rerank rows a two-stage row reads "
+           f"are on disk (RAM B/doc above counts what its latency needed). Front: on the Pareto front of bytes and {first}.",
+           "", "| configuration | B/doc | " + " | ".join(cols) + " | front |", "| --- | ---: |" + " ---: |" * len(cols) + " --- |"]
+    for r in sorted(scored, key=lambda r: (r.resident_bytes_per_doc, -q(r, first))):
+        vals = " | ".join("-" if q(r, m) is None else f"{q(r, m):.4f}" for m in cols)
+        out.append(f"| {r.config} | {r.resident_bytes_per_doc:g} | {vals} | {'yes' if id(r) in front else ''} |")
+    return out
 
 
 def write_report(res: dict, out_dir: str | Path, command: str) -> Path:

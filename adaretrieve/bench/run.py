@@ -23,7 +23,7 @@ from adaretrieve.data import read_qrels, read_queries
 from adaretrieve.errors import AdaError
 from adaretrieve.eval.timing import REPEATS, WARMUP, WARMUP_BATCHED, time_each, time_repeats
 from adaretrieve.search import IndexReader
-from adaretrieve.sizes import Size, parse_size, parse_sizes
+from adaretrieve.sizes import Size, parse_size
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +35,21 @@ def ensure_index(suite: Suite, enc, rebuild: bool = False, progress: bool = True
     there that does not match is refused, naming what differs, unless ``rebuild`` (always build) or
     ``replace_stale`` (build only when it does not match: for drivers that own their index paths)."""
     from adaretrieve.index.build import build_index
+    from adaretrieve.index.codes import parse_shortlist
     from adaretrieve.spec import DOCUMENT_FIELDS
 
-    want = parse_sizes(suite.shortlist)
+    entries = parse_shortlist(suite.shortlist, default=suite.factory)  # SIZE or SIZE:KIND, as `index --shortlist`
+    want = [s for s, _ in entries]
     path = Path(suite.index)
     if path.exists() and not rebuild:
         reader = IndexReader(path)
         m = reader.manifest
         rerank = parse_size(suite.rerank) if suite.rerank else None
-        factories = {e["factory"] for e in m.shortlist if parse_size(e["size"]) in want}
+        held = {parse_size(e["size"]): e["factory"] for e in m.shortlist}
+        other_kinds = [f"{s} {held[s]} (the suite's: {f})" for s, f in entries if s in held and held[s] != f]
         have, suite_spec = m.vector_spec, enc.spec()
         differs = [what for what, ok in (
-            (f"factory {', '.join(sorted(factories))} (the suite's: {suite.factory})", factories <= {suite.factory}),
+            (f"shortlist kind {', '.join(other_kinds)}", not other_kinds),
             (f"shortlist {', '.join(map(str, m.shortlist_sizes))} (the suite needs {', '.join(map(str, want))})",
              set(want) <= set(m.shortlist_sizes)),
             (f"rerank {m.rerank_size} (the suite needs {rerank})", str(m.rerank_size) == str(rerank)),
@@ -63,7 +66,8 @@ def ensure_index(suite: Suite, enc, rebuild: bool = False, progress: bool = True
         else:
             raise AdaError(f"index {path} does not match suite {suite.name!r}: {'; '.join(differs)}. Pass --rebuild to "
                            "replace it, or point the suite's `index:` elsewhere")
-    build_index(suite.corpus, enc, path, want, suite.rerank, factory=suite.factory, batch_size=suite.batch_size,
+    build_index(suite.corpus, enc, path, [f"{s}:{f}" for s, f in entries], suite.rerank, factory=suite.factory,
+                batch_size=suite.batch_size,
                 overwrite=True, progress=progress)
     return IndexReader(path)
 

@@ -97,6 +97,9 @@ class Suite:
     def check(self) -> None:
         """AdaError naming the first bad value: every size and k parsed now, before an index is built."""
         self.plans()
+        from adaretrieve.index.codes import parse_shortlist
+
+        parse_shortlist(self.shortlist, default=self.factory)  # SIZE or SIZE:KIND (6x384:sign), as `index --shortlist`
         if self.batch_size < 1 or self.latency_queries < 1:
             raise AdaError(f"batch_size ({self.batch_size}) and latency_queries ({self.latency_queries}) must be at least 1")
         self.check_search_params()

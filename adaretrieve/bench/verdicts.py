@@ -3,6 +3,7 @@ README's renderer, ``tune`` and a notebook reach the same conclusions from the s
 
 - ``pareto``: the rows no other row beats on cost and quality;
 - ``row_ram_bytes``: the one memory model: what a row's latency needed resident;
+- ``bytes_per_doc``: a row's shortlist codes per document (the quality-per-byte axis);
 - ``within_budget`` / ``best_within_budget``: the choice ``adaretrieve tune`` makes;
 - ``goal_rows`` / ``best_goal``: the scale goal (HNSW-768's batch-1 latency at equal recall with at
   most 1/6 of its RAM) over ``benchmarks/scale.py``'s rows.
@@ -120,16 +121,27 @@ def latency_ms(row: dict) -> float | None:
     return enc["p50"] + search["p50"]
 
 
+def bytes_per_doc(row: dict) -> float | None:
+    """The bytes a document costs in RAM for a bench row's shortlist: its codes (``sign``: dim/8, a
+    float32 Flat: 4 x dim; ``faiss_util.resident_bytes_per_doc``), what grows with the corpus and must
+    stay resident. The rerank rows a two-stage row reads are on disk and are not in it (they are in
+    ``row_ram_bytes``). None when unknown."""
+    b = row.get("resident_bytes_per_doc")
+    return None if b is None else float(b)
+
+
 def within_budget(rows: Sequence[dict], n_docs: int, budget_ms: float | None = None,
-                  budget_ram_mb: float | None = None) -> list[int]:
-    """Indices of the bench rows that fit every budget given (RAM: ``row_ram_bytes``); a row whose
-    cost is unknown fits no budget on it."""
+                  budget_ram_mb: float | None = None, budget_bytes_per_doc: float | None = None) -> list[int]:
+    """Indices of the bench rows that fit every budget given (RAM: ``row_ram_bytes``; bytes per
+    document: ``bytes_per_doc``); a row whose cost is unknown fits no budget on it."""
     out = []
     for i, r in enumerate(rows):
-        ms, mb = latency_ms(r), resident_mb(r, n_docs)
+        ms, mb, bpd = latency_ms(r), resident_mb(r, n_docs), bytes_per_doc(r)
         if budget_ms is not None and (ms is None or ms > budget_ms):
             continue
         if budget_ram_mb is not None and (mb is None or mb > budget_ram_mb):
+            continue
+        if budget_bytes_per_doc is not None and (bpd is None or bpd > budget_bytes_per_doc):
             continue
         out.append(i)
     return out
@@ -150,11 +162,12 @@ def metric_of(row: dict, metric: str) -> float | None:
 
 
 def best_within_budget(rows: Sequence[dict], metric: str, n_docs: int, budget_ms: float | None = None,
-                       budget_ram_mb: float | None = None) -> dict | None:
+                       budget_ram_mb: float | None = None, budget_bytes_per_doc: float | None = None) -> dict | None:
     """The bench row with the highest ``metric`` (``metric_of``) among those that fit every budget,
     the faster on a tie; None when none fits. Feasibility comes first: a Pareto front of latency and
     quality built before the RAM filter can drop the best row that fits (its dominator may not fit)."""
-    fits = [i for i in within_budget(rows, n_docs, budget_ms, budget_ram_mb) if metric_of(rows[i], metric) is not None]
+    fits = [i for i in within_budget(rows, n_docs, budget_ms, budget_ram_mb, budget_bytes_per_doc)
+            if metric_of(rows[i], metric) is not None]
     if not fits:
         return None
     return rows[min(fits, key=lambda i: (-metric_of(rows[i], metric), latency_ms(rows[i]) or 0.0, i))]

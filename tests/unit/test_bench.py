@@ -364,3 +364,45 @@ def test_bench_backend_is_the_corpus_one_and_query_backend_the_queries(tiny_mode
     rep = json.loads((tmp_path / "c" / "results.json").read_text())
     assert (rep["backend"], rep["query_backend"]) == ("torch", "onnx")
     assert "Query encoder backend: onnx" in (tmp_path / "c" / "results.md").read_text()
+
+
+def test_a_suite_names_a_kind_per_size_and_reports_quality_per_byte(tiny_model, corpus, queries_qrels, tmp_path):
+    """Issue 24 item 4: a suite's `shortlist:` takes SIZE:KIND (as `index --shortlist` does); the
+    index is built with that code; a code of the rerank size is reranked at it (binary + rescore);
+    rows are named by their code and charged its bytes; the report has a bytes-per-document Pareto
+    table and plot. Another kind at that size is a mismatch, named."""
+    q, r = queries_qrels
+    cfg = {"name": "codes", "model": str(tiny_model), "corpus": str(corpus), "queries": str(q), "qrels": str(r),
+           "index": str(tmp_path / "ix"), "shortlist": ["1x8", "4x32:sign"], "rerank": "4x32", "single": ["1x8"],
+           "two_stage": [{"shortlist": ["1x8", "4x32"], "k": [10], "rerank": ["4x32"]}], "latency_queries": 2,
+           "metrics": ["nDCG@10", "R@10"]}
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    runner = CliRunner()
+    res = runner.invoke(app, ["bench", "--config", str(path), "--out", str(tmp_path / "rep"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    from adaretrieve.search import IndexReader
+
+    m = IndexReader(tmp_path / "ix").manifest
+    assert {e["size"]: e["factory"] for e in m.shortlist} == {"1x8": "Flat", "4x32": "sign"}
+    data = json.loads((tmp_path / "rep" / "results.json").read_text())
+    by = {x["config"]: x for x in data["results"]}
+    assert list(by) == ["single 1x8", "1x8 k=10 -> 4x32", "4x32:sign k=10 -> 4x32"]
+    sign = by["4x32:sign k=10 -> 4x32"]
+    assert sign["shortlist_kind"] == "sign" and sign["resident_bytes_per_doc"] == 4  # 32 bits
+    assert by["1x8 k=10 -> 4x32"]["resident_bytes_per_doc"] == 32 and "shortlist_kind" not in by["single 1x8"]
+    # the row is what `search` gives for the same options
+    res = runner.invoke(app, ["search", "--index", str(tmp_path / "ix"), "--queries", str(q), "--qrels", str(r),
+                              "--shortlist", "4x32", "--k", "10", "--rerank", "4x32", "--top", "10", "--json", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.strip().splitlines()[-1])["nDCG@10"] == pytest.approx(sign["metrics"]["nDCG@10"], abs=1e-6)
+    md = (tmp_path / "rep" / "results.md").read_text()
+    assert "## Quality per byte" in md and "| 4x32:sign k=10 -> 4x32 | 4 |" in md
+    assert (tmp_path / "rep" / "quality_vs_memory.png").exists()
+    # the same suite reuses the index; another kind at 4x32 is named as the difference
+    res = runner.invoke(app, ["bench", "--config", str(path), "--out", str(tmp_path / "rep2"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    cfg["shortlist"] = ["1x8", "4x32:sq8"]
+    path.write_text(yaml.safe_dump(cfg))
+    res = runner.invoke(app, ["bench", "--config", str(path), "--out", str(tmp_path / "rep3"), "--quiet"])
+    assert res.exit_code == 2 and "4x32 sign (the suite's: SQ8)" in res.stderr, res.output

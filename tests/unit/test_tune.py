@@ -243,3 +243,52 @@ def test_the_printed_search_command_runs_the_chosen_plan(tiny_model, corpus, que
                              int(opt["--nprobe"]) if "--nprobe" in opt else None,
                              int(opt["--ef-search"]) if "--ef-search" in opt else None)
         assert again == plan, a
+
+
+def test_bytes_per_document_budget():
+    """Issue 24 item 4: `best_within_budget(..., budget_bytes_per_doc=N)` keeps the rows whose
+    shortlist codes take at most N bytes a document (unknown: none), and picks the best of them;
+    the same choice as brute force over every budget."""
+    from adaretrieve.bench.verdicts import bytes_per_doc
+
+    rows = [{"config": c, "metrics": {"nDCG@10": q}, "encode_ms_batch1": {"p50": 1.0}, "search_ms_batch1": {"p50": ms},
+             "resident_bytes_per_doc": b}
+            for c, q, ms, b in (("flat 2x64", 0.60, 1.0, 256), ("6x384:sign", 0.64, 2.0, 48), ("6x384:pca128", 0.645, 2.0, 16),
+                                ("6x384:pca64", 0.62, 1.5, 8), ("1x16:sign", 0.40, 0.5, 2), ("unknown", 0.99, 0.1, None))]
+    assert bytes_per_doc(rows[0]) == 256 and bytes_per_doc(rows[-1]) is None
+    for budget in (1, 2, 4, 8, 15, 16, 47, 48, 255, 256, 1e9):
+        got = best_within_budget(rows, "nDCG@10", 1000, budget_bytes_per_doc=budget)
+        fits = [r for r in rows if r["resident_bytes_per_doc"] is not None and r["resident_bytes_per_doc"] <= budget]
+        want = max(fits, key=lambda r: r["metrics"]["nDCG@10"]) if fits else None
+        assert got is want, budget
+    assert best_within_budget(rows, "nDCG@10", 1000, budget_ms=3.0, budget_bytes_per_doc=16)["config"] == "6x384:pca128"
+    assert best_within_budget(rows, "nDCG@10", 1000, budget_ms=2.9, budget_bytes_per_doc=16)["config"] == "6x384:pca64"
+
+
+def test_tune_budget_bytes_per_doc_tries_codes_of_the_rerank_size(tiny_model, corpus, queries_qrels, tmp_path, monkeypatch):
+    """`tune --budget-bytes-per-doc N` (no latency budget needed) over an index whose rerank size is
+    also stored as sign bits: the code + rescore row is among those tried, and with 4 B a document
+    only the 4x32 code's rows fit (the 1x8 float shortlist takes 32)."""
+    q, r = queries_qrels
+    runner = CliRunner()
+    ix = tmp_path / "ix"
+    res = runner.invoke(app, ["index", "--corpus", str(corpus), "--model", str(tiny_model), "--shortlist", "1x8",
+                              "--shortlist", "4x32:sign", "--rerank", "4x32", "--out", str(ix), "--quiet"])
+    assert res.exit_code == 0, res.output
+    import adaretrieve.bench as bench
+
+    seen = {}
+    real = bench.run_suite
+    monkeypatch.setattr("adaretrieve.bench.run_suite", lambda suite, progress=True: seen.setdefault("res", real(suite)))
+    args = ["tune", "--index", str(ix), "--queries", str(q), "--qrels", str(r), "--k", "10", "--latency-queries", "2"]
+    res = runner.invoke(app, [*args, "--budget-bytes-per-doc", "4"])
+    assert res.exit_code == 0, res.output
+    tried = {x["config"]: x for x in seen["res"]["results"]}
+    assert set(tried) == {"single 1x8", "single 4x32:sign", "1x8 k=10 -> 4x32", "4x32:sign k=10 -> 4x32"}
+    assert tried["4x32:sign k=10 -> 4x32"]["resident_bytes_per_doc"] == 4
+    assert res.stdout.startswith("best within budget: ") and "1x8" not in res.stdout  # 32 B/doc: over
+    assert "--shortlist 4x32 " in res.stdout.strip().splitlines()[-1]
+    res = runner.invoke(app, [*args, "--budget-bytes-per-doc", "1", "--quiet"])
+    assert res.exit_code == 2 and "no configuration fits 1.0 B/doc" in res.stderr, res.output
+    res = runner.invoke(app, [*args[:-4], "--quiet"])
+    assert res.exit_code == 2 and "--budget-ms" in res.stderr and "--budget-bytes-per-doc" in res.stderr, res.output
