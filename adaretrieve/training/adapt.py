@@ -14,7 +14,9 @@ layer L below the last:
    the map is trained so that, at every prefix D, the small size's score distribution over
    documents matches the full size's (listwise KL over the full size's top documents plus random
    ones, for queries and documents as queries). This is what two-stage search needs: the small
-   size should rank first what the full size ranks first.
+   size should rank first what the full size ranks first. With ``agree_top`` N, a second KL term
+   per text-as-query over the full size's own top N only (at ``agree_temperature``) pulls the order
+   inside that neighbourhood, which an adaptive cascade's exit answers from, toward the full size's.
 3. with ``qrels`` (``objective: distill+qrels``), an InfoNCE term on the labelled (query, positive)
    pairs is added at every prefix.
 
@@ -163,9 +165,12 @@ def adapt(cfg: AdaptConfig, progress: bool = True) -> dict:
         raise AdaError(f"kind {cfg.kind!r} is not one of {', '.join(KINDS)}")
     if cfg.features not in ("concat", "layer"):
         raise AdaError(f"features {cfg.features!r} is not one of concat, layer")
-    for key in ("steps", "batch_size", "docs_per_step", "max_texts", "batch_size_encode"):
-        if int(getattr(cfg, key)) < (0 if key == "steps" else 1):
-            raise AdaError(f"{key} must be at least {0 if key == 'steps' else 1}, got {getattr(cfg, key)}")
+    for key in ("steps", "batch_size", "docs_per_step", "max_texts", "batch_size_encode", "agree_top"):
+        low = 0 if key in ("steps", "agree_top") else 1
+        if int(getattr(cfg, key)) < low:
+            raise AdaError(f"{key} must be at least {low}, got {getattr(cfg, key)}")
+    if not cfg.agree_temperature > 0 or cfg.agree_weight < 0:
+        raise AdaError(f"agree_temperature ({cfg.agree_temperature}) must be > 0 and agree_weight ({cfg.agree_weight}) >= 0")
     if not cfg.lr > 0 or not cfg.temperature > 0 or cfg.ridge < 0:
         raise AdaError(f"lr ({cfg.lr}) and temperature ({cfg.temperature}) must be > 0 and ridge ({cfg.ridge}) >= 0")
     if not cfg.corpus:
@@ -318,7 +323,12 @@ def _distill(m, X: torch.Tensor, full: torch.Tensor, n_docs: int, pairs: list[tu
         else:
             qi = torch.from_numpy(rng.choice(n, min(cfg.batch_size, n), replace=False))
         with torch.no_grad():
-            top = (full[qi] @ Fd.T).topk(min(cfg.teacher_top, n_docs), dim=1).indices.flatten()
+            sims = full[qi] @ Fd.T
+            top = sims.topk(min(cfg.teacher_top, n_docs), dim=1).indices.flatten()
+            if cfg.agree_top:  # each query's own neighbourhood, ranked by the full size
+                a_val, a_idx = sims.topk(min(cfg.agree_top, n_docs), dim=1)
+                a_teacher = (a_val / cfg.agree_temperature).log_softmax(-1)
+            del sims
         rand = torch.from_numpy(rng.choice(n_docs, min(cfg.docs_per_step, n_docs), replace=False))
         extra = []
         if pairs:
@@ -327,6 +337,7 @@ def _distill(m, X: torch.Tensor, full: torch.Tensor, n_docs: int, pairs: list[tu
         di = torch.unique(torch.cat([rand, top, *extra]))
         teacher = (full[qi] @ Fd[di].T) / tau
         ys, yd = m(X[qi]), m(Xd[di])
+        ya = m(Xd[a_idx.flatten()]).view(*a_idx.shape, -1) if cfg.agree_top else None
         loss = X.new_zeros(())
         if pairs:
             yq_lab = m(X[q_of_pair[pi]])
@@ -337,6 +348,11 @@ def _distill(m, X: torch.Tensor, full: torch.Tensor, n_docs: int, pairs: list[tu
             cut = (lambda y, D=D: _normalise(y[:, :D])) if normalize else (lambda y, D=D: y[:, :D])
             s = cut(ys) @ cut(yd).T / tau
             loss = loss + F.kl_div(s.log_softmax(-1), teacher.log_softmax(-1), log_target=True, reduction="batchmean")
+            if ya is not None:
+                ya_d = cut(ya.flatten(0, 1)).view(ya.shape[0], ya.shape[1], -1)
+                sa = torch.einsum("bd,btd->bt", cut(ys), ya_d)
+                loss = loss + cfg.agree_weight * F.kl_div((sa / cfg.agree_temperature).log_softmax(-1), a_teacher,
+                                                          log_target=True, reduction="batchmean")
             if pairs:
                 s_lab = (cut(yq_lab) @ cut(yd).T / tau).masked_fill(other, float("-inf"))
                 loss = loss + cfg.qrels_weight * F.cross_entropy(s_lab, col)

@@ -30,6 +30,11 @@ class AdaptConfig:
     docs_per_step: int = 1024  # random documents per step, beside the full size's top ones
     teacher_top: int = 16  # the full size's top documents per query put in every step's candidates
     temperature: float = 0.05
+    # top-list agreement (issue 25 item 0): per text-as-query, KL over the full size's own top ``agree_top``
+    # documents only (the neighbourhood a cascade's exit reranks), weighted ``agree_weight``; 0: off
+    agree_top: int = 0
+    agree_weight: float = 1.0
+    agree_temperature: float = 0.02
     lr: float = 1e-3
     qrels_weight: float = 1.0
     max_texts: int = 100_000  # documents encoded for fitting (a fixed random sample beyond this)

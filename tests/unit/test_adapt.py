@@ -325,3 +325,21 @@ def test_one_adaptor_fits_on_many_corpora(tiny_model, tmp_path):
                                    "--out", str(tmp_path / "q")])
     assert res.exit_code == 2 and res.output.strip().startswith("error:") and "one --corpus" in res.output, res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+def test_agreement_term_is_validated_and_changes_the_fit(tiny_model, tmp_path):
+    """Issue 25 item 0: `agree_top` adds a per-query KL over the full size's own top list; it is a
+    setting like any other (negative refused in one line) and, when on, the fitted map differs."""
+    corpus = make_corpus(tmp_path / "c.jsonl", n=80, seed=4)
+    base = dict(model=str(tiny_model), corpus=str(corpus), ladder=LADDER, steps=5, batch_size=16, docs_per_step=16,
+                teacher_top=4, device="cpu")
+    with pytest.raises(AdaError, match="agree_top must be at least 0"):
+        adapt(AdaptConfig(**base, out=str(tmp_path / "bad"), agree_top=-1), progress=False)
+    with pytest.raises(AdaError, match="agree_temperature"):
+        adapt(AdaptConfig(**base, out=str(tmp_path / "bad"), agree_top=8, agree_temperature=0), progress=False)
+    adapt(AdaptConfig(**base, out=str(tmp_path / "off")), progress=False)
+    adapt(AdaptConfig(**base, out=str(tmp_path / "on"), agree_top=8), progress=False)
+    off, on = Encoder(tmp_path / "off", device="cpu"), Encoder(tmp_path / "on", device="cpu")
+    a, b = off.encode(TEXTS, ["1x8"])[Size(1, 8)], on.encode(TEXTS, ["1x8"])[Size(1, 8)]
+    assert not np.allclose(a, b)
+    assert json.loads((tmp_path / "on" / "adaptor.json").read_text())["config"]["agree_top"] == 8
