@@ -167,8 +167,15 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())[:500]
 
 
-def _validation_line(exc: RequestValidationError) -> tuple[int, str]:
-    """A status and one line for the first problem pydantic found."""
+def _sent_as_json(request: Request) -> bool:
+    """True when the request's content type is one FastAPI parses as JSON (application/json, */*+json)."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    return ctype == "application/json" or (ctype.startswith("application/") and ctype.endswith("+json"))
+
+
+def _validation_line(exc: RequestValidationError, sent_as_json: bool = True) -> tuple[int, str]:
+    """A status and one line for the first problem pydantic found. ``sent_as_json``: the body was
+    declared JSON, so a string body is a JSON string, not unparsed text."""
     errs = exc.errors()
     if not errs:
         return 422, "invalid request"
@@ -181,7 +188,8 @@ def _validation_line(exc: RequestValidationError) -> tuple[int, str]:
     if e.get("type") == "missing" and not loc:
         return 422, 'request body is missing: send JSON such as {"queries": ["text"]}'
     if e.get("type") in ("model_attributes_type", "dict_type"):
-        if isinstance(e.get("input"), (bytes, str)):  # FastAPI parses JSON only when the content type says so
+        if isinstance(e.get("input"), bytes) or (isinstance(e.get("input"), str) and not sent_as_json):
+            # FastAPI parses JSON only when the content type says so; otherwise the body arrives as text
             return 422, "request body must be JSON sent with content-type: application/json"
         return 422, 'request body must be a JSON object such as {"queries": ["text"]}'
     if e.get("type") == "extra_forbidden":
@@ -214,11 +222,14 @@ def create_app(service: SearchService, max_body: int = MAX_BODY_BYTES) -> FastAP
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
-        status, msg = _validation_line(exc)
+        status, msg = _validation_line(exc, _sent_as_json(request))
         return error(status, msg, endpoint_of(request), "bad_json" if status == 400 else "invalid")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):  # FastAPI's json.loads gave up
+            return error(400, "request body is not usable JSON: it is nested too deeply (more than about 1000 levels "
+                              "of arrays or objects)", endpoint_of(request), "bad_json")
         if exc.status_code == 400:  # FastAPI could not decode the body before parsing it (bytes that are not UTF-8)
             return error(400, "request body is not valid JSON (it must be UTF-8 text)", endpoint_of(request), "bad_json")
         return error(exc.status_code, _one_line(exc.detail), endpoint_of(request), str(exc.status_code))

@@ -289,7 +289,8 @@ def other_cases(model, data, bad, d):
 
 TRIAL3_INDEXES = ["gen_symlink", "file_symlink", "file_symlink_rel", "manifest_symlink", "docids_symlink_etc", "npy_i32",
                   "npy_bool", "npy_complex", "npy_nan", "npy_inf", "docids_space", "docids_crlf", "docids_nul",
-                  "docids_nonutf8", "man_dtype_int8_noscale", "faiss_hnsw_as_flat", "cur_binary", "shortlist_nan"]
+                  "docids_nonutf8", "man_dtype_int8_noscale", "faiss_hnsw_as_flat", "cur_binary", "shortlist_nan",
+                  "man_normalize_str", "man_maxlen_neg"]
 
 
 def trial3_indexes(base: Path, cidx: Path, outside: Path) -> None:
@@ -347,6 +348,11 @@ def trial3_indexes(base: Path, cidx: Path, outside: Path) -> None:
     bad.add(np.full_like(x, np.nan))
     faiss.write_index(bad, str(g / "shortlist-2x16.faiss"))
     (Path(shutil.copytree(base, cidx / "cur_binary")) / "CURRENT").write_bytes(b"\xff\xfe\x00gen\n")
+    for name, key, value in [("man_normalize_str", "normalize", "false"), ("man_maxlen_neg", "max_length", -5)]:
+        g = copy(name)
+        m = json.loads((g / "manifest.json").read_text())
+        m["model"][key] = value
+        (g / "manifest.json").write_text(json.dumps(m))
 
 
 def trial3_cases(model, data, bad, d):
@@ -365,6 +371,22 @@ def trial3_cases(model, data, bad, d):
     (bad / "q_surrogate.jsonl").write_text('{"_id": "1", "text": "cell \\ud800 x"}\n')
     for name, text in {"q_nul": "\u0000\u0000", "q_ctrl_only": "\u0001\u001f", "q_zw_only": "\u200b\u200c"}.items():
         (bad / f"{name}.jsonl").write_text(json.dumps({"_id": "1", "text": text}) + "\n")
+    corpus_lines = (data / "corpus.jsonl").read_text().splitlines()[:8]
+    (bad / "utf16le_nobom.jsonl").write_bytes(("\n".join(corpus_lines) + "\n").encode("utf-16-le"))
+    (bad / "cr_only.jsonl").write_bytes(("\r".join(corpus_lines) + "\r").encode())
+    for name, value in {"list": '["a", "b"]', "obj": '{"k": "v"}', "bool": "true"}.items():
+        (bad / f"text_{name}.jsonl").write_text(head + f'{{"_id": "x", "text": {value}}}\n')
+    for name, value in {"obj": "{}", "bool": "true", "float": "1.5"}.items():
+        (bad / f"id_{name}.jsonl").write_text(head + f'{{"_id": {value}, "text": "cell"}}\n')
+    (bad / "q_textlist.jsonl").write_text('{"_id": "1", "text": ["a", "b"]}\n')
+    (bad / "q_idnum.jsonl").write_text('{"_id": 1e400, "text": "cell"}\n')
+    from adaretrieve.modeling.adaptor import Adaptor
+
+    fl_neg = Path(shutil.copytree(model, d / "fl-neg-model"))  # am-fl_neg: an adaptor whose feature layer is -1
+    Adaptor(32, {2: 16}, {2: [1, 2]}).save(fl_neg)
+    cfg = json.loads((fl_neg / "adaptor.json").read_text())
+    cfg["feature_layers"]["2"] = [-1, 2]
+    (fl_neg / "adaptor.json").write_text(json.dumps(cfg))
     nan = Path(shutil.copytree(model, d / "nan-model"))
     m = AutoModel.from_pretrained(nan)
     with torch.no_grad():
@@ -386,6 +408,17 @@ def trial3_cases(model, data, bad, d):
              ("qf-bomtsv", ["search", "-q", "--index", str(base), "--queries", str(bad / "q_bom.tsv"), "--qrels",
                             str(data / "qrels.tsv"), "--out", str(runs / "qbom.trec")], "ok"),
              ("qf-q_surrogate", ["search", "-q", "--index", str(base), "--queries", str(bad / "q_surrogate.jsonl")] + x, "error")]
+    cases += [("co-utf16le_nobom", ix + [str(bad / "utf16le_nobom.jsonl"), "--out", str(d / "idx" / "u16")], "error"),
+              ("co-cr_only", ix + [str(bad / "cr_only.jsonl"), "--out", str(d / "idx" / "cr")], "error")]
+    cases += [(f"co-text_types-{n}", ix + [str(bad / f"text_{n}.jsonl"), "--out", str(d / "idx" / "tt")], "error")
+              for n in ("list", "obj", "bool")]
+    cases += [(f"co-id_types-{n}", ix + [str(bad / f"id_{n}.jsonl"), "--out", str(d / "idx" / "it")], "error")
+              for n in ("obj", "bool", "float")]
+    cases += [(f"qf-{n}", ["search", "-q", "--index", str(base), "--queries", str(bad / f"{n}.jsonl")] + x, "error")
+              for n in ("q_textlist", "q_idnum")]
+    cases += [("am-fl_neg", ["index", "-q", "--model", str(fl_neg), "--shortlist", "2x16", "--corpus", str(data), "--out",
+                             str(d / "idx" / "flneg")], "error"),
+              ("qd-path-missing", ["search", "-q", "--index", f"qdrant:{d / 'qd' / 'nope'}", "cell"], "error")]
     for name in ("q_nul", "q_ctrl_only", "q_zw_only"):
         cases.append((f"qf-invisible-{name}", ["search", "-q", "--index", str(base), "--queries", str(bad / f"{name}.jsonl")] + x,
                       "error"))
@@ -425,9 +458,52 @@ def trial3_cases(model, data, bad, d):
         left = list((d / "idx").glob(".sur.build"))
         return None if not left else ("MINOR", f"left {left[0].name}")
 
-    checks = {"co-bomtsv": bom_corpus("bomtsv"), "co-bom": bom_corpus("bomjsonl"), "qf-bomtsv": qbom,
+    def names(*words):  # the error line must name what is wrong, not blame something else
+        def check(r):
+            line = next((ln for ln in r.stderr.splitlines() if ln.startswith("error: ")), "")
+            missing = [w for w in words if w not in line]
+            return None if not missing else ("MINOR", f"the error does not name {missing}: {line[:100]}")
+        return check
+
+    def qd_nothing_made(r):
+        return None if not (d / "qd").exists() else ("MINOR", "searching a missing qdrant:PATH created the folder")
+
+    checks = {"co-utf16le_nobom": names("UTF-16"), "co-cr_only": names("carriage returns (CR) alone"),
+              "ci-man_normalize_str": names("manifest model 'normalize'"), "ci-man_maxlen_neg": names("manifest model 'max_length'"),
+              "am-fl_neg": names("adaptor.json"), "qd-path-missing": qd_nothing_made,
+              **{f"co-text_types-{n}": names("text is") for n in ("list", "obj", "bool")},
+              **{f"co-id_types-{n}": names("doc id") for n in ("obj", "bool", "float")},
+              "qf-q_textlist": names("text is a JSON array"), "qf-q_idnum": names("query id"),
+              "co-bomtsv": bom_corpus("bomtsv"), "co-bom": bom_corpus("bomjsonl"), "qf-bomtsv": qbom,
               "se-out-current": current_intact, "se-out-dash": dash, "co-surrogate_id-rerun": surrogate_rerun}
     return cases, checks
+
+
+# (case, body bytes, status wanted, words the one-line error must hold): trial 3's HTTP cases, in process
+HTTP_CASES = [("h-size-empty", b'{"queries": ["cell"], "shortlist": ""}', 422, "size ''"),
+              ("h-deep", b"[" * 200_000 + b"]" * 200_000, 400, "nested too deeply"),
+              ("h-string-body", b'"x"', 422, "must be a JSON object")]
+
+
+def http_cases(index: Path) -> list[tuple[str, str, int, str]]:
+    """Rows (case, verdict, status, message) of ``HTTP_CASES`` against ``serve``'s app over ``index``."""
+    from fastapi.testclient import TestClient
+
+    from adaretrieve.serve.app import create_app
+    from adaretrieve.serve.service import SearchService
+
+    rows = []
+    with TestClient(create_app(SearchService(index, device="cpu"))) as c:
+        for name, body, status, words in HTTP_CASES:
+            r = c.post("/search", content=body, headers={"content-type": "application/json"})
+            try:
+                msg = r.json().get("error", "") if isinstance(r.json(), dict) else ""
+            except ValueError:
+                msg = r.text[:160]
+            good = r.status_code == status and words in msg and "\n" not in msg
+            rows.append((name, "GOOD" if good else ("BAD" if r.status_code >= 500 or r.status_code < 400 else "MINOR"),
+                         r.status_code, msg.replace("|", "\\|")[:160]))
+    return rows
 
 
 def classify(res, expect: str) -> tuple[str, str]:
@@ -487,6 +563,9 @@ def main() -> None:
             if name == "se-metrics" and (d / "runs" / "metrics.trec").exists():
                 rows[-1] = (name, "MINOR", r.exit_code, "refused only after searching: the run file was written")
             print(f"{verdict:5} {name:22} {r.exit_code} {rows[-1][3]}", flush=True)
+        for row in http_cases(d / "idx" / "base"):
+            rows.append(row)
+            print(f"{row[1]:5} {row[0]:22} {row[2]} {row[3]}", flush=True)
     counts = {v: sum(1 for r in rows if r[1] == v) for v in ("GOOD", "MINOR", "BAD")}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

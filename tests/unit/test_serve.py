@@ -174,6 +174,12 @@ BAD = [
     ("a funnel that widens", {"queries": "cell", "k": 5, "then": [{"size": "2x16", "k": 9}]}, 422, "a funnel narrows"),
     ("nprobe on a flat index", {"queries": "cell", "nprobe": 4}, 422, "nprobe applies to IVF"),
     ("unknown field", {"queries": "cell", "topk": 3}, 422, "unknown field 'topk'"),
+    # trial 3: h-size-empty, h-deep, h-string-body
+    ("an empty shortlist size", {"queries": "cell", "shortlist": ""}, 422, "size '' is not of the form LAYERSxDIMS"),
+    ("a blank rerank size", {"queries": "cell", "rerank": " "}, 422, "size ' ' is not of the form LAYERSxDIMS"),
+    ("JSON nested 200000 deep", b"[" * 200_000 + b"]" * 200_000, 400, "nested too deeply"),
+    ("a JSON string body", b'"x"', 422, 'request body must be a JSON object such as {"queries": ["text"]}'),
+    ("a JSON number body", b"5", 422, "request body must be a JSON object"),
 ]
 
 
