@@ -83,7 +83,7 @@ def serve(
         return
     from adaretrieve.search import IndexReader
 
-    IndexReader(index)  # a missing or damaged index is one line here, not one traceback per worker
+    IndexReader(index).open_all()  # a missing or damaged index (any file) is one line here, not a traceback per worker
     os.environ["ADARETRIEVE_SERVE"] = json.dumps(cfg)
     uvicorn.run("adaretrieve.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
                 log_level=log_level, access_log=access_log)

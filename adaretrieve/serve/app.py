@@ -5,7 +5,8 @@
     GET  /metrics   Prometheus text: requests, errors, latency per endpoint and per search stage, batch sizes
 
 Every error is a JSON object ``{"error": "<one line>"}`` with a 4xx status for a bad request
-(400 malformed JSON, 413 body too large, 422 a value that breaks a rule) and 500 for a bug.
+(400 malformed JSON, 413 body too large, 422 a value that breaks a rule), 503 when the server is busy or a
+file of its index is damaged (then /health is 503 too, saying why) and 500 for a bug.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adaretrieve._version import __version__
 from adaretrieve.data.readers import visible
-from adaretrieve.errors import AdaError
+from adaretrieve.errors import AdaError, IndexDamaged
 from adaretrieve.search.plan import DEFAULT
 from adaretrieve.serve.service import Overloaded, SearchService
 
@@ -257,6 +258,8 @@ def create_app(service: SearchService, max_body: int = MAX_BODY_BYTES) -> FastAP
             plan = await run_in_threadpool(service.plan, shortlist=req.shortlist, k=req.k,
                                            then=[(s.size, s.k) for s in req.then], rerank=rerank, top=req.top,
                                            nprobe=req.nprobe, ef_search=req.ef_search)
+        except IndexDamaged as e:  # the server's files, not the request: 503, and /health says so
+            return error(503, _one_line(str(e)), "/search", "index_damaged")
         except AdaError as e:
             return error(422, _one_line(str(e)), "/search", "invalid")
         try:
@@ -267,6 +270,8 @@ def create_app(service: SearchService, max_body: int = MAX_BODY_BYTES) -> FastAP
             return response
         try:
             hits = await asyncio.wrap_future(job.future)
+        except IndexDamaged as e:
+            return error(503, _one_line(str(e)), "/search", "index_damaged")
         except AdaError as e:  # the index was reloaded and no longer serves this plan
             return error(422, _one_line(str(e)), "/search", "invalid")
         timings = {k: round(1000 * v, 3) for k, v in job.timings.items()}
@@ -275,17 +280,20 @@ def create_app(service: SearchService, max_body: int = MAX_BODY_BYTES) -> FastAP
                 "generation": job.generation, "timings_ms": timings}
         return JSONResponse(body)  # built by hand: validating thousands of hits through pydantic costs more than the search
 
-    @app.get("/health", summary="What is served")
+    @app.get("/health", summary="What is served", responses={503: {"description": "Not healthy: 'problem' says why."}})
     async def health():
         r, enc = service.reader, service.encoder
         m = r.manifest
-        return {"status": "ok", "index": str(service.index_dir), "generation": r.generation, "n_docs": r.n_docs,
+        problem = service.problem()
+        body = {"status": "ok" if problem is None else "degraded", **({"problem": problem} if problem else {}),
+                "index": str(service.index_dir), "generation": r.generation, "n_docs": r.n_docs,
                 "model": {"name": m.model.get("name"), "weights_sha256": m.model.get("weights_sha256"),
                           "layers": enc.n_layers, "hidden_size": enc.hidden_size},
                 "shortlist_sizes": [str(s) for s in m.shortlist_sizes],
                 "rerank_size": str(m.rerank_size) if m.rerank_size else None,
                 "defaults": service.defaults(), "max_batch": service.max_batch, "max_queue": service.max_queue,
                 "max_wait_ms": 1000 * service.max_wait, "pid": os.getpid(), "version": __version__}
+        return JSONResponse(body, status_code=200 if problem is None else 503)
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
     async def prometheus():

@@ -485,14 +485,30 @@ HTTP_CASES = [("h-size-empty", b'{"queries": ["cell"], "shortlist": ""}', 422, "
               ("h-string-body", b'"x"', 422, "must be a JSON object")]
 
 
-def http_cases(index: Path) -> list[tuple[str, str, int, str]]:
-    """Rows (case, verdict, status, message) of ``HTTP_CASES`` against ``serve``'s app over ``index``."""
+def http_cases(index: Path, d: Path) -> list[tuple[str, str, int, str]]:
+    """Rows (case, verdict, status, message) of ``HTTP_CASES`` against ``serve``'s app over ``index``, then
+    sv-index-bad (a service over trial 3's int8 index without scale_file must not start) and sv-index-moved
+    (the served folder moved away: a size not used yet is answered or a 5xx, never a 4xx; /health not ok)."""
     from fastapi.testclient import TestClient
 
+    from adaretrieve.errors import AdaError
     from adaretrieve.serve.app import create_app
     from adaretrieve.serve.service import SearchService
 
     rows = []
+    try:
+        SearchService(d / "cidx" / "man_dtype_int8_noscale", device="cpu")
+        rows.append(("sv-index-bad", "BAD", 0, "the service started on an index whose rerank entry has no scale_file"))
+    except AdaError as e:
+        rows.append(("sv-index-bad", "GOOD" if "scale_file" in str(e) else "MINOR", 2, str(e).replace(str(d), "<tmp>")[:160]))
+    moved = Path(shutil.copytree(index, d / "idx" / "srv"))
+    with TestClient(create_app(SearchService(moved, device="cpu"))) as c:
+        shutil.move(moved, d / "idx" / "srv-moved")
+        r = c.post("/search", json={"queries": ["cell"], "shortlist": "2x8", "k": 10, "top": 2})
+        h = c.get("/health")
+        good = r.status_code not in range(400, 500) and h.status_code == 503 and h.json().get("status") != "ok"
+        rows.append(("sv-index-moved", "GOOD" if good else "BAD", r.status_code,
+                     f"search {r.status_code}, /health {h.status_code} {h.json().get('status')}"))
     with TestClient(create_app(SearchService(index, device="cpu"))) as c:
         for name, body, status, words in HTTP_CASES:
             r = c.post("/search", content=body, headers={"content-type": "application/json"})
@@ -563,7 +579,7 @@ def main() -> None:
             if name == "se-metrics" and (d / "runs" / "metrics.trec").exists():
                 rows[-1] = (name, "MINOR", r.exit_code, "refused only after searching: the run file was written")
             print(f"{verdict:5} {name:22} {r.exit_code} {rows[-1][3]}", flush=True)
-        for row in http_cases(d / "idx" / "base"):
+        for row in http_cases(d / "idx" / "base", d):
             rows.append(row)
             print(f"{row[1]:5} {row[0]:22} {row[2]} {row[3]}", flush=True)
     counts = {v: sum(1 for r in rows if r[1] == v) for v in ("GOOD", "MINOR", "BAD")}

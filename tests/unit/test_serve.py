@@ -453,3 +453,79 @@ def test_planning_a_derived_shortlist_does_not_block_the_event_loop(index, monke
         service.stop()
     assert health.status_code == 200 and search.status_code == 200, search.text
     assert waited < 0.5, f"/health waited {waited:.2f} s behind a search's planning"
+
+
+# -- trial 3: a damaged or moved index (sv-index-bad, sv-index-moved) ------------------------------------
+
+
+def _int8_without_scale(index, tmp_path):
+    import shutil
+
+    from adaretrieve.index.format import current_generation
+
+    ix = shutil.copytree(index, tmp_path / "bad")
+    g = current_generation(ix)
+    m = json.loads((g / "manifest.json").read_text())
+    m["rerank"]["dtype"] = "int8"
+    (g / "manifest.json").write_text(json.dumps(m))
+    return ix
+
+
+@pytest.mark.parametrize("damage", ["int8_no_scale", "shortlist_missing"])
+def test_serve_refuses_to_start_when_a_file_its_plans_need_is_bad(index, tmp_path, monkeypatch, damage):
+    """sv-index-bad: files were opened lazily, so serve started, /health said ok and every rerank was a 500."""
+    import shutil
+
+    import uvicorn
+
+    from adaretrieve.cli.main import app
+    from adaretrieve.errors import AdaError
+    from adaretrieve.index.format import current_generation
+
+    if damage == "int8_no_scale":
+        ix, words = _int8_without_scale(index, tmp_path), "need a 'scale_file'"
+    else:
+        ix = shutil.copytree(index, tmp_path / "bad")
+        (current_generation(ix) / "shortlist-2x16.faiss").unlink()
+        words = "shortlist-2x16.faiss is missing"
+    with pytest.raises(AdaError, match=words):
+        SearchService(ix, device="cpu")
+    ran = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: ran.append(a))
+    for workers in ("1", "2"):
+        res = CliRunner().invoke(app, ["serve", "-q", "--index", str(ix), "--port", "0", "--workers", workers])
+        lines = [x for x in res.stderr.splitlines() if x.strip()]
+        assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], res.output
+    assert not ran
+
+
+def test_a_moved_index_is_never_a_client_error_and_health_says_so(index, tmp_path):
+    """sv-index-moved: after the folder moved, a size not used yet was a 422 'the index is damaged' while
+    /health said ok. Every file is open from the start now: the request is answered, /health is 503."""
+    import shutil
+
+    ix = shutil.copytree(index, tmp_path / "srv")
+    service = SearchService(ix, device="cpu")
+    with TestClient(create_app(service)) as c:
+        assert c.get("/health").status_code == 200
+        shutil.move(ix, tmp_path / "srv-moved")
+        r = c.post("/search", json={"queries": "cell", "shortlist": "2x8", "k": 10, "top": 2})  # derived, never used
+        assert r.status_code == 200, r.text
+        h = c.get("/health")
+        assert h.status_code == 503 and h.json()["status"] != "ok" and "srv" in h.json()["problem"], h.text
+
+
+def test_a_server_side_file_fault_is_a_5xx_and_health_not_ok(index, monkeypatch):
+    from adaretrieve.errors import IndexDamaged
+    from adaretrieve.search import reader as reader_mod
+
+    service = SearchService(index, device="cpu")
+    with TestClient(create_app(service)) as c:
+        def broken(self, size):
+            raise IndexDamaged(f"{index}/shortlist-{size}.faiss is missing; the index is damaged, rebuild it")
+
+        monkeypatch.setattr(reader_mod.IndexReader, "shortlist_index", broken)
+        r = c.post("/search", json={"queries": "cell", "shortlist": "2x4"})
+        assert r.status_code == 503 and "is missing" in r.json()["error"], r.text
+        h = c.get("/health")
+        assert h.status_code == 503 and "is missing" in h.json()["problem"], h.text
