@@ -509,6 +509,7 @@ def http_cases(index: Path, d: Path) -> list[tuple[str, str, int, str]]:
         good = r.status_code not in range(400, 500) and h.status_code == 503 and h.json().get("status") != "ok"
         rows.append(("sv-index-moved", "GOOD" if good else "BAD", r.status_code,
                      f"search {r.status_code}, /health {h.status_code} {h.json().get('status')}"))
+    rows.append(slowloris(index))
     with TestClient(create_app(SearchService(index, device="cpu"))) as c:
         for name, body, status, words in HTTP_CASES:
             r = c.post("/search", content=body, headers={"content-type": "application/json"})
@@ -520,6 +521,61 @@ def http_cases(index: Path, d: Path) -> list[tuple[str, str, int, str]]:
             rows.append((name, "GOOD" if good else ("BAD" if r.status_code >= 500 or r.status_code < 400 else "MINOR"),
                          r.status_code, msg.replace("|", "\\|")[:160]))
     return rows
+
+
+def slowloris(index: Path, n: int = 50, timeout: float = 1.0) -> tuple[str, str, int, str]:
+    """sv-slowloris: ``n`` connections that send headers and half a body (or half the headers) then stall,
+    against a real uvicorn server running serve's protocol with its read timeout cut to ``timeout``
+    seconds: each must be closed by the server within a few timeouts, and /health answered meanwhile."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from adaretrieve.serve import protocol
+    from adaretrieve.serve.app import create_app
+    from adaretrieve.serve.service import SearchService
+
+    cls = type("TrialProtocol", (protocol.TimedH11Protocol,), {"read_timeout": timeout})
+    server = uvicorn.Server(uvicorn.Config(create_app(SearchService(index, device="cpu")), http=cls, log_level="warning"))
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        heads = [b"POST /search HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"q",
+                 b"POST /search HTTP/1.1\r\nHost: x\r\ncontent-"]
+        socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
+        for i, s in enumerate(socks):
+            s.sendall(heads[i % 2])
+        t0 = time.perf_counter()
+        with socket.create_connection(("127.0.0.1", port)) as ok:
+            ok.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            ok.settimeout(5)
+            healthy = ok.recv(100).startswith(b"HTTP/1.1 200")
+        open_ = 0
+        for s in socks:
+            s.settimeout(max(0.1, 5 * timeout - (time.perf_counter() - t0)))
+            try:
+                while s.recv(4096):
+                    pass
+            except TimeoutError:
+                open_ += 1
+            except OSError:
+                pass
+            s.close()
+        waited = time.perf_counter() - t0
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    good = healthy and open_ == 0
+    return ("sv-slowloris", "GOOD" if good else "BAD", 0,
+            f"{n - open_} of {n} stalled connections closed by the server within {waited:.1f} s (read timeout {timeout} s); "
+            f"/health answered meanwhile: {healthy}")
 
 
 def classify(res, expect: str) -> tuple[str, str]:

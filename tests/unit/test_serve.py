@@ -529,3 +529,73 @@ def test_a_server_side_file_fault_is_a_5xx_and_health_not_ok(index, monkeypatch)
         assert r.status_code == 503 and "is missing" in r.json()["error"], r.text
         h = c.get("/health")
         assert h.status_code == 503 and "is missing" in h.json()["problem"], h.text
+
+
+# -- trial 3: stalled clients (sv-slowloris) ---------------------------------------------------------------
+
+
+def test_stalled_clients_are_closed_within_the_read_timeout(index, monkeypatch):
+    """sv-slowloris: 300 connections that sent headers and half a body (or half the headers) were still
+    open after 22 s, each holding a descriptor. The server closes each once the read timeout passes,
+    and answers other clients meanwhile."""
+    import socket
+    import threading
+    import time as _time
+
+    import uvicorn
+
+    from adaretrieve.serve import protocol
+
+    monkeypatch.setattr(protocol.TimedH11Protocol, "read_timeout", 1.0)
+    service = SearchService(index, device="cpu")
+    server = uvicorn.Server(uvicorn.Config(create_app(service), http=protocol.TimedH11Protocol, log_level="warning"))
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            _time.sleep(0.05)
+        assert server.started
+        stalled = [b"POST /search HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n"
+                   b'{"queries": ', b"POST /search HTTP/1.1\r\nHost: x\r\ncontent-", b""]
+        socks = []
+        for head in stalled:
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(head)
+            socks.append(s)
+        t0 = _time.perf_counter()
+        with socket.create_connection(("127.0.0.1", port)) as ok:  # another client is served meanwhile
+            ok.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            ok.settimeout(5)
+            assert ok.recv(100).startswith(b"HTTP/1.1 200")
+        for s in socks:
+            s.settimeout(6)
+            try:
+                while s.recv(4096):  # whatever is answered, then the end of the stream
+                    pass
+            except ConnectionResetError:
+                pass
+            s.close()
+        waited = _time.perf_counter() - t0
+        assert waited < 4, f"stalled connections still open after {waited:.1f} s"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_serve_runs_uvicorn_with_the_read_timeout_protocol(index, monkeypatch):
+    import uvicorn
+
+    from adaretrieve.cli.main import app
+
+    seen = {}
+    monkeypatch.delenv("ADARETRIEVE_SERVE", raising=False)
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw))
+    for workers in ("1", "2"):
+        res = CliRunner().invoke(app, ["serve", "-q", "--index", str(index), "--port", "0", "--workers", workers])
+        assert res.exit_code == 0, res.output
+        assert seen["http"] == "adaretrieve.serve.protocol:TimedH11Protocol"
