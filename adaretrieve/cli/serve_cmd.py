@@ -50,7 +50,7 @@ def serve(
     access_log: bool = typer.Option(False, "--access-log", help="Log every request (uvicorn's access log)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notes on stderr; results and errors only."),
 ):
-    """Serve an index over HTTP: POST /search, GET /health, GET /metrics, OpenAPI at /docs.
+    """Serve an index over HTTP: POST /search, GET /health, GET /metrics; OpenAPI at /openapi.json, a page at /docs.
 
     Examples:
 

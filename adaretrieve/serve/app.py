@@ -20,7 +20,7 @@ from typing import Optional, Union
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -198,6 +198,35 @@ def _validation_line(exc: RequestValidationError, sent_as_json: bool = True) -> 
     return 422, _one_line(f"{'.'.join(loc) or 'request'}: {msg}")
 
 
+def docs_page(schema: dict) -> str:
+    """/docs: the endpoints, the request fields and the examples of ``schema`` (the OpenAPI document)
+    as one HTML page with nothing to fetch: FastAPI's default page loads Swagger UI from a CDN and
+    is blank on a machine without internet. /openapi.json stays the schema for tools."""
+    from html import escape
+
+    parts = [f"<h1>{escape(schema['info']['title'])} {escape(schema['info']['version'])}</h1>",
+             f"<p>{escape(schema['info'].get('description', ''))}</p>",
+             '<p>The machine-readable schema (OpenAPI 3) is <a href="/openapi.json">/openapi.json</a>; load it into any '
+             "OpenAPI viewer or client generator.</p>"]
+    for path, ops in schema["paths"].items():
+        for method, op in ops.items():
+            parts.append(f"<h2>{method.upper()} {escape(path)}</h2><p>{escape(op.get('summary', ''))}</p>")
+            codes = ", ".join(f"{c} {escape(r.get('description', ''))}" for c, r in op.get("responses", {}).items())
+            parts.append(f"<p><b>Responses:</b> {codes}</p>")
+            ref = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {}).get("$ref")
+            if not ref:
+                continue
+            body = schema["components"]["schemas"][ref.rsplit("/", 1)[-1]]
+            rows = "".join(f"<tr><td><code>{escape(k)}</code></td><td>{escape(v.get('description', ''))}</td></tr>"
+                           for k, v in body.get("properties", {}).items())
+            parts.append(f"<table><tr><th>field</th><th>meaning</th></tr>{rows}</table><h3>Examples</h3>")
+            parts += [f"<pre>{escape(json.dumps(x, indent=2))}</pre>" for x in body.get("examples", [])]
+    style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}td,th{border:1px solid #ccc;"
+             "padding:.3em;text-align:left;vertical-align:top}table{border-collapse:collapse}pre{background:#f4f4f4;padding:.5em}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{escape(schema['info']['title'])} API</title>"
+            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+
+
 def create_app(service: SearchService, max_body: int = MAX_BODY_BYTES) -> FastAPI:
     """The FastAPI app over ``service``; its lifespan starts and stops the service's batcher."""
     from contextlib import asynccontextmanager
@@ -210,7 +239,7 @@ def create_app(service: SearchService, max_body: int = MAX_BODY_BYTES) -> FastAP
         yield
         service.stop()
 
-    app = FastAPI(title="adaretrieve", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="adaretrieve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Two-stage dense retrieval over one index: a shortlist at a small size LxD, exact rerank "
                               "at a large one. Concurrent requests share encoder passes (micro-batching).")
 
@@ -294,6 +323,10 @@ def create_app(service: SearchService, max_body: int = MAX_BODY_BYTES) -> FastAP
                 "defaults": service.defaults(), "max_batch": service.max_batch, "max_queue": service.max_queue,
                 "max_wait_ms": 1000 * service.max_wait, "pid": os.getpid(), "version": __version__}
         return JSONResponse(body, status_code=200 if problem is None else 503)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        return HTMLResponse(docs_page(app.openapi()))
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
     async def prometheus():

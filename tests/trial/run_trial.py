@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -520,6 +521,10 @@ def http_cases(index: Path, d: Path) -> list[tuple[str, str, int, str]]:
             good = r.status_code == status and words in msg and "\n" not in msg
             rows.append((name, "GOOD" if good else ("BAD" if r.status_code >= 500 or r.status_code < 400 else "MINOR"),
                          r.status_code, msg.replace("|", "\\|")[:160]))
+        r = c.get("/docs")  # newcomer-3: Swagger UI from a CDN is a blank page offline
+        urls = re.findall(r"https?://[^\s\"'<>]+", r.text)
+        rows.append(("nc-docs-offline", "GOOD" if r.status_code == 200 and not urls else "MINOR", r.status_code,
+                     f"/docs fetches {urls[:2]}" if urls else "/docs needs nothing from the network"))
     return rows
 
 

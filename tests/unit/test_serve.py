@@ -599,3 +599,15 @@ def test_serve_runs_uvicorn_with_the_read_timeout_protocol(index, monkeypatch):
         res = CliRunner().invoke(app, ["serve", "-q", "--index", str(index), "--port", "0", "--workers", workers])
         assert res.exit_code == 0, res.output
         assert seen["http"] == "adaretrieve.serve.protocol:TimedH11Protocol"
+
+
+def test_docs_is_a_self_contained_page(client):
+    """newcomer-3: /docs loaded Swagger UI from cdn.jsdelivr.net, a blank page offline."""
+    for path in ("/docs", "/redoc"):
+        r = client.get(path)
+        if path == "/redoc":
+            assert r.status_code == 404
+            continue
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", r.text, re.I), re.findall(r"\S*//\S+", r.text)[:3]
+        assert "/openapi.json" in r.text and "POST /search" in r.text and "do statins reduce the risk of cancer?" in r.text
