@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import re
 import shutil
 import sys
@@ -419,7 +420,10 @@ def trial3_cases(model, data, bad, d):
               for n in ("q_textlist", "q_idnum")]
     cases += [("am-fl_neg", ["index", "-q", "--model", str(fl_neg), "--shortlist", "2x16", "--corpus", str(data), "--out",
                              str(d / "idx" / "flneg")], "error"),
-              ("qd-path-missing", ["search", "-q", "--index", f"qdrant:{d / 'qd' / 'nope'}", "cell"], "error")]
+              ("qd-path-missing", ["search", "-q", "--index", f"qdrant:{d / 'qd' / 'nope'}", "cell"], "error"),
+              # newcomer-3: a mistyped folder under one that exists (ckpt/tny beside ckpt/) is not a Hub id
+              ("nc-model-typo", ["index", "-q", "--model", "idx/chekpoint", "--shortlist", "1x8", "--corpus",  # cwd: d
+                                 str(data), "--out", str(d / "idx" / "typo")], "error")]
     for name in ("q_nul", "q_ctrl_only", "q_zw_only"):
         cases.append((f"qf-invisible-{name}", ["search", "-q", "--index", str(base), "--queries", str(bad / f"{name}.jsonl")] + x,
                       "error"))
@@ -471,7 +475,7 @@ def trial3_cases(model, data, bad, d):
 
     checks = {"co-utf16le_nobom": names("UTF-16"), "co-cr_only": names("carriage returns (CR) alone"),
               "ci-man_normalize_str": names("manifest model 'normalize'"), "ci-man_maxlen_neg": names("manifest model 'max_length'"),
-              "am-fl_neg": names("adaptor.json"), "qd-path-missing": qd_nothing_made,
+              "am-fl_neg": names("adaptor.json"), "nc-model-typo": names("does not exist"), "qd-path-missing": qd_nothing_made,
               **{f"co-text_types-{n}": names("text is") for n in ("list", "obj", "bool")},
               **{f"co-id_types-{n}": names("doc id") for n in ("obj", "bool", "float")},
               "qf-q_textlist": names("text is a JSON array"), "qf-q_idnum": names("query id"),
@@ -604,8 +608,11 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "trial" / "results.md"))
     args = ap.parse_args()
     runner = CliRunner()
+    out = Path(args.out).resolve()
+    cwd = Path.cwd()
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
+        os.chdir(d)  # every case names absolute paths but nc-model-typo's relative one; nothing lands in the checkout
         inp = build_inputs(d)
         other = _save_tiny_bert(d / "other-model", seed=1)
         res = runner.invoke(app, ["index", "-q", "--model", str(inp["model"]), "--corpus", str(inp["data"]),
@@ -643,8 +650,8 @@ def main() -> None:
         for row in http_cases(d / "idx" / "base", d):
             rows.append(row)
             print(f"{row[1]:5} {row[0]:22} {row[2]} {row[3]}", flush=True)
+        os.chdir(cwd)
     counts = {v: sum(1 for r in rows if r[1] == v) for v in ("GOOD", "MINOR", "BAD")}
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     lines = ["# Bad-input trial, re-run", "", "Command: `.venv/bin/python tests/trial/run_trial.py`", "",
              f"{len(rows)} cases: GOOD {counts['GOOD']}, MINOR {counts['MINOR']}, BAD {counts['BAD']}", "",
