@@ -421,6 +421,7 @@ def trial3_cases(model, data, bad, d):
     cases += [("am-fl_neg", ["index", "-q", "--model", str(fl_neg), "--shortlist", "2x16", "--corpus", str(data), "--out",
                              str(d / "idx" / "flneg")], "error"),
               ("qd-path-missing", ["search", "-q", "--index", f"qdrant:{d / 'qd' / 'nope'}", "cell"], "error"),
+              ("nc-eval-depth", ["eval", "--run", str(runs / "good.trec"), "--qrels", str(data / "qrels.tsv")], "ok"),
               # newcomer-3: a mistyped folder under one that exists (ckpt/tny beside ckpt/) is not a Hub id
               ("nc-model-typo", ["index", "-q", "--model", "idx/chekpoint", "--shortlist", "1x8", "--corpus",  # cwd: d
                                  str(data), "--out", str(d / "idx" / "typo")], "error")]
@@ -475,7 +476,9 @@ def trial3_cases(model, data, bad, d):
 
     checks = {"co-utf16le_nobom": names("UTF-16"), "co-cr_only": names("carriage returns (CR) alone"),
               "ci-man_normalize_str": names("manifest model 'normalize'"), "ci-man_maxlen_neg": names("manifest model 'max_length'"),
-              "am-fl_neg": names("adaptor.json"), "nc-model-typo": names("does not exist"), "qd-path-missing": qd_nothing_made,
+              "am-fl_neg": names("adaptor.json"), "nc-model-typo": names("does not exist"),
+              "nc-eval-depth": lambda r: None if "R@1\t" in r.stdout and "R@1000" not in r.stdout
+              else ("MINOR", "eval names recall beyond the run's depth (1 per query)"), "qd-path-missing": qd_nothing_made,
               **{f"co-text_types-{n}": names("text is") for n in ("list", "obj", "bool")},
               **{f"co-id_types-{n}": names("doc id") for n in ("obj", "bool", "float")},
               "qf-q_textlist": names("text is a JSON array"), "qf-q_idnum": names("query id"),
