@@ -22,6 +22,11 @@ class AdaError(ValueError):
     """An input or configuration error, with a message that names the rule and the bad value."""
 
 
+class IndexDamaged(AdaError):
+    """A file of an opened index is missing or unreadable. To the CLI a bad input like any other; to a
+    server the fault is its own, not the request's (HTTP 503, /health not ok)."""
+
+
 def _first_line(e: BaseException, limit: int = 200) -> str:
     lines = str(e).strip().splitlines()
     return lines[0][:limit] if lines else type(e).__name__

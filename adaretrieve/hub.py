@@ -50,6 +50,7 @@ def require_hub(what: str, hint: str, offline_names: tuple[str, ...] = OFFLINE_V
 def check_hub_model(repo_id: str) -> None:
     """A model given as a Hub id must be in the local cache or downloadable now; AdaError at once otherwise."""
     if not _cached(repo_id):
-        require_hub(f"model {repo_id!r} is a Hub id that is not in the local cache",
+        require_hub(f"model {repo_id!r} is no local folder (there is none at {os.path.abspath(repo_id)}), and as a Hub id "
+                    "it is not in the local cache",
                     "give a local model folder, or 'minilm' (the packaged all-MiniLM-L6-v2)",
                     ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))

@@ -63,12 +63,17 @@ def parse_location(s: str) -> QdrantLocation:
     raise AdaError(f"{s!r} is not a Qdrant location: expected qdrant://HOST:PORT/COLLECTION or qdrant:PATH")
 
 
-def connect(loc: QdrantLocation, timeout: float = 10.0):
-    """A QdrantClient for ``loc``, checked to answer; one-line AdaError otherwise."""
+def connect(loc: QdrantLocation, timeout: float = 10.0, create: bool = True):
+    """A QdrantClient for ``loc``, checked to answer; one-line AdaError otherwise. ``create``: a local
+    storage folder that does not exist may be made (an upload); a reader passes False, since a local
+    client creates its folder as a side effect."""
     try:
         from qdrant_client import QdrantClient
     except ImportError:
         raise AdaError("Qdrant locations need qdrant-client: pip install 'adaretrieve[qdrant]'") from None
+    if loc.path and not create and not Path(loc.path).is_dir():
+        raise AdaError(f"{loc}: no Qdrant storage folder {loc.path} (upload an index with "
+                       f"`adaretrieve index upload --index DIR --to {loc}`)")
     if loc.path:
         try:
             return QdrantClient(path=loc.path)
@@ -229,7 +234,7 @@ class QdrantIndex:
 
     def __init__(self, location: str | QdrantLocation, client=None):
         self.loc = parse_location(location) if isinstance(location, str) else location
-        self.client = client or connect(self.loc)
+        self.client = client or connect(self.loc, create=False)
         try:
             meta = _meta(self.client, self.loc)
         except BaseException:

@@ -45,6 +45,14 @@ class VectorSpec:
             raise AdaError(f"vector spec: dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
         if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 1:
             raise AdaError(f"vector spec: max_length {self.max_length!r} is not a whole number of at least 1")
+        for name in ("normalize", "lowercase"):  # a recorded "false" string must not read as true
+            if not isinstance(getattr(self, name), bool):
+                raise AdaError(f"vector spec: {name} {getattr(self, name)!r} is not true or false")
+        for name in ("query_prefix", "passage_prefix"):
+            if not isinstance(getattr(self, name), str):
+                raise AdaError(f"vector spec: {name} {getattr(self, name)!r} is not a string")
+        if self.weights_sha256 is not None and not isinstance(self.weights_sha256, str):
+            raise AdaError(f"vector spec: weights_sha256 {self.weights_sha256!r} is not a string or null")
 
     def to_dict(self) -> dict:
         return asdict(self)

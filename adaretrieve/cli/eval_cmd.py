@@ -27,10 +27,17 @@ def evaluate(
     import json
 
     from adaretrieve.data import read_qrels
-    from adaretrieve.eval import Evaluator, read_run
+    from adaretrieve.eval import Evaluator, read_run, recall_within_depth
 
-    ev = Evaluator(read_qrels(qrels), metrics)
+    judged = read_qrels(qrels)
     scores = read_run(run)
+    depth = max((len(d) for d in scores.values()), default=0)
+    # as search names it: R@1000 of a run that holds at most 200 per query is R@200 (recall_within_depth)
+    measures, renamed = recall_within_depth(metrics, depth) if depth else (metrics, {})
+    if renamed:
+        typer.echo(f"note: {run} holds at most {depth} results per query; "
+                   + ", ".join(f"{a} is {b}" for a, b in renamed.items()), err=True)
+    ev = Evaluator(judged, measures)
     means = ev(scores)
     if not per_query:
         print_metrics(means, as_json)

@@ -50,7 +50,7 @@ def serve(
     access_log: bool = typer.Option(False, "--access-log", help="Log every request (uvicorn's access log)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notes on stderr; results and errors only."),
 ):
-    """Serve an index over HTTP: POST /search, GET /health, GET /metrics, OpenAPI at /docs.
+    """Serve an index over HTTP: POST /search, GET /health, GET /metrics; OpenAPI at /openapi.json, a page at /docs.
 
     Examples:
 
@@ -71,6 +71,7 @@ def serve(
     except ImportError as e:
         raise AdaError(f"serve needs fastapi and uvicorn ({e.name} is missing): pip install 'adaretrieve[serve]'") from None
     from adaretrieve.serve.app import create_app
+    from adaretrieve.serve.protocol import IMPORT_PATH
     from adaretrieve.serve.service import SearchService
 
     _check_port(host, port)
@@ -79,11 +80,11 @@ def serve(
     log_level = "warning" if quiet else "info"
     if workers == 1:
         app = create_app(SearchService(**cfg))  # loads here: a bad index or model is one line before listening
-        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log)
+        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log, http=IMPORT_PATH)
         return
     from adaretrieve.search import IndexReader
 
-    IndexReader(index)  # a missing or damaged index is one line here, not one traceback per worker
+    IndexReader(index).open_all()  # a missing or damaged index (any file) is one line here, not a traceback per worker
     os.environ["ADARETRIEVE_SERVE"] = json.dumps(cfg)
     uvicorn.run("adaretrieve.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level, access_log=access_log)
+                log_level=log_level, access_log=access_log, http=IMPORT_PATH)  # stalled clients time out

@@ -65,10 +65,23 @@ def visible(text: str) -> bool:
     return any(not (c.isspace() or unicodedata.category(c) in ("Cc", "Cf")) for c in text)
 
 
+def _looks_utf16(raw: bytes) -> bool:
+    """True when ``raw`` (one line's bytes) is UTF-16: a byte-order mark FF FE / FE FF, or NULs in
+    most of the odd or the even bytes (what ASCII text in UTF-16 is). Such bytes can decode as UTF-8,
+    since NUL is valid UTF-8, and then a parser would blame the syntax for what is an encoding."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return True
+    body = raw.rstrip(b"\r\n\x00")
+    if len(body) < 4 or b"\x00" not in body:
+        return False
+    return max(body[0::2].count(0), body[1::2].count(0)) >= 0.4 * (len(body) // 2)
+
+
 def text_lines(path: str | Path, what: str = "file") -> Iterator[tuple[int, str]]:
     """(line number, line without its line end) for every line of a UTF-8 text file, gzipped when it
     ends in .gz. A folder, undecodable bytes or a corrupt gzip stream is an AdaError naming the
-    file (and the line). Lines are split at \\n only (CRLF is tolerated), never at U+2028. A UTF-8
+    file (and the line), and so is a UTF-16 file or one whose lines end in CR alone (classic Mac),
+    named as such. Lines are split at \\n only (CRLF is tolerated), never at U+2028. A UTF-8
     byte-order mark at the start is dropped (Windows editors write one), so it never joins an id."""
     p = Path(path)
     if p.is_dir():
@@ -79,6 +92,12 @@ def text_lines(path: str | Path, what: str = "file") -> Iterator[tuple[int, str]
     try:
         with (gzip.open(p, "rb") if p.suffix == ".gz" else open(p, "rb")) as f:
             for lineno, raw in enumerate(f, 1):
+                if _looks_utf16(raw):
+                    raise AdaError(f"{p}:{lineno}: the file is UTF-16 text (a byte-order mark FF FE / FE FF, or a NUL "
+                                   "byte between the characters); convert the file to UTF-8")
+                if not raw.endswith(b"\n") and b"\r" in raw.rstrip(b"\r"):  # the last 'line' holds every line
+                    raise AdaError(f"{p}:{lineno}: the lines of the file end in carriage returns (CR) alone, as on a "
+                                   "classic Mac; convert the line ends to LF (\\n) or CRLF")
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as e:
@@ -105,6 +124,46 @@ def _json(p: Path, lineno: int, line: str):
         return json.loads(line)
     except json.JSONDecodeError as e:
         raise AdaError(f"{p}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+
+
+def _json_kind(value) -> str:
+    """'a JSON object', 'JSON true', ...: what a value parsed from JSON was."""
+    if isinstance(value, bool) or value is None:
+        return f"JSON {json.dumps(value)}"
+    return "a JSON " + {dict: "object", list: "array", float: "number with a fraction or exponent",
+                        int: "number"}.get(type(value), type(value).__name__)
+
+
+def json_id(value, where: str, what: str = "id") -> str:
+    """A JSON id as text: a string as it is, an integer as its decimal digits. Anything else (an
+    object, array, bool, or a number with a fraction or exponent, which ``json`` reads as a float
+    and would respell: 1e400 as 'inf') is an AdaError naming ``where``."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise AdaError(f"{where}: {what} {json.dumps(value)[:40]} is {_json_kind(value)}; ids are strings (or whole "
+                   "numbers): write it in quotes")
+
+
+def json_text(value, where: str, what: str = "text") -> str:
+    """A JSON text field as text: a string, a number as it is spelled by Python, null (or absent) as ''.
+    An array, object or bool is an AdaError naming ``where`` (it used to become its Python repr)."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise AdaError(f"{where}: {what} is {_json_kind(value)}; it must be a string")
+
+
+def _first_given(obj: dict, *keys: str):
+    """The value of the first of ``keys`` that ``obj`` has with a value other than null or ''."""
+    for key in keys:
+        if obj.get(key) not in (None, ""):
+            return obj[key]
+    return None
 
 
 def resolve_corpus(path: str | Path) -> Path:
@@ -142,12 +201,14 @@ def iter_corpus(path: str | Path) -> Iterator[Doc]:
         obj = _json(p, lineno, line)
         if not isinstance(obj, dict):
             raise AdaError(f"{p}:{lineno}: expected a JSON object with _id, title, text")
+        where = f"{p}:{lineno}"
         docid = obj.get("_id", obj.get("id", obj.get("docid")))
         if docid is None:
-            raise AdaError(f"{p}:{lineno}: document has no '_id'")
-        title, text = str(obj.get("title") or ""), str(obj.get("text") or obj.get("contents") or "")
-        yield Doc(check_id(str(docid), f"{p}:{lineno}", "doc id"), check_unicode(title, f"{p}:{lineno}", "title"),
-                  check_unicode(text, f"{p}:{lineno}", "text"))
+            raise AdaError(f"{where}: document has no '_id'")
+        title = json_text(obj.get("title"), where, "title")
+        text = json_text(_first_given(obj, "text", "contents"), where, "text")
+        yield Doc(check_id(json_id(docid, where, "doc id"), where, "doc id"), check_unicode(title, where, "title"),
+                  check_unicode(text, where, "text"))
 
 
 def validate_corpus(path: str | Path) -> int:
@@ -189,7 +250,10 @@ def read_queries(path: str | Path) -> dict[str, str]:
             obj = _json(p, lineno, line)
             if not isinstance(obj, dict):
                 raise AdaError(f"{p}:{lineno}: expected a JSON object with _id and text")
-            qid, text = str(obj.get("_id", obj.get("id", ""))), str(obj.get("text") or obj.get("query") or "")
+            where = f"{p}:{lineno}"
+            qid = _first_given(obj, "_id", "id")
+            qid = "" if qid is None else json_id(qid, where, "query id")
+            text = json_text(_first_given(obj, "text", "query"), where, f"query {qid!r} text")
         if not qid:
             raise AdaError(f"{p}:{lineno}: query has no id")
         check_id(qid, f"{p}:{lineno}", "query id")

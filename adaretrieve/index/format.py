@@ -251,6 +251,26 @@ _MANIFEST_TYPES = {"model": (dict,), "n_docs": (int,), "shortlist": (list,), "re
 _ENTRY_KEYS = ("size", "file")
 
 
+def _whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _text_or_null(v) -> bool:
+    return v is None or isinstance(v, str)
+
+
+# what the query side reads from the manifest's "model" entry (Encoder.describe writes it): each value
+# is checked when present, so a "false" string is never read as true, nor -5 blamed on --max-length
+_MODEL_TYPES = {"name": (_text_or_null, "a string"), "path": (_text_or_null, "a string"),
+                "weights_sha256": (_text_or_null, "a string or null"), "pooling": (lambda v: isinstance(v, str), "a string"),
+                "normalize": (lambda v: isinstance(v, bool), "true or false"),
+                "lowercase": (lambda v: isinstance(v, bool), "true or false"),
+                "max_length": (_whole, "a whole number of at least 1"), "n_layers": (_whole, "a whole number of at least 1"),
+                "hidden_size": (_whole, "a whole number of at least 1"),
+                "query_prefix": (lambda v: isinstance(v, str), "a string"),
+                "passage_prefix": (lambda v: isinstance(v, str), "a string")}
+
+
 def _check_manifest(p: Path, data: dict) -> None:
     """Keys, value types and the size entries of a manifest, each failure naming the key."""
     required = {f.name for f in fields(Manifest) if f.default is MISSING and f.default_factory is MISSING}
@@ -266,6 +286,9 @@ def _check_manifest(p: Path, data: dict) -> None:
             raise AdaError(f"{p}: manifest {key!r} should be {' or '.join(_json_name(k) for k in kinds)}, got {data[key]!r:.80}")
     if data["n_docs"] < 1:
         raise AdaError(f"{p}: manifest 'n_docs' is {data['n_docs']}, expected at least 1")
+    for key, (ok, rule) in _MODEL_TYPES.items():
+        if key in data["model"] and not ok(data["model"][key]):
+            raise AdaError(f"{p}: manifest model {key!r} should be {rule}, got {data['model'][key]!r:.80}; rebuild the index")
     entries = [("shortlist", e) for e in data["shortlist"]] + ([("rerank", data["rerank"])] if data["rerank"] else [])
     if not data["shortlist"]:
         raise AdaError(f"{p}: manifest 'shortlist' lists no FAISS index")

@@ -128,8 +128,9 @@ class Adaptor(nn.Module):
             meta = {k: v for k, v in cfg.items() if k not in ("format", "kind", "layers", "hidden_size", "feature_layers",
                                                             "out_dim", "hidden")}
             ad = cls(int(cfg["hidden_size"]), out_dims, fl, cfg.get("kind", "linear"), int(cfg.get("hidden", 0)), meta)
-        except AdaError:
-            raise
+        except AdaError as e:  # a rule of the config broken: name the file it is in
+            msg = str(e)
+            raise AdaError(msg if msg.startswith(str(d / CONFIG)) else f"{d / CONFIG}: {msg}") from None
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise AdaError(f"{d / CONFIG}: not a valid adaptor config ({type(e).__name__}: {e})") from None
         if not (d / WEIGHTS).exists():

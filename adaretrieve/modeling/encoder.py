@@ -13,6 +13,7 @@ import functools
 import hashlib
 import logging
 import os
+import re
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -46,6 +47,9 @@ _LAYER_PATHS = ("encoder.layer", "encoder.layers", "transformer.layer", "layers"
 INCOMPLETE = ".adaretrieve-incomplete"
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # what the Hub accepts as org/name (or name)
+
+
 def resolve_model(name: str | os.PathLike) -> str:
     """A local folder, a packaged alias (``minilm``), or a Hub id passed through unchanged."""
     s = str(name)
@@ -55,8 +59,14 @@ def resolve_model(name: str | os.PathLike) -> str:
                            f"saved); run the same `adaretrieve train` (or `pretrain`) again to finish it, or load a "
                            f"checkpoint from {Path(s) / 'checkpoints'}")
         return str(Path(s).expanduser().resolve())
-    if s.startswith(("/", ".", "~")) or s.count("/") > 1 or os.sep in s and s.count(os.sep) > 1:
-        raise AdaError(f"model folder {s} does not exist (give a folder, a Hub id like org/name, or 'minilm')")
+    if Path(s).expanduser().exists():
+        raise AdaError(f"model {s} is a file, not a model folder (give a folder, a Hub id like org/name, or 'minilm')")
+    parent = Path(s).expanduser().parent
+    if (s.startswith(("/", ".", "~")) or s.count("/") > 1 or os.sep in s and s.count(os.sep) > 1
+            or (parent != Path(".") and parent.is_dir()) or not _HUB_ID.fullmatch(s)):
+        # a path, one under a folder that is here (ckpt/tny beside ckpt/), or a name no Hub id can have
+        where = f"; {parent} has no {Path(s).name!r}" if parent != Path(".") and parent.is_dir() else ""
+        raise AdaError(f"model folder {s} does not exist{where} (give a folder, a Hub id like org/name, or 'minilm')")
     if s.lower() in ("mpnet", "all-mpnet-base-v2"):
         # all-mpnet-base-v2 as assembled by ../shared/models/get-mpnet.sh, else the Hub id
         local = Path("~/.cache/mpnet/all-mpnet-base-v2").expanduser()

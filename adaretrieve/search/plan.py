@@ -175,7 +175,7 @@ def resolve_plan(manifest, shortlist: str | Size | None = None, k: int | None = 
             st = (st["size"], st["k"])
         s, kk = st
         stages.append((parse_size(s), kk))
-    short = parse_size(shortlist) if shortlist not in (None, "") else manifest.shortlist_sizes[0]
+    short = parse_size(shortlist) if shortlist is not None else manifest.shortlist_sizes[0]  # "" is no size (h-size-empty)
     rr = manifest.rerank_size if rerank is DEFAULT else (None if is_none(rerank) else parse_size(rerank))
     single = not stages and rr is None
     if k is None:

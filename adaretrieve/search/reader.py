@@ -15,7 +15,7 @@ import faiss
 import numpy as np
 
 from adaretrieve.data.readers import ID_RULE, check_id
-from adaretrieve.errors import AdaError
+from adaretrieve.errors import AdaError, IndexDamaged
 from adaretrieve.index.format import (
     DOCIDS,
     MANIFEST,
@@ -194,11 +194,11 @@ def _load_npy(path: Path, mode: str | None, shape: tuple[int, ...], dtype: str) 
     order); AdaError naming the file otherwise."""
     check_inside(path.parent, path)
     if not path.is_file():
-        raise AdaError(f"{path} is missing; the index is damaged, rebuild it")
+        raise IndexDamaged(f"{path} is missing; the index is damaged, rebuild it")
     try:
         arr = np.load(path, mmap_mode=mode)
     except (ValueError, OSError, EOFError) as e:
-        raise AdaError(f"{path}: not a readable .npy array ({str(e).strip().splitlines()[0][:120]}); rebuild the index") from None
+        raise IndexDamaged(f"{path}: not a readable .npy array ({str(e).strip().splitlines()[0][:120]}); rebuild the index") from None
     if arr.shape != shape:
         raise AdaError(f"{path} has shape {arr.shape}, the manifest implies {shape}: rebuild the index")
     if arr.dtype.newbyteorder("=") != np.dtype(dtype):
@@ -311,17 +311,29 @@ class IndexReader:
             self._rerank = rows
         return self._rerank
 
+    def open_all(self) -> IndexReader:
+        """Open and check now every file the manifest names (each stored shortlist, the rerank rows and
+        their scales), as a first search would; AdaError naming the first bad one. A server calls this
+        at start, so a damaged index is refused before it listens, and every size it can serve
+        (derived ones are cut from these files) is served from what is open if the folder is moved or
+        deleted later. Returns the reader."""
+        for size in self.manifest.shortlist_sizes:
+            self._stored_shortlist(size)
+        if self.manifest.rerank is not None:
+            self.rerank_rows()
+        return self
+
     def _stored_shortlist(self, size: Size) -> faiss.Index:
         if size not in self._shortlists:
             entry = next(e for e in self.manifest.shortlist if parse_size(e["size"]) == size)
             binary = entry.get("metric") == "hamming"
             path = self.gen_dir / entry["file"]
             if not check_inside(self.gen_dir, path).is_file():
-                raise AdaError(f"{path} is missing; the index is damaged, rebuild it")
+                raise IndexDamaged(f"{path} is missing; the index is damaged, rebuild it")
             try:
                 ix = (faiss.read_index_binary if binary else faiss.read_index)(str(path))
             except RuntimeError as e:
-                raise AdaError(f"{path}: not a readable FAISS index ({str(e).strip().splitlines()[-1][:120]}); rebuild the index") from None
+                raise IndexDamaged(f"{path}: not a readable FAISS index ({str(e).strip().splitlines()[-1][:120]}); rebuild the index") from None
             if ix.ntotal != self.n_docs or ix.d != size.dim:
                 raise AdaError(f"{path} holds {ix.ntotal} vectors of dim {ix.d}, the manifest says {self.n_docs} of dim "
                                f"{size.dim}: it belongs to another index; rebuild this one")

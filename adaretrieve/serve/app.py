@@ -5,7 +5,8 @@
     GET  /metrics   Prometheus text: requests, errors, latency per endpoint and per search stage, batch sizes
 
 Every error is a JSON object ``{"error": "<one line>"}`` with a 4xx status for a bad request
-(400 malformed JSON, 413 body too large, 422 a value that breaks a rule) and 500 for a bug.
+(400 malformed JSON, 413 body too large, 422 a value that breaks a rule), 503 when the server is busy or a
+file of its index is damaged (then /health is 503 too, saying why) and 500 for a bug.
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ from typing import Optional, Union
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adaretrieve._version import __version__
 from adaretrieve.data.readers import visible
-from adaretrieve.errors import AdaError
+from adaretrieve.errors import AdaError, IndexDamaged
 from adaretrieve.search.plan import DEFAULT
 from adaretrieve.serve.service import Overloaded, SearchService
 
@@ -167,8 +168,15 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())[:500]
 
 
-def _validation_line(exc: RequestValidationError) -> tuple[int, str]:
-    """A status and one line for the first problem pydantic found."""
+def _sent_as_json(request: Request) -> bool:
+    """True when the request's content type is one FastAPI parses as JSON (application/json, */*+json)."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    return ctype == "application/json" or (ctype.startswith("application/") and ctype.endswith("+json"))
+
+
+def _validation_line(exc: RequestValidationError, sent_as_json: bool = True) -> tuple[int, str]:
+    """A status and one line for the first problem pydantic found. ``sent_as_json``: the body was
+    declared JSON, so a string body is a JSON string, not unparsed text."""
     errs = exc.errors()
     if not errs:
         return 422, "invalid request"
@@ -181,12 +189,42 @@ def _validation_line(exc: RequestValidationError) -> tuple[int, str]:
     if e.get("type") == "missing" and not loc:
         return 422, 'request body is missing: send JSON such as {"queries": ["text"]}'
     if e.get("type") in ("model_attributes_type", "dict_type"):
-        if isinstance(e.get("input"), (bytes, str)):  # FastAPI parses JSON only when the content type says so
+        if isinstance(e.get("input"), bytes) or (isinstance(e.get("input"), str) and not sent_as_json):
+            # FastAPI parses JSON only when the content type says so; otherwise the body arrives as text
             return 422, "request body must be JSON sent with content-type: application/json"
         return 422, 'request body must be a JSON object such as {"queries": ["text"]}'
     if e.get("type") == "extra_forbidden":
         return 422, _one_line(f"unknown field {'.'.join(loc)!r}; the fields are {', '.join(SearchRequest.model_fields)}")
     return 422, _one_line(f"{'.'.join(loc) or 'request'}: {msg}")
+
+
+def docs_page(schema: dict) -> str:
+    """/docs: the endpoints, the request fields and the examples of ``schema`` (the OpenAPI document)
+    as one HTML page with nothing to fetch: FastAPI's default page loads Swagger UI from a CDN and
+    is blank on a machine without internet. /openapi.json stays the schema for tools."""
+    from html import escape
+
+    parts = [f"<h1>{escape(schema['info']['title'])} {escape(schema['info']['version'])}</h1>",
+             f"<p>{escape(schema['info'].get('description', ''))}</p>",
+             '<p>The machine-readable schema (OpenAPI 3) is <a href="/openapi.json">/openapi.json</a>; load it into any '
+             "OpenAPI viewer or client generator.</p>"]
+    for path, ops in schema["paths"].items():
+        for method, op in ops.items():
+            parts.append(f"<h2>{method.upper()} {escape(path)}</h2><p>{escape(op.get('summary', ''))}</p>")
+            codes = ", ".join(f"{c} {escape(r.get('description', ''))}" for c, r in op.get("responses", {}).items())
+            parts.append(f"<p><b>Responses:</b> {codes}</p>")
+            ref = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {}).get("$ref")
+            if not ref:
+                continue
+            body = schema["components"]["schemas"][ref.rsplit("/", 1)[-1]]
+            rows = "".join(f"<tr><td><code>{escape(k)}</code></td><td>{escape(v.get('description', ''))}</td></tr>"
+                           for k, v in body.get("properties", {}).items())
+            parts.append(f"<table><tr><th>field</th><th>meaning</th></tr>{rows}</table><h3>Examples</h3>")
+            parts += [f"<pre>{escape(json.dumps(x, indent=2))}</pre>" for x in body.get("examples", [])]
+    style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}td,th{border:1px solid #ccc;"
+             "padding:.3em;text-align:left;vertical-align:top}table{border-collapse:collapse}pre{background:#f4f4f4;padding:.5em}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{escape(schema['info']['title'])} API</title>"
+            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
 
 
 def create_app(service: SearchService, max_body: int = MAX_BODY_BYTES) -> FastAPI:
@@ -201,7 +239,7 @@ def create_app(service: SearchService, max_body: int = MAX_BODY_BYTES) -> FastAP
         yield
         service.stop()
 
-    app = FastAPI(title="adaretrieve", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="adaretrieve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Two-stage dense retrieval over one index: a shortlist at a small size LxD, exact rerank "
                               "at a large one. Concurrent requests share encoder passes (micro-batching).")
 
@@ -214,11 +252,14 @@ def create_app(service: SearchService, max_body: int = MAX_BODY_BYTES) -> FastAP
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
-        status, msg = _validation_line(exc)
+        status, msg = _validation_line(exc, _sent_as_json(request))
         return error(status, msg, endpoint_of(request), "bad_json" if status == 400 else "invalid")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):  # FastAPI's json.loads gave up
+            return error(400, "request body is not usable JSON: it is nested too deeply (more than about 1000 levels "
+                              "of arrays or objects)", endpoint_of(request), "bad_json")
         if exc.status_code == 400:  # FastAPI could not decode the body before parsing it (bytes that are not UTF-8)
             return error(400, "request body is not valid JSON (it must be UTF-8 text)", endpoint_of(request), "bad_json")
         return error(exc.status_code, _one_line(exc.detail), endpoint_of(request), str(exc.status_code))
@@ -246,6 +287,8 @@ def create_app(service: SearchService, max_body: int = MAX_BODY_BYTES) -> FastAP
             plan = await run_in_threadpool(service.plan, shortlist=req.shortlist, k=req.k,
                                            then=[(s.size, s.k) for s in req.then], rerank=rerank, top=req.top,
                                            nprobe=req.nprobe, ef_search=req.ef_search)
+        except IndexDamaged as e:  # the server's files, not the request: 503, and /health says so
+            return error(503, _one_line(str(e)), "/search", "index_damaged")
         except AdaError as e:
             return error(422, _one_line(str(e)), "/search", "invalid")
         try:
@@ -256,6 +299,8 @@ def create_app(service: SearchService, max_body: int = MAX_BODY_BYTES) -> FastAP
             return response
         try:
             hits = await asyncio.wrap_future(job.future)
+        except IndexDamaged as e:
+            return error(503, _one_line(str(e)), "/search", "index_damaged")
         except AdaError as e:  # the index was reloaded and no longer serves this plan
             return error(422, _one_line(str(e)), "/search", "invalid")
         timings = {k: round(1000 * v, 3) for k, v in job.timings.items()}
@@ -264,17 +309,24 @@ def create_app(service: SearchService, max_body: int = MAX_BODY_BYTES) -> FastAP
                 "generation": job.generation, "timings_ms": timings}
         return JSONResponse(body)  # built by hand: validating thousands of hits through pydantic costs more than the search
 
-    @app.get("/health", summary="What is served")
+    @app.get("/health", summary="What is served", responses={503: {"description": "Not healthy: 'problem' says why."}})
     async def health():
         r, enc = service.reader, service.encoder
         m = r.manifest
-        return {"status": "ok", "index": str(service.index_dir), "generation": r.generation, "n_docs": r.n_docs,
+        problem = service.problem()
+        body = {"status": "ok" if problem is None else "degraded", **({"problem": problem} if problem else {}),
+                "index": str(service.index_dir), "generation": r.generation, "n_docs": r.n_docs,
                 "model": {"name": m.model.get("name"), "weights_sha256": m.model.get("weights_sha256"),
                           "layers": enc.n_layers, "hidden_size": enc.hidden_size},
                 "shortlist_sizes": [str(s) for s in m.shortlist_sizes],
                 "rerank_size": str(m.rerank_size) if m.rerank_size else None,
                 "defaults": service.defaults(), "max_batch": service.max_batch, "max_queue": service.max_queue,
                 "max_wait_ms": 1000 * service.max_wait, "pid": os.getpid(), "version": __version__}
+        return JSONResponse(body, status_code=200 if problem is None else 503)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        return HTMLResponse(docs_page(app.openapi()))
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
     async def prometheus():

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from adaretrieve.errors import AdaError
+from adaretrieve.errors import AdaError, IndexDamaged
 from adaretrieve.search.plan import DEFAULT, FunnelPlan, check_plan_sizes, resolve_plan
 from adaretrieve.serve.metrics import BATCH_BUCKETS, Metrics
 from adaretrieve.spec import QUERY_FIELDS
@@ -121,7 +121,8 @@ class SearchService:
         self.max_batch, self.max_wait = int(max_batch), max_wait_ms / 1000.0
         self.reload_every = reload_every
         self.metrics = metrics or service_metrics()
-        reader = IndexReader(index)
+        self._damage: str | None = None  # the last IndexDamaged a request met, until a reload succeeds
+        reader = IndexReader(index).open_all()  # a bad file is one line now, not a 500 per request later
         self._state = _Loaded(reader, load_index_encoder(reader, model, device, backend=backend, threads=threads))
         self._note_generation()
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
@@ -140,6 +141,23 @@ class SearchService:
     def encoder(self):
         return self._state.encoder
 
+    def problem(self) -> str | None:
+        """Why the service is not healthy, or None: a file fault a request met, or the generation it
+        serves gone from disk (moved or deleted; it is still answered from the files held open)."""
+        if self._damage:
+            return self._damage
+        from adaretrieve.index.format import MANIFEST
+
+        r = self.reader
+        if not (r.gen_dir / MANIFEST).exists():
+            return (f"index {self.index_dir}: the generation being served ({r.generation or r.gen_dir}) is no longer "
+                    "on disk (moved or deleted?); answering from the files held open until a new one can be opened")
+        return None
+
+    def _note_damage(self, e: IndexDamaged) -> None:
+        self._damage = str(e)
+        log.error("index %s: %s", self.index_dir, e)
+
     def defaults(self) -> dict:
         """The plan a request that names nothing gets (``resolve_plan``), as JSON."""
         return resolve_plan(self.reader.manifest).describe()
@@ -154,7 +172,11 @@ class SearchService:
         state = self._state
         plan = resolve_plan(state.reader.manifest, shortlist, k, then, rerank, top, nprobe, ef_search)
         check_plan_sizes(state.encoder, plan)
-        state.searcher(plan)  # sizes the index cannot serve, nprobe on a flat index: AdaError now
+        try:
+            state.searcher(plan)  # sizes the index cannot serve, nprobe on a flat index: AdaError now
+        except IndexDamaged as e:
+            self._note_damage(e)
+            raise
         return plan
 
     # -- the batcher ----------------------------------------------------------------------------
@@ -254,6 +276,8 @@ class SearchService:
             try:
                 ok.append((j, state.searcher(j.plan)))
             except AdaError as e:
+                if isinstance(e, IndexDamaged):
+                    self._note_damage(e)
                 j.future.set_exception(e)
         by_depth: dict[int, list[tuple[Job, object]]] = {}
         for j, srch in ok:
@@ -286,6 +310,8 @@ class SearchService:
             try:
                 scores, rows = srch.search({s: qv[s][rows_of] for s in plan.sizes()}, timings=timings)
             except AdaError as e:
+                if isinstance(e, IndexDamaged):
+                    self._note_damage(e)
                 for i in members:
                     ok[i][0].future.set_exception(e)
                 continue
@@ -328,7 +354,7 @@ class SearchService:
         try:
             if not old.reader.changed():
                 return False
-            reader = IndexReader(self.index_dir)
+            reader = IndexReader(self.index_dir).open_all()
             same = not reader.manifest.vector_spec.differs(old.encoder.spec(), QUERY_FIELDS)
             enc = old.encoder if same else load_index_encoder(reader, self.model, self.device, backend=self.backend,
                                                                threads=self.threads)
@@ -338,6 +364,7 @@ class SearchService:
             self.metrics.inc("adaretrieve_errors_total", {"endpoint": "reload", "reason": type(e).__name__})
             return False
         self._state = _Loaded(reader, enc)
+        self._damage = None
         self.metrics.inc("adaretrieve_index_reloads_total")
         self._note_generation()
         log.info("index %s: now serving generation %s", self.index_dir, reader.generation)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
+import re
 import shutil
 import sys
 import tempfile
@@ -289,7 +291,8 @@ def other_cases(model, data, bad, d):
 
 TRIAL3_INDEXES = ["gen_symlink", "file_symlink", "file_symlink_rel", "manifest_symlink", "docids_symlink_etc", "npy_i32",
                   "npy_bool", "npy_complex", "npy_nan", "npy_inf", "docids_space", "docids_crlf", "docids_nul",
-                  "docids_nonutf8", "man_dtype_int8_noscale", "faiss_hnsw_as_flat", "cur_binary", "shortlist_nan"]
+                  "docids_nonutf8", "man_dtype_int8_noscale", "faiss_hnsw_as_flat", "cur_binary", "shortlist_nan",
+                  "man_normalize_str", "man_maxlen_neg"]
 
 
 def trial3_indexes(base: Path, cidx: Path, outside: Path) -> None:
@@ -347,6 +350,11 @@ def trial3_indexes(base: Path, cidx: Path, outside: Path) -> None:
     bad.add(np.full_like(x, np.nan))
     faiss.write_index(bad, str(g / "shortlist-2x16.faiss"))
     (Path(shutil.copytree(base, cidx / "cur_binary")) / "CURRENT").write_bytes(b"\xff\xfe\x00gen\n")
+    for name, key, value in [("man_normalize_str", "normalize", "false"), ("man_maxlen_neg", "max_length", -5)]:
+        g = copy(name)
+        m = json.loads((g / "manifest.json").read_text())
+        m["model"][key] = value
+        (g / "manifest.json").write_text(json.dumps(m))
 
 
 def trial3_cases(model, data, bad, d):
@@ -365,6 +373,22 @@ def trial3_cases(model, data, bad, d):
     (bad / "q_surrogate.jsonl").write_text('{"_id": "1", "text": "cell \\ud800 x"}\n')
     for name, text in {"q_nul": "\u0000\u0000", "q_ctrl_only": "\u0001\u001f", "q_zw_only": "\u200b\u200c"}.items():
         (bad / f"{name}.jsonl").write_text(json.dumps({"_id": "1", "text": text}) + "\n")
+    corpus_lines = (data / "corpus.jsonl").read_text().splitlines()[:8]
+    (bad / "utf16le_nobom.jsonl").write_bytes(("\n".join(corpus_lines) + "\n").encode("utf-16-le"))
+    (bad / "cr_only.jsonl").write_bytes(("\r".join(corpus_lines) + "\r").encode())
+    for name, value in {"list": '["a", "b"]', "obj": '{"k": "v"}', "bool": "true"}.items():
+        (bad / f"text_{name}.jsonl").write_text(head + f'{{"_id": "x", "text": {value}}}\n')
+    for name, value in {"obj": "{}", "bool": "true", "float": "1.5"}.items():
+        (bad / f"id_{name}.jsonl").write_text(head + f'{{"_id": {value}, "text": "cell"}}\n')
+    (bad / "q_textlist.jsonl").write_text('{"_id": "1", "text": ["a", "b"]}\n')
+    (bad / "q_idnum.jsonl").write_text('{"_id": 1e400, "text": "cell"}\n')
+    from adaretrieve.modeling.adaptor import Adaptor
+
+    fl_neg = Path(shutil.copytree(model, d / "fl-neg-model"))  # am-fl_neg: an adaptor whose feature layer is -1
+    Adaptor(32, {2: 16}, {2: [1, 2]}).save(fl_neg)
+    cfg = json.loads((fl_neg / "adaptor.json").read_text())
+    cfg["feature_layers"]["2"] = [-1, 2]
+    (fl_neg / "adaptor.json").write_text(json.dumps(cfg))
     nan = Path(shutil.copytree(model, d / "nan-model"))
     m = AutoModel.from_pretrained(nan)
     with torch.no_grad():
@@ -386,6 +410,21 @@ def trial3_cases(model, data, bad, d):
              ("qf-bomtsv", ["search", "-q", "--index", str(base), "--queries", str(bad / "q_bom.tsv"), "--qrels",
                             str(data / "qrels.tsv"), "--out", str(runs / "qbom.trec")], "ok"),
              ("qf-q_surrogate", ["search", "-q", "--index", str(base), "--queries", str(bad / "q_surrogate.jsonl")] + x, "error")]
+    cases += [("co-utf16le_nobom", ix + [str(bad / "utf16le_nobom.jsonl"), "--out", str(d / "idx" / "u16")], "error"),
+              ("co-cr_only", ix + [str(bad / "cr_only.jsonl"), "--out", str(d / "idx" / "cr")], "error")]
+    cases += [(f"co-text_types-{n}", ix + [str(bad / f"text_{n}.jsonl"), "--out", str(d / "idx" / "tt")], "error")
+              for n in ("list", "obj", "bool")]
+    cases += [(f"co-id_types-{n}", ix + [str(bad / f"id_{n}.jsonl"), "--out", str(d / "idx" / "it")], "error")
+              for n in ("obj", "bool", "float")]
+    cases += [(f"qf-{n}", ["search", "-q", "--index", str(base), "--queries", str(bad / f"{n}.jsonl")] + x, "error")
+              for n in ("q_textlist", "q_idnum")]
+    cases += [("am-fl_neg", ["index", "-q", "--model", str(fl_neg), "--shortlist", "2x16", "--corpus", str(data), "--out",
+                             str(d / "idx" / "flneg")], "error"),
+              ("qd-path-missing", ["search", "-q", "--index", f"qdrant:{d / 'qd' / 'nope'}", "cell"], "error"),
+              ("nc-eval-depth", ["eval", "--run", str(runs / "good.trec"), "--qrels", str(data / "qrels.tsv")], "ok"),
+              # newcomer-3: a mistyped folder under one that exists (ckpt/tny beside ckpt/) is not a Hub id
+              ("nc-model-typo", ["index", "-q", "--model", "idx/chekpoint", "--shortlist", "1x8", "--corpus",  # cwd: d
+                                 str(data), "--out", str(d / "idx" / "typo")], "error")]
     for name in ("q_nul", "q_ctrl_only", "q_zw_only"):
         cases.append((f"qf-invisible-{name}", ["search", "-q", "--index", str(base), "--queries", str(bad / f"{name}.jsonl")] + x,
                       "error"))
@@ -425,9 +464,130 @@ def trial3_cases(model, data, bad, d):
         left = list((d / "idx").glob(".sur.build"))
         return None if not left else ("MINOR", f"left {left[0].name}")
 
-    checks = {"co-bomtsv": bom_corpus("bomtsv"), "co-bom": bom_corpus("bomjsonl"), "qf-bomtsv": qbom,
+    def names(*words):  # the error line must name what is wrong, not blame something else
+        def check(r):
+            line = next((ln for ln in r.stderr.splitlines() if ln.startswith("error: ")), "")
+            missing = [w for w in words if w not in line]
+            return None if not missing else ("MINOR", f"the error does not name {missing}: {line[:100]}")
+        return check
+
+    def qd_nothing_made(r):
+        return None if not (d / "qd").exists() else ("MINOR", "searching a missing qdrant:PATH created the folder")
+
+    checks = {"co-utf16le_nobom": names("UTF-16"), "co-cr_only": names("carriage returns (CR) alone"),
+              "ci-man_normalize_str": names("manifest model 'normalize'"), "ci-man_maxlen_neg": names("manifest model 'max_length'"),
+              "am-fl_neg": names("adaptor.json"), "nc-model-typo": names("does not exist"),
+              "nc-eval-depth": lambda r: None if "R@1\t" in r.stdout and "R@1000" not in r.stdout
+              else ("MINOR", "eval names recall beyond the run's depth (1 per query)"), "qd-path-missing": qd_nothing_made,
+              **{f"co-text_types-{n}": names("text is") for n in ("list", "obj", "bool")},
+              **{f"co-id_types-{n}": names("doc id") for n in ("obj", "bool", "float")},
+              "qf-q_textlist": names("text is a JSON array"), "qf-q_idnum": names("query id"),
+              "co-bomtsv": bom_corpus("bomtsv"), "co-bom": bom_corpus("bomjsonl"), "qf-bomtsv": qbom,
               "se-out-current": current_intact, "se-out-dash": dash, "co-surrogate_id-rerun": surrogate_rerun}
     return cases, checks
+
+
+# (case, body bytes, status wanted, words the one-line error must hold): trial 3's HTTP cases, in process
+HTTP_CASES = [("h-size-empty", b'{"queries": ["cell"], "shortlist": ""}', 422, "size ''"),
+              ("h-deep", b"[" * 200_000 + b"]" * 200_000, 400, "nested too deeply"),
+              ("h-string-body", b'"x"', 422, "must be a JSON object")]
+
+
+def http_cases(index: Path, d: Path) -> list[tuple[str, str, int, str]]:
+    """Rows (case, verdict, status, message) of ``HTTP_CASES`` against ``serve``'s app over ``index``, then
+    sv-index-bad (a service over trial 3's int8 index without scale_file must not start) and sv-index-moved
+    (the served folder moved away: a size not used yet is answered or a 5xx, never a 4xx; /health not ok)."""
+    from fastapi.testclient import TestClient
+
+    from adaretrieve.errors import AdaError
+    from adaretrieve.serve.app import create_app
+    from adaretrieve.serve.service import SearchService
+
+    rows = []
+    try:
+        SearchService(d / "cidx" / "man_dtype_int8_noscale", device="cpu")
+        rows.append(("sv-index-bad", "BAD", 0, "the service started on an index whose rerank entry has no scale_file"))
+    except AdaError as e:
+        rows.append(("sv-index-bad", "GOOD" if "scale_file" in str(e) else "MINOR", 2, str(e).replace(str(d), "<tmp>")[:160]))
+    moved = Path(shutil.copytree(index, d / "idx" / "srv"))
+    with TestClient(create_app(SearchService(moved, device="cpu"))) as c:
+        shutil.move(moved, d / "idx" / "srv-moved")
+        r = c.post("/search", json={"queries": ["cell"], "shortlist": "2x8", "k": 10, "top": 2})
+        h = c.get("/health")
+        good = r.status_code not in range(400, 500) and h.status_code == 503 and h.json().get("status") != "ok"
+        rows.append(("sv-index-moved", "GOOD" if good else "BAD", r.status_code,
+                     f"search {r.status_code}, /health {h.status_code} {h.json().get('status')}"))
+    rows.append(slowloris(index))
+    with TestClient(create_app(SearchService(index, device="cpu"))) as c:
+        for name, body, status, words in HTTP_CASES:
+            r = c.post("/search", content=body, headers={"content-type": "application/json"})
+            try:
+                msg = r.json().get("error", "") if isinstance(r.json(), dict) else ""
+            except ValueError:
+                msg = r.text[:160]
+            good = r.status_code == status and words in msg and "\n" not in msg
+            rows.append((name, "GOOD" if good else ("BAD" if r.status_code >= 500 or r.status_code < 400 else "MINOR"),
+                         r.status_code, msg.replace("|", "\\|")[:160]))
+        r = c.get("/docs")  # newcomer-3: Swagger UI from a CDN is a blank page offline
+        urls = re.findall(r"https?://[^\s\"'<>]+", r.text)
+        rows.append(("nc-docs-offline", "GOOD" if r.status_code == 200 and not urls else "MINOR", r.status_code,
+                     f"/docs fetches {urls[:2]}" if urls else "/docs needs nothing from the network"))
+    return rows
+
+
+def slowloris(index: Path, n: int = 50, timeout: float = 1.0) -> tuple[str, str, int, str]:
+    """sv-slowloris: ``n`` connections that send headers and half a body (or half the headers) then stall,
+    against a real uvicorn server running serve's protocol with its read timeout cut to ``timeout``
+    seconds: each must be closed by the server within a few timeouts, and /health answered meanwhile."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from adaretrieve.serve import protocol
+    from adaretrieve.serve.app import create_app
+    from adaretrieve.serve.service import SearchService
+
+    cls = type("TrialProtocol", (protocol.TimedH11Protocol,), {"read_timeout": timeout})
+    server = uvicorn.Server(uvicorn.Config(create_app(SearchService(index, device="cpu")), http=cls, log_level="warning"))
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        heads = [b"POST /search HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"q",
+                 b"POST /search HTTP/1.1\r\nHost: x\r\ncontent-"]
+        socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
+        for i, s in enumerate(socks):
+            s.sendall(heads[i % 2])
+        t0 = time.perf_counter()
+        with socket.create_connection(("127.0.0.1", port)) as ok:
+            ok.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            ok.settimeout(5)
+            healthy = ok.recv(100).startswith(b"HTTP/1.1 200")
+        open_ = 0
+        for s in socks:
+            s.settimeout(max(0.1, 5 * timeout - (time.perf_counter() - t0)))
+            try:
+                while s.recv(4096):
+                    pass
+            except TimeoutError:
+                open_ += 1
+            except OSError:
+                pass
+            s.close()
+        waited = time.perf_counter() - t0
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    good = healthy and open_ == 0
+    return ("sv-slowloris", "GOOD" if good else "BAD", 0,
+            f"{n - open_} of {n} stalled connections closed by the server within {waited:.1f} s (read timeout {timeout} s); "
+            f"/health answered meanwhile: {healthy}")
 
 
 def classify(res, expect: str) -> tuple[str, str]:
@@ -451,8 +611,11 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "trial" / "results.md"))
     args = ap.parse_args()
     runner = CliRunner()
+    out = Path(args.out).resolve()
+    cwd = Path.cwd()
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
+        os.chdir(d)  # every case names absolute paths but nc-model-typo's relative one; nothing lands in the checkout
         inp = build_inputs(d)
         other = _save_tiny_bert(d / "other-model", seed=1)
         res = runner.invoke(app, ["index", "-q", "--model", str(inp["model"]), "--corpus", str(inp["data"]),
@@ -487,8 +650,11 @@ def main() -> None:
             if name == "se-metrics" and (d / "runs" / "metrics.trec").exists():
                 rows[-1] = (name, "MINOR", r.exit_code, "refused only after searching: the run file was written")
             print(f"{verdict:5} {name:22} {r.exit_code} {rows[-1][3]}", flush=True)
+        for row in http_cases(d / "idx" / "base", d):
+            rows.append(row)
+            print(f"{row[1]:5} {row[0]:22} {row[2]} {row[3]}", flush=True)
+        os.chdir(cwd)
     counts = {v: sum(1 for r in rows if r[1] == v) for v in ("GOOD", "MINOR", "BAD")}
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     lines = ["# Bad-input trial, re-run", "", "Command: `.venv/bin/python tests/trial/run_trial.py`", "",
              f"{len(rows)} cases: GOOD {counts['GOOD']}, MINOR {counts['MINOR']}, BAD {counts['BAD']}", "",

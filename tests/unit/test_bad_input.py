@@ -436,6 +436,34 @@ def test_a_hub_model_id_fails_at_once_when_it_cannot_be_loaded(monkeypatch, tmp_
     assert ("HF_HUB_OFFLINE is set" in str(e.value)) == (offline == "HF_HUB_OFFLINE")
 
 
+@pytest.mark.parametrize("name", ["ckpt/tny", "./chekpoints/x", "ckpt/tny/", "ckpt\\tny", "my model/x", "ckpt/file.txt"])
+def test_a_mistyped_local_model_folder_is_named_not_taken_for_a_hub_id(monkeypatch, tmp_path, name):
+    """newcomer-3: `--model ckpt/tny` (ckpt exists, tny does not) got 'is a Hub id that is not in the local cache'."""
+    import adaretrieve.hub as H
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "file.txt").write_text("x")
+    monkeypatch.setattr(H, "hub_reachable", lambda timeout=3.0: pytest.fail("the Hub was asked about a local path"))
+    res = run("index", "--model", name, "--corpus", make_corpus(tmp_path / "c.jsonl", n=3), "--shortlist", "1x8",
+              "--out", tmp_path / "ix", "-q")
+    line = one_error(res, name.rstrip("/"))
+    assert "Hub id" not in line.split("(")[0] and ("does not exist" in line or "not a model folder" in line), line
+
+
+def test_a_hub_id_that_is_no_local_folder_still_gets_the_hub_message(monkeypatch, tmp_path):
+    import adaretrieve.hub as H
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(H, "hub_reachable", lambda timeout=3.0: False)
+    res = run("index", "--model", "some-org/some-model", "--corpus", make_corpus(tmp_path / "c.jsonl", n=3),
+              "--shortlist", "1x8", "--out", tmp_path / "ix", "-q")
+    one_error(res, "'some-org/some-model'", "not in the local cache", "cannot reach the Hub", "no local folder")
+
+
 def test_paths_in_a_config_file_are_read_from_the_config_files_folder(tmp_path, monkeypatch):
     """Issue 12, item 7: a config run from another directory finds what it names; --set values stay
     relative to where the command runs; aliases and Hub ids are left alone."""

@@ -95,3 +95,24 @@ def test_per_query_scores_average_to_the_means():
     means = ev(run)
     for name in ev.names:
         assert sum(p[name] for p in per.values()) / 3 == pytest.approx(means[name])
+
+
+def test_eval_names_recall_at_the_runs_depth_as_search_does(tmp_path):
+    """newcomer-3: one run of 200 per query was 'R@200' to search and 'R@1000' to eval."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from adaretrieve.cli.main import app
+
+    run = tmp_path / "run.trec"
+    run.write_text("".join(f"q{i} Q0 d{j} {j + 1} {1 - j / 10:.2f} t\n" for i in range(3) for j in range(5)))
+    qrels = tmp_path / "qrels.tsv"
+    qrels.write_text("q0\td1\t1\nq1\td9\t1\nq2\td4\t1\n")
+    r = CliRunner().invoke(app, ["eval", "--run", str(run), "--qrels", str(qrels), "--metrics", "nDCG@10,R@3,R@100,R@1000",
+                                 "--json"])
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.stdout)
+    assert list(got) == ["nDCG@10", "R@3", "R@5"], got  # R@100 and R@1000 of a 5-deep run are R@5, named once
+    assert got["R@5"] == pytest.approx(2 / 3, abs=1e-5)
+    assert "R@100 is R@5" in r.stderr and "R@1000 is R@5" in r.stderr

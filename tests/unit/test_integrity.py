@@ -335,3 +335,115 @@ def test_a_file_size_limit_names_the_file_and_leaves_nothing(tmp_path, what):
         assert ".chunk-000000." in p.stdout and not list(target.iterdir())
     else:  # the writer that could not create its rerank file removed its partial generation and the folder it made
         assert not target.exists(), sorted(x.name for x in target.iterdir())
+
+
+# -- trial 3's PARTLY cases (issue 27, remaining): the message names what is really wrong ---------------
+
+
+def test_a_utf16_file_without_a_bom_is_named_utf16(tmp_path):
+    """co-utf16le_nobom: UTF-16 bytes decode as 'UTF-8' (a NUL is valid UTF-8), so JSON was blamed."""
+    lines = ['{"_id": "a", "text": "cell"}', '{"_id": "b", "text": "gene"}']
+    for enc in ("utf-16-le", "utf-16-be"):
+        (tmp_path / "c.jsonl").write_bytes(("\n".join(lines) + "\n").encode(enc))
+        with pytest.raises(AdaError, match=r"c.jsonl:1: .*UTF-16.*convert the file to UTF-8"):
+            list(iter_corpus(tmp_path / "c.jsonl"))
+        (tmp_path / "q.tsv").write_bytes("q1\tcell\nq2\tgene\n".encode(enc))
+        with pytest.raises(AdaError, match=r"q.tsv:1: .*UTF-16"):
+            read_queries(tmp_path / "q.tsv")
+
+
+def test_cr_only_line_ends_are_named(tmp_path):
+    """co-cr_only: a classic-Mac file is one 'line' to a \\n reader: 'Extra data at column 1998' blamed JSON."""
+    (tmp_path / "c.jsonl").write_bytes(b'{"_id": "a", "text": "cell"}\r{"_id": "b", "text": "gene"}\r')
+    with pytest.raises(AdaError, match=r"c.jsonl:1: .*carriage returns \(CR\) alone"):
+        list(iter_corpus(tmp_path / "c.jsonl"))
+    (tmp_path / "q.tsv").write_bytes(b"q1\tcell\rq2\tgene\r")
+    with pytest.raises(AdaError, match=r"q.tsv:1: .*CR"):
+        read_queries(tmp_path / "q.tsv")
+    (tmp_path / "ok.jsonl").write_bytes(b'{"_id": "a", "text": "cell"}\r\n{"_id": "b", "text": "gene"}\r')  # CRLF, last CR alone
+    assert [d.docid for d in iter_corpus(tmp_path / "ok.jsonl")] == ["a", "b"]
+
+
+@pytest.mark.parametrize("value, kind", [('["a", "b"]', "a JSON array"), ('{"k": "v"}', "a JSON object"), ("true", "JSON true")])
+@pytest.mark.parametrize("key", ["text", "title"])
+def test_a_text_that_is_not_a_string_is_refused(tmp_path, value, kind, key):
+    """co-text_types: a list / object / bool text was indexed as its Python repr."""
+    (tmp_path / "c.jsonl").write_text('{"_id": "a", "text": "gene"}\n' + f'{{"_id": "b", "{key}": {value}}}\n')
+    with pytest.raises(AdaError, match=f"c.jsonl:2: {key} is {kind}; it must be a string"):
+        list(iter_corpus(tmp_path / "c.jsonl"))
+
+
+def test_numeric_texts_and_integer_ids_are_read_as_their_decimal_strings(tmp_path):
+    (tmp_path / "c.jsonl").write_text('{"_id": 12345, "title": 7, "text": 42}\n{"_id": "x", "text": 1.5}\n')
+    assert [(d.docid, d.title, d.text) for d in iter_corpus(tmp_path / "c.jsonl")] == [("12345", "7", "42"), ("x", "", "1.5")]
+    (tmp_path / "q.jsonl").write_text('{"_id": 7, "text": 42}\n')
+    assert read_queries(tmp_path / "q.jsonl") == {"7": "42"}
+
+
+@pytest.mark.parametrize("value, kind", [("{}", "a JSON object"), ("true", "JSON true"), ("1.5", "a JSON number with a fraction or exponent"),
+                                         ("1e400", "a JSON number with a fraction or exponent"), ("[1]", "a JSON array")])
+def test_an_id_that_is_not_a_string_or_an_integer_is_refused(tmp_path, value, kind):
+    """co-id_types, qf-q_idnum: {} became '{}', true 'True', 1.5 '1.5' and 1e400 'inf', silently."""
+    (tmp_path / "c.jsonl").write_text('{"_id": "a", "text": "gene"}\n' + f'{{"_id": {value}, "text": "cell"}}\n')
+    with pytest.raises(AdaError, match=f"c.jsonl:2: doc id .* is {kind}; ids are strings"):
+        list(iter_corpus(tmp_path / "c.jsonl"))
+    (tmp_path / "q.jsonl").write_text(f'{{"_id": {value}, "text": "cell"}}\n')
+    with pytest.raises(AdaError, match=f"q.jsonl:1: query id .* is {kind}; ids are strings"):
+        read_queries(tmp_path / "q.jsonl")
+
+
+@pytest.mark.parametrize("value, kind", [('["a", "b"]', "a JSON array"), ('{"k": 1}', "a JSON object"), ("false", "JSON false")])
+def test_a_query_text_that_is_not_a_string_is_refused(tmp_path, value, kind):
+    """qf-q_textlist: text ["a", "b"] was searched as the query "['a', 'b']"."""
+    (tmp_path / "q.jsonl").write_text(f'{{"_id": "1", "text": {value}}}\n')
+    with pytest.raises(AdaError, match=f"q.jsonl:1: query '1' text is {kind}"):
+        read_queries(tmp_path / "q.jsonl")
+
+
+@pytest.mark.parametrize("key, value, words", [("normalize", "false", "'normalize' should be true or false"),
+                                               ("max_length", -5, "'max_length' should be a whole number of at least 1"),
+                                               ("lowercase", 1, "'lowercase' should be true or false"),
+                                               ("n_layers", "2", "'n_layers' should be a whole number of at least 1")])
+def test_model_entries_of_the_wrong_type_are_refused_naming_the_manifest(base, tmp_path, key, value, words):
+    """ci-man_normalize_str: "false" was read as True; ci-man_maxlen_neg: -5 was blamed on --max-length."""
+    ix, g = crafted(base, tmp_path)
+    m = json.loads((g / "manifest.json").read_text())
+    m["model"][key] = value
+    (g / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(AdaError, match=f"manifest.json: manifest model {words}, got"):
+        IndexReader(ix)
+
+
+def test_a_spec_entry_of_the_wrong_type_is_refused(base, tmp_path):
+    from adaretrieve.spec import VectorSpec
+
+    ix, g = crafted(base, tmp_path)
+    m = json.loads((g / "manifest.json").read_text())
+    m["spec"] = {**VectorSpec.from_model(m["model"]).to_dict(), "normalize": "false"}
+    (g / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(AdaError, match="manifest.json: .*normalize 'false' is not true or false"):
+        IndexReader(ix)
+
+
+def test_an_adaptor_config_error_names_the_file(tmp_path):
+    """am-fl_neg: 'adaptor layer 2: feature layers [-1, 2] must lie in 0..2' named no file."""
+    from adaretrieve.modeling.adaptor import Adaptor
+
+    Adaptor(8, {2: 4}, {2: [1, 2]}).save(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "adaptor.json").read_text())
+    cfg["feature_layers"]["2"] = [-1, 2]
+    (tmp_path / "m" / "adaptor.json").write_text(json.dumps(cfg))
+    with pytest.raises(AdaError, match=r"m/adaptor.json: adaptor layer 2: feature layers \[-1, 2\] must lie in 0..2"):
+        Adaptor.load(tmp_path / "m")
+
+
+def test_searching_a_missing_qdrant_folder_creates_nothing(tmp_path):
+    """qd-path-missing: the read made an empty storage folder qd/nope as a side effect."""
+    from tests.conftest import module_or_skip
+
+    module_or_skip("qdrant_client", "pip install 'adaretrieve[qdrant]'")
+    from adaretrieve.qdrant import QdrantIndex
+
+    with pytest.raises(AdaError, match="no Qdrant storage folder"):
+        QdrantIndex(f"qdrant:{tmp_path / 'qd' / 'nope'}")
+    assert not (tmp_path / "qd").exists()

@@ -127,6 +127,7 @@ def test_unreachable_server_and_missing_collection_are_one_line(folder, tmp_path
     res = runner.invoke(app, ["index", "upload", "-q", "--index", str(folder), "--to", "qdrant://127.0.0.1:9/coll"])
     assert res.exit_code == 2 and "cannot reach Qdrant at http://127.0.0.1:9" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+    (tmp_path / "empty").mkdir()  # a storage folder without the collection (a missing folder: test_integrity)
     res = runner.invoke(app, ["search", "-q", "--index", f"qdrant:{tmp_path / 'empty'}", "x"])
     assert res.exit_code == 2 and "no collection 'empty'" in res.stderr
 

@@ -174,6 +174,12 @@ BAD = [
     ("a funnel that widens", {"queries": "cell", "k": 5, "then": [{"size": "2x16", "k": 9}]}, 422, "a funnel narrows"),
     ("nprobe on a flat index", {"queries": "cell", "nprobe": 4}, 422, "nprobe applies to IVF"),
     ("unknown field", {"queries": "cell", "topk": 3}, 422, "unknown field 'topk'"),
+    # trial 3: h-size-empty, h-deep, h-string-body
+    ("an empty shortlist size", {"queries": "cell", "shortlist": ""}, 422, "size '' is not of the form LAYERSxDIMS"),
+    ("a blank rerank size", {"queries": "cell", "rerank": " "}, 422, "size ' ' is not of the form LAYERSxDIMS"),
+    ("JSON nested 200000 deep", b"[" * 200_000 + b"]" * 200_000, 400, "nested too deeply"),
+    ("a JSON string body", b'"x"', 422, 'request body must be a JSON object such as {"queries": ["text"]}'),
+    ("a JSON number body", b"5", 422, "request body must be a JSON object"),
 ]
 
 
@@ -447,3 +453,161 @@ def test_planning_a_derived_shortlist_does_not_block_the_event_loop(index, monke
         service.stop()
     assert health.status_code == 200 and search.status_code == 200, search.text
     assert waited < 0.5, f"/health waited {waited:.2f} s behind a search's planning"
+
+
+# -- trial 3: a damaged or moved index (sv-index-bad, sv-index-moved) ------------------------------------
+
+
+def _int8_without_scale(index, tmp_path):
+    import shutil
+
+    from adaretrieve.index.format import current_generation
+
+    ix = shutil.copytree(index, tmp_path / "bad")
+    g = current_generation(ix)
+    m = json.loads((g / "manifest.json").read_text())
+    m["rerank"]["dtype"] = "int8"
+    (g / "manifest.json").write_text(json.dumps(m))
+    return ix
+
+
+@pytest.mark.parametrize("damage", ["int8_no_scale", "shortlist_missing"])
+def test_serve_refuses_to_start_when_a_file_its_plans_need_is_bad(index, tmp_path, monkeypatch, damage):
+    """sv-index-bad: files were opened lazily, so serve started, /health said ok and every rerank was a 500."""
+    import shutil
+
+    import uvicorn
+
+    from adaretrieve.cli.main import app
+    from adaretrieve.errors import AdaError
+    from adaretrieve.index.format import current_generation
+
+    if damage == "int8_no_scale":
+        ix, words = _int8_without_scale(index, tmp_path), "need a 'scale_file'"
+    else:
+        ix = shutil.copytree(index, tmp_path / "bad")
+        (current_generation(ix) / "shortlist-2x16.faiss").unlink()
+        words = "shortlist-2x16.faiss is missing"
+    with pytest.raises(AdaError, match=words):
+        SearchService(ix, device="cpu")
+    ran = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: ran.append(a))
+    for workers in ("1", "2"):
+        res = CliRunner().invoke(app, ["serve", "-q", "--index", str(ix), "--port", "0", "--workers", workers])
+        lines = [x for x in res.stderr.splitlines() if x.strip()]
+        assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], res.output
+    assert not ran
+
+
+def test_a_moved_index_is_never_a_client_error_and_health_says_so(index, tmp_path):
+    """sv-index-moved: after the folder moved, a size not used yet was a 422 'the index is damaged' while
+    /health said ok. Every file is open from the start now: the request is answered, /health is 503."""
+    import shutil
+
+    ix = shutil.copytree(index, tmp_path / "srv")
+    service = SearchService(ix, device="cpu")
+    with TestClient(create_app(service)) as c:
+        assert c.get("/health").status_code == 200
+        shutil.move(ix, tmp_path / "srv-moved")
+        r = c.post("/search", json={"queries": "cell", "shortlist": "2x8", "k": 10, "top": 2})  # derived, never used
+        assert r.status_code == 200, r.text
+        h = c.get("/health")
+        assert h.status_code == 503 and h.json()["status"] != "ok" and "srv" in h.json()["problem"], h.text
+
+
+def test_a_server_side_file_fault_is_a_5xx_and_health_not_ok(index, monkeypatch):
+    from adaretrieve.errors import IndexDamaged
+    from adaretrieve.search import reader as reader_mod
+
+    service = SearchService(index, device="cpu")
+    with TestClient(create_app(service)) as c:
+        def broken(self, size):
+            raise IndexDamaged(f"{index}/shortlist-{size}.faiss is missing; the index is damaged, rebuild it")
+
+        monkeypatch.setattr(reader_mod.IndexReader, "shortlist_index", broken)
+        r = c.post("/search", json={"queries": "cell", "shortlist": "2x4"})
+        assert r.status_code == 503 and "is missing" in r.json()["error"], r.text
+        h = c.get("/health")
+        assert h.status_code == 503 and "is missing" in h.json()["problem"], h.text
+
+
+# -- trial 3: stalled clients (sv-slowloris) ---------------------------------------------------------------
+
+
+def test_stalled_clients_are_closed_within_the_read_timeout(index, monkeypatch):
+    """sv-slowloris: 300 connections that sent headers and half a body (or half the headers) were still
+    open after 22 s, each holding a descriptor. The server closes each once the read timeout passes,
+    and answers other clients meanwhile."""
+    import socket
+    import threading
+    import time as _time
+
+    import uvicorn
+
+    from adaretrieve.serve import protocol
+
+    monkeypatch.setattr(protocol.TimedH11Protocol, "read_timeout", 1.0)
+    service = SearchService(index, device="cpu")
+    server = uvicorn.Server(uvicorn.Config(create_app(service), http=protocol.TimedH11Protocol, log_level="warning"))
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            _time.sleep(0.05)
+        assert server.started
+        stalled = [b"POST /search HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n"
+                   b'{"queries": ', b"POST /search HTTP/1.1\r\nHost: x\r\ncontent-", b""]
+        socks = []
+        for head in stalled:
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(head)
+            socks.append(s)
+        t0 = _time.perf_counter()
+        with socket.create_connection(("127.0.0.1", port)) as ok:  # another client is served meanwhile
+            ok.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            ok.settimeout(5)
+            assert ok.recv(100).startswith(b"HTTP/1.1 200")
+        for s in socks:
+            s.settimeout(6)
+            try:
+                while s.recv(4096):  # whatever is answered, then the end of the stream
+                    pass
+            except ConnectionResetError:
+                pass
+            s.close()
+        waited = _time.perf_counter() - t0
+        assert waited < 4, f"stalled connections still open after {waited:.1f} s"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_serve_runs_uvicorn_with_the_read_timeout_protocol(index, monkeypatch):
+    import uvicorn
+
+    from adaretrieve.cli.main import app
+
+    seen = {}
+    monkeypatch.delenv("ADARETRIEVE_SERVE", raising=False)
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw))
+    for workers in ("1", "2"):
+        res = CliRunner().invoke(app, ["serve", "-q", "--index", str(index), "--port", "0", "--workers", workers])
+        assert res.exit_code == 0, res.output
+        assert seen["http"] == "adaretrieve.serve.protocol:TimedH11Protocol"
+
+
+def test_docs_is_a_self_contained_page(client):
+    """newcomer-3: /docs loaded Swagger UI from cdn.jsdelivr.net, a blank page offline."""
+    for path in ("/docs", "/redoc"):
+        r = client.get(path)
+        if path == "/redoc":
+            assert r.status_code == 404
+            continue
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", r.text, re.I), re.findall(r"\S*//\S+", r.text)[:3]
+        assert "/openapi.json" in r.text and "POST /search" in r.text and "do statins reduce the risk of cancer?" in r.text
