@@ -817,11 +817,52 @@ half encoding 5,183 documents, the rest timing every row of the table alike (war
 cache, BM25 through pyserini and the baselines)."""
 
 
+def codes() -> str:
+    """Quality per byte (issue 24): full-size codes against small sizes as the shortlist, every one
+    reranked exactly at 6x384 (benchmarks/codes.py), and the same codes at 30k real documents."""
+    d = load("codes/results.json")
+    names = {"scifact": "SciFact test", "nfcorpus": "NFCorpus dev", "dl19": "DL19 pool"}
+    sets = [n for n in names if n in d["sets"]]
+
+    def best_small(e: dict, budget: float) -> tuple[str, dict]:
+        cands = [(lab, v) for lab, v in e.items() if not v["full_size_code"] and v["bytes_per_doc"] <= budget]
+        return max(cands, key=lambda lv: lv[1]["k"]["100"]["nDCG@10"])
+
+    def cell(v: dict) -> str:
+        return f"{v['k']['100']['share']:.1%}"
+
+    rows = []
+    for label, pick in (("6x384:pca128 (full size, 128 rotated sign bits)", lambda e: ("", e["6x384:pca128"])),
+                        ("6x384:pca64", lambda e: ("", e["6x384:pca64"])),
+                        ("6x384:sign (full size, 384 sign bits)", lambda e: ("", e["6x384:sign"])),
+                        ("best adapted small size at <= 16 B", lambda e: best_small(e, 16)),
+                        ("2x64 float32, adapted (a user's small shortlist)", lambda e: ("", e["2x64:Flat"]))):
+        got = [pick(d["sets"][n]["entries"]) for n in sets]
+        b = got[0][1]["bytes_per_doc"]
+        rows.append([label, f"{b:g}" if label[:4] != "best" else "<= 16"]
+                    + [cell(v) + (f" ({lab})" if lab else "") for lab, v in got])
+    full = [f"{d['sets'][n]['full']['nDCG@10']:.4f}" for n in sets]
+    text = f"""Quality per byte (`python benchmarks/codes.py`, one run per set, every shortlist followed by the same exact 6x384
+rerank; share of the full size's nDCG@10 at k=100; full size: {", ".join(f"{names[n]} {f}" for n, f in zip(sets, full))};
+all tables in `benchmarks/results/codes/results.md`):
+
+{table(["shortlist", "B/doc in RAM"] + [names[n] for n in sets], rows)}
+"""
+    if exists("codes/union.json"):
+        u = load("codes/union.json")
+        e = u["entries"]
+        text += (f"\nAt {u['n_docs']:,} real documents in one index (recall@10 against exact, k=100, "
+                 f"`benchmarks/results/codes/union.md`): 6x384:pca128 {e['6x384:pca128']['k']['100']['all']:.3f}, "
+                 f"6x384:sign {e['6x384:sign']['k']['100']['all']:.3f}, 4x128:sign {e['4x128:sign']['k']['100']['all']:.3f}, "
+                 f"2x64 float32 {e['2x64:Flat']['k']['100']['all']:.3f}.\n")
+    return text
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "scifact-minilm": scifact_minilm, "scifact-starbucks": scifact_starbucks, "budget": budget,
     "adapt-table": adapt_table, "adapt-parts": adapt_parts, "starbucks-keep": starbucks_keep,
     "training": training, "smae": smae, "scale": scale, "serve": serve, "export": export, "encoding": encoding,
-    "demo-time": demo_time,
+    "demo-time": demo_time, "codes": codes,
 }
 
 

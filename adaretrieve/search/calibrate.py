@@ -23,7 +23,7 @@ import numpy as np
 from adaretrieve.errors import AdaError
 from adaretrieve.search.cascade import StopRule, check_cascade, gap, stage_sizes
 from adaretrieve.search.plan import FunnelPlan
-from adaretrieve.search.twostage import exact_search, rerank_candidates
+from adaretrieve.search.twostage import funnel
 
 RULE_FORMAT = 1
 RULE_KIND = "adaretrieve-stop-rule"
@@ -33,12 +33,9 @@ def stage_rankings(plan: FunnelPlan, index, sources: dict, normalize: bool, quer
                    ) -> list[tuple[np.ndarray, np.ndarray]]:
     """(scores, rows) after every stage of ``plan`` for every query (full-depth query vectors
     ``{size: [n, dim]}``): what a cascade that never stops sees, stage by stage."""
-    stages = check_cascade(plan)
-    scores, cand = exact_search(index, queries[plan.shortlist], plan.k, params)
-    out = [(scores, cand)]
-    for size, k in stages[1:]:
-        scores, cand = rerank_candidates(queries[size], cand, sources[size], size.dim, normalize, k)
-        out.append((scores, cand))
+    check_cascade(plan)
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    funnel(plan, index, queries, sources, normalize, params, record=out)
     return out
 
 

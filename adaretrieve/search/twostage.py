@@ -226,20 +226,26 @@ def rerank_candidates(
 
 
 def funnel(plan: FunnelPlan, index, queries: dict[Size, np.ndarray], sources: dict, normalize: bool, params=None,
-           timings: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+           timings: dict | None = None, record: list | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Run ``plan`` over arrays: FAISS ``index`` (the shortlist, searched with ``params``) for the
     shortlist's top, then each stage rescoring exactly from ``sources[size]`` (rows [n_docs, >=dim],
     see ``rerank_candidates``). ``queries``: ``{size: [n_queries, dim]}`` for every size of the plan.
     Returns (scores, rows) [n_queries, <= plan.top], best first. With ``timings`` (a dict), seconds
-    per stage are added under ``"shortlist"``, ``"gather"`` (reading candidate rows) and ``"rerank"``."""
+    per stage are added under ``"shortlist"``, ``"gather"`` (reading candidate rows) and ``"rerank"``.
+    With ``record`` (a list), every stage's (scores, rows) is appended to it, the shortlist's first:
+    what a cascade that never stops sees (``calibrate.stage_rankings``)."""
     t0 = time.perf_counter()
     scores, cand = exact_search(index, queries[plan.shortlist], plan.k, params)
     add_time(timings, "shortlist", time.perf_counter() - t0)
+    if record is not None:
+        record.append((scores, cand))
     if plan.single:
         return scores, cand
     stages = [*plan.then, *([(plan.rerank, plan.top)] if plan.rerank else [])]
     for size, k in stages:
         scores, cand = rerank_candidates(queries[size], cand, sources[size], size.dim, normalize, k, timings)
+        if record is not None:
+            record.append((scores, cand))
     return scores[:, :plan.top], cand[:, :plan.top]
 
 

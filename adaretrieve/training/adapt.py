@@ -222,38 +222,90 @@ def adapt(cfg: AdaptConfig, progress: bool = True) -> dict:
         raise AdaError(f"adapt needs at least {enc.hidden_size} texts (one per full-size dim, for its principal "
                        f"coordinates); got {len(doc_ids)} documents and {len(q_ids)} queries")
 
-    # -- one encoding pass ---------------------------------------------------------------------
-    raw_layers = sorted({fl for L in layers for fl in _feature_layers(L, cfg.features)} | {enc.n_layers})
-    t0 = time.perf_counter()
+    # -- a fit kept from a run killed while writing its model (same settings and texts): reuse it ---
+    keep = _fitted_dir(out)
+    key = _fit_key(cfg, enc, doc_texts, q_texts, pairs)
+    adaptor = _load_fitted(keep, key)
+    resumed = adaptor is not None
     texts = enc.passages(doc_texts) + enc.queries(q_texts)  # as index and search will see them
-    # max length: the model's own (documents); queries are short and pad to their own length
-    vecs = enc.encode(texts, [], batch_size=cfg.batch_size_encode, progress=progress, raw_layers=raw_layers)
-    encode_s = time.perf_counter() - t0
-    states = {L: torch.from_numpy(vecs[("raw", L)]) for L in raw_layers}
     n_docs = len(doc_ids)
-    t1 = time.perf_counter()
-    adaptor, fit_log = fit_adaptor(states, n_docs, pairs, ladder, layers, enc.hidden_size, enc.n_layers, enc.normalize,
-                                   cfg, progress)
-    fit_s = time.perf_counter() - t1
-    adaptor.meta = {
-        "features": cfg.features, "pooling": enc.pooling, "backbone_sha256": enc.backbone_hash(),
-        "objective": cfg.objective + ("+qrels" if pairs and cfg.objective == "distill" else ""),
-        "output_order": "the normalised full-size vectors in their principal axes (uncentred), by falling "
-                        "variance; every prefix D is the size LxD",
-        "ladder": [str(s) for s in ladder],
-        "fitted_on": {"corpus": str(corpus_paths[0]) if len(corpus_paths) == 1 else [str(c) for c in corpus_paths],
-                      "documents": n_docs,
-                      "queries": query_sources[0] if len(query_sources) == 1 else (query_sources or None),
-                      "query_split": cfg.query_split, "n_queries": len(q_ids), "qrels": cfg.qrels,
-                      "labelled_pairs": len(pairs)},
-        "config": asdict(cfg), "encode_seconds": round(encode_s, 1), "fit_seconds": round(fit_s, 1),
-        "fit_log": fit_log, "adaretrieve": __version__, "base_model": enc.name,
-    }
+    if adaptor is None:
+        # -- one encoding pass -----------------------------------------------------------------
+        raw_layers = sorted({fl for L in layers for fl in _feature_layers(L, cfg.features)} | {enc.n_layers})
+        t0 = time.perf_counter()
+        # max length: the model's own (documents); queries are short and pad to their own length
+        vecs = enc.encode(texts, [], batch_size=cfg.batch_size_encode, progress=progress, raw_layers=raw_layers)
+        encode_s = time.perf_counter() - t0
+        states = {L: torch.from_numpy(vecs[("raw", L)]) for L in raw_layers}
+        t1 = time.perf_counter()
+        adaptor, fit_log = fit_adaptor(states, n_docs, pairs, ladder, layers, enc.hidden_size, enc.n_layers, enc.normalize,
+                                       cfg, progress)
+        fit_s = time.perf_counter() - t1
+        adaptor.meta = {
+            "features": cfg.features, "pooling": enc.pooling, "backbone_sha256": enc.backbone_hash(),
+            "objective": cfg.objective + ("+qrels" if pairs and cfg.objective == "distill" else ""),
+            "output_order": "the normalised full-size vectors in their principal axes (uncentred), by falling "
+                            "variance; every prefix D is the size LxD",
+            "ladder": [str(s) for s in ladder],
+            "fitted_on": {"corpus": str(corpus_paths[0]) if len(corpus_paths) == 1 else [str(c) for c in corpus_paths],
+                          "documents": n_docs,
+                          "queries": query_sources[0] if len(query_sources) == 1 else (query_sources or None),
+                          "query_split": cfg.query_split, "n_queries": len(q_ids), "qrels": cfg.qrels,
+                          "labelled_pairs": len(pairs)},
+            "config": asdict(cfg), "encode_seconds": round(encode_s, 1), "fit_seconds": round(fit_s, 1),
+            "fit_log": fit_log, "adaretrieve": __version__, "base_model": enc.name,
+        }
+        _keep_fitted(keep, key, adaptor)
+    encode_s, fit_s = adaptor.meta.get("encode_seconds") or 0.0, adaptor.meta.get("fit_seconds") or 0.0
     _write_model(enc, adaptor, out)
+    shutil.rmtree(keep, ignore_errors=True)  # the model is in place: the kept fit has served
     summary = {"out": str(out), "layers": layers, "documents": n_docs, "queries": len(q_ids), "labelled_pairs": len(pairs),
                "encode_seconds": round(encode_s, 1), "fit_seconds": round(fit_s, 1),
-               "texts_per_second": round(len(texts) / max(encode_s, 1e-9), 1), "objective": adaptor.meta["objective"]}
+               "texts_per_second": round(len(texts) / max(encode_s, 1e-9), 1), "objective": adaptor.meta["objective"],
+               "resumed": resumed}
     return summary
+
+
+def _fitted_dir(out: Path) -> Path:
+    """Where a fitted adaptor waits until its model folder is written (``.<out>.fitted`` beside it)."""
+    return out.with_name(f".{out.name}.fitted")
+
+
+def _fit_key(cfg: AdaptConfig, enc: Encoder, doc_texts: list[str], q_texts: list[str], pairs) -> str:
+    """What a fit depends on: every setting but ``out``/``device``, the backbone, the texts, the pairs."""
+    import hashlib
+
+    h = hashlib.sha256()
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "device")}
+    h.update(json.dumps([settings, enc.backbone_hash(), enc.spec().to_dict(), sorted(pairs)], sort_keys=True,
+                        default=str).encode())
+    for t in (*doc_texts, "\x00queries\x00", *q_texts):
+        h.update(t.encode("utf-8", "surrogatepass") + b"\x00")
+    return h.hexdigest()
+
+
+def _keep_fitted(keep: Path, key: str, adaptor: Adaptor) -> None:
+    """Save the fitted adaptor beside --out (written whole, then renamed) until the model is written."""
+    tmp = keep.with_name(keep.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    adaptor.save(tmp)
+    (tmp / "fit-key.json").write_text(json.dumps({"key": key}) + "\n")
+    shutil.rmtree(keep, ignore_errors=True)
+    tmp.rename(keep)
+
+
+def _load_fitted(keep: Path, key: str) -> Adaptor | None:
+    """The adaptor kept by an interrupted run of the same fit, else None (one of another fit is removed)."""
+    shutil.rmtree(keep.with_name(keep.name + ".tmp"), ignore_errors=True)
+    try:
+        same = json.loads((keep / "fit-key.json").read_text()).get("key") == key
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        shutil.rmtree(keep, ignore_errors=True)
+        return None
+    log.info("reusing the adaptor fitted by an interrupted run: %s", keep)
+    return Adaptor.load(keep)
 
 
 def fit_adaptor(states: dict[int, torch.Tensor], n_docs: int, pairs: list[tuple[int, int]], ladder: list[Size],

@@ -417,6 +417,23 @@ def crash_train(d: Path) -> None:
            f"exit {p.returncode}; payload {'RAN' if pwned.exists() else 'not run'}; {error_line(p)[:160]}")
 
 
+def crash_adapt(d: Path, inp: dict) -> None:
+    """Trial 3 ad-kill-write: adapt killed while writing its model folder; the same command again
+    reuses the kept fit (no second encoding pass or fit) and leaves nothing hidden behind."""
+    ad = d / "ad"
+    ad.mkdir(exist_ok=True)
+    sf = SHARED / "data" / "beir" / "scifact"  # 300 documents + SciFact's 809 train queries: enough texts for 384 dims
+    args = ["adapt", "-q", "--model", "minilm", "--corpus", str(inp["s300"]), "--queries", str(sf), "--query-split", "train",
+            "--steps", "2", "--out", str(ad / "k1")]
+    killed, _ = kill_when(args, lambda: (ad / ".k1.tmp" / "config.json").exists())
+    p = run(args)
+    summary = json.loads(p.stdout.strip().splitlines()[0]) if p.returncode == 0 and p.stdout.strip() else {}
+    left = sorted(x.name for x in ad.iterdir() if x.name.startswith("."))
+    ok = killed and p.returncode == 0 and summary.get("resumed") is True and not left and (ad / "k1" / "adaptor.json").exists()
+    record("2", "ad-kill-write adapt killed while writing", "GOOD" if ok else "BAD",
+           f"killed {killed}; rerun exit {p.returncode}, resumed {summary.get('resumed')}, hidden left {left or 'none'}")
+
+
 def concurrency(d: Path, inp: dict) -> None:
     ref = d / "idx" / "ref"
     serial = d / "serial.trec"
@@ -711,7 +728,8 @@ def exports(d: Path, inp: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "trial" / "crash.md"))
-    ap.add_argument("--only", nargs="*", default=["crash", "ray", "train", "concurrency", "security", "resources", "export"])
+    ap.add_argument("--only", nargs="*", default=["crash", "ray", "train", "adapt", "concurrency", "security", "resources",
+                                                  "export"])
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     t0 = time.time()
@@ -724,6 +742,8 @@ def main() -> None:
             crash_ray(d, inp)
         if "train" in args.only:
             crash_train(d)
+        if "adapt" in args.only:
+            crash_adapt(d, inp)
         if "concurrency" in args.only:
             concurrency(d, inp)
         if "security" in args.only:

@@ -343,3 +343,49 @@ def test_agreement_term_is_validated_and_changes_the_fit(tiny_model, tmp_path):
     a, b = off.encode(TEXTS, ["1x8"])[Size(1, 8)], on.encode(TEXTS, ["1x8"])[Size(1, 8)]
     assert not np.allclose(a, b)
     assert json.loads((tmp_path / "on" / "adaptor.json").read_text())["config"]["agree_top"] == 8
+
+
+def test_adapt_killed_while_writing_resumes_without_refitting(tiny_model, tmp_path, monkeypatch):
+    """Trial 3 ad-kill-write: adapt killed while writing its model folder left a hidden copy of the
+    backbone and had to encode and fit again. The fitted adaptor is kept beside --out until the
+    model is in place, so the same command run again writes it without encoding or fitting, equal
+    to an uninterrupted run, and leaves nothing hidden behind."""
+    import adaretrieve.training.adapt as A
+
+    corpus = make_corpus(tmp_path / "c.jsonl", n=60, seed=6)
+    cfg = dict(model=str(tiny_model), corpus=str(corpus), ladder=LADDER, steps=3, batch_size=16, docs_per_step=16,
+               teacher_top=4, device="cpu")
+    adapt(AdaptConfig(**cfg, out=str(tmp_path / "clean")), progress=False)
+
+    def die(*a, **k):
+        raise KeyboardInterrupt("killed while writing")
+
+    with monkeypatch.context() as m:
+        m.setattr(A, "write_encoder_st_files", die)
+        with pytest.raises(KeyboardInterrupt):
+            adapt(AdaptConfig(**cfg, out=str(tmp_path / "out")), progress=False)
+    assert not (tmp_path / "out").exists()
+
+    def never(*a, **k):
+        raise AssertionError("encoded or fitted again")
+
+    with monkeypatch.context() as m:
+        m.setattr(A, "fit_adaptor", never)
+        m.setattr(A.Encoder, "encode", never)
+        summary = adapt(AdaptConfig(**cfg, out=str(tmp_path / "out")), progress=False)
+    assert summary["resumed"] is True
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl", "clean", "out"]  # nothing hidden left
+    want = Encoder(tmp_path / "clean", device="cpu").encode(TEXTS, ["1x8", "2x16"])
+    got = Encoder(tmp_path / "out", device="cpu").encode(TEXTS, ["1x8", "2x16"])
+    for s in want:
+        np.testing.assert_array_equal(got[s], want[s])
+    # another setting is another fit: a kept adaptor of other settings is not reused
+    with monkeypatch.context() as m:
+        m.setattr(A, "write_encoder_st_files", die)
+        with pytest.raises(KeyboardInterrupt):
+            adapt(AdaptConfig(**cfg, out=str(tmp_path / "o2")), progress=False)
+    calls = []
+    real = A.fit_adaptor
+    monkeypatch.setattr(A, "fit_adaptor", lambda *a, **k: calls.append(1) or real(*a, **k))
+    adapt(AdaptConfig(**{**cfg, "steps": 4}, out=str(tmp_path / "o2")), progress=False)
+    assert calls == [1]

@@ -160,3 +160,21 @@ def test_cli_calibrate_then_search_adaptive(retriever, tmp_path):
     bad = run(app, ["calibrate", "--index", str(ix), "--queries", str(fit_q), "--rerank", "none", "--out",
                     str(tmp_path / "r2.json"), "--device", "cpu"])
     assert bad.exit_code == 2 and "at least two stages" in bad.output
+
+
+def test_stage_rankings_are_each_stage_of_the_funnel(retriever):
+    """calibrate.stage_rankings reads the funnel's own stages (funnel(record=...)): its last stage is
+    the funnel's answer, and every stage equals the shorter plan that ends there, searched on its own."""
+    from adaretrieve.search.calibrate import stage_rankings
+
+    plan = retriever.plan(shortlist="1x8", k=40, then=[("2x16", 20)], rerank="4x32", top=10)
+    s = retriever.searcher(plan)
+    qv = retriever.encoder.encode_queries(TEXTS, plan.sizes())
+    stages = stage_rankings(plan, s.index, s.sources, retriever.reader.normalize, qv, s.params)
+    assert len(stages) == 3
+    scores, rows = s.search(qv)
+    np.testing.assert_array_equal(stages[-1][1][:, :10], rows)
+    one = retriever.searcher(retriever.plan(shortlist="1x8", rerank="none", top=40))
+    np.testing.assert_array_equal(stages[0][1], one.search(qv)[1])
+    two = retriever.searcher(retriever.plan(shortlist="1x8", k=40, rerank="2x16", top=20))
+    np.testing.assert_array_equal(stages[1][1], two.search(qv)[1])
