@@ -11,13 +11,25 @@ from adaretrieve.cli.common import BACKEND_HELP, at_least_1, handle_errors, load
 index_app = typer.Typer(invoke_without_command=True, add_completion=False)
 
 
+def default_shortlist(full, rerank, qdrant: bool = False, n_docs: int | None = None) -> str:
+    """The shortlist `index` stores when none is given: a compact code of the full size, reranked
+    exactly at it, which the quality-per-byte measurements (benchmarks/results/codes/) found ahead of
+    every small size per byte: ``pca128`` (128 sign bits of the corpus's principal directions, 16 B a
+    document) for a model wider than 128 dims, its sign bits (dim/8 B) otherwise. Without a rerank
+    (single stage), or for a Qdrant collection (which holds float vectors), the full size as float32;
+    for a corpus of fewer than 128 documents (too few to fit 128 directions), the sign bits."""
+    if rerank is None or qdrant or rerank != full:
+        return str(full)
+    return f"{full}:pca128" if full.dim > 128 and (n_docs is None or n_docs >= 128) else f"{full}:sign"
+
+
 @index_app.callback()
 @handle_errors
 def index(
     ctx: typer.Context,
     corpus: Optional[Path] = typer.Option(None, "--corpus", help="BEIR folder or corpus.jsonl[.gz], or an MS MARCO collection.tsv[.gz]."),
     model: str = typer.Option("minilm", "--model", "-m", help="Local folder, Hub id, or 'minilm' (the packaged all-MiniLM-L6-v2)."),
-    shortlist: list[str] = typer.Option([], "--shortlist", "-s", help="Shortlist size(s) LxD, one FAISS index each; repeat or comma-separate. LxD:KIND stores that size as its own kind: sign (sign bits scored against the float query, dim/8 bytes), hamming (sign bits, Hamming), pcaM / itqM (M sign bits of a rotation fitted on the corpus, e.g. 6x384:itq128), sq8, rabitq, or any FAISS factory (6x384:IVF256,RaBitQ); without one, --factory."),
+    shortlist: list[str] = typer.Option([], "--shortlist", "-s", help="Shortlist size(s) LxD, one FAISS index each; repeat or comma-separate (default: the full size's pca128 code, reranked at the full size: the best shortlist per byte measured). LxD:KIND stores that size as its own kind: sign (sign bits scored against the float query, dim/8 bytes), hamming (sign bits, Hamming), pcaM / itqM (M sign bits of a rotation fitted on the corpus, e.g. 6x384:itq128), sq8, rabitq, or any FAISS factory (6x384:IVF256,RaBitQ); without one, --factory."),
     rerank: Optional[str] = typer.Option(None, "--rerank", "-r", help="Size stored as float16 rows for exact reranking (default: the model's full size; 'none' for none)."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Index directory to write (e.g. indexes/scifact), or a Qdrant collection (qdrant://HOST:PORT/COLLECTION, or qdrant:PATH for qdrant-client's local mode): the folder index is built first (see --folder), then uploaded."),
     folder: Optional[Path] = typer.Option(None, "--folder", help="With a Qdrant --out: where the folder index is built before the upload (default ~/.cache/adaretrieve/qdrant/<collection>); kept, so a rerun resumes either step."),
@@ -71,8 +83,8 @@ def index(
     from adaretrieve.errors import AdaError
     from adaretrieve.index.build import build_index
 
-    if corpus is None or out is None or not shortlist:
-        raise AdaError("index needs --corpus, at least one --shortlist and --out (see adaretrieve index --help)")
+    if corpus is None or out is None:
+        raise AdaError("index needs --corpus and --out (see adaretrieve index --help)")
     at_least_1({"--batch-size": batch_size, "--chunk-size": chunk_size, "--max-length": max_length,
                 "--ray-actors": ray_actors, "--ray-threads": ray_threads})
     if ray_address and not ray:
@@ -101,6 +113,15 @@ def index(
         rerank = str(enc.full_size)
     elif rerank.lower() == "none":
         rerank = None
+    if not shortlist:
+        from adaretrieve.data.readers import resolve_corpus, validate_corpus
+        from adaretrieve.sizes import parse_size
+
+        shortlist = [default_shortlist(enc.full_size, parse_size(rerank) if rerank else None, qdrant=target is not None,
+                                       n_docs=validate_corpus(resolve_corpus(corpus)))]
+        if not quiet:
+            typer.echo(f"no --shortlist: storing {shortlist[0]} (the best shortlist per byte measured: "
+                       "benchmarks/results/codes/); add small sizes with --shortlist for adaptive depth", err=True)
     if target is not None and Path(out).exists() and not overwrite:
         from adaretrieve.index.codes import parse_shortlist
         from adaretrieve.search import IndexReader

@@ -206,7 +206,7 @@ def test_sharded_index_and_merge_command(tiny_model, corpus, tmp_path):
     res = run(*base, "--shard", "two/4")
     assert res.exit_code == 2 and "not of the form i/n" in err_line(res)
     res = run("index", "--corpus", corpus)
-    assert res.exit_code == 2 and "index needs --corpus, at least one --shortlist and --out" in err_line(res)
+    assert res.exit_code == 2 and "index needs --corpus and --out" in err_line(res)
 
 
 def test_adapted_model_end_to_end(tiny_model, corpus, queries_qrels, tmp_path):
@@ -320,3 +320,31 @@ def test_every_option_of_every_command_has_help():
                for p in cmd.params if getattr(p, "help", None) in (None, "") and p.opts[0].startswith("--")
                and p.opts[0] not in ("--help",)]
     assert not missing, missing
+
+
+def test_index_without_a_shortlist_stores_a_code_of_the_full_size(tiny_model, corpus, queries_qrels, tmp_path):
+    """Issue 24: with no --shortlist, `index` stores what the quality-per-byte measurements say wins
+    (benchmarks/results/codes): a code of the full size, reranked exactly at it (pca128: 128 sign bits
+    of the corpus's principal directions for a model wider than 128 dims, its sign bits otherwise);
+    single stage (--rerank none) gets the full size's float32 vectors, a Qdrant collection too."""
+    from adaretrieve.cli.index_cmd import default_shortlist
+    from adaretrieve.search import IndexReader
+    from adaretrieve.sizes import Size
+
+    assert default_shortlist(Size(6, 384), Size(6, 384)) == "6x384:pca128"
+    assert default_shortlist(Size(12, 768), Size(12, 768)) == "12x768:pca128"
+    assert default_shortlist(Size(4, 32), Size(4, 32)) == "4x32:sign"
+    assert default_shortlist(Size(6, 384), None) == "6x384"
+    assert default_shortlist(Size(6, 384), Size(6, 384), qdrant=True) == "6x384"
+    assert default_shortlist(Size(6, 384), Size(6, 384), n_docs=127) == "6x384:sign"  # too few to fit 128 directions
+    assert default_shortlist(Size(6, 384), Size(6, 384), n_docs=128) == "6x384:pca128"
+    res = run("index", "--corpus", corpus, "--model", tiny_model, "--out", tmp_path / "ix", "--quiet")
+    assert res.exit_code == 0, res.output
+    m = IndexReader(tmp_path / "ix").manifest
+    assert [(e["size"], e["factory"]) for e in m.shortlist] == [("4x32", "sign")] and str(m.rerank_size) == "4x32"
+    q, r = queries_qrels
+    res = run("search", "--index", tmp_path / "ix", "--queries", q, "--qrels", r, "--json", "--quiet")
+    assert res.exit_code == 0, res.output
+    res = run("index", "--corpus", corpus, "--model", tiny_model, "--rerank", "none", "--out", tmp_path / "single", "--quiet")
+    assert res.exit_code == 0, res.output
+    assert [(e["size"], e["factory"]) for e in IndexReader(tmp_path / "single").manifest.shortlist] == [("4x32", "Flat")]
