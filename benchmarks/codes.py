@@ -440,6 +440,13 @@ def report_alone(res: dict, path: Path) -> None:
              "pool's passages only, it has no train queries here); `mix` one adaptor fitted on all three corpora and "
              "both train-query sets. The full size 6x384 is the backbone's under every adaptor.", ""]
     for name, r in res["sets"].items():
+        for lab, a in r["adaptors"].items():
+            f = a.get("fitted_on")
+            if f and lab == "mix" and name == next(iter(res["sets"])):
+                per = ", ".join(f"{n} {v['n_docs']:,}" for n, v in res["sets"].items())
+                lines += [f"The mix was fitted on {f['documents']:,} documents and {f['n_queries']:,} train queries "
+                          f"({per} documents), so the DL19 pool's passages weigh most in it.", ""]
+    for name, r in res["sets"].items():
         lines += [f"## {name} ({r['n_docs']} documents, {r['n_queries']} queries)", "",
                   "| adaptor | " + " | ".join(res["sizes"]) + " |", "| --- |" + " ---: |" * len(res["sizes"])]
         for lab in labs:
