@@ -93,19 +93,21 @@ def test_every_layer_moves_with_the_same_weights():
     """A generated document is its seed plus one weighted sum of neighbour differences, the same weights
     in every layer: solving for the weights from one layer reproduces every other layer."""
     real = real_states()
-    gen = NeighbourMix.fit(real, full_layer=3, k=6, seed=2)
-    seeds, c = gen.recipe(0, 20)
+    gen = NeighbourMix.fit(real, full_layer=3, k=6, borrow=0.5, seed=2)
+    seeds, c, r, w = gen.recipe(0, 20)
+    assert np.abs(w).sum() > 0
     st = gen.layer_states(0, 20)
     for i in range(20):
-        s, nb = seeds[i], gen.neighbours[seeds[i]]
+        s, nb, rn = seeds[i], gen.neighbours[seeds[i]], gen.neighbours[r[i], 0]
         for L in LAYERS:
             diff = real[L][nb] - real[L][s]  # [k, hidden]
-            np.testing.assert_allclose(st[L][i], real[L][s] + c[i] @ diff, atol=1e-4)
+            residual = real[L][r[i]] - real[L][rn]  # [M, hidden]
+            np.testing.assert_allclose(st[L][i], real[L][s] + c[i] @ diff + w[i] @ residual, atol=1e-4)
 
 
 def test_chunked_generation_equals_one_shot():
     ad = tiny_adaptor()
-    gen = NeighbourMix.fit(real_states(), full_layer=3, k=6, seed=3)
+    gen = NeighbourMix.fit(real_states(), full_layer=3, k=6, borrow=0.3, seed=3)
     n = 2 * BLOCK + 300
     one = gen.vectors(0, n, adaptor_mapper(ad, SIZES))
     bounds = [0, 1, 700, BLOCK, BLOCK + 5, 2 * BLOCK + 299, n]
