@@ -13,7 +13,8 @@ size 6x384 is the raw layer-6 state, stored as float16 rows for the rerank.
     python benchmarks/realistic.py scale --adaptor /tmp/s4/ad-mix --n 1000000 --k 10 --toward 0.5 --noise 0.5
 
 Generated vectors go to ``--work`` (default /tmp/h26/realistic) as .npy memory maps written chunk by
-chunk (never N x 7 layers in memory). Writes benchmarks/results/realistic/{results.json, results.md}.
+chunk (never N x 7 layers in memory). Writes benchmarks/results/realistic/{results.json (validation),
+scale.json (scale), results.md}.
 """
 
 from __future__ import annotations
@@ -293,41 +294,51 @@ def report(res: dict) -> str:
             lines.append(f"| {i} | {ad} | {t['n_fit']:,} | {p['k']} | {p['toward']} | {p['noise']} | {p.get('borrow', 0.0)} | "
                          f"{lg['gap']:+.4f} ({lg['config']}) | "
                          f"{mean:.4f} | {'yes' if t['within_0.03'] else 'no'} | `{t['command']}` |")
-        trained = [t for t in vals if not t["adaptor"].startswith("none")] or vals
-        best = min((t for t in trained if t["params"].get("fit_share", 0.5) == 0.5),
-                   key=lambda t: abs(t["largest_gap"]["gap"]), default=trained[-1])
-        bi = vals.index(best) + 1
-        p = best["params"]
-        lines += ["", f"### The best design (#{bi}: k={p['k']}, toward={p['toward']}, noise={p['noise']}, "
-                  f"borrow={p.get('borrow', 0.0)}; adaptor "
-                  f"{best['adaptor']}; {best['date']})", "",
-                  "| configuration | real 30k | generated 30k | gap | real scifact / nfcorpus / dl19 | generated "
-                  "scifact / nfcorpus / dl19 |", "| --- | ---: | ---: | ---: | --- | --- |"]
-        for c, r in best["real"].items():
-            g = best["generated"][c]
-            lines.append(f"| {c} | {r['all']:.4f} | {g['all']:.4f} | {best['gap'][c]:+.4f} | "
-                         f"{r['scifact']:.3f} / {r['nfcorpus']:.3f} / {r['dl19']:.3f} | "
-                         f"{g['scifact']:.3f} / {g['nfcorpus']:.3f} / {g['dl19']:.3f} |")
-        per_set = {n: max(((c, best["generated"][c][n] - best["real"][c][n]) for c in best["real"]), key=lambda cg: abs(cg[1]))
-                   for n in NAMES}
-        lines += ["", f"Largest gap: {best['largest_gap']['gap']:+.4f} ({best['largest_gap']['config']}). Per query set "
-                  "(fewer queries, so noisier; DL19 has 43): " + ", ".join(
-                      f"{n} {g:+.4f} ({c})" for n, (c, g) in per_set.items()) + f". Fit "
-                  f"{best['fit_seconds']} s, generation {best['generate_seconds']} s.", ""]
-    if res.get("scale"):
-        lines += scale_lines(res["scale"])
+        groups: dict = {}
+        for t in vals:
+            groups.setdefault((t["adaptor"], t["n_fit"]), []).append(t)
+        for ts in groups.values():
+            best = min(ts, key=lambda t: abs(t["largest_gap"]["gap"]))
+            lines += best_design(best, vals.index(best) + 1)
+    if res.get("notes"):  # findings written by hand into results.json, each with the trials it rests on
+        lines += ["## What the trials say", ""] + [f"- {n}" for n in res["notes"]] + [""]
+    for p in sorted(OUT.glob("scale*.json")):  # the scale phase's own files: a validation running beside cannot lose them
+        lines += scale_lines(json.loads(p.read_text()))
     return "\n".join(lines) + "\n"
+
+
+def best_design(best: dict, i: int) -> list[str]:
+    """The per-configuration table of one trial (the best of its adaptor and fit size)."""
+    p = best["params"]
+    lines = ["", f"### Best with adaptor {best['adaptor']}, fitted on {best['n_fit']:,}: #{i} (k={p['k']}, "
+             f"toward={p['toward']}, noise={p['noise']}, borrow={p.get('borrow', 0.0)}; {best['date']})", "",
+             "| configuration | real 30k | generated 30k | gap | real scifact / nfcorpus / dl19 | generated "
+             "scifact / nfcorpus / dl19 |", "| --- | ---: | ---: | ---: | --- | --- |"]
+    for c, r in best["real"].items():
+        g = best["generated"][c]
+        lines.append(f"| {c} | {r['all']:.4f} | {g['all']:.4f} | {best['gap'][c]:+.4f} | "
+                     f"{r['scifact']:.3f} / {r['nfcorpus']:.3f} / {r['dl19']:.3f} | "
+                     f"{g['scifact']:.3f} / {g['nfcorpus']:.3f} / {g['dl19']:.3f} |")
+    per_set = {n: max(((c, best["generated"][c][n] - best["real"][c][n]) for c in best["real"]), key=lambda cg: abs(cg[1]))
+               for n in NAMES}
+    return lines + ["", f"Largest gap: {best['largest_gap']['gap']:+.4f} ({best['largest_gap']['config']}). Per query "
+                    "set (fewer queries, so noisier; DL19 has 43): " + ", ".join(
+                        f"{n} {g:+.4f} ({c})" for n, (c, g) in per_set.items()) +
+                    f". Fit {best['fit_seconds']} s, generation {best['generate_seconds']} s.", ""]
 
 
 def scale_lines(sc: dict) -> list[str]:
     from adaretrieve.bench.verdicts import row_ram_bytes
 
     n = sc["n"]
-    lines = [f"## Scale: N = {n:,} generated documents", "",
+    lines = [f"## Scale: N = {n:,} generated documents (design k={sc['params']['k']}, toward={sc['params']['toward']}, "
+             f"noise={sc['params']['noise']}, borrow={sc['params'].get('borrow', 0.0)}; adaptor {sc['adaptor']})", "",
              f"Command: `{sc['command']}` ({sc['date']}). Fit on all 30,209 real documents with the design "
              f"{sc['params']}; generated in {sc['generate_seconds']} s. Every row: batch 1 on one thread, "
-             f"{sc['warmup']} warm-up queries then all {sc['n_queries']} queries timed (median, p95), the same for every "
-             "row; two-stage rows read float16 rerank rows from a memory map, timed warm (the whole rerank file read "
+             f"{sc['warmup']} warm-up queries then {sc['n_queries']} of the {sc['n_recall_queries']} queries timed (one "
+             "fixed random draw; recall over all of them), median and p95, the same for every row. Machine: "
+             f"{sc['machine']['cpu']}, {sc['machine']['cores']} cores shared with other heavy jobs (`{sc.get('uptime_at_start', '')}` "
+             "at the start), so latencies carry that load; two-stage rows read float16 rerank rows from a memory map, timed warm (the whole rerank file read "
              "into the page cache first). RAM per row (`adaretrieve.bench.verdicts.row_ram_bytes`): private memory "
              "(the index's serialized bytes) plus, for a warm two-stage row, the whole rerank file.", "",
              "| method | recall@10 | batch-1 ms p50 (p95) | private MB | RAM needed MB | RAM B/doc | build s |",
@@ -376,6 +387,10 @@ def time_batch1(fn, q: np.ndarray | dict) -> dict:
     return {"p50_ms": round(1000 * t.p50, 4), "p95_ms": round(1000 * t.p95, 4), "queries": t.repeats, "warmup": WARMUP}
 
 
+def scale_file(tag: str | None) -> str:
+    return f"scale-{tag}.json" if tag else "scale.json"
+
+
 def scale(args, command: str) -> dict:
     """Every method over ``args.n`` generated documents: recall@10 against exact 6x384 over all 667
     queries, batch-1 latency on one thread over ``args.time_queries`` of them, RAM by the memory model."""
@@ -384,6 +399,7 @@ def scale(args, command: str) -> dict:
     from adaretrieve.eval.timing import WARMUP
     from adaretrieve.search.plan import FunnelPlan
     from adaretrieve.search.twostage import funnel, search_params
+    from benchmarks.machine import uptime
 
     try:
         from threadpoolctl import threadpool_limits
@@ -393,7 +409,7 @@ def scale(args, command: str) -> dict:
     to_sizes, label = load_mapper(args.adaptor)
     qv = to_sizes(qs)
     n = args.n
-    work = Path(args.work) / f"gen-{n}"
+    work = Path(args.work) / f"gen-{n}{'-' + args.tag if args.tag else ''}"
     t0 = time.perf_counter()
     gen = NeighbourMix.fit(docs, 6, args.k, args.toward, args.noise, args.borrow, args.seed)
     del docs
@@ -408,15 +424,16 @@ def scale(args, command: str) -> dict:
     res = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M %Z"), "n": n, "adaptor": label,
            "params": {"k": args.k, "toward": args.toward, "noise": args.noise, "borrow": args.borrow, "seed": args.seed},
            "generate_seconds": gen_s, "n_queries": len(pick), "n_recall_queries": len(q_set), "warmup": WARMUP,
-           "threads": 1, "build_threads": args.build_threads, "rows": {}}
+           "threads": 1, "build_threads": args.build_threads, "machine": {"cpu": cpu_name(), "cores": os.cpu_count()},
+           "uptime_at_start": uptime(), "rows": {}}
     file_bytes = rows_path.stat().st_size
 
     def save(name, row):
         res["rows"][name] = row
         print(f"  {name:44s} recall@10 {row['recall@10']:.4f}  batch-1 {row['batch1']['p50_ms']:.3f} ms", flush=True)
-        out = read_results()
-        out["scale"] = res
-        write_results(out)
+        OUT.mkdir(parents=True, exist_ok=True)
+        (OUT / scale_file(args.tag)).write_text(json.dumps(res, indent=2) + "\n")
+        write_results(read_results())
 
     def one_thread():
         faiss.omp_set_num_threads(1)
@@ -470,9 +487,12 @@ def scale(args, command: str) -> dict:
     shortlists(FULL, "sign", [(200, {}), (1000, {})], "6x384 sign bits vs float query")
     shortlists(Size(4, 64), f"IVF{nlist},Flat", [(200, {"nprobe": 32}), (1000, {"nprobe": 32}), (1000, {"nprobe": 128})],
                f"IVF{nlist} over 4x64")
-    shortlists(Size(4, 64), "HNSW32", [(200, {"ef_search": 200}), (200, {"ef_search": 400}), (1000, {"ef_search": 1000})],
-               "HNSW32 over 4x64")
+    if not args.skip_hnsw384:
+        shortlists(Size(4, 64), "HNSW32", [(200, {"ef_search": 200}), (200, {"ef_search": 400}),
+                                           (1000, {"ef_search": 1000})], "HNSW32 over 4x64")
 
+    if args.skip_hnsw384:
+        return res
     # FAISS HNSW32 over the full 384-d float32 vectors
     faiss.omp_set_num_threads(args.build_threads)
     h = faiss.IndexHNSWFlat(FULL.dim, 32, faiss.METRIC_INNER_PRODUCT)
@@ -512,6 +532,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=None, help="documents to generate (validate: the real count)")
     ap.add_argument("--build-threads", type=int, default=2, help="threads for building indexes (search: always 1)")
     ap.add_argument("--time-queries", type=int, default=200, help="scale: queries timed at batch 1 (the same for every row)")
+    ap.add_argument("--tag", help="scale: a name for this run's file (scale-TAG.json) and generated vectors")
+    ap.add_argument("--skip-hnsw384", action="store_true", help="scale: no HNSW graphs (over 4x64 or 6x384): the "
+                    "cheap rows only")
     ap.add_argument("--hnsw-efc", type=int, default=200, help="scale: efConstruction of FAISS HNSW32 over 6x384")
     args = ap.parse_args()
     globals()["OUT"] = Path(args.out)  # read_results / write_results write there
@@ -524,9 +547,7 @@ def main() -> None:
     if args.phase == "validate":
         validate(args, command)
     elif args.phase == "scale":
-        res = read_results()
-        res["scale"] = scale(args, command)
-        write_results(res)
+        scale(args, command)
     else:
         write_results(read_results())
 
