@@ -414,7 +414,14 @@ def scale(args, command: str) -> dict:
     gen = NeighbourMix.fit(docs, 6, args.k, args.toward, args.noise, args.borrow, args.seed)
     del docs
     gc.collect()
-    vecs = generate_to(gen, n, to_sizes, work)
+    if args.add_ef:  # the vectors of the earlier run, checked against the generator on its first chunk
+        vecs = {s: np.load(work / (f"{s}-f16.npy" if s == FULL else f"{s}-f32.npy"), mmap_mode="r") for s in SIZES}
+        again = gen.vectors(0, 4096, to_sizes)
+        if len(vecs[FULL]) != n or any(not np.allclose(vecs[s][:4096], again[s], atol=1e-2 if s == FULL else 1e-6)
+                                       for s in SIZES):
+            raise SystemExit(f"{work} does not hold this design's {n} documents")
+    else:
+        vecs = generate_to(gen, n, to_sizes, work)
     gen_s = round(time.perf_counter() - t0, 1)
     del gen
     gc.collect()
@@ -439,20 +446,29 @@ def scale(args, command: str) -> dict:
         faiss.omp_set_num_threads(1)
         return threadpool_limits(1) if threadpool_limits else None
 
+    if args.add_ef:  # more efSearch rows of HNSW32 over 6x384 (rebuilt alike) into the earlier run's file
+        res = json.loads((OUT / scale_file(args.tag)).read_text())
+        res["command"] += f"; then {command}"
+        truth = exact_top10(rows, qv[FULL])
     # exact flat 384-d float32: the ground truth and the exact baseline
     t1 = time.perf_counter()
-    exact = faiss.IndexFlatIP(FULL.dim)
-    for a in range(0, n, 200_000):
-        exact.add(np.asarray(rows[a:a + 200_000], dtype=np.float32))
-    build_s = round(time.perf_counter() - t1, 1)
-    faiss.omp_set_num_threads(args.build_threads)
-    truth = exact.search(qv[FULL], 10)[1]
-    lim = one_thread()
-    save("exact flat 6x384 float32", {"recall@10": recall(exact.search(qv[FULL], 10)[1], truth, q_set)["all"],
-         "batch1": time_batch1(lambda x, ix=exact: ix.search(x, 10), tq[FULL]), "resident_bytes": n * FULL.dim * 4,
-         "build_seconds": build_s})
-    del exact, lim
-    gc.collect()
+    if args.add_ef:
+        n_exact = 0  # skip: every row but the new HNSW ones is kept from the earlier run
+    else:
+        n_exact = n
+    if n_exact:
+        exact = faiss.IndexFlatIP(FULL.dim)
+        for a in range(0, n, 200_000):
+            exact.add(np.asarray(rows[a:a + 200_000], dtype=np.float32))
+        build_s = round(time.perf_counter() - t1, 1)
+        faiss.omp_set_num_threads(args.build_threads)
+        truth = exact.search(qv[FULL], 10)[1]
+        lim = one_thread()
+        save("exact flat 6x384 float32", {"recall@10": recall(exact.search(qv[FULL], 10)[1], truth, q_set)["all"],
+             "batch1": time_batch1(lambda x, ix=exact: ix.search(x, 10), tq[FULL]), "resident_bytes": n * FULL.dim * 4,
+             "build_seconds": build_s})
+        del exact, lim
+        gc.collect()
 
     def shortlists(size, factory, settings, what):
         """Build one shortlist (build threads), then each (k, search kw) of ``settings`` reranked at 6x384."""
@@ -481,13 +497,14 @@ def scale(args, command: str) -> dict:
         gc.collect()
 
     nlist = 4096 if n > 100_000 else 256
-    for size in (Size(4, 64), Size(4, 128)):
+    for size in (Size(4, 64), Size(4, 128)) if not args.add_ef else ():
         shortlists(size, "Flat", [(200, {}), (1000, {})], f"flat {size}")
-    shortlists(FULL, "BFlat", [(200, {}), (1000, {}), (2000, {})], "6x384 sign bits, Hamming (binary + rescore)")
-    shortlists(FULL, "sign", [(200, {}), (1000, {})], "6x384 sign bits vs float query")
-    shortlists(Size(4, 64), f"IVF{nlist},Flat", [(200, {"nprobe": 32}), (1000, {"nprobe": 32}), (1000, {"nprobe": 128})],
-               f"IVF{nlist} over 4x64")
-    if not args.skip_hnsw384:
+    if not args.add_ef:
+        shortlists(FULL, "BFlat", [(200, {}), (1000, {}), (2000, {})], "6x384 sign bits, Hamming (binary + rescore)")
+        shortlists(FULL, "sign", [(200, {}), (1000, {})], "6x384 sign bits vs float query")
+        shortlists(Size(4, 64), f"IVF{nlist},Flat", [(200, {"nprobe": 32}), (1000, {"nprobe": 32}),
+                                                     (1000, {"nprobe": 128})], f"IVF{nlist} over 4x64")
+    if not args.skip_hnsw384 and not args.add_ef:
         shortlists(Size(4, 64), "HNSW32", [(200, {"ef_search": 200}), (200, {"ef_search": 400}),
                                            (1000, {"ef_search": 1000})], "HNSW32 over 4x64")
 
@@ -504,7 +521,7 @@ def scale(args, command: str) -> dict:
     b = round(time.perf_counter() - t1, 1)
     private = serialized_bytes(h, Path(args.work))
     lim = one_thread()
-    for ef in (16, 32, 64, 128, 256):
+    for ef in args.add_ef or (16, 32, 64, 128, 256):
         p = faiss.SearchParametersHNSW(efSearch=ef)
         top = h.search(qv[FULL], 10, params=p)[1]
         save(f"FAISS HNSW32 over 6x384 float32 efC={args.hnsw_efc} ef={ef}", {
@@ -535,6 +552,8 @@ def main() -> None:
     ap.add_argument("--tag", help="scale: a name for this run's file (scale-TAG.json) and generated vectors")
     ap.add_argument("--skip-hnsw384", action="store_true", help="scale: no HNSW graphs (over 4x64 or 6x384): the "
                     "cheap rows only")
+    ap.add_argument("--add-ef", type=int, nargs="*", help="scale: only rebuild HNSW32 over 6x384 on the earlier run's "
+                    "vectors and add these efSearch rows to its file")
     ap.add_argument("--hnsw-efc", type=int, default=200, help="scale: efConstruction of FAISS HNSW32 over 6x384")
     args = ap.parse_args()
     globals()["OUT"] = Path(args.out)  # read_results / write_results write there
