@@ -218,10 +218,13 @@ def quality_per_byte(rows, metrics: list[str]) -> list[str]:
     if not known or not metrics:
         return []
     first = metrics[0]
-    recall = next((m for m in metrics if m.startswith("R@")), None)
 
     def q(r, m):
         return metric_of({"metrics": r.metrics, "depth": r.depth}, m) if m else None
+
+    # the recall every row has (each at its depth: a k=50 row's R@100 is its R@50), the shallowest such
+    recalls = [m for m in metrics if m.startswith("R@") and m[2:].isdigit()]
+    recall = min(recalls, key=lambda m: (-sum(q(r, m) is not None for r in known), int(m[2:])), default=None)
 
     scored = [r for r in known if q(r, first) is not None]
     front = {id(scored[i]) for i in pareto([(r.resident_bytes_per_doc, q(r, first)) for r in scored])}

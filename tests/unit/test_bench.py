@@ -406,3 +406,33 @@ def test_a_suite_names_a_kind_per_size_and_reports_quality_per_byte(tiny_model, 
     path.write_text(yaml.safe_dump(cfg))
     res = runner.invoke(app, ["bench", "--config", str(path), "--out", str(tmp_path / "rep3"), "--quiet"])
     assert res.exit_code == 2 and "4x32 sign (the suite's: SQ8)" in res.stderr, res.output
+
+
+def test_quality_per_byte_names_recall_as_the_suite_asked_at_each_rows_depth():
+    """The bytes table's recall column is the suite's first recall (R@100), each row's at its depth (a
+    k=50 row's R@50), not whichever depth-named column happens to come first (the demo's R@50)."""
+    from adaretrieve.bench.measure import ResultRow
+    from adaretrieve.bench.report import quality_per_byte
+
+    def row(config, depth, b, metrics):
+        return ResultRow.from_dict({"config": config, "kind": "dense", "shortlist": "2x64", "metrics": metrics,
+                                    "search_ms_batch1": {"p50": 1, "p95": 1, "mean": 1}, "search_ms_batched": 1.0,
+                                    "depth": depth, "resident_bytes_per_doc": b})
+    rows = [row("2x64 k=50 -> 6x384", 50, 256, {"nDCG@10": 0.2, "R@50": 0.22}),
+            row("6x384:pca128 k=200 -> 6x384", 200, 16, {"nDCG@10": 0.6, "R@100": 0.9})]
+    lines = quality_per_byte(rows, ["nDCG@10", "RR@10", "R@100", "R@1000"])
+    assert "| configuration | B/doc | nDCG@10 | R@100 | front |" in lines
+    assert "| 2x64 k=50 -> 6x384 | 256 | 0.2000 | 0.2200 |  |" in lines
+    assert "| 6x384:pca128 k=200 -> 6x384 | 16 | 0.6000 | 0.9000 | yes |" in lines
+
+
+def test_the_reports_bytes_table_uses_the_suites_recall():
+    """At the call site: the SciFact report (metrics nDCG@10, RR@10, R@100, R@1000; k=50 rows named R@50)
+    puts R@100 in its bytes table, a k=50 row's value being its R@50."""
+    from adaretrieve.bench.report import to_markdown
+
+    res = json.loads((Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "scifact-minilm" / "results.json").read_text())
+    md = to_markdown(res, "x").split("## Quality per byte")[1]
+    assert "| configuration | B/doc | nDCG@10 | R@100 | front |" in md
+    k50 = next(r for r in res["results"] if r["config"] == "2x64 k=50 -> 6x384")
+    assert f"| 2x64 k=50 -> 6x384 | 256 | {k50['metrics']['nDCG@10']:.4f} | {k50['metrics']['R@50']:.4f} |" in md
