@@ -24,7 +24,7 @@ import numpy as np
 
 from adaretrieve.errors import AdaError
 from adaretrieve.index.format import Manifest, check_encoder
-from adaretrieve.search.plan import DEFAULT, FunnelPlan, resolve_plan
+from adaretrieve.search.plan import DEFAULT, FunnelPlan, resolve_plan, stored_entry
 from adaretrieve.sizes import Size, parse_size, truncate
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def _size_rows(reader, size: Size):
 
     if size == reader.manifest.rerank_size:
         return reader.rerank_rows()
-    entry = next((e for e in reader.manifest.shortlist if parse_size(e["size"]) == size), None)
+    entry = stored_entry(reader.manifest, size)
     if entry is not None:
         if entry.get("metric") == "hamming":
             raise AdaError(f"shortlist {size} is binary (sign bits, Hamming): Qdrant stores float vectors; "

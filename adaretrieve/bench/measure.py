@@ -19,6 +19,7 @@ from adaretrieve.eval.timing import Timing, time_each, time_repeats, time_stages
 from adaretrieve.faiss_util import resident_bytes_per_doc
 from adaretrieve.index.format import Manifest
 from adaretrieve.search import FunnelPlan, FunnelSearcher, IndexReader
+from adaretrieve.search.plan import stored_entry
 from adaretrieve.search.resident import available as resident_available
 from adaretrieve.search.resident import measure_resident
 from adaretrieve.sizes import Size, parse_size
@@ -352,7 +353,7 @@ COLD_HOW = ("before each cold query the rerank file is dropped from the page cac
 def shortlist_kind_of(manifest: Manifest, size: Size) -> str | None:
     """The stored code of the shortlist index at ``size`` (its factory: ``sign``, ``pca128``, ``SQ8``,
     ``HNSW32``), or None when it is float32 ``Flat`` or not stored (a flat index cut from a prefix)."""
-    entry = next((e for e in manifest.shortlist if parse_size(e["size"]) == size), None)
+    entry = stored_entry(manifest, size)
     return entry["factory"] if entry is not None and stores_a_code(entry["factory"]) else None
 
 
@@ -376,7 +377,7 @@ def coded_name(plan: FunnelPlan, kind: str | None) -> str:
 def shortlist_resident_bytes_per_doc(manifest: Manifest, size: Size) -> float | None:
     """RAM per document of the shortlist index a search at ``size`` loads: the stored index of that
     size (its factory decides), else the flat float32 index built in memory from a stored prefix."""
-    entry = next((e for e in manifest.shortlist if parse_size(e["size"]) == size), None)
+    entry = stored_entry(manifest, size)
     return resident_bytes_per_doc(size.dim, entry["factory"] if entry else "Flat")
 
 

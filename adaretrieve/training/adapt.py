@@ -57,16 +57,13 @@ def _as_list(value) -> list[str]:
 
 
 def _sample_corpora(paths: list[Path], max_texts: int, seed: int) -> tuple[list[str], list[str]]:
-    """Every corpus's documents in the order given, each cut to its share of ``max_texts`` (by size)
-    with the same fixed random sample ``_sample_corpus`` takes of one corpus."""
-    read = [_sample_corpus(p, 1 << 62, seed) for p in paths]
+    """Every corpus's documents in the order given, each cut to its share of ``max_texts`` (by size; one
+    corpus: all of ``max_texts``) by the same fixed random sample (``_sample``)."""
+    read = [_read_corpus(p) for p in paths]
     total = sum(len(ids) for ids, _ in read)
     ids, texts = [], []
-    for (i, t) in read:
-        cap = max_texts if len(read) == 1 else max(1, round(max_texts * len(i) / total))
-        if len(i) > cap:
-            keep = np.sort(np.random.default_rng(seed).choice(len(i), cap, replace=False))
-            i, t = [i[k] for k in keep], [t[k] for k in keep]
+    for i, t in read:
+        i, t = _sample(i, t, max_texts if len(read) == 1 else max(1, round(max_texts * len(i) / total)), seed)
         ids += i
         texts += t
     return ids, texts
@@ -90,13 +87,18 @@ def _read_fit_queries(source: Path, split: str | None) -> tuple[list[str], list[
     return list(qs), list(qs.values())
 
 
-def _sample_corpus(path: Path, max_texts: int, seed: int) -> tuple[list[str], list[str]]:
+def _read_corpus(path: Path) -> tuple[list[str], list[str]]:
     ids, texts = [], []
     for d in iter_corpus(path):
         ids.append(d.docid)
         texts.append(doc_text(d.title, d.text))
-    if len(ids) > max_texts:
-        keep = np.sort(np.random.default_rng(seed).choice(len(ids), max_texts, replace=False))
+    return ids, texts
+
+
+def _sample(ids: list[str], texts: list[str], cap: int, seed: int) -> tuple[list[str], list[str]]:
+    """At most ``cap`` of the documents: a fixed random sample (``seed``), in file order."""
+    if len(ids) > cap:
+        keep = np.sort(np.random.default_rng(seed).choice(len(ids), cap, replace=False))
         ids, texts = [ids[i] for i in keep], [texts[i] for i in keep]
     return ids, texts
 
