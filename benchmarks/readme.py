@@ -844,7 +844,7 @@ def codes() -> str:
     full = [f"{d['sets'][n]['full']['nDCG@10']:.4f}" for n in sets]
     text = f"""Quality per byte (`python benchmarks/codes.py`, one run per set, every shortlist followed by the same exact 6x384
 rerank; share of the full size's nDCG@10 at k=100; full size: {", ".join(f"{names[n]} {f}" for n, f in zip(sets, full))};
-all tables in `benchmarks/results/codes/results.md`):
+all tables in `benchmarks/results/codes/results.md`; RAM counts the codes only: the float16 rerank rows, 768 B/doc, are read from disk and not charged, and no latency was taken in these runs):
 
 {table(["shortlist", "B/doc in RAM"] + [names[n] for n in sets], rows)}
 """
