@@ -53,9 +53,10 @@ class Retriever:
 
     def plan(self, shortlist: str | Size | None = None, k: int | None = None, rerank=DEFAULT,
              then: Sequence[tuple[str | Size, int]] = (), top: int | None = None, nprobe: int | None = None,
-             ef_search: int | None = None) -> FunnelPlan:
-        """The plan these arguments mean for this index (``resolve_plan``), its sizes checked against the encoder."""
-        plan = resolve_plan(self.reader.manifest, shortlist, k, then, rerank, top, nprobe, ef_search)
+             ef_search: int | None = None, deep_k: int | None = None) -> FunnelPlan:
+        """The plan these arguments mean for this index (``resolve_plan``), its sizes checked against the encoder.
+        ``deep_k``: the rerank also takes the top ``deep_k`` of the index's shortlist over the rerank size."""
+        plan = resolve_plan(self.reader.manifest, shortlist, k, then, rerank, top, nprobe, ef_search, deep_k=deep_k)
         check_plan_sizes(self.encoder, plan)
         return plan
 
@@ -88,15 +89,26 @@ class Retriever:
         hits = [[(ids[r], float(x)) for r, x in zip(rr, sc) if r >= 0] for rr, sc in zip(res.rows, res.scores)]
         return hits, res
 
-    def calibrate(self, texts: Sequence[str], plan: FunnelPlan, target: float, rank: int = 10, batch_size: int = 64):
+    def calibrate(self, texts: Sequence[str], plan: FunnelPlan, target: float, rank: int = 10, batch_size: int = 64,
+                  measure: str = "overlap", confidence: str = "gap", rankings: list | None = None):
         """Fit a cascade's stop rule for ``plan`` on unlabelled ``texts`` (``search.calibrate``): the
-        most queries stopped early while the mean overlap@10 with the full cascade stays >= ``target``."""
-        from adaretrieve.search.calibrate import fit_stop_rule, stage_rankings
+        most encoder layers saved while the mean ``measure``@10 against the full cascade stays >=
+        ``target``. ``rankings``: ``self.stage_rankings(texts, plan)`` when already made (fitting
+        several targets on the same texts encodes them once)."""
+        from adaretrieve.search.calibrate import check_target, fit_stop_rule
+
+        check_target(target, measure, confidence)
+        if rankings is None:
+            rankings = self.stage_rankings(texts, plan, batch_size)
+        return fit_stop_rule(plan, rankings, target, rank=rank, measure=measure, confidence=confidence)
+
+    def stage_rankings(self, texts: Sequence[str], plan: FunnelPlan, batch_size: int = 64) -> list:
+        """(scores, rows) after every stage of ``plan`` for ``texts`` encoded to full depth (``calibrate.stage_rankings``)."""
+        from adaretrieve.search.calibrate import stage_rankings
 
         s = self.searcher(plan)
         qv = self.encoder.encode_queries(list(texts), plan.sizes(), batch_size=batch_size)
-        return fit_stop_rule(plan, stage_rankings(plan, s.index, s.sources, self.reader.normalize, qv, s.params), target,
-                             rank=rank)
+        return stage_rankings(plan, s.index, s.sources, self.reader.normalize, qv, s.params, s.deep)
 
 
 def adaptive_search(encoder, searcher: FunnelSearcher, texts: list[str], rule, batch_size: int = 64,
@@ -121,4 +133,4 @@ def adaptive_search(encoder, searcher: FunnelSearcher, texts: list[str], rule, b
         return out
 
     return cascade(plan, rule, searcher.index, searcher.sources, searcher.reader.normalize, vecs, encode_more,
-                   searcher.params, timings)
+                   searcher.params, timings, deep=searcher.deep)

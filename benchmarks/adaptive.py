@@ -95,7 +95,7 @@ def main(argv=None) -> None:
 
     srch = r.searcher(plan)
     ranks = stage_rankings(plan, srch.index, srch.sources, r.reader.normalize, r.encoder.encode_queries(test, plan.sizes()),
-                           srch.params)
+                           srch.params, srch.deep)
     agree = [{"stage": i, "overlap_at_10": round(float(overlap_at(rw, full_r).mean()), 4),
               "share_identical_top10": round(float(np.mean([list(a[:10]) == list(b[:10]) for a, b in zip(rw, full_r)])), 4)}
              for i, (_, rw) in enumerate(ranks)]

@@ -15,11 +15,14 @@ def calibrate(
     queries: Path = typer.Option(..., "--queries", help="Unlabelled query texts to fit on: queries.jsonl, a tsv of qid<TAB>text, or a BEIR folder with --query-split. Never the queries you evaluate on."),
     query_split: Optional[str] = typer.Option(None, "--query-split", help="With a BEIR folder: only the queries qrels/<split>.tsv names (its ids; no grade is read), e.g. train."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the rule (plain JSON; `search --adaptive FILE` reads it)."),
-    target: float = typer.Option(0.99, "--target", help="Mean overlap@10 with the full cascade's top 10 to keep, over all queries (0-1]."),
+    target: float = typer.Option(0.99, "--target", help="Mean agreement with the full cascade's top 10 to keep, over all queries (0-1], as --measure scores it."),
+    measure: str = typer.Option("overlap", "--measure", help="How an early answer's top 10 is scored against the full cascade's: overlap (share of its documents), ndcg (nDCG@10 with the full ranking as judgments: --target 0.99 is about 1% expected nDCG@10 loss) or identical (same 10, same order)."),
+    confidence: str = typer.Option("gap", "--confidence", help="What the rule reads: gap (best minus rank-th best score) or linear (a least-squares score of the stage's gaps, top score and agreement with the stage before)."),
     shortlist: Optional[str] = typer.Option(None, "--shortlist", "-s", help="Shortlist size LxD (default: the index's first)."),
     rerank: Optional[str] = typer.Option(None, "--rerank", "-r", help="Rerank size LxD (default: the index's rerank size)."),
     k: list[int] = typer.Option([], "--k", help="Candidates kept by the shortlist (default 200); repeat once per --then stage."),
     then: list[str] = typer.Option([], "--then", help="Intermediate exact stage(s): each one is also a place to stop."),
+    deep_k: Optional[int] = typer.Option(None, "--deep-k", help="The deep path's rerank also takes the top N of the index's shortlist over the rerank size (its full-size code)."),
     top: Optional[int] = typer.Option(None, "--top", help="Results per query (default: all the last stage ranks)."),
     rank: int = typer.Option(10, "--rank", help="The rule's gap: best score minus the rank-th best."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Query encoder (default: the model that built the index)."),
@@ -48,8 +51,9 @@ def calibrate(
 
     if (k or then) and len(k) != 1 + len(then):
         raise AdaError(f"give one --k for the shortlist and one per --then stage: got {len(k)} --k for {len(then)} --then")
-    if not 0 < target <= 1:
-        raise AdaError(f"--target {target} must be in (0, 1]")
+    from adaretrieve.search.calibrate import check_target
+
+    check_target(target, measure, confidence)
     qs = read_queries(queries)
     if query_split is not None:
         ids = _split_ids(queries, query_split)
@@ -59,15 +63,17 @@ def calibrate(
     if query_split in ("test", "dev"):
         typer.echo(f"warning: fitting on the {query_split} queries: score the rule on other queries", err=True)
     r = Retriever(index, model=model, device=device, backend=backend)
-    plan = r.plan(shortlist, k[0] if k else None, DEFAULT if rerank is None else rerank, list(zip(then, k[1:])), top)
+    plan = r.plan(shortlist, k[0] if k else None, DEFAULT if rerank is None else rerank, list(zip(then, k[1:])), top,
+                  deep_k=deep_k)
     if plan.stages < 2:
         raise AdaError("a cascade needs at least two stages (a rerank or a --then stage) to stop between")
-    fit = r.calibrate(list(qs.values()), plan, target, rank=rank)
+    fit = r.calibrate(list(qs.values()), plan, target, rank=rank, measure=measure, confidence=confidence)
     write_stop_rule(out, fit, plan, r.reader.manifest, target,
                     {"queries": str(queries), "query_split": query_split, "n_queries": len(qs)})
     f = fit.to_dict()
     typer.echo(f"{plan.name}: {len(qs)} queries; answered per stage {f['stop_share']}, mean layers "
-               f"{f['mean_layers']} of {f['full_layers']} ({f['encoder_cost']:.2f}x), overlap@10 {f['overlap_at_10']}; "
+               f"{f['mean_layers']} of {f['full_layers']} ({f['encoder_cost']:.2f}x), {measure}@10 {f['kept']}, overlap@10 "
+               f"{f['overlap_at_10']}; "
                f"wrote {out}")
 
 

@@ -36,6 +36,7 @@ def search(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Query encoder (default: the model that built the index; another one is refused)."),
     nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF shortlists: inverted lists probed per query (more: slower, higher recall)."),
     ef_search: Optional[int] = typer.Option(None, "--ef-search", help="HNSW shortlists: candidate list size per query (more: slower, higher recall)."),
+    deep_k: Optional[int] = typer.Option(None, "--deep-k", help="The rerank also takes the top N of the index's shortlist over the rerank size (e.g. its 6x384:pca128 code): what the small size missed, the full size's code can still find."),
     query_prefix: Optional[str] = typer.Option(None, "--query-prefix", help="Text put before every query (default: the prefix the index recorded, from `index --query-prefix` or the model's prompts)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Queries per forward pass."),
     device: Optional[str] = typer.Option(None, "--device", help="torch device for the query encoder (cpu, cuda, cuda:1; default: cuda when available)."),
@@ -96,16 +97,17 @@ def search(
 
             if isinstance(reader, QdrantIndex):
                 raise AdaError("--adaptive searches folder indexes (a Qdrant collection runs its stages server-side)")
-            if shortlist or rerank or k or then:
-                raise AdaError(f"--adaptive {adaptive}: the rule file fixes the plan; drop --shortlist/--k/--then/--rerank")
+            if shortlist or rerank or k or then or deep_k:
+                raise AdaError(f"--adaptive {adaptive}: the rule file fixes the plan; drop --shortlist/--k/--then/--rerank/--deep-k")
             rule, d = load_stop_rule(adaptive, m)
             shortlist, rerank, top = d["shortlist"], d["rerank"] or "none", top or d["top"]
             k, then = [d["k"], *(s["k"] for s in d["then"])], [s["size"] for s in d["then"]]
             nprobe = nprobe if nprobe is not None else d.get("nprobe")
             ef_search = ef_search if ef_search is not None else d.get("ef_search")
+            deep_k = d.get("deep_k")
         plan = resolve_plan(m, shortlist, k[0] if k else None, list(zip(then, k[1:])),
                             DEFAULT if rerank is None else rerank, top if query is None else (top or 10), nprobe,
-                            ef_search, engine="qdrant" if isinstance(reader, QdrantIndex) else "faiss")
+                            ef_search, engine="qdrant" if isinstance(reader, QdrantIndex) else "faiss", deep_k=deep_k)
         enc = load_index_encoder(reader, model, device, backend=backend)  # refuses weights other than the index's
         if query_prefix is not None:
             enc.query_prefix = query_prefix

@@ -21,22 +21,53 @@ import numpy as np
 
 from adaretrieve.errors import AdaError
 from adaretrieve.search.plan import FunnelPlan
-from adaretrieve.search.twostage import add_time, exact_search, rerank_candidates
+from adaretrieve.search.twostage import add_time, deep_candidates, exact_search, rerank_candidates
 from adaretrieve.sizes import Size
+
+FEATURES = ("gap", "gap2", "gap5", "top1", "agree", "same_top1")
+"""What a rule may read of a query at a stage (its own scores and lists, no labels): ``gap`` the best
+score minus the ``rank``-th best; ``gap2`` / ``gap5`` the best minus the 2nd / 5th; ``top1`` the best
+score; ``agree`` the share of this stage's top 10 in the previous stage's top 10 (0 at the shortlist,
+which has none); ``same_top1`` 1 when both stages rank the same document first."""
+
+
+def features(scores: np.ndarray, rows: np.ndarray, prev_rows: np.ndarray | None, rank: int = 10) -> np.ndarray:
+    """[n, len(FEATURES)] the ``FEATURES`` of each query at a stage: ``scores`` / ``rows`` [n, k] of
+    this stage (best first, -inf / -1 past the end), ``prev_rows`` the previous stage's (None at the shortlist)."""
+    n = len(scores)
+    out = np.zeros((n, len(FEATURES)), dtype=np.float64)
+    if n == 0 or scores.shape[1] == 0:
+        return out
+    out[:, 0] = gap(scores, rank)
+    out[:, 1] = gap(scores, 2)
+    out[:, 2] = gap(scores, 5)
+    out[:, 3] = scores[:, 0]
+    if prev_rows is not None and prev_rows.shape[1]:
+        for i, (a, b) in enumerate(zip(rows, prev_rows)):
+            sa, sb = {int(x) for x in a[:10] if x >= 0}, {int(x) for x in b[:10] if x >= 0}
+            out[i, 4] = len(sa & sb) / max(1, min(10, len(sb)))
+        out[:, 5] = (rows[:, 0] == prev_rows[:, 0]) & (rows[:, 0] >= 0)
+    return out
 
 
 @dataclass(frozen=True)
 class StopRule:
-    """Stop a query after exit stage ``i`` (0 = the shortlist) when the gap between its best score
-    and its ``rank``-th best at that stage is at least ``thresholds[i]`` (None: never stop there).
-    A wide gap means the top is settled; the rule reads nothing but the query's own scores."""
+    """Stop a query after exit stage ``i`` (0 = the shortlist) when its confidence there is at least
+    ``thresholds[i]`` (None: never stop there). The confidence is the gap between its best score and
+    its ``rank``-th best (a wide gap: the top is settled), or, where ``weights[i]`` is given, the
+    linear score ``weights[i] . [FEATURES..., 1]`` of the query's own scores and lists at that stage
+    (``features``). It reads nothing but the query's own scores and rows."""
 
     thresholds: tuple[float | None, ...]
     rank: int = 10
+    weights: tuple[tuple[float, ...] | None, ...] = ()
 
     def __post_init__(self):
         if self.rank < 2:
             raise AdaError(f"stop rule rank {self.rank} must be at least 2 (a gap between two scores)")
+        for w in self.weights:
+            if w is not None and len(w) != len(FEATURES) + 1:
+                raise AdaError(f"stop rule weights {list(w)[:8]} should be one per feature {FEATURES} and a constant")
 
     @classmethod
     def never(cls) -> StopRule:
@@ -47,19 +78,43 @@ class StopRule:
         """Every query stops after exit stage ``stage`` (a threshold no gap is below)."""
         return cls(tuple([None] * stage + [-np.inf]))
 
-    def stops(self, stage: int, scores: np.ndarray) -> np.ndarray:
-        """[n] bool: which queries of ``scores`` [n, k] (best first, -inf past the end) stop after ``stage``."""
+    def linear(self, stage: int) -> bool:
+        return stage < len(self.weights) and self.weights[stage] is not None
+
+    def confidence(self, stage: int, scores: np.ndarray, rows: np.ndarray | None = None,
+                   prev_rows: np.ndarray | None = None) -> np.ndarray:
+        """[n] each query's confidence after ``stage`` (see the class doc)."""
+        if not self.linear(stage):
+            return gap(scores, self.rank)
+        if rows is None:
+            raise AdaError(f"the rule's confidence at stage {stage} reads the candidate rows too")
+        f = features(scores, rows, prev_rows, self.rank)
+        w = np.asarray(self.weights[stage], dtype=np.float64)
+        return f @ w[:-1] + w[-1]
+
+    def stops(self, stage: int, scores: np.ndarray, rows: np.ndarray | None = None,
+              prev_rows: np.ndarray | None = None) -> np.ndarray:
+        """[n] bool: which queries of ``scores`` [n, k] (best first, -inf past the end; ``rows`` and the
+        previous stage's ``prev_rows`` for a linear rule) stop after ``stage``."""
         t = self.thresholds[stage] if stage < len(self.thresholds) else None
         if t is None:
             return np.zeros(len(scores), dtype=bool)
-        return gap(scores, self.rank) >= t
+        return self.confidence(stage, scores, rows, prev_rows) >= t
 
     def to_dict(self) -> dict:
-        return {"thresholds": [None if t is None else float(t) for t in self.thresholds], "rank": self.rank}
+        d = {"thresholds": [None if t is None else float(t) for t in self.thresholds], "rank": self.rank}
+        if any(w is not None for w in self.weights):
+            d["features"] = list(FEATURES)
+            d["weights"] = [None if w is None else [float(x) for x in w] for w in self.weights]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> StopRule:
-        return cls(tuple(None if t is None else float(t) for t in d["thresholds"]), int(d.get("rank", 10)))
+        weights = d.get("weights") or []
+        if weights and list(d.get("features", [])) != list(FEATURES):
+            raise AdaError(f"the rule reads features {d.get('features')}, this version knows {list(FEATURES)}")
+        return cls(tuple(None if t is None else float(t) for t in d["thresholds"]), int(d.get("rank", 10)),
+                   tuple(None if w is None else tuple(float(x) for x in w) for w in weights))
 
 
 def gap(scores: np.ndarray, rank: int) -> np.ndarray:
@@ -96,11 +151,13 @@ def check_cascade(plan: FunnelPlan) -> list[tuple[Size, int]]:
 
 def cascade(plan: FunnelPlan, rule: StopRule, index, sources: dict, normalize: bool, first: dict[Size, np.ndarray],
             encode_more: Callable[[np.ndarray, Sequence[Size]], dict[Size, np.ndarray]], params=None,
-            timings: dict | None = None) -> CascadeResult:
+            timings: dict | None = None, deep=None) -> CascadeResult:
     """Run ``plan`` stage by stage, stopping each query where ``rule`` says (see the module doc).
     ``first``: query vectors ``{size: [n, dim]}`` of the shortlist size (and any other size of that
     depth); ``encode_more(rows, sizes)`` returns the vectors of ``sizes`` for the queries ``rows``
-    (positions), continuing their encoding deeper. Stages must run no shallower than the one before."""
+    (positions), continuing their encoding deeper. Stages must run no shallower than the one before.
+    ``deep``: ``(index, params)`` of the shortlist over the rerank size, for a plan with ``deep_k``: the
+    queries that reach the last stage add its top ``deep_k`` to their candidates (``funnel`` does the same)."""
     stages = check_cascade(plan)
     q0 = first[plan.shortlist]
     n = len(q0)
@@ -108,20 +165,22 @@ def cascade(plan: FunnelPlan, rule: StopRule, index, sources: dict, normalize: b
     scores, cand = exact_search(index, q0, plan.k, params)
     add_time(timings, "shortlist", time.perf_counter() - t0)
     top = plan.top
-    out_s = np.full((n, min(top, scores.shape[1])), -np.inf, dtype=np.float32)
+    out_s = np.full((n, min(top, scores.shape[1] + (plan.deep_k or 0))), -np.inf, dtype=np.float32)
     out_r = np.full(out_s.shape, -1, dtype=np.int64)
     exit_stage = np.zeros(n, dtype=np.int64)
     layers = np.full(n, plan.shortlist.layer, dtype=np.int64)
     active = np.arange(n)
     have = {s: v for s, v in first.items()}  # vectors of the active queries, by size, rows as in `active`
+    prev = None  # the previous stage's rows of the active queries (a linear rule reads their agreement)
     for i, (size, k) in enumerate(stages[1:], start=0):
-        stop = rule.stops(i, scores)
+        stop = rule.stops(i, scores, cand, prev)
         if stop.any():
             w = min(top, scores.shape[1])
             out_s[active[stop], :w], out_r[active[stop], :w] = scores[stop, :w], cand[stop, :w]
             exit_stage[active[stop]] = i
         keep = ~stop
         active, scores, cand = active[keep], scores[keep], cand[keep]
+        prev = cand
         have = {s: v[keep] for s, v in have.items()}
         if not len(active):
             break
@@ -130,6 +189,8 @@ def cascade(plan: FunnelPlan, rule: StopRule, index, sources: dict, normalize: b
             have.update(encode_more(active, [size]))
             add_time(timings, "encode_more", time.perf_counter() - t1)
         layers[active] = size.layer
+        if i == len(stages) - 2:
+            cand = deep_candidates(plan, deep, have[size], cand, timings)
         scores, cand = rerank_candidates(have[size], cand, sources[size], size.dim, normalize, k, timings)
     if len(active):
         w = min(top, scores.shape[1])

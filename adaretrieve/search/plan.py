@@ -3,7 +3,9 @@
 A ``FunnelPlan`` is a value: FAISS top ``k`` at ``shortlist`` (searched with ``nprobe`` /
 ``ef_search`` when the shortlist is IVF / HNSW), then each ``(size, k_i)`` of ``then`` rescoring
 exactly and keeping ``k_i``, then ``rerank`` (if any) rescoring what is left; ``top`` results per
-query are returned. It is frozen and hashable (requests with equal plans are searched as one batch),
+query are returned. ``deep_k`` (with a rerank): the last stage also takes the top ``deep_k`` of the
+index's shortlist over the rerank size (e.g. its sign bits or ``pca128`` code) and reranks the union,
+so what a small size missed can still be found by the full size's own code. It is frozen and hashable (requests with equal plans are searched as one batch),
 needs no reader, and knows its own ``depth`` (results per query), so a run's measures can be named
 for what was returned.
 
@@ -77,6 +79,7 @@ class FunnelPlan:
     top: int = DEFAULT_K
     nprobe: int | None = None
     ef_search: int | None = None
+    deep_k: int | None = None
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -88,6 +91,9 @@ class FunnelPlan:
         set_(self, "top", _whole("top", self.top, allow_none=False))
         set_(self, "nprobe", _whole("nprobe", self.nprobe))
         set_(self, "ef_search", _whole("ef_search", self.ef_search))
+        set_(self, "deep_k", _whole("deep_k", self.deep_k))
+        if self.deep_k is not None and self.rerank is None:
+            raise AdaError("deep_k adds candidates from the rerank size's shortlist: it needs a rerank size")
         check_funnel(self.k, [kk for _, kk in self.then])
         if self.single:  # a single stage asks the shortlist for top: k is that same number
             set_(self, "k", self.top)
@@ -127,13 +133,14 @@ class FunnelPlan:
         if self.single:
             return f"single {self.shortlist}{params}"
         steps = [f"{self.shortlist} k={self.k}{params}", *(f"{s} k={kk}" for s, kk in self.then)]
-        return " -> ".join(steps + ([str(self.rerank)] if self.rerank else []))
+        deep = f" (+{self.rerank} shortlist k={self.deep_k})" if self.deep_k else ""
+        return " -> ".join(steps + ([f"{self.rerank}{deep}"] if self.rerank else []))
 
     def describe(self) -> dict:
         """JSON form, every default filled in (what the HTTP answer's ``config`` says)."""
         return {"shortlist": str(self.shortlist), "k": self.k, "then": [{"size": str(s), "k": k} for s, k in self.then],
                 "rerank": str(self.rerank) if self.rerank else None, "top": self.top, "nprobe": self.nprobe,
-                "ef_search": self.ef_search, "depth": self.depth}
+                "ef_search": self.ef_search, "deep_k": self.deep_k, "depth": self.depth}
 
     def with_top(self, top: int) -> FunnelPlan:
         return replace(self, top=top)
@@ -161,7 +168,7 @@ def shortlist_nprobe_default(manifest, size: Size) -> int | None:
 def resolve_plan(manifest, shortlist: str | Size | None = None, k: int | None = None,
                  then: Sequence[tuple[str | Size, int]] | Sequence[dict] = (), rerank=DEFAULT,
                  top: int | None = None, nprobe: int | None = None, ef_search: int | None = None,
-                 engine: str = "faiss") -> FunnelPlan:
+                 engine: str = "faiss", deep_k: int | None = None) -> FunnelPlan:
     """The plan for what a caller gave, defaults filled in from ``manifest`` (see the module
     docstring). ``then``: ``[(size, k), ...]`` or ``[{"size": ..., "k": ...}, ...]``. ``engine``:
     ``"qdrant"`` for a Qdrant collection, which has no nprobe (none is filled in; one given is
@@ -187,7 +194,9 @@ def resolve_plan(manifest, shortlist: str | Size | None = None, k: int | None = 
             raise AdaError("nprobe applies to FAISS IVF shortlists, not to a Qdrant collection (use ef_search)")
     elif nprobe is None:
         nprobe = shortlist_nprobe_default(manifest, short)
-    return FunnelPlan(short, k, tuple(stages), rr, top, nprobe, ef_search)
+    if deep_k is not None and engine == "qdrant":
+        raise AdaError("deep_k searches a folder index's shortlist over the rerank size, not a Qdrant collection")
+    return FunnelPlan(short, k, tuple(stages), rr, top, nprobe, ef_search, deep_k)
 
 
 def check_plan_sizes(encoder, plan: FunnelPlan) -> None:

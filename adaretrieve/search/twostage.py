@@ -16,7 +16,7 @@ import numpy as np
 
 from adaretrieve.errors import AdaError
 from adaretrieve.faiss_util import downcast
-from adaretrieve.search.plan import FunnelPlan
+from adaretrieve.search.plan import FunnelPlan, shortlist_nprobe_default
 from adaretrieve.search.prefetch import prefetch_rows
 from adaretrieve.search.reader import check_finite_rows
 from adaretrieve.sizes import Size
@@ -225,15 +225,43 @@ def rerank_candidates(
     return out_scores, out_rows
 
 
+def join_candidates(cand: np.ndarray, extra: np.ndarray) -> np.ndarray:
+    """[n, <= a + b] per query: the rows of ``cand`` [n, a] in order, then those of ``extra`` [n, b]
+    not already there (-1 = none, padding at the end)."""
+    out = np.full((len(cand), cand.shape[1] + extra.shape[1]), -1, dtype=np.int64)
+    width = 0
+    for i, (a, b) in enumerate(zip(cand, extra)):
+        row = list(dict.fromkeys(int(x) for x in (*a, *b) if x >= 0))
+        out[i, : len(row)] = row
+        width = max(width, len(row))
+    return out[:, :width]
+
+
+def deep_candidates(plan: FunnelPlan, deep, query: np.ndarray, cand: np.ndarray, timings: dict | None = None
+                    ) -> np.ndarray:
+    """``cand`` joined with the top ``plan.deep_k`` of ``deep`` (the shortlist index over the rerank
+    size, searched with its params: ``(index, params)``) for the rerank-size ``query`` vectors; ``cand``
+    unchanged when the plan has no ``deep_k``."""
+    if not plan.deep_k:
+        return cand
+    t0 = time.perf_counter()
+    _, extra = exact_search(deep[0], query, plan.deep_k, deep[1])
+    add_time(timings, "shortlist", time.perf_counter() - t0)
+    return join_candidates(cand, extra)
+
+
 def funnel(plan: FunnelPlan, index, queries: dict[Size, np.ndarray], sources: dict, normalize: bool, params=None,
-           timings: dict | None = None, record: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+           timings: dict | None = None, record: list | None = None, deep=None) -> tuple[np.ndarray, np.ndarray]:
     """Run ``plan`` over arrays: FAISS ``index`` (the shortlist, searched with ``params``) for the
     shortlist's top, then each stage rescoring exactly from ``sources[size]`` (rows [n_docs, >=dim],
     see ``rerank_candidates``). ``queries``: ``{size: [n_queries, dim]}`` for every size of the plan.
     Returns (scores, rows) [n_queries, <= plan.top], best first. With ``timings`` (a dict), seconds
     per stage are added under ``"shortlist"``, ``"gather"`` (reading candidate rows) and ``"rerank"``.
     With ``record`` (a list), every stage's (scores, rows) is appended to it, the shortlist's first:
-    what a cascade that never stops sees (``calibrate.stage_rankings``)."""
+    what a cascade that never stops sees (``calibrate.stage_rankings``). ``deep``: ``(index, params)``
+    of the shortlist over the rerank size, for a plan with ``deep_k`` (``deep_candidates``)."""
+    if plan.deep_k and deep is None:
+        raise AdaError(f"{plan.name}: deep_k needs the shortlist index over {plan.rerank}")
     t0 = time.perf_counter()
     scores, cand = exact_search(index, queries[plan.shortlist], plan.k, params)
     add_time(timings, "shortlist", time.perf_counter() - t0)
@@ -242,7 +270,9 @@ def funnel(plan: FunnelPlan, index, queries: dict[Size, np.ndarray], sources: di
     if plan.single:
         return scores, cand
     stages = [*plan.then, *([(plan.rerank, plan.top)] if plan.rerank else [])]
-    for size, k in stages:
+    for i, (size, k) in enumerate(stages):
+        if i == len(stages) - 1:
+            cand = deep_candidates(plan, deep, queries[size], cand, timings)
         scores, cand = rerank_candidates(queries[size], cand, sources[size], size.dim, normalize, k, timings)
         if record is not None:
             record.append((scores, cand))
@@ -263,13 +293,18 @@ class FunnelSearcher:
         self.sources = {s: reader.rerank_source(s) for s, _ in plan.then}
         if plan.rerank:
             self.sources[plan.rerank] = reader.rerank_source(plan.rerank)
+        self.deep = None
+        if plan.deep_k:
+            ix = reader.shortlist_index(plan.rerank)
+            self.deep = (ix, search_params(ix, shortlist_nprobe_default(reader.manifest, plan.rerank)))
 
     def sizes(self) -> list[Size]:
         return self.plan.sizes()
 
     def search(self, queries: dict[Size, np.ndarray], timings: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top ``plan.top`` (scores, rows) [n_queries, <= top]; see ``funnel``."""
-        return funnel(self.plan, self.index, queries, self.sources, self.reader.normalize, self.params, timings)
+        return funnel(self.plan, self.index, queries, self.sources, self.reader.normalize, self.params, timings,
+                      deep=self.deep)
 
 
 class SearcherCache:

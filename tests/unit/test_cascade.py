@@ -96,13 +96,22 @@ def test_calibration_meets_its_target_on_the_queries_it_was_fitted_on_and_reads_
     texts = [f"{a} {b}" for a in TEXTS for b in ("risk", "gene", "dose")]
     plan = retriever.plan(shortlist="1x8", k=40, then=[("2x16", 20)], rerank="4x32", top=10)
     full = retriever.search(texts, plan=plan)
-    for target in (1.0, 0.9, 0.6):
-        fit = retriever.calibrate(texts, plan, target)
-        hits, res = retriever.search_adaptive(texts, plan, fit.rule)
-        ids = {d: i for i, d in enumerate(retriever.reader.docids)}
-        got = overlap_at(np.array([[ids[d] for d, _ in h] for h in hits]), np.array([[ids[d] for d, _ in h] for h in full]))
-        assert got.mean() >= target - 1e-9 and abs(got.mean() - fit.overlap) < 1e-9
-        assert abs(res.layers.mean() - fit.mean_layers) < 1e-9
+    from adaretrieve.search.calibrate import MEASURES
+
+    ranks = retriever.stage_rankings(texts, plan)
+    ids = {d: i for i, d in enumerate(retriever.reader.docids)}
+    full_rows = np.array([[ids[d] for d, _ in h] for h in full])
+    for measure in MEASURES:
+        for confidence in ("gap", "linear"):
+            for target in (1.0, 0.9, 0.6):
+                fit = retriever.calibrate(texts, plan, target, measure=measure, confidence=confidence, rankings=ranks)
+                hits, res = retriever.search_adaptive(texts, plan, fit.rule)
+                got_rows = np.array([[ids[d] for d, _ in h] for h in hits])
+                got = MEASURES[measure](got_rows, full_rows)
+                assert got.mean() >= target - 1e-9 and abs(got.mean() - fit.kept) < 1e-9, (measure, confidence, target)
+                assert abs(overlap_at(got_rows, full_rows).mean() - fit.overlap) < 1e-9
+                assert abs(res.layers.mean() - fit.mean_layers) < 1e-9
+    fit = retriever.calibrate(texts, plan, 0.6, rankings=ranks)
     assert fit.mean_layers < 4  # at 0.6 some queries stop early
     path = tmp_path / "rule.json"
     write_stop_rule(path, fit, plan, retriever.reader.manifest, 0.6, {"queries": "test texts", "n": len(texts)})
@@ -178,3 +187,127 @@ def test_stage_rankings_are_each_stage_of_the_funnel(retriever):
     np.testing.assert_array_equal(stages[0][1], one.search(qv)[1])
     two = retriever.searcher(retriever.plan(shortlist="1x8", k=40, rerank="2x16", top=20))
     np.testing.assert_array_equal(stages[1][1], two.search(qv)[1])
+
+
+def _brute(retriever, texts, size, rows_of):
+    """Exact scores at ``size`` of each query's candidate rows ``rows_of[i]`` (from the stored rows), top 10."""
+    from adaretrieve.sizes import truncate
+
+    q = retriever.encoder.encode_queries(texts, [size])[retriever.encoder.check_sizes([size])[0]]
+    x = truncate(np.asarray(retriever.reader.rerank_source(retriever.encoder.check_sizes([size])[0]), dtype=np.float32)
+                 [:, : q.shape[1]], q.shape[1], True)
+    ids = retriever.reader.docids
+    out = []
+    for qi, rows in zip(q, rows_of):
+        rows = np.array(sorted(set(int(r) for r in rows)))
+        s = x[rows] @ qi
+        o = np.argsort(-s, kind="stable")[:10]
+        out.append([ids[r] for r in rows[o]])
+    return out
+
+
+def test_the_deep_path_reranks_the_union_with_the_rerank_sizes_shortlist(retriever):
+    """deep_k: the last stage reranks the shortlist's candidates together with the top deep_k of the
+    index's shortlist over the rerank size, against brute force; with deep_k covering the corpus, the
+    result is the exact full-size search however few candidates the small size found."""
+    plan = retriever.plan(shortlist="1x8", k=5, rerank="4x32", top=10, deep_k=7)
+    assert plan.name == "1x8 k=5 -> 4x32 (+4x32 shortlist k=7)" and plan.describe()["deep_k"] == 7
+    hits = retriever.search(TEXTS, plan=plan)
+    small = [[r for _, r in h] for h in _rows(retriever, TEXTS, "1x8", 5)]
+    deep = [[r for _, r in h] for h in _rows(retriever, TEXTS, "4x32", 7)]
+    want = _brute(retriever, TEXTS, "4x32", [a + b for a, b in zip(small, deep)])
+    assert [[d for d, _ in h] for h in hits] == want
+    assert hits != retriever.search(TEXTS, shortlist="1x8", k=5, rerank="4x32", top=10)  # the deep path changed some
+    every = retriever.search(TEXTS, plan=retriever.plan(shortlist="1x8", k=5, rerank="4x32", top=10, deep_k=80))
+    exact = retriever.search(TEXTS, shortlist="4x32", rerank="none", top=10)
+    assert [[d for d, _ in h] for h in every] == [[d for d, _ in h] for h in exact]  # scores: float16 rows, to 1e-3
+
+
+def _rows(retriever, texts, size, k):
+    plan = retriever.plan(shortlist=size, rerank="none", top=k)
+    s = retriever.searcher(plan)
+    scores, rows = s.search(retriever.encoder.encode_queries(texts, plan.sizes()))
+    return [list(zip(sc, rr)) for sc, rr in zip(scores, rows)]
+
+
+def test_a_cascade_with_a_deep_path_never_stopping_equals_the_funnel_and_always_stopping_skips_it(retriever):
+    plan = retriever.plan(shortlist="1x8", k=5, then=[("2x16", 4)], rerank="4x32", top=10, deep_k=7)
+    hits, res = retriever.search_adaptive(TEXTS, plan, StopRule.never(), batch_size=3)
+    _same(hits, retriever.search(TEXTS, plan=plan, batch_size=3))
+    hits, res = retriever.search_adaptive(TEXTS, plan, StopRule.always(1))
+    _same(hits, retriever.search(TEXTS, shortlist="1x8", k=5, then=[("2x16", 4)], rerank="none", top=10))
+    with pytest.raises(AdaError, match="deep_k .* needs a rerank size"):
+        retriever.plan(shortlist="1x8", rerank="none", deep_k=5)
+
+
+def _saved_by_brute_force(conf, loss, layers, full, budget):
+    """The most layers any pair of thresholds (each a confidence value or "never") saves within budget."""
+    n = len(loss[0])
+    best = 0
+    for t0 in [np.inf, *conf[0]]:
+        for t1 in [np.inf, *conf[1]]:
+            s0 = conf[0] >= t0
+            s1 = ~s0 & (conf[1] >= t1)
+            if loss[0][s0].sum() + loss[1][s1].sum() <= budget + 1e-9:
+                best = max(best, int(s0.sum()) * (full - layers[0]) + int(s1.sum()) * (full - layers[1]))
+    assert n
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_fit_shares_its_budget_between_stages_as_well_as_brute_force(seed):
+    """fit_stop_rule against every pair of thresholds on small random rankings: the split it picks saves
+    as many layers as the best pair within the target (shallowest-first greedy, the old fit, could not
+    give budget to the deeper exit when the shallow one spends it badly)."""
+    from adaretrieve.search.calibrate import fit_stop_rule, overlap_at
+    from adaretrieve.search.plan import FunnelPlan
+
+    rng = np.random.default_rng(seed)
+    n, docs = 14, 30
+    plan = FunnelPlan("1x8", 20, (("2x16", 12),), "4x32", 10)
+    final = np.stack([rng.permutation(docs)[:10] for _ in range(n)])
+    ranks = []
+    for k in (20, 12):
+        rows = np.stack([np.r_[f[: rng.integers(0, 11)], rng.permutation(np.setdiff1d(np.arange(docs), f))][:k]
+                         for f in final])
+        rows = np.stack([rng.permutation(r[:10]).tolist() + r[10:].tolist() for r in rows])
+        scores = np.sort(rng.random((n, k)), axis=1)[:, ::-1].astype(np.float32)
+        ranks.append((scores, rows))
+    ranks.append((np.sort(rng.random((n, 10)), axis=1)[:, ::-1], final))
+    loss = [1 - overlap_at(r, final) for _, r in ranks[:2]]
+    from adaretrieve.search.cascade import gap
+
+    conf = [gap(sc, 10).astype(np.float64) for sc, _ in ranks[:2]]
+    for target in (0.95, 0.85, 0.7, 0.5):
+        fit = fit_stop_rule(plan, ranks, target, grid=4 * n)
+        saved = n * 4 - fit.mean_layers * n
+        assert saved == pytest.approx(_saved_by_brute_force(conf, loss, [1, 2], 4, (1 - target) * n)), target
+        assert fit.overlap >= target - 1e-9
+
+
+def test_measures_and_a_linear_rule():
+    from adaretrieve.search.calibrate import check_target, identical_at, pseudo_ndcg_at
+    from adaretrieve.search.cascade import FEATURES, StopRule, features
+
+    b = np.array([np.arange(10)])
+    assert pseudo_ndcg_at(b, b)[0] == 1.0 and identical_at(b, b)[0] == 1.0
+    top_swap, low_swap = b.copy(), b.copy()
+    top_swap[0, [0, 1]], low_swap[0, [8, 9]] = [1, 0], [9, 8]
+    assert pseudo_ndcg_at(top_swap, b)[0] < pseudo_ndcg_at(low_swap, b)[0] < 1.0 and identical_at(low_swap, b)[0] == 0
+    for bad in [dict(measure="recall"), dict(confidence="margin"), dict(target=1.5)]:
+        with pytest.raises(AdaError):
+            check_target(**{"target": 0.9, **bad})
+    scores = np.array([[0.9, 0.5, 0.4, 0.3, 0.2, 0.1], [0.8, 0.79, 0.5, 0.4, 0.3, 0.2]])
+    rows, prev = np.array([[1, 2, 3, 4, 5, 6], [7, 8, 9, 1, 2, 3]]), np.array([[1, 2, 3, 4, 5, 6], [8, 7, 10, 11, 12, 13]])
+    f = features(scores, rows, prev, rank=5)
+    np.testing.assert_allclose(f[:, FEATURES.index("gap")], [0.7, 0.5])
+    np.testing.assert_allclose(f[:, FEATURES.index("gap2")], [0.4, 0.01], atol=1e-9)
+    np.testing.assert_allclose(f[:, FEATURES.index("agree")], [1.0, 2 / 6])
+    np.testing.assert_allclose(f[:, FEATURES.index("same_top1")], [1, 0])
+    w = tuple([0.0] * len(FEATURES) + [0.0])
+    w = tuple(1.0 if i == FEATURES.index("agree") else 0.0 for i in range(len(FEATURES))) + (0.0,)
+    rule = StopRule((0.5,), rank=5, weights=(w,))
+    assert rule.stops(0, scores, rows, prev).tolist() == [True, False]
+    assert StopRule.from_dict(rule.to_dict()) == rule
+    with pytest.raises(AdaError, match="features"):
+        StopRule.from_dict({**rule.to_dict(), "features": ["gap"]})

@@ -94,7 +94,7 @@ def test_plan_is_a_value_and_describes_every_setting():
     p = FunnelPlan("2x16", 50, rerank="4x32", top=10, ef_search=64)
     assert p == FunnelPlan(Size(2, 16), 50, (), Size(4, 32), 10, None, 64) and len({p, p.with_top(10)}) == 1
     assert p.describe() == {"shortlist": "2x16", "k": 50, "then": [], "rerank": "4x32", "top": 10, "nprobe": None,
-                            "ef_search": 64, "depth": 10}
+                            "ef_search": 64, "deep_k": None, "depth": 10}
     assert p.sizes() == [Size(2, 16), Size(4, 32)]
 
 
