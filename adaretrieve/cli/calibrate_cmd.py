@@ -12,7 +12,9 @@ from adaretrieve.errors import AdaError
 @handle_errors
 def calibrate(
     index: Path = typer.Option(..., "--index", "-i", help="Index directory from `adaretrieve index`."),
-    queries: Path = typer.Option(..., "--queries", help="Unlabelled query texts to fit on: queries.jsonl, a tsv of qid<TAB>text, or a BEIR folder with --query-split. Never the queries you evaluate on."),
+    queries: Optional[Path] = typer.Option(None, "--queries", help="Unlabelled query texts to fit on: queries.jsonl, a tsv of qid<TAB>text, or a BEIR folder with --query-split. Never the queries you evaluate on."),
+    pseudo_queries: Optional[int] = typer.Option(None, "--pseudo-queries", help="Instead of --queries: fit on N pseudo-queries, spans of 3-10 words drawn from the corpus (for a corpus without train queries)."),
+    corpus: Optional[Path] = typer.Option(None, "--corpus", help="With --pseudo-queries: the corpus to draw from (default: the one the index was built from)."),
     query_split: Optional[str] = typer.Option(None, "--query-split", help="With a BEIR folder: only the queries qrels/<split>.tsv names (its ids; no grade is read), e.g. train."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the rule (plain JSON; `search --adaptive FILE` reads it)."),
     target: float = typer.Option(0.99, "--target", help="Mean agreement with the full cascade's top 10 to keep, over all queries (0-1], as --measure scores it."),
@@ -42,6 +44,9 @@ def calibrate(
             --shortlist 2x64 --k 200 --then 4x128 --k 50 --rerank 6x384 --target 0.99 --out scifact-rule.json
 
         adaretrieve search --index indexes/scifact --queries test.jsonl --adaptive scifact-rule.json --out run.trec
+
+        adaretrieve calibrate --index indexes/dl19 --pseudo-queries 2000 --measure ndcg --confidence linear \\
+            --target 0.99 --deep-k 100 --out dl19-rule.json   # no train queries: spans drawn from the corpus
     """
     setup(quiet)
     from adaretrieve.data import read_queries
@@ -54,22 +59,35 @@ def calibrate(
     from adaretrieve.search.calibrate import check_target
 
     check_target(target, measure, confidence)
-    qs = read_queries(queries)
-    if query_split is not None:
+    if (queries is None) == (pseudo_queries is None):
+        raise AdaError("give the texts to fit on: --queries FILE or --pseudo-queries N (one of them)")
+    r = Retriever(index, model=model, device=device, backend=backend)
+    if pseudo_queries is not None:
+        from adaretrieve.data import pseudo_queries as draw
+
+        src = corpus or r.reader.manifest.corpus
+        if not src or not Path(src).exists():
+            raise AdaError(f"--pseudo-queries: the index's corpus {src!r} is not here; name one with --corpus")
+        texts = draw(src, pseudo_queries)
+        qs = {f"pseudo-{i}": t for i, t in enumerate(texts)}
+        queries = Path(src)
+    else:
+        qs = read_queries(queries)
+    if query_split is not None and pseudo_queries is None:
         ids = _split_ids(queries, query_split)
         qs = {q: t for q, t in qs.items() if q in ids}
         if not qs:
             raise AdaError(f"no query of {queries} is named in qrels/{query_split}.tsv")
     if query_split in ("test", "dev"):
         typer.echo(f"warning: fitting on the {query_split} queries: score the rule on other queries", err=True)
-    r = Retriever(index, model=model, device=device, backend=backend)
     plan = r.plan(shortlist, k[0] if k else None, DEFAULT if rerank is None else rerank, list(zip(then, k[1:])), top,
                   deep_k=deep_k)
     if plan.stages < 2:
         raise AdaError("a cascade needs at least two stages (a rerank or a --then stage) to stop between")
     fit = r.calibrate(list(qs.values()), plan, target, rank=rank, measure=measure, confidence=confidence)
     write_stop_rule(out, fit, plan, r.reader.manifest, target,
-                    {"queries": str(queries), "query_split": query_split, "n_queries": len(qs)})
+                    {"queries": str(queries), "query_split": query_split, "n_queries": len(qs),
+                     **({"pseudo_queries": pseudo_queries} if pseudo_queries is not None else {})})
     f = fit.to_dict()
     typer.echo(f"{plan.name}: {len(qs)} queries; answered per stage {f['stop_share']}, mean layers "
                f"{f['mean_layers']} of {f['full_layers']} ({f['encoder_cost']:.2f}x), {measure}@10 {f['kept']}, overlap@10 "

@@ -311,3 +311,48 @@ def test_measures_and_a_linear_rule():
     assert StopRule.from_dict(rule.to_dict()) == rule
     with pytest.raises(AdaError, match="features"):
         StopRule.from_dict({**rule.to_dict(), "features": ["gap"]})
+
+
+def test_cli_calibrate_on_pseudo_queries_with_a_deep_path_and_a_linear_ndcg_rule(retriever, tmp_path):
+    """calibrate --pseudo-queries (texts drawn from the index's corpus, no queries file), --deep-k,
+    --measure ndcg --confidence linear; search --adaptive then runs the rule's plan, deep path
+    included, as the library does; bad targets and measures are one line, exit 2."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from adaretrieve.cli.main import app
+    from adaretrieve.data import pseudo_queries
+    from adaretrieve.search.calibrate import load_stop_rule
+
+    ix = retriever.reader.dir
+    run = CliRunner().invoke
+    rule = tmp_path / "rule.json"
+    base = ["calibrate", "--index", str(ix), "--shortlist", "1x8", "--k", "5", "--then", "2x16", "--k", "4",
+            "--rerank", "4x32", "--top", "10", "--deep-k", "6", "--device", "cpu", "-q"]
+    res = run(app, [*base, "--pseudo-queries", "30", "--measure", "ndcg", "--confidence", "linear", "--target", "0.8",
+                    "--out", str(rule)])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(rule.read_text())
+    assert doc["plan"]["deep_k"] == 6 and doc["fitted_on"]["pseudo_queries"] == 30
+    assert doc["target"] == {"measure": "ndcg", "at": 10, "value": 0.8} and "weights" in doc["rule"]
+    test_q = tmp_path / "test.jsonl"
+    test_q.write_text("".join(json.dumps({"_id": f"t{i}", "text": t}) + "\n" for i, t in enumerate(TEXTS)))
+    out = tmp_path / "run.trec"
+    res = run(app, ["search", "--index", str(ix), "--queries", str(test_q), "--adaptive", str(rule), "--out", str(out),
+                    "--device", "cpu", "-q"])
+    assert res.exit_code == 0, res.output
+    r, d = load_stop_rule(rule, retriever.reader.manifest)
+    plan = retriever.plan(d["shortlist"], d["k"], d["rerank"], [(s["size"], s["k"]) for s in d["then"]], d["top"],
+                          deep_k=d["deep_k"])
+    hits, _ = retriever.search_adaptive(TEXTS, plan, r)
+    from adaretrieve.eval import read_run
+
+    got = read_run(out)
+    assert [[x for x, _ in sorted(got[f"t{i}"].items(), key=lambda kv: -kv[1])] for i in range(len(TEXTS))] == \
+        [[x for x, _ in h] for h in hits]
+    assert pseudo_queries(retriever.reader.manifest.corpus, 30) == pseudo_queries(retriever.reader.manifest.corpus, 30)
+    for bad, msg in [(["--measure", "recall"], "unknown target measure"), (["--confidence", "x"], "unknown rule confidence"),
+                     (["--target", "1.5"], "must be a number in"), ([], "--queries FILE or --pseudo-queries")]:
+        res = run(app, [*base, *(["--pseudo-queries", "5"] if bad else []), *bad, "--out", str(tmp_path / "r.json")])
+        assert res.exit_code == 2 and msg in res.output and "Traceback" not in res.output, (bad, res.output)
