@@ -64,7 +64,7 @@ def search(
     from adaretrieve.data import read_qrels, read_queries
     from adaretrieve.eval import Evaluator, recall_within_depth, run_from_arrays, write_run
     from adaretrieve.search import DEFAULT, FunnelSearcher, IndexReader, resolve_plan
-    from adaretrieve.search.plan import check_plan_sizes
+    from adaretrieve.search.plan import check_plan_sizes, resolve_described
 
     if fmt not in ("trec", "jsonl"):
         raise AdaError(f"--format {fmt!r} is not one of trec, jsonl")
@@ -100,14 +100,12 @@ def search(
             if shortlist or rerank or k or then or deep_k:
                 raise AdaError(f"--adaptive {adaptive}: the rule file fixes the plan; drop --shortlist/--k/--then/--rerank/--deep-k")
             rule, d = load_stop_rule(adaptive, m)
-            shortlist, rerank, top = d["shortlist"], d["rerank"] or "none", top or d["top"]
-            k, then = [d["k"], *(s["k"] for s in d["then"])], [s["size"] for s in d["then"]]
-            nprobe = nprobe if nprobe is not None else d.get("nprobe")
-            ef_search = ef_search if ef_search is not None else d.get("ef_search")
-            deep_k = d.get("deep_k")
-        plan = resolve_plan(m, shortlist, k[0] if k else None, list(zip(then, k[1:])),
-                            DEFAULT if rerank is None else rerank, top if query is None else (top or 10), nprobe,
-                            ef_search, engine="qdrant" if isinstance(reader, QdrantIndex) else "faiss", deep_k=deep_k)
+            plan = resolve_described(m, d, top, nprobe, ef_search)  # what `serve --adaptive` runs too
+            top = plan.top
+        else:
+            plan = resolve_plan(m, shortlist, k[0] if k else None, list(zip(then, k[1:])),
+                                DEFAULT if rerank is None else rerank, top if query is None else (top or 10), nprobe,
+                                ef_search, engine="qdrant" if isinstance(reader, QdrantIndex) else "faiss", deep_k=deep_k)
         enc = load_index_encoder(reader, model, device, backend=backend)  # refuses weights other than the index's
         if query_prefix is not None:
             enc.query_prefix = query_prefix

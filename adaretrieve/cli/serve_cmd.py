@@ -47,6 +47,11 @@ def serve(
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads per worker (default: torch's, one "
                                           "per core); with several workers, cores / workers."),
     backend: str = typer.Option("torch", "--backend", help=BACKEND_HELP),
+    adaptive: Optional[Path] = typer.Option(None, "--adaptive", help="A stop rule from `adaretrieve calibrate` for this "
+                                            "index: its plan becomes the default plan, answered with early exit per "
+                                            "query (a request may send \"adaptive\": false); checked now. After the "
+                                            "index is rebuilt it answers at full depth until calibrated again (see "
+                                            "/health)."),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request (uvicorn's access log)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notes on stderr; results and errors only."),
 ):
@@ -55,6 +60,8 @@ def serve(
     Examples:
 
         adaretrieve serve --index indexes/scifact --port 8000
+
+        adaretrieve serve --index indexes/scifact --adaptive scifact-rule.json
 
         curl -s localhost:8000/search -H 'content-type: application/json' \\
             -d '{"queries": ["do statins reduce cancer risk?"], "shortlist": "2x64", "k": 200, "rerank": "6x384", "top": 10}'
@@ -76,7 +83,8 @@ def serve(
 
     _check_port(host, port)
     cfg = {"index": str(index), "model": model, "device": device, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
-           "reload_every": reload_every, "threads": threads, "max_queue": max_queue, "backend": backend}
+           "reload_every": reload_every, "threads": threads, "max_queue": max_queue, "backend": backend,
+           "adaptive": None if adaptive is None else str(adaptive)}
     log_level = "warning" if quiet else "info"
     if workers == 1:
         app = create_app(SearchService(**cfg))  # loads here: a bad index or model is one line before listening
@@ -84,7 +92,11 @@ def serve(
         return
     from adaretrieve.search import IndexReader
 
-    IndexReader(index).open_all()  # a missing or damaged index (any file) is one line here, not a traceback per worker
+    reader = IndexReader(index).open_all()  # a missing or damaged index (any file) is one line here, not a traceback per worker
+    if adaptive is not None:
+        from adaretrieve.serve.service import open_rule
+
+        open_rule(adaptive, reader, backend)  # a rule that does not fit: one line here, not one per worker
     os.environ["ADARETRIEVE_SERVE"] = json.dumps(cfg)
     uvicorn.run("adaretrieve.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
                 log_level=log_level, access_log=access_log, http=IMPORT_PATH)  # stalled clients time out

@@ -151,13 +151,17 @@ def check_cascade(plan: FunnelPlan) -> list[tuple[Size, int]]:
 
 def cascade(plan: FunnelPlan, rule: StopRule, index, sources: dict, normalize: bool, first: dict[Size, np.ndarray],
             encode_more: Callable[[np.ndarray, Sequence[Size]], dict[Size, np.ndarray]], params=None,
-            timings: dict | None = None, deep=None) -> CascadeResult:
+            timings: dict | None = None, deep=None,
+            on_exit: Callable[[int, np.ndarray, np.ndarray, np.ndarray], None] | None = None) -> CascadeResult:
     """Run ``plan`` stage by stage, stopping each query where ``rule`` says (see the module doc).
     ``first``: query vectors ``{size: [n, dim]}`` of the shortlist size (and any other size of that
     depth); ``encode_more(rows, sizes)`` returns the vectors of ``sizes`` for the queries ``rows``
     (positions), continuing their encoding deeper. Stages must run no shallower than the one before.
     ``deep``: ``(index, params)`` of the shortlist over the rerank size, for a plan with ``deep_k``: the
-    queries that reach the last stage add its top ``deep_k`` to their candidates (``funnel`` does the same)."""
+    queries that reach the last stage add its top ``deep_k`` to their candidates (``funnel`` does the same).
+    ``on_exit(stage, positions, scores, rows)``, when given, is called as queries are answered, before
+    the next stage is encoded (a server answers them then): their positions [m] and their final
+    (scores, rows) [m, w] best first, -1 rows past the end (the result trims those columns)."""
     stages = check_cascade(plan)
     q0 = first[plan.shortlist]
     n = len(q0)
@@ -178,6 +182,8 @@ def cascade(plan: FunnelPlan, rule: StopRule, index, sources: dict, normalize: b
             w = min(top, scores.shape[1])
             out_s[active[stop], :w], out_r[active[stop], :w] = scores[stop, :w], cand[stop, :w]
             exit_stage[active[stop]] = i
+            if on_exit is not None:
+                on_exit(i, active[stop], out_s[active[stop]], out_r[active[stop]])
         keep = ~stop
         active, scores, cand = active[keep], scores[keep], cand[keep]
         prev = cand
@@ -196,5 +202,7 @@ def cascade(plan: FunnelPlan, rule: StopRule, index, sources: dict, normalize: b
         w = min(top, scores.shape[1])
         out_s[active, :w], out_r[active, :w] = scores[:, :w], cand[:, :w]
         exit_stage[active] = len(stages) - 1
+        if on_exit is not None:
+            on_exit(len(stages) - 1, active, out_s[active], out_r[active])
     width = int((out_r >= 0).sum(1).max()) if n else 0  # columns some query filled
     return CascadeResult(out_s[:, :width], out_r[:, :width], exit_stage, layers, timings if timings is not None else {})

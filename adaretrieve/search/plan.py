@@ -199,6 +199,17 @@ def resolve_plan(manifest, shortlist: str | Size | None = None, k: int | None = 
     return FunnelPlan(short, k, tuple(stages), rr, top, nprobe, ef_search, deep_k)
 
 
+def resolve_described(manifest, described: dict, top: int | None = None, nprobe: int | None = None,
+                      ef_search: int | None = None) -> FunnelPlan:
+    """The plan a ``FunnelPlan.describe()`` dict names (a stop rule's, ``search.calibrate``) on this
+    index; ``top``, ``nprobe``, ``ef_search`` given replace its own. What `search --adaptive` and
+    `serve --adaptive` both run."""
+    d = described
+    return resolve_plan(manifest, d["shortlist"], d["k"], [(s["size"], s["k"]) for s in d["then"]], d["rerank"] or "none",
+                        top or d["top"], nprobe if nprobe is not None else d.get("nprobe"),
+                        ef_search if ef_search is not None else d.get("ef_search"), deep_k=d.get("deep_k"))
+
+
 def check_plan_sizes(encoder, plan: FunnelPlan) -> None:
     """AdaError naming the stage whose size the query ``encoder`` cannot make (``Encoder.check_sizes``)."""
     encoder.check_sizes([plan.shortlist], "shortlist size")

@@ -1,7 +1,7 @@
 """The HTTP face of a SearchService: FastAPI routes, one-line errors, request metrics.
 
     POST /search    {"queries": "text" | ["text", ...], "shortlist": "2x64", "k": 200, "rerank": "6x384", "top": 10}
-    GET  /health    what is served: index, generation, documents, model, sizes, defaults
+    GET  /health    what is served: index, generation, documents, model, sizes, defaults, the stop rule
     GET  /metrics   Prometheus text: requests, errors, latency per endpoint and per search stage, batch sizes
 
 Every error is a JSON object ``{"error": "<one line>"}`` with a 4xx status for a bad request
@@ -81,6 +81,10 @@ class SearchRequest(BaseModel):
                                "ranks, its k; a search with a rerank or then stage returns at most its last k).")
     nprobe: Optional[int] = Field(None, ge=1, le=1_000_000, description="IVF shortlists: inverted lists probed per query.")
     ef_search: Optional[int] = Field(None, ge=1, le=1_000_000, description="HNSW shortlists: candidate list size per query.")
+    adaptive: Optional[bool] = Field(None, description="With `serve --adaptive RULE`: the rule's plan (the default "
+                                     "plan) is answered by its cascade, each query stopping at the first stage the "
+                                     "rule trusts, unless this is false (full depth); true with any other plan, or on "
+                                     "a server without a rule, is a 422.")
 
     @field_validator("queries", mode="before")
     @classmethod
@@ -112,6 +116,10 @@ class SearchResponse(BaseModel):
     config: dict = Field(..., description="The search configuration used, defaults filled in.")
     generation: Optional[str] = Field(None, description="The index generation that answered.")
     timings_ms: dict = Field(..., description="Milliseconds per stage of the batch this request ran in.")
+    adaptive: Optional[dict] = Field(None, description="Requests answered for the stop rule's plan: 'active' (the "
+                                     "rule was applied; false when it does not fit the generation served, with "
+                                     "'reason'), and per query its 'exit_stage' (0 = the shortlist) and encoder "
+                                     "'layers' run.")
 
 
 class ErrorResponse(BaseModel):
@@ -284,15 +292,15 @@ def create_app(service: SearchService, max_body: int = MAX_BODY_BYTES) -> FastAP
         # omitted and null differ for rerank: omitted is the index's rerank size, null (or "none") none
         rerank = req.rerank if "rerank" in req.model_fields_set else DEFAULT
         try:  # off the event loop: planning may build a derived shortlist (seconds at 1M documents)
-            plan = await run_in_threadpool(service.plan, shortlist=req.shortlist, k=req.k,
-                                           then=[(s.size, s.k) for s in req.then], rerank=rerank, top=req.top,
-                                           nprobe=req.nprobe, ef_search=req.ef_search)
+            plan, adaptive = await run_in_threadpool(service.request, adaptive=req.adaptive, shortlist=req.shortlist,
+                                                     k=req.k, then=[(s.size, s.k) for s in req.then], rerank=rerank,
+                                                     top=req.top, nprobe=req.nprobe, ef_search=req.ef_search)
         except IndexDamaged as e:  # the server's files, not the request: 503, and /health says so
             return error(503, _one_line(str(e)), "/search", "index_damaged")
         except AdaError as e:
             return error(422, _one_line(str(e)), "/search", "invalid")
         try:
-            job = service.submit(req.queries, plan)
+            job = service.submit(req.queries, plan, adaptive=adaptive)
         except Overloaded as e:
             response = error(503, _one_line(str(e)), "/search", "overloaded")
             response.headers["Retry-After"] = "1"
@@ -307,6 +315,8 @@ def create_app(service: SearchService, max_body: int = MAX_BODY_BYTES) -> FastAP
         timings["total"] = round(1000 * (time.perf_counter() - t0), 3)
         body = {"results": [[{"id": d, "score": s} for d, s in h] for h in hits], "config": plan.describe(),
                 "generation": job.generation, "timings_ms": timings}
+        if job.per_query is not None:
+            body["adaptive"] = job.per_query
         return JSONResponse(body)  # built by hand: validating thousands of hits through pydantic costs more than the search
 
     @app.get("/health", summary="What is served", responses={503: {"description": "Not healthy: 'problem' says why."}})
@@ -320,7 +330,7 @@ def create_app(service: SearchService, max_body: int = MAX_BODY_BYTES) -> FastAP
                           "layers": enc.n_layers, "hidden_size": enc.hidden_size},
                 "shortlist_sizes": [str(s) for s in m.shortlist_sizes],
                 "rerank_size": str(m.rerank_size) if m.rerank_size else None,
-                "defaults": service.defaults(), "max_batch": service.max_batch, "max_queue": service.max_queue,
+                "defaults": service.defaults(), "adaptive": service.adaptive_status(), "max_batch": service.max_batch, "max_queue": service.max_queue,
                 "max_wait_ms": 1000 * service.max_wait, "pid": os.getpid(), "version": __version__}
         return JSONResponse(body, status_code=200 if problem is None else 503)
 

@@ -13,6 +13,7 @@ import threading
 # Seconds, from a fraction of a millisecond (a shortlist scan) to seconds (a queue under overload).
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+LAYER_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48)  # encoder layers run for one query
 
 
 def _labels(labels: dict[str, str]) -> str:
@@ -63,7 +64,8 @@ class Metrics:
                 self._values[name].clear()
             self._values[name][tuple((labels or {}).items())] = float(value)
 
-    def observe(self, name: str, value: float, labels: dict[str, str] | None = None) -> None:
+    def observe(self, name: str, value: float, labels: dict[str, str] | None = None, count: int = 1) -> None:
+        """Add ``count`` observations of ``value`` to a histogram."""
         buckets = self._kinds[name][2]
         key = tuple((labels or {}).items())
         with self._lock:
@@ -73,10 +75,10 @@ class Metrics:
                 h = series[key] = [[0] * len(buckets), 0.0, 0]  # per-bucket counts (not cumulative), sum, count
             for i, b in enumerate(buckets):
                 if value <= b:
-                    h[0][i] += 1
+                    h[0][i] += count
                     break
-            h[1] += value
-            h[2] += 1
+            h[1] += value * count
+            h[2] += count
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
         """A counter's or gauge's value, or a histogram's count (0 when never updated)."""

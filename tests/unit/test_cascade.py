@@ -356,3 +356,48 @@ def test_cli_calibrate_on_pseudo_queries_with_a_deep_path_and_a_linear_ndcg_rule
                      (["--target", "1.5"], "must be a number in"), ([], "--queries FILE or --pseudo-queries")]:
         res = run(app, [*base, *(["--pseudo-queries", "5"] if bad else []), *bad, "--out", str(tmp_path / "r.json")])
         assert res.exit_code == 2 and msg in res.output and "Traceback" not in res.output, (bad, res.output)
+
+
+def test_on_exit_reports_each_query_once_before_the_deeper_stages_run_and_changes_nothing(retriever):
+    """cascade(on_exit=...) (issue 25, serving): the server answers the queries that stop at a stage before
+    the rest resume. The callback gets every query exactly once, at the stage it exits, with the scores and
+    rows the result holds for it, and is called before encode_more runs the next stage's layers."""
+    from adaretrieve.search.cascade import cascade, stage_sizes
+
+    plan = retriever.plan(shortlist="1x8", k=40, then=[("2x16", 20)], rerank="4x32", top=10)
+    s = retriever.searcher(plan)
+    qv = retriever.encoder.encode_queries(TEXTS, plan.sizes())
+    from adaretrieve.search import exact_search
+
+    g = gap(exact_search(s.index, qv[plan.shortlist], 40)[0], 10)
+    rule = StopRule((float(np.median(g)),), rank=10)
+    events = []
+
+    def encode_more(rows, sizes):
+        events.append(("encode", sizes[0].layer, rows.tolist()))
+        return {z: qv[z][rows] for z in sizes}
+
+    def on_exit(stage, positions, scores, rows):
+        events.append(("exit", stage, positions.tolist()))
+        got[stage] = (positions.copy(), scores.copy(), rows.copy())
+
+    got: dict = {}
+    first = {plan.shortlist: qv[plan.shortlist]}
+    plain = cascade(plan, rule, s.index, s.sources, retriever.reader.normalize, first, encode_more, s.params)
+    events.clear()
+    res = cascade(plan, rule, s.index, s.sources, retriever.reader.normalize, first, encode_more, s.params,
+                  on_exit=on_exit)
+    np.testing.assert_array_equal(res.rows, plain.rows)
+    np.testing.assert_array_equal(res.scores, plain.scores)
+    np.testing.assert_array_equal(res.exit_stage, plain.exit_stage)
+    seen = np.concatenate([p for p, _, _ in got.values()])
+    assert sorted(seen.tolist()) == list(range(len(TEXTS)))
+    for stage, (pos, sc, rw) in got.items():
+        assert (res.exit_stage[pos] == stage).all()
+        w = res.rows.shape[1]
+        np.testing.assert_array_equal(rw[:, :w], res.rows[pos])
+        np.testing.assert_array_equal(sc[:, :w], res.scores[pos])
+        assert (rw[:, w:] == -1).all()
+    kinds = [(e[0], e[1]) for e in events]
+    assert kinds[0] == ("exit", 0) and kinds.index(("exit", 0)) < kinds.index(("encode", 2))
+    assert len(stage_sizes(plan)) == 3 and kinds[-1] == ("exit", 2)

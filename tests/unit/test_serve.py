@@ -391,9 +391,10 @@ def test_a_full_queue_refuses_at_once_with_503_and_serves_again_once_drained(ind
         SearchService(index, device="cpu", max_queue=0)
 
 
-def test_a_batch_runs_one_pass_per_depth_and_the_shallow_request_never_runs_deep_layers(index, retriever):
-    """A12: a 1-layer request and a 4-layer request share a batch: the batcher encodes them in two
-    passes, shallow first, and the shallow one's pass stops after layer 1 (counted with layer hooks)."""
+def test_a_batch_runs_each_layer_once_per_text_and_the_shallow_request_never_runs_deep_layers(index, retriever):
+    """A12: a 1-layer request and a 4-layer request share a batch: layer 1 runs once for all 4 texts, the
+    shallow request is answered, and only the deep one's 3 texts resume from there through layers 2-4
+    (issue 25: before, the deep request ran layer 1 again in a pass of its own). Counted with layer hooks."""
     service = SearchService(index, device="cpu", max_batch=64, max_wait_ms=200)
     calls: list[tuple[int, int]] = []  # (layer, texts in the pass)
     layers = service.encoder.model.encoder.layer
@@ -408,7 +409,7 @@ def test_a_batch_runs_one_pass_per_depth_and_the_shallow_request_never_runs_deep
         service.stop()
         for h in hooks:
             h.remove()
-    assert calls == [(0, 1), (0, 3), (1, 3), (2, 3), (3, 3)]  # one pass of 1 layer for 1 text, then 4 layers for 3
+    assert calls == [(0, 4), (1, 3), (2, 3), (3, 3)]  # layer 1 for the 4 texts, layers 2-4 for the deep one's 3
     same_hits([{"id": d, "score": s} for d, s in got_shallow[0]], retriever.search(TEXTS[:1], shortlist="1x8",
                                                                                   rerank="none", top=5)[0])
     for g, w in zip(got_deep, retriever.search(TEXTS[1:4], shortlist="1x8", k=20, rerank="4x32", top=5), strict=True):
