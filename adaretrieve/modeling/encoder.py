@@ -327,6 +327,8 @@ class Encoder:
             if st is not None and st.get("capture"):  # what every layer is called with besides its input
                 rest = {k: v for k, v in kwargs.items() if k not in ("hidden_states", "hidden_state")}
                 st["layer_args"] = (tuple(args[1:]) if args else (), rest)
+            if st is not None and st["depth"] == 0:  # layer_args: no layer runs
+                raise _EarlyExit
 
         def post(module, args, output, i):
             st = getattr(self._tls, "state", None)
@@ -338,9 +340,16 @@ class Encoder:
                 raise _EarlyExit
             return None
 
+        def embedded(module, args, output):  # layer_args(embedded=...): a stand-in for the embeddings' output
+            st = getattr(self._tls, "state", None)
+            return st.get("embedded") if st is not None else None
+
         layers[0].register_forward_pre_hook(pre, with_kwargs=True)
         for i, layer in enumerate(layers, 1):
             layer.register_forward_hook(functools.partial(post, i=i))
+        emb = getattr(self.model, "embeddings", None)
+        if isinstance(emb, nn.Module) and emb is not layers[0]:
+            emb.register_forward_hook(embedded)
 
     def hidden_states(self, batch: dict, depth: int, want: Iterable[int] | None = None,
                       capture: dict | None = None) -> list[torch.Tensor | None]:
@@ -372,6 +381,24 @@ class Encoder:
             if h is not None and h.dim() != 3:
                 raise AdaError(f"{type(self.model).__name__} returns unpadded hidden states; encode without flash attention")
         return states
+
+    def layer_args(self, batch: dict, embedded: torch.Tensor | None = None) -> tuple[tuple, dict]:
+        """(positional args after the hidden state, keyword args) that every layer is called with for
+        a tokenised ``batch``: the extended attention mask and the like, from the model's own forward
+        pass stopped before its first layer runs. ``embedded`` [batch, seq, hidden] stands in for the
+        output of the model's ``embeddings`` module (the mask code reads its shape and dtype), so an
+        exported graph that builds the args this way holds no embeddings (the onnx continuations)."""
+        st = {"depth": 0, "want": set(), "states": {}, "capture": True, "embedded": embedded}
+        self._tls.state = st
+        try:
+            self.model(**batch, return_dict=True)
+        except _EarlyExit:
+            pass
+        finally:
+            self._tls.state = None
+        if "layer_args" not in st:
+            raise AdaError(f"{type(self.model).__name__}: its layers were not called as modules; cannot resume")
+        return st["layer_args"]
 
     def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """[batch, seq, hidden] -> [batch, hidden] by the model's pooling (mask: [batch, seq])."""
@@ -536,9 +563,8 @@ class Encoder:
                   sort_by_length: bool = True) -> tuple[dict[Size, np.ndarray], EncodeState]:
         """``encode`` (texts as given: add a prefix with ``queries``) that also returns where it
         stopped: an ``EncodeState`` after the deepest layer of ``sizes``, from which ``resume``
-        continues deeper without running these layers again. Torch backend only."""
-        if self._onnx is not None:
-            raise AdaError(f"resumable encoding runs on the torch backend, not {self.backend!r}")
+        continues deeper without running these layers again. On the onnx backends a head graph
+        (embeddings + layers 1..depth, ``OnnxRunner.run_head``) runs instead of the depth graph."""
         if batch_size < 1:
             raise AdaError(f"batch size {batch_size} must be at least 1")
         sizes = self.check_sizes(sizes)
@@ -553,7 +579,15 @@ class Encoder:
         with torch.inference_mode():
             for start in range(0, n, batch_size):
                 idx = order[start : start + batch_size]
-                batch = self.tokenizer.pad({k: [enc[k][i] for i in idx] for k in enc.keys()}, return_tensors="pt")
+                feats = {k: [enc[k][i] for i in idx] for k in enc.keys()}
+                if self._onnx is not None:
+                    batch = self.tokenizer.pad(feats, return_tensors="np")
+                    hidden, every = self._onnx.run_head(batch, depth)
+                    pooled = {L: torch.from_numpy(every[:, L]) for L in range(depth + 1)}
+                    mask = np.ascontiguousarray(batch["attention_mask"], dtype=np.int64)
+                    batches.append(_StateBatch(np.asarray(idx), hidden, mask, None, pooled))
+                    continue
+                batch = self.tokenizer.pad(feats, return_tensors="pt")
                 batch = {k: v.to(self.device) for k, v in batch.items()}
                 cap: dict = {}
                 with self._autocast():
@@ -561,7 +595,7 @@ class Encoder:
                 mask = batch["attention_mask"]
                 pooled = {L: self.pool(hs[L].float(), mask) for L in range(depth + 1)}
                 batches.append(_StateBatch(np.asarray(idx), hs[depth], mask, cap["layer_args"], pooled))
-        state = EncodeState(depth, n, batches, self.weights_hash())
+        state = EncodeState(depth, n, batches, self.weights_hash(), self.backend)
         return self._state_vectors(state, sizes, state.rows), state
 
     def _autocast(self):
@@ -583,9 +617,14 @@ class Encoder:
         ``state.depth + 1 ..`` and only for ``rows`` (positions in the texts first encoded; default
         every one the state holds). Returns the vectors of ``sizes`` for ``rows`` in that order, each
         equal to a one-pass ``encode`` of the same batches (to float rounding from a smaller batch
-        when ``rows`` drops some), and the new state (holding ``rows``)."""
+        when ``rows`` drops some), and the new state (holding ``rows``). On the onnx backends a
+        continuation graph runs the new layers (``OnnxRunner.run_layers``); onnx-int8 quantises
+        activations per batch, so dropping rows moves its vectors slightly more than rounding."""
         if state.encoder != self.weights_hash():
             raise AdaError("this encode state was made by another encoder (weights differ); encode again")
+        if state.backend != self.backend:
+            raise AdaError(f"this encode state was made on backend {state.backend!r}, this encoder runs {self.backend!r}; "
+                           "resume it on an encoder of that backend, or encode again")
         sizes = self.check_sizes(sizes)
         have = set(int(r) for r in state.rows)
         rows = np.asarray(sorted(have) if rows is None else rows, dtype=np.int64)
@@ -603,6 +642,15 @@ class Encoder:
                     continue
                 sel = torch.tensor(pick, dtype=torch.long)
                 size_b = b.hidden.shape[0]
+                if self._onnx is not None:  # numpy hidden state and 2-D mask; the graph builds the rest
+                    part = len(pick) < size_b
+                    hidden, mask = (b.hidden[pick], b.mask[pick]) if part else (b.hidden, b.mask)
+                    pooled = {L: v.index_select(0, sel) for L, v in b.pooled.items()} if part else dict(b.pooled)
+                    if depth > state.depth:
+                        hidden, more = self._onnx.run_layers(hidden, mask, state.depth, depth)
+                        pooled.update({state.depth + 1 + j: torch.from_numpy(more[:, j]) for j in range(more.shape[1])})
+                    batches.append(_StateBatch(b.rows[pick], hidden, mask, None, pooled))
+                    continue
                 if len(pick) < size_b:
                     hidden = b.hidden.index_select(0, sel.to(b.hidden.device))
                     args, kwargs = _slice_batch_dim(b.layer_args, sel, size_b)
@@ -616,16 +664,17 @@ class Encoder:
                         hidden = out[0] if isinstance(out, (tuple, list)) else out
                         pooled[i + 1] = self.pool(hidden.float(), mask)
                 batches.append(_StateBatch(b.rows[pick], hidden, mask, (args, kwargs), pooled))
-        new = EncodeState(depth, state.n, batches, state.encoder)
+        new = EncodeState(depth, state.n, batches, state.encoder, state.backend)
         return self._state_vectors(new, sizes, rows), new
 
 
 @dataclass
 class _StateBatch:
     rows: np.ndarray  # positions of this batch's texts in the texts first encoded
-    hidden: torch.Tensor  # [b, seq, hidden]: the output of layer ``EncodeState.depth``
-    mask: torch.Tensor  # [b, seq] attention mask, for pooling
-    layer_args: tuple  # (positional args after the hidden state, keyword args) every layer is called with
+    hidden: torch.Tensor | np.ndarray  # [b, seq, hidden]: the output of layer ``EncodeState.depth`` (numpy on onnx)
+    mask: torch.Tensor | np.ndarray  # [b, seq] attention mask, for pooling (int64 numpy on onnx)
+    layer_args: tuple | None  # (positional args after the hidden state, keyword args) every layer is called with;
+    # None on onnx, whose continuation graphs build them from the mask
     pooled: dict  # {L: [b, hidden] float32}: the raw pooled state of every layer run so far (0..depth)
 
 
@@ -634,12 +683,14 @@ class EncodeState:
     """Where a resumable encode stopped (``Encoder.encode_to``): per batch, the hidden state after
     layer ``depth``, the attention mask and layer arguments, and the pooled state of every layer run
     so far. ``Encoder.resume`` continues from it, for every text or some, without running layers
-    1..depth again. Held in memory only (a few hundred KB for a batch of queries)."""
+    1..depth again. Held in memory only (a few hundred KB for a batch of queries); torch tensors on
+    the torch backend, numpy arrays from the graphs on the onnx ones."""
 
     depth: int
     n: int
     batches: list
     encoder: str  # the encoder's weights hash: a state resumes only on the encoder that made it
+    backend: str = "torch"  # and only on the backend that made it (torch tensors or onnx arrays)
 
     @property
     def rows(self) -> np.ndarray:

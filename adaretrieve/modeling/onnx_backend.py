@@ -13,6 +13,16 @@ activations quantised per batch at run time), cached beside it.
 
 Disk: a depth-d graph holds the embeddings and d layers (MiniLM: ~55 MB at depth 2, ~90 MB at 6).
 
+Resumable encoding (``Encoder.encode_to`` / ``resume``) runs segments instead, one graph per
+``(start, end)``: the head ``(0, L)`` takes the tokens and gives the hidden state after layer L
+``[batch, seq, hidden]`` and the pooled states of layers 0..L ``[batch, L + 1, hidden]``; a
+continuation ``(L, M)`` takes that hidden state and the 2-D attention mask (the extended mask the
+layers need is built inside the graph, by the model's own code) and gives the hidden state after M
+and the pooled states of layers L+1..M ``[batch, M - L, hidden]``. Each segment holds only its own
+layers' weights, is cached, locked and (int8) quantised like a depth graph; the int8 weights are
+the same as the one-pass graph's (per output channel, weight by weight), but activations are
+quantised per batch that runs, so resuming fewer rows than were encoded shifts int8 vectors a little.
+
 Threads and processes: the first use of a depth (export, quantisation, session) runs once per
 process under a lock per cache file, so threads that ask for it at the same moment wait for one
 export; torch.onnx's export state is process-global, so every export in the process (this module's
@@ -43,6 +53,7 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
 GRAPH_FORMAT = 1  # bump when the exported graph's inputs or outputs change: old cache files are then ignored
+SEGMENT_FORMAT = 1  # the same for the segment graphs of resumable encoding
 OPSET = 17
 # int8 recipe, part of the int8 file's name: the weights of every MatMul with a constant weight,
 # int8 per output channel, activations quantised per batch at run time, except the feed-forward
@@ -55,7 +66,7 @@ INT8_RECIPE = "pc2"
 # torch.onnx keeps its export state in module globals: two exports at once in one process fail
 # ("GLOBALS.in_onnx_export must be True"), so every torch.onnx.export in the process holds this.
 TORCH_ONNX_EXPORT = threading.Lock()
-_FILE_LOCKS: dict[Path, threading.Lock] = {}  # one per fp32 cache file (= backbone, pooling, depth), for all runners
+_FILE_LOCKS: dict[Path, threading.Lock] = {}  # one per fp32 cache file (= backbone, pooling, depth or segment), for all runners
 _FILE_LOCKS_GUARD = threading.Lock()
 
 
@@ -131,10 +142,43 @@ class _PooledUpTo(nn.Module):
         return torch.stack([self.enc.pool(h.float(), mask) for h in hs], dim=1)
 
 
+class _Segment(nn.Module):
+    """Layers ``start + 1 .. end`` of the encoder as a graph. ``start == 0`` (the head): the tokens
+    -> (hidden state after ``end``, pooled states of layers 0..end ``[batch, end + 1, hidden]``). Else
+    (hidden state after ``start``, 2-D attention mask) -> (hidden state after ``end``, pooled states
+    of layers start+1..end ``[batch, end - start, hidden]``)."""
+
+    def __init__(self, enc, start: int, end: int, names: list[str]):
+        super().__init__()
+        self.enc, self.start, self.end, self.names = enc, start, end, names
+        self.model = enc.model
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.start == 0:
+            batch = dict(zip(self.names, inputs))
+            hs = self.enc.hidden_states(batch, self.end)
+            mask = batch["attention_mask"]
+            return hs[self.end], torch.stack([self.enc.pool(h.float(), mask) for h in hs], dim=1)
+        hidden, mask = inputs
+        # the layers' other arguments (extended mask, position bias...) from the model's own code, fed
+        # the mask, placeholder tokens and ``hidden`` for the embeddings' output (its shape and dtype are
+        # what the mask code reads): no layer runs there, and the embeddings drop out of the graph
+        feed = {n: mask if n == "attention_mask" else torch.zeros_like(mask) for n in self.names}
+        args, kwargs = self.enc.layer_args(feed, embedded=hidden)
+        pooled = []
+        for i in range(self.start, self.end):  # layer i + 1 (layers[i]) from the output of layer i
+            out = self.enc.layers[i](hidden, *args, **kwargs)
+            hidden = out[0] if isinstance(out, (tuple, list)) else out
+            pooled.append(self.enc.pool(hidden.float(), mask))
+        return hidden, torch.stack(pooled, dim=1)
+
+
 class OnnxRunner:
-    """ONNX Runtime sessions for one Encoder, one per depth, created on first use and kept.
+    """ONNX Runtime sessions for one Encoder, one per graph (a depth, or a segment ``(start, end)``),
+    created on first use and kept; ONNX Runtime sessions are safe to run from several threads.
 
     ``run(batch, depth)``: ``batch`` {name: int64 [batch, seq]} -> float32 [batch, depth + 1, hidden].
+    ``run_head(batch, depth)`` / ``run_layers(hidden, mask, start, end)``: the segments (see the module doc).
     ``threads``: ONNX Runtime's intra-op threads (default: torch's thread count, itself the
     machine's cores unless OMP_NUM_THREADS says otherwise); inter-op is one thread.
     """
@@ -150,51 +194,66 @@ class OnnxRunner:
         self.names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in probe and n in accepted]
         if "input_ids" not in self.names or "attention_mask" not in self.names:
             raise AdaError(f"{enc.name}: the onnx backend needs a tokenizer that gives input_ids and attention_mask")
-        self._sessions: dict[int, object] = {}  # written under the depth's file lock, read without it
+        self._sessions: dict = {}  # by depth or (start, end); written under the graph's file lock, read without it
 
     # -- files ---------------------------------------------------------------------------------
 
-    def path(self, depth: int, quantized: bool | None = None) -> Path:
-        """The cache file of the graph to ``depth`` (the int8 one when ``quantized``)."""
+    def path(self, part: int | tuple[int, int], quantized: bool | None = None) -> Path:
+        """The cache file of the graph to depth ``part``, or of the segment ``part = (start, end)``
+        (the int8 one when ``quantized``)."""
         q = self.quantize if quantized is None else quantized
         enc = self.enc
-        key = "|".join(map(str, (GRAPH_FORMAT, OPSET, enc.backbone_hash(), enc.model.config.model_type, enc.pooling,
-                                 ",".join(self.names), depth)))
-        tag = hashlib.sha256(key.encode()).hexdigest()[:16]
-        return cache_dir() / "onnx" / f"{enc.backbone_hash()[:16]}-{enc.pooling}-L{depth}-{tag}{f'-int8{INT8_RECIPE}' if q else ''}.onnx"
+        common = (OPSET, enc.backbone_hash(), enc.model.config.model_type, enc.pooling, ",".join(self.names))
+        if isinstance(part, tuple):
+            key, stem = (SEGMENT_FORMAT, *common, "segment", *part), f"S{part[0]}-{part[1]}"
+        else:
+            key, stem = (GRAPH_FORMAT, *common, part), f"L{part}"
+        tag = hashlib.sha256("|".join(map(str, key)).encode()).hexdigest()[:16]
+        return cache_dir() / "onnx" / f"{enc.backbone_hash()[:16]}-{enc.pooling}-{stem}-{tag}{f'-int8{INT8_RECIPE}' if q else ''}.onnx"
 
-    def ensure(self, depth: int) -> Path:
-        """The graph file for ``depth``, exported (and quantised) now unless the cache has it. Threads
-        of one process asking at once: one exports, the others wait for it and read its file."""
-        with _file_lock(self.path(depth, quantized=False)):
-            return self._ensure(depth)
+    def ensure(self, part: int | tuple[int, int]) -> Path:
+        """The graph file for ``part`` (a depth or a segment), exported (and quantised) now unless the
+        cache has it. Threads of one process asking at once: one exports, the others wait for it and
+        read its file."""
+        with _file_lock(self.path(part, quantized=False)):
+            return self._ensure(part)
 
-    def _ensure(self, depth: int) -> Path:
-        fp32 = self.path(depth, quantized=False)
+    def _ensure(self, part: int | tuple[int, int]) -> Path:
+        fp32 = self.path(part, quantized=False)
         if not fp32.exists():
-            self._export(depth, fp32)
+            self._export(part, fp32)
         if not self.quantize:
             return fp32
-        int8 = self.path(depth, quantized=True)
+        int8 = self.path(part, quantized=True)
         if not int8.exists():
             self._quantize(fp32, int8)
         return int8
 
-    def _export(self, depth: int, out: Path) -> None:
+    def _export(self, part: int | tuple[int, int], out: Path) -> None:
         import warnings
 
-        log.info("exporting %s to ONNX up to layer %d (once; cached at %s)", self.enc.name, depth, out)
-        tmp = _temp_beside(out)
         # two texts of different lengths: the mask has padding, so nothing about it is folded as a constant
         dummy = self.enc.tokenizer(["a b c d e f", "a"], padding=True, return_tensors="pt")
-        args = tuple(dummy[n] for n in self.names)
-        dyn = {n: {0: "batch", 1: "seq"} for n in self.names}
-        dyn["pooled"] = {0: "batch"}
-        wrapper = _PooledUpTo(self.enc, depth, self.names).eval()
+        if isinstance(part, tuple) and part[0] > 0:
+            log.info("exporting %s to ONNX, layers %d..%d (once; cached at %s)", self.enc.name, part[0] + 1, part[1], out)
+            mask = dummy["attention_mask"]
+            args = (torch.randn(*mask.shape, self.enc.hidden_size), mask)
+            inputs, outputs = ["hidden_in", "attention_mask"], ["hidden", "pooled"]
+        else:
+            log.info("exporting %s to ONNX up to layer %d (once; cached at %s)", self.enc.name,
+                     part[1] if isinstance(part, tuple) else part, out)
+            args = tuple(dummy[n] for n in self.names)
+            inputs, outputs = self.names, ["hidden", "pooled"] if isinstance(part, tuple) else ["pooled"]
+        dyn = {n: {0: "batch", 1: "seq"} for n in inputs}
+        dyn.update({"hidden": {0: "batch", 1: "seq"}, "pooled": {0: "batch"}})
+        dyn = {n: v for n, v in dyn.items() if n in inputs or n in outputs}
+        wrapper = (_Segment(self.enc, *part, self.names) if isinstance(part, tuple)
+                   else _PooledUpTo(self.enc, part, self.names)).eval()
+        tmp = _temp_beside(out)
         try:
             with TORCH_ONNX_EXPORT, torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                torch.onnx.export(wrapper, args, str(tmp), input_names=self.names, output_names=["pooled"],
+                torch.onnx.export(wrapper, args, str(tmp), input_names=inputs, output_names=outputs,
                                   dynamic_axes=dyn, opset_version=OPSET, do_constant_folding=True, dynamo=False)
             os.replace(tmp, out)  # atomic: another process never sees half a file
         finally:
@@ -233,24 +292,25 @@ class OnnxRunner:
 
     # -- running -------------------------------------------------------------------------------
 
-    def session(self, depth: int):
-        """The session for ``depth``, created once even when threads ask for it at the same moment."""
-        s = self._sessions.get(depth)
+    def session(self, part: int | tuple[int, int]):
+        """The session for ``part`` (a depth or a segment), created once even when threads ask for it
+        at the same moment."""
+        s = self._sessions.get(part)
         if s is not None:
             return s
-        with _file_lock(self.path(depth, quantized=False)):
-            if depth not in self._sessions:
-                self._sessions[depth] = self._new_session(depth)
-        return self._sessions[depth]
+        with _file_lock(self.path(part, quantized=False)):
+            if part not in self._sessions:
+                self._sessions[part] = self._new_session(part)
+        return self._sessions[part]
 
-    def _new_session(self, depth: int):
+    def _new_session(self, part: int | tuple[int, int]):
         opts = self.ort.SessionOptions()
         opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = self.ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
-        path = self._ensure(depth)  # the caller holds the depth's lock
+        path = self._ensure(part)  # the caller holds the graph's lock
         try:
             return self.ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # a damaged cache file: say which, so it can be deleted
@@ -260,3 +320,25 @@ class OnnxRunner:
     def run(self, batch: dict, depth: int) -> np.ndarray:
         feed = {n: np.ascontiguousarray(batch[n], dtype=np.int64) for n in self.names}
         return self.session(depth).run(None, feed)[0]
+
+    def run_head(self, batch: dict, depth: int) -> tuple[np.ndarray, np.ndarray]:
+        """Layers 1..depth from the tokens: (hidden state after ``depth`` float32 [batch, seq, hidden],
+        pooled states of layers 0..depth [batch, depth + 1, hidden])."""
+        self._check_segment(0, depth)
+        feed = {n: np.ascontiguousarray(batch[n], dtype=np.int64) for n in self.names}
+        hidden, pooled = self.session((0, depth)).run(None, feed)
+        return hidden, pooled
+
+    def run_layers(self, hidden: np.ndarray, mask: np.ndarray, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+        """Layers start+1..end from ``hidden`` [batch, seq, hidden], the output of layer ``start``, and
+        its 2-D attention ``mask`` [batch, seq]: (hidden state after ``end``, pooled states of layers
+        start+1..end [batch, end - start, hidden])."""
+        self._check_segment(start, end)
+        feed = {"hidden_in": np.ascontiguousarray(hidden, dtype=np.float32),
+                "attention_mask": np.ascontiguousarray(mask, dtype=np.int64)}
+        out, pooled = self.session((start, end)).run(None, feed)
+        return out, pooled
+
+    def _check_segment(self, start: int, end: int) -> None:
+        if not 0 <= start < end <= self.enc.n_layers:
+            raise AdaError(f"layers {start + 1}..{end}: a segment runs at least one layer of 1..{self.enc.n_layers}")
