@@ -136,17 +136,26 @@ def main(argv=None) -> None:
     full_s, full_r = r.searcher(plan).search(qv_test)
     full = {"config": f"always full: {plan.name}", "metrics": metrics(full_s, full_r), "mean_layers": plan.layers}
     baselines = []
+    from adaretrieve.bench.measure import coded_name, shortlist_kind_of
+
     for s in dict.fromkeys([plan.shortlist, *(x for x, _ in plan.then), plan.rerank]):
         p = r.plan(str(s), rerank="none", top=args.top)
         sc, rows = r.searcher(p).search(r.encoder.encode_queries(test, p.sizes()))
-        baselines.append({"config": p.name, "metrics": metrics(sc, rows), "mean_layers": s.layer,
+        baselines.append({"config": coded_name(p, shortlist_kind_of(r.reader.manifest, s)), "metrics": metrics(sc, rows),
+                          "mean_layers": s.layer, "overlap_at_10_with_full": round(float(overlap_at(rows, full_r).mean()), 4)})
+    if plan.rerank and shortlist_kind_of(r.reader.manifest, plan.rerank):  # its shortlist is a code: exact search too
+        p = r.plan(args.shortlist, r.reader.n_docs, str(plan.rerank), top=args.top)  # every document reranked
+        sc, rows = r.searcher(p).search(r.encoder.encode_queries(test, p.sizes()))
+        baselines.append({"config": f"exact {plan.rerank} (every document rescored)", "metrics": metrics(sc, rows),
+                          "mean_layers": plan.rerank.layer,
                           "overlap_at_10_with_full": round(float(overlap_at(rows, full_r).mean()), 4)})
     alternatives = []  # what a user would pick instead, always at full depth
     if args.deep_k:
         for p in (r.plan(str(plan.rerank), args.deep_k, str(plan.rerank), top=args.top),
                   r.plan(args.shortlist, k[0], args.rerank, top=args.top, deep_k=args.deep_k)):
             sc, rows = r.searcher(p).search(r.encoder.encode_queries(test, p.sizes()))
-            alternatives.append({"config": p.name, "metrics": metrics(sc, rows), "mean_layers": p.layers,
+            alternatives.append({"config": coded_name(p, shortlist_kind_of(r.reader.manifest, p.shortlist)),
+                                 "metrics": metrics(sc, rows), "mean_layers": p.layers,
                                  "overlap_at_10_with_full": round(float(overlap_at(rows, full_r).mean()), 4)})
     ranks = r.stage_rankings(test, plan)
     agree = [{"stage": i, "overlap_at_10": round(float(overlap_at(rw, full_r).mean()), 4),

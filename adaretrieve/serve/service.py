@@ -12,7 +12,7 @@ layer by layer as far as each text needs (``_Ladder``): every text of the batch 
 depth any request needs, the requests of that depth are searched (those with the same configuration
 as one batch) and answered, and only the texts that need more resume from where they stopped, so a
 text never runs a layer twice and a shallow request never waits for a deep one's layers. (The onnx
-backends cannot resume: there each depth is one pass of its own texts from the embeddings.)
+backends resume too, from segment graphs: see ``Encoder.resume``.)
 ``max_batch=1`` turns batching off. A request's answer equals what ``Retriever.search`` gives for it
 alone, up to float rounding from padding a batch (about 1e-6 on a score).
 
@@ -145,7 +145,7 @@ def open_rule(path, reader, backend: str = "torch"):
 
 
 def check_adaptive_backend(backend: str) -> None:
-    if backend != "torch":
+    if backend not in ("torch", "onnx", "onnx-int8"):
         raise AdaError(f"--adaptive resumes each query's encoding layer by layer, which needs --backend torch "
                        f"(not {backend})")
 
@@ -522,14 +522,14 @@ class SearchService:
 class _Ladder:
     """The query encoding of one batch, run layer by layer as its requests need. Torch: one
     ``EncodeState`` for the batch; each call that needs a deeper layer resumes only the texts still
-    needed that deep (``carry``), so no text runs a layer twice. The onnx backends cannot resume: each
-    call encodes its own texts from the embeddings (one pass per depth, as before resumable encoding)."""
+    needed that deep (``carry``), so no text runs a layer twice. The onnx backends resume as torch
+    does (segment graphs)."""
 
     def __init__(self, encoder, texts: list[str], batch_size: int, resume: bool = True):
         self.encoder = encoder
         self.texts = encoder.queries(texts)  # the index's query prefix
         self.batch_size = batch_size
-        self.resumable = resume and encoder.backend == "torch"  # False: nothing to resume (one depth), or onnx
+        self.resumable = resume  # False: nothing to resume (one depth); torch and onnx states both resume
         self.state = None
         self.depth = 0
         self.seconds = 0.0  # encoder time so far

@@ -303,7 +303,7 @@ def test_cli_serve_adaptive_checks_the_rule_before_listening(index, rule, tiny_m
                         (("--index", index, "--adaptive", tmp_path / "none.json"), "does not exist"),
                         (("--index", other, "--adaptive", rule), "calibrate again"),
                         (("--index", other, "--adaptive", rule, "--workers", 2), "calibrate again"),
-                        (("--index", index, "--adaptive", rule, "--backend", "onnx"), "--backend torch")]:
+                        (("--index", index, "--adaptive", rule, "--backend", "bogus"), "bogus")]:
         res = run(*args)
         lines = [x for x in res.stderr.splitlines() if x.strip()]
         assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], \
@@ -338,25 +338,33 @@ def test_the_batcher_answers_every_request_of_a_failed_cascade(index, rule, monk
         assert c.post("/search", json={"queries": TEXTS}).status_code == 200
 
 
-def test_the_onnx_backend_cannot_resume_so_it_runs_one_pass_per_depth(index, retriever):
-    """onnx graphs run from the embeddings: each depth of a batch is one pass of its own texts (as before
-    resumable encoding), shallow first, and the answers equal the library's."""
+@pytest.mark.parametrize("backend", ["onnx", "onnx-int8"])
+def test_the_onnx_backends_serve_the_cascade_and_mixed_depths_by_resuming(index, rule, backend):
+    """onnx resumes from segment graphs (Encoder.resume): served adaptive answers equal the library's
+    cascade on the same backend, and a batch of a shallow and a deep request equals each searched alone."""
     module_or_skip("onnxruntime", "pip install 'adaretrieve[onnx]'")
-    service = SearchService(index, device="cpu", backend="onnx", threads=1, max_batch=4, max_wait_ms=5000)
-    passes = []
-    real = service.encoder.encode
-    service.encoder.encode = lambda texts, sizes, **kw: passes.append(len(texts)) or real(texts, sizes, **kw)
+    from adaretrieve import Retriever
+    from adaretrieve.search.calibrate import load_stop_rule
+
+    lib = Retriever(index, device="cpu", backend=backend)
+    r, _ = load_stop_rule(rule, lib.reader.manifest)
+    want, _ = lib.search_adaptive(TEXTS, lib.plan(**PLAN), r)
+    service = SearchService(index, device="cpu", backend=backend, threads=1, adaptive=rule, max_batch=64,
+                            max_wait_ms=5000)
     plans = [dict(shortlist="1x8", rerank="none", top=5), dict(shortlist="1x8", k=20, rerank="4x32", top=5)]
-    service.start()
-    try:
+    with TestClient(create_app(service)) as c:
+        body = c.post("/search", json={"queries": TEXTS}).json()
         jobs = [service.submit(TEXTS[:1], service.plan(**plans[0])), service.submit(TEXTS[1:4], service.plan(**plans[1]))]
-        got = [j.result(60) for j in jobs]
-    finally:
-        service.stop()
-    assert passes == [1, 3]
-    for g, t, p in zip(got, [TEXTS[:1], TEXTS[1:4]], plans):
-        for gg, w in zip(g, retriever.search(t, **p), strict=True):
-            same([{"id": d, "score": s} for d, s in gg], w, atol=1e-4)
+        mixed = [j.result(60) for j in jobs]
+    assert body["adaptive"]["active"] is True
+    if backend == "onnx":  # int8 quantises activations per batch that runs: the cascade's batches differ
+        for g, w in zip(body["results"], want, strict=True):
+            same(g, w, atol=1e-4)
+    else:
+        assert len(body["results"]) == len(want) and 0 < min(body["adaptive"]["layers"]) <= max(body["adaptive"]["layers"])
+    for g, t, p in zip(mixed, [TEXTS[:1], TEXTS[1:4]], plans):
+        for gg, w in zip(g, lib.search(t, **p), strict=True):
+            same([{"id": d, "score": s} for d, s in gg], w, atol=1e-4 if backend == "onnx" else 5e-3)
 
 
 def test_a_served_rule_with_a_deep_path_equals_the_library(index, retriever, tmp_path):
