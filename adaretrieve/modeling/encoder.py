@@ -603,6 +603,9 @@ class Encoder:
 
     def _state_vectors(self, state: EncodeState, sizes: list[Size], rows: np.ndarray) -> dict[Size, np.ndarray]:
         """Vectors of ``sizes`` (layers <= state.depth) for ``rows`` (positions, in that order)."""
+        if len(state.batches) == 1 and np.array_equal(state.batches[0].rows, rows):  # one batch, in order
+            only = state.batches[0]
+            return self._sizes_from_pooled(sizes, lambda L: only.pooled[L], len(rows))
         where = {int(r): (bi, j) for bi, b in enumerate(state.batches) for j, r in enumerate(b.rows)}
 
         def pooled_of(L):
