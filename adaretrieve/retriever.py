@@ -51,6 +51,16 @@ class Retriever:
         self.encoder = load_index_encoder(self.reader, model, device, backend=backend, threads=threads)
         self._searchers = SearcherCache(self.reader)
 
+    @classmethod
+    def over(cls, reader: IndexReader, encoder) -> Retriever:
+        """A Retriever over an open ``reader`` with a query ``encoder`` already made (a bench suite's:
+        its rows and its adaptive fits then share one encoder), checked against the index as
+        ``load_index_encoder`` checks its own."""
+        reader.check_encoder(encoder.spec(), encoder.name)
+        self = cls.__new__(cls)
+        self.reader, self.encoder, self._searchers = reader, encoder, SearcherCache(reader)
+        return self
+
     def plan(self, shortlist: str | Size | None = None, k: int | None = None, rerank=DEFAULT,
              then: Sequence[tuple[str | Size, int]] = (), top: int | None = None, nprobe: int | None = None,
              ef_search: int | None = None, deep_k: int | None = None) -> FunnelPlan:

@@ -5,6 +5,8 @@ The parts, one job each:
 - ``suite``: YAML -> ``Suite`` -> the ``FunnelPlan`` list it measures (``resolve_plan``);
 - ``measure``: the typed ``ResultRow``, the ``Pipeline`` a row searches with, ``measure``;
 - ``baselines``: BM25, hybrid (BM25 then dense rerank), RRF, FAISS RefineFlat;
+- ``adaptive``: the ``adaptive:`` rows (a cascade whose stop rule is fitted on other, unlabelled
+  texts; one row per target) and the cascade ``tune --adaptive`` tries;
 - ``verdicts``: Pareto, the memory model, the budget choice (``tune``), the scale goal rule (no
   numpy: the README's renderer uses it over results files);
 - ``report``: Markdown and plots;
@@ -24,6 +26,7 @@ _WHERE = {
     "load_rows": "measure", "machine_info": "measure", "dense_pipeline": "measure", "KINDS": "measure",
     "COLD_HOW": "measure", "shortlist_resident_bytes_per_doc": "measure", "disk_bytes_per_doc": "measure",
     "bm25_pipelines": "baselines", "refine_pipelines": "baselines",
+    "AdaptiveEntry": "adaptive", "adaptive_pipelines": "adaptive", "with_middle_stage": "adaptive",
     "pareto": "verdicts", "check_expected": "verdicts", "best_within_budget": "verdicts", "within_budget": "verdicts",
     "latency_ms": "verdicts", "resident_mb": "verdicts", "row_ram_bytes": "verdicts", "goal_rows": "verdicts",
     "best_goal": "verdicts",

@@ -84,7 +84,7 @@ class LatencyMs:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
-KINDS = ("dense", "bm25", "hybrid", "rrf", "refine")
+KINDS = ("dense", "bm25", "hybrid", "rrf", "refine", "adaptive")
 _LATENCIES = ("search_ms_batch1", "search_ms_batch1_cold", "encode_ms_batch1", "end_to_end_ms_batch1")
 
 
@@ -95,7 +95,17 @@ class ResultRow:
 
     Latencies are ms per query: batch 1 (``LatencyMs``: median, p95, mean over the latency
     queries), batched (the median over repeats of one search over every query, divided by their
-    number). Search excludes query encoding; end to end includes it; stages split both."""
+    number). Search excludes query encoding; end to end includes it; stages split both.
+
+    An ``adaptive`` row (a cascade with a calibrated stop rule, ``bench.adaptive``) encodes inside its
+    search: each query runs the layers of the stage it stops at, the rest resume deeper between
+    stages, so its encoding cannot be timed apart. It says so with ``search_includes_encoding``: its
+    search figures (batch 1, cold, batched) are the cascade's whole call, encoding included, its
+    ``encode_ms_*`` are None, and ``end_to_end_ms_batch1`` is the figure to compare with other rows'
+    (``verdicts.latency_ms`` takes it). ``encode_layers`` is the deepest it may run; ``mean_layers``
+    what its queries ran on average, ``encoder_cost`` that over the plan's layers, ``stop_share`` the
+    share of queries answered at each stage; ``adaptive`` holds the design, the target, the rule, the
+    fit as fitted and the texts it was fitted on."""
 
     config: str
     kind: str
@@ -127,6 +137,12 @@ class ResultRow:
     disk_bytes_per_doc: float | None = None
     # measured in a fresh process serving only this row (search.resident): private and index-file bytes
     resident_measured: dict | None = None
+    deep_k: int | None = None  # the plan's deep path (adaptive rows; absent when not set)
+    search_includes_encoding: bool = False  # adaptive rows (see the class doc); absent when False
+    mean_layers: float | None = None
+    encoder_cost: float | None = None
+    stop_share: list[float] | None = None
+    adaptive: dict | None = None
     extra: dict = field(default_factory=dict)  # e.g. build_seconds, bm25 setup seconds
 
     def to_dict(self) -> dict:
@@ -136,7 +152,7 @@ class ResultRow:
             if f.name in d or f.name == "extra":
                 continue
             v = getattr(self, f.name)
-            if v is None and f.name in ("nprobe", "ef_search", "then", "top", "shortlist_kind"):
+            if not v and f.name in _ABSENT_WHEN_UNSET:
                 continue
             if isinstance(v, LatencyMs):
                 v = v.to_dict()
@@ -159,8 +175,14 @@ class ResultRow:
         return cls(**kw, extra={k: v for k, v in d.items() if k not in known})
 
 
+_ABSENT_WHEN_UNSET = ("nprobe", "ef_search", "then", "top", "shortlist_kind", "deep_k", "search_includes_encoding",
+                      "mean_layers", "encoder_cost", "stop_share", "adaptive")
+
+
 def _kind_of(name: str) -> str:
     """The kind of a row from its name (files written before rows carried a kind)."""
+    if name.startswith("adaptive "):
+        return "adaptive"
     if name.startswith("rrf("):
         return "rrf"
     if name.startswith("bm25 k="):
@@ -205,6 +227,11 @@ class Pipeline:
     extra: dict = field(default_factory=dict)
     # measures this row's resident memory in a fresh process (dense rows), given the encoded queries
     resident: Callable[[dict], dict] | None = None
+    # the search encodes the queries itself (``rows`` index the texts; the vectors are not read):
+    # an adaptive row, timed as ``ResultRow`` says
+    search_includes_encoding: bool = False
+    # more ResultRow fields from the answer over every query (an adaptive row's layers and exits)
+    row_fields: Callable[[object], dict] | None = None
 
 
 class DepthEvaluator:
@@ -248,10 +275,13 @@ def measure(p: Pipeline, ctx: Context) -> ResultRow:
     """Quality over every query, then timings, the same for every kind of row: batch 1 over the
     first ``n_lat`` queries after WARMUP (search with encoded queries; warm and, where the row
     reads rerank rows from disk, cold; and end to end with the query encoding), and batched as
-    the median of REPEATS searches over every query after a warm-up one."""
+    the median of REPEATS searches over every query after a warm-up one. A row whose search encodes
+    (``search_includes_encoding``) is timed by the same calls: its search is its end to end."""
     n = len(ctx.qids)
     every = list(range(n))
-    metrics = ctx.evaluator(p.to_run(p.search(every, ctx.qv, None), ctx.qids), p.depth)
+    answer = p.search(every, ctx.qv, None)
+    metrics = ctx.evaluator(p.to_run(answer, ctx.qids), p.depth)
+    inside = p.search_includes_encoding
 
     def one(i, t):
         return p.search([i], {s: v[i : i + 1] for s, v in ctx.qv.items()}, t)
@@ -261,15 +291,15 @@ def measure(p: Pipeline, ctx: Context) -> ResultRow:
     batched, stages_b = time_repeats(lambda t: p.search(every, ctx.qv, t))
 
     def end_to_end(i):
-        q = ctx.enc.encode([ctx.texts[i]], p.need) if p.need else {}
+        q = ctx.enc.encode([ctx.texts[i]], p.need) if p.need and not inside else {}
         return p.search([i], q, None)
 
     e2e = LatencyMs.of(time_each(end_to_end, ctx.n_lat))
     depth = max((s.layer for s in p.need), default=0)
-    enc1 = ctx.enc_ms.get(depth)
-    enc_b = ctx.enc_batched_ms.get(depth, 0.0)
+    enc1 = None if inside else ctx.enc_ms.get(depth)
+    enc_b = 0.0 if inside else ctx.enc_batched_ms.get(depth, 0.0)
     stage_ms, stage_b = {}, {}
-    if p.need:
+    if p.need and not inside:
         first = p.shortlist.layer if p.shortlist else depth
         stage_ms["encode_to_shortlist_layer" if p.shortlist else "encode_to_rerank_layer"] = ctx.enc_ms[first]
         stage_b["encode_to_shortlist_layer" if p.shortlist else "encode_to_rerank_layer"] = ctx.enc_batched_ms[first]
@@ -287,7 +317,7 @@ def measure(p: Pipeline, ctx: Context) -> ResultRow:
         shortlist=str(p.shortlist) if p.shortlist else None, k=p.k, rerank=str(p.rerank) if p.rerank else None,
         nprobe=p.nprobe, ef_search=p.ef_search, then=p.then, shortlist_kind=p.shortlist_kind, depth=p.depth, top=p.top,
         search_ms_batch1_cold=LatencyMs.of(cold) if cold else None,
-        encode_layers=depth, encode_ms_batch1=enc1, encode_ms_batched=enc_b if p.need else None,
+        encode_layers=depth, encode_ms_batch1=enc1, encode_ms_batched=enc_b if p.need and not inside else None,
         end_to_end_ms_batch1=e2e, stages_ms_batch1=stage_ms, stages_ms_batched=stage_b,
         total_ms_batch1_p50=round((enc1.p50 if enc1 else 0.0) + search1.p50, 3),
         # one process, one query at a time / every query at once: encoding to the depth + search
@@ -295,7 +325,7 @@ def measure(p: Pipeline, ctx: Context) -> ResultRow:
         batched_repeats=batched.repeats, resident_bytes_per_doc=p.resident_bytes_per_doc,
         rerank_bytes_per_doc_on_disk=p.rerank_bytes_per_doc_on_disk, disk_bytes_per_doc=p.disk_bytes_per_doc,
         resident_measured=p.resident({s: v for s, v in ctx.qv.items() if s in p.need}) if p.resident else None,
-        extra=p.extra)
+        search_includes_encoding=inside, **(p.row_fields(answer) if p.row_fields else {}), extra=p.extra)
     log.info("%-28s %s  search %.3f ms/q", p.config, "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()), search1.p50)
     return row
 

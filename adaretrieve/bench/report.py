@@ -94,7 +94,8 @@ def metric_columns(rows, asked=()) -> list[str]:
     return flat
 
 
-STAGES = ("encode_to_shortlist_layer", "encode_to_rerank_layer", "bm25", "shortlist", "gather", "rerank", "fusion")
+STAGES = ("encode_to_shortlist_layer", "encode_to_rerank_layer", "encode_deeper", "bm25", "shortlist", "gather", "rerank",
+          "fusion")
 
 
 def to_markdown(res: dict, command: str) -> str:
@@ -153,6 +154,8 @@ def to_markdown(res: dict, command: str) -> str:
     for r in rows:
         enc = r.encode_ms_batch1
         enc_s = f"{enc.p50:.2f} ({r.encode_layers})" if enc and r.encode_layers else ("-" if enc is None else "0")
+        if r.search_includes_encoding:
+            enc_s = f"in search ({r.mean_layers:g} of {r.encode_layers})"
         cold = "-" if r.search_ms_batch1_cold is None else f"{r.search_ms_batch1_cold.p50:.3f}"
         e2e = "-" if r.end_to_end_ms_batch1 is None else f"{r.end_to_end_ms_batch1.p50:.2f}"
         ram = "-" if r.resident_bytes_per_doc is None else f"{r.resident_bytes_per_doc:g}"
@@ -197,6 +200,7 @@ def to_markdown(res: dict, command: str) -> str:
             lines.append(f"| {r.config} | " + " | ".join(cell(r, k) for k in cols)
                          + f" | {e.p50:.2f} | {e.p95:.2f} | {r.qps_batch1:.1f} | {r.qps_batched:.1f} | "
                          f"{'-' if r.disk_bytes_per_doc is None else r.disk_bytes_per_doc} |")
+    lines += adaptive_table(rows, metrics)
     lines += quality_per_byte(rows, metrics)
     setup = next((r.extra["bm25_setup_seconds"] for r in rows if "bm25_setup_seconds" in r.extra), None)
     if setup:
@@ -208,6 +212,44 @@ def to_markdown(res: dict, command: str) -> str:
             got = "missing" if c["got"] is None else f"{c['got']:.5f}"
             lines.append(f"| {c['config']} | {c['metric']} | {c['expected']} | {c['tolerance']} | {got} | {'yes' if c['ok'] else 'NO'} |")
     return "\n".join(lines) + "\n"
+
+
+def adaptive_table(rows, metrics: list[str]) -> list[str]:
+    """The adaptive-depth table: each cascade row beside the same plan always run in full (when the
+    suite has that row), with its encoder cost, its answers per stage and its end to end latency.
+    Empty without adaptive rows."""
+    cascades = [r for r in rows if r.kind == "adaptive" and r.adaptive]
+    if not cascades or not metrics:
+        return []
+    first = metrics[0]
+    by_name = {r.config: r for r in rows}
+
+    def q(r):
+        v = metric_of({"metrics": r.metrics, "depth": r.depth}, first)
+        return "-" if v is None else f"{v:.4f}"
+
+    out = ["", "## Adaptive depth", "",
+           "Cascades whose stop rule was fitted without labels on other texts (`fitted on`), each query stopping at "
+           "the first stage the rule trusts; the others resume their encoding deeper. Encoder cost: mean layers run "
+           "over the plan's. Answered per stage: the share of the queries stopping at each stage, the last going all "
+           "the way. Their search encodes as it goes, so their search columns above include the encoding (in the stage "
+           "table, encode deeper is the median over the queries that went on); end to end is measured per query as "
+           "every row's is.", "",
+           f"| configuration | {first} | always full {first} | answered per stage | mean layers | encoder cost "
+           "| end to end ms | always full end to end ms | fitted on |",
+           "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |"]
+    for r in cascades:
+        a = r.adaptive
+        full = by_name.get(a.get("always_full"))
+        on = a.get("fitted_on") or {}
+        src = f"{on['pseudo_queries']} pseudo-queries" if on.get("pseudo_queries") else \
+            f"{on.get('n_queries', '?')} queries" + (f" ({on['query_split']})" if on.get("query_split") else "")
+        e2e = "-" if r.end_to_end_ms_batch1 is None else f"{r.end_to_end_ms_batch1.p50:.2f}"
+        full_e2e = "-" if full is None or full.end_to_end_ms_batch1 is None else f"{full.end_to_end_ms_batch1.p50:.2f}"
+        out.append(f"| {r.config} | {q(r)} | {'-' if full is None else q(full)} | "
+                   f"{' / '.join(f'{x:.2f}' for x in r.stop_share or [])} | {r.mean_layers:g} of {r.encode_layers} | "
+                   f"{r.encoder_cost:.3f} | {e2e} | {full_e2e} | {src} |")
+    return out
 
 
 def quality_per_byte(rows, metrics: list[str]) -> list[str]:

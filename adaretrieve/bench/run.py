@@ -7,6 +7,7 @@ import logging
 import time
 from pathlib import Path
 
+from adaretrieve.bench.adaptive import adaptive_pipelines
 from adaretrieve.bench.baselines import bm25_pipelines, refine_pipelines
 from adaretrieve.bench.measure import (
     COLD_HOW,
@@ -101,6 +102,7 @@ def run_suite(suite: Suite, rebuild: bool = False, progress: bool = True, replac
     reader = ensure_index(suite, enc, rebuild, progress, replace_stale)
     enc = query_encoder(suite, reader, enc)
     suite.check_search_params()
+    adaptive = suite.adaptive_entries()
     plans = with_search_params(suite.plans(reader.manifest), reader, suite.nprobe, suite.ef_search)
     qrels = read_qrels(suite.qrels)
     queries = {q: t for q, t in read_queries(suite.queries).items() if q in qrels}
@@ -114,7 +116,7 @@ def run_suite(suite: Suite, rebuild: bool = False, progress: bool = True, replac
     for s in sizes:
         s.check(enc.n_layers, enc.hidden_size)
     t0 = time.perf_counter()
-    qv = enc.encode(texts, sizes, batch_size=64)
+    qv = enc.encode(texts, sizes, batch_size=64) if sizes else {}  # a suite of adaptive rows alone: they encode themselves
     encode_batched_ms = 1000 * (time.perf_counter() - t0) / len(qids)
 
     # Query encoding costs the same for every configuration of one depth: time it once per depth
@@ -130,6 +132,8 @@ def run_suite(suite: Suite, rebuild: bool = False, progress: bool = True, replac
     ctx = Context(enc, qids, texts, qv, DepthEvaluator(qrels, suite.metrics), n_lat, enc_ms, enc_batched_ms)
 
     pipelines = [dense_pipeline(p, reader) for p in plans]
+    if adaptive:  # each entry's rule fitted on its own texts (no qrels), then one row per target
+        pipelines += adaptive_pipelines(adaptive, reader, enc, {q: queries[q] for q in qids}, suite.corpus)
     if suite.refine and reader.manifest.rerank:
         pipelines += refine_pipelines(suite, reader)
     if suite.bm25:

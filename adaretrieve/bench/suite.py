@@ -5,7 +5,9 @@ sizes and two-stage entries, metrics, and pinned expectations with tolerances. R
 read from the suite file's folder. Every dense row is a plan made by ``resolve_plan``, the resolver
 the CLI, HTTP, ``Retriever`` and Qdrant use, so a bench row and a ``search`` with the same options
 run the same plan. A ``two_stage`` entry is ``{shortlist: [...], k: [...], rerank: [...]}`` with an
-optional ``then: [{size, k}, ...]`` (a funnel: the same middle stages for every combination).
+optional ``then: [{size, k}, ...]`` (a funnel: the same middle stages for every combination). An
+``adaptive`` entry is one cascade with a stop rule calibrated on other queries, one row per target
+(``bench.adaptive``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 
+from adaretrieve.bench.adaptive import AdaptiveEntry
 from adaretrieve.errors import AdaError
 from adaretrieve.search.plan import FunnelPlan, resolve_plan
 
@@ -41,6 +44,8 @@ class Suite:
     rerank: str | None
     single: list[str] = field(default_factory=list)
     two_stage: list[dict] = field(default_factory=list)
+    # cascades with a calibrated stop rule (bench.adaptive): [{shortlist, k, then, rerank, fit_queries, targets, ...}]
+    adaptive: list[dict] = field(default_factory=list)
     metrics: list[str] = field(default_factory=lambda: ["nDCG@10", "RR@10", "R@100", "R@1000"])
     max_length: int | None = None
     batch_size: int = 32
@@ -80,6 +85,9 @@ class Suite:
         if isinstance(data, dict):  # paths in the suite are read from the suite file's folder
             data = resolve_config_paths(data, p.parent, {"model": False, "corpus": True, "queries": True, "qrels": True,
                                                          "index": True, "bm25_index": True})
+        if isinstance(data, dict) and isinstance(data.get("adaptive"), list):  # their fit queries, from there too
+            data["adaptive"] = [resolve_config_paths(e, p.parent, {"fit_queries": True}) if isinstance(e, dict) else e
+                                for e in data["adaptive"]]
         known = set(cls.__dataclass_fields__)
         unknown = set(data) - known
         if unknown:
@@ -103,6 +111,27 @@ class Suite:
         if self.batch_size < 1 or self.latency_queries < 1:
             raise AdaError(f"batch_size ({self.batch_size}) and latency_queries ({self.latency_queries}) must be at least 1")
         self.check_search_params()
+        for i, entry in enumerate(self.adaptive_entries()):
+            try:
+                entry.plan(_NO_INDEX)
+            except AdaError as e:
+                raise AdaError(f"adaptive[{i}]: {e}") from None
+        backend = self.query_backend or self.backend
+        if self.adaptive and backend != "torch":
+            raise AdaError(f"adaptive rows resume their query encoding between stages, which runs on the torch backend, "
+                           f"not {backend!r}")
+
+    def adaptive_entries(self) -> list[AdaptiveEntry]:
+        """The ``adaptive`` entries checked (``AdaptiveEntry.parse``); AdaError naming the entry and the bad value."""
+        if not isinstance(self.adaptive, list):
+            raise AdaError(f"adaptive {self.adaptive!r:.60} should be a list of entries")
+        out = []
+        for i, e in enumerate(self.adaptive):
+            try:
+                out.append(AdaptiveEntry.parse(e))
+            except AdaError as err:
+                raise AdaError(f"adaptive[{i}]: {err}") from None
+        return out
 
     def check_search_params(self) -> None:
         """``nprobe`` and ``ef_search`` are lists of whole numbers of at least 1 (a single number is
@@ -142,7 +171,8 @@ class Suite:
 def plan_of(row: dict) -> FunnelPlan:
     """The plan a dense result row (as results.json stores it) was measured with."""
     return FunnelPlan(row["shortlist"], row.get("k") or TOP, tuple((s, k) for s, k in row.get("then") or ()),
-                      row.get("rerank"), top=row.get("top") or TOP, nprobe=row.get("nprobe"), ef_search=row.get("ef_search"))
+                      row.get("rerank"), top=row.get("top") or TOP, nprobe=row.get("nprobe"), ef_search=row.get("ef_search"),
+                      deep_k=row.get("deep_k"))
 
 
 def search_args(plan: FunnelPlan) -> list[str]:

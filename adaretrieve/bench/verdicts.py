@@ -114,7 +114,12 @@ def resident_mb(row: dict, n_docs: int) -> float | None:
 
 def latency_ms(row: dict) -> float | None:
     """Median per-query latency of a bench row at batch 1: query encoding to the depth needed +
-    search. None when the row has no encoding time (rows that are not a dense configuration)."""
+    search. None when the row has no encoding time (rows that are not a dense configuration). A row
+    whose search encodes (an adaptive cascade: ``search_includes_encoding``) has no encoding time of
+    its own: its end to end median, measured per query as every row's is."""
+    if row.get("search_includes_encoding"):
+        e2e = row.get("end_to_end_ms_batch1")
+        return e2e["p50"] if e2e else None
     enc, search = row.get("encode_ms_batch1"), row.get("search_ms_batch1")
     if not enc or not search:
         return None

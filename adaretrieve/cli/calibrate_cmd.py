@@ -49,7 +49,7 @@ def calibrate(
             --target 0.99 --deep-k 100 --out dl19-rule.json   # no train queries: spans drawn from the corpus
     """
     setup(quiet)
-    from adaretrieve.data import read_queries
+    from adaretrieve.data import read_queries, split_query_ids
     from adaretrieve.retriever import Retriever
     from adaretrieve.search import DEFAULT
     from adaretrieve.search.calibrate import write_stop_rule
@@ -74,7 +74,7 @@ def calibrate(
     else:
         qs = read_queries(queries)
     if query_split is not None and pseudo_queries is None:
-        ids = _split_ids(queries, query_split)
+        ids = split_query_ids(queries, query_split)
         qs = {q: t for q, t in qs.items() if q in ids}
         if not qs:
             raise AdaError(f"no query of {queries} is named in qrels/{query_split}.tsv")
@@ -94,16 +94,3 @@ def calibrate(
                f"{f['overlap_at_10']}; "
                f"wrote {out}")
 
-
-def _split_ids(folder: Path, split: str) -> set[str]:
-    """Query ids named in ``folder/qrels/<split>.tsv`` (first column only)."""
-    p = Path(folder) / "qrels" / f"{split}.tsv"
-    if not p.exists():
-        raise AdaError(f"--query-split {split}: {p} does not exist")
-    ids = set()
-    with open(p, encoding="utf-8-sig") as f:
-        for line in f:
-            qid = line.split("\t", 1)[0].strip()
-            if qid and qid not in ("query-id", "qid"):
-                ids.add(qid)
-    return ids

@@ -24,12 +24,19 @@ def tune(
     nprobe: list[int] = typer.Option([], "--nprobe", help="IVF shortlists: nprobe values to try (repeat)."),
     ef_search: list[int] = typer.Option([], "--ef-search", help="HNSW shortlists: ef_search values to try (repeat)."),
     backend: str = typer.Option("torch", "--backend", help=BACKEND_HELP),
+    adaptive: bool = typer.Option(False, "--adaptive", help="Also measure the cascade of the best two-stage plan with a middle stage (a stored size between its layers, when there is one): each query stops at the first stage its stop rule trusts, the rule fitted without labels (ndcg, linear) at --adaptive-target on --fit-queries or --pseudo-queries. Reported beside that plan always run in full, with its encoder cost; the budget choice stays among the plans always run in full."),
+    adaptive_target: float = typer.Option(0.99, "--adaptive-target", help="With --adaptive: the mean pseudo-nDCG@10 against the full cascade to keep, (0, 1]."),
+    fit_queries: Optional[Path] = typer.Option(None, "--fit-queries", help="With --adaptive: unlabelled queries to fit the rule on (a file, or a BEIR folder with --fit-split); never the --queries scored."),
+    fit_split: Optional[str] = typer.Option(None, "--fit-split", help="With --fit-queries FOLDER: only the queries its qrels/<split>.tsv names (ids only), e.g. train."),
+    pseudo_queries: Optional[int] = typer.Option(None, "--pseudo-queries", help="With --adaptive, instead of --fit-queries: fit on N pseudo-queries drawn from the index's corpus."),
+    adaptive_out: Optional[Path] = typer.Option(None, "--adaptive-out", help="With --adaptive: write the calibrated rule here (`search --adaptive FILE` reads it)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notes on stderr; results and errors only."),
 ):
     """Pick the configuration with the best --metric among those that fit every budget given (the
     faster on a tie), and print the `search` command that uses it. Every shortlist the index stores
     is tried alone and reranked at the rerank size, a code of the rerank size itself included
-    (6x384:sign then 6x384: binary + rescore).
+    (6x384:sign then 6x384: binary + rescore). With --adaptive, the best two-stage plan is also
+    measured as an adaptive-depth cascade (see --adaptive), and its rule written with --adaptive-out.
 
     Examples:
 
@@ -38,6 +45,10 @@ def tune(
 
         adaretrieve tune --index indexes/scifact-codes --queries ../shared/data/beir/scifact/queries.jsonl \\
             --qrels ../shared/data/beir/scifact/qrels/test.tsv --budget-bytes-per-doc 16
+
+        adaretrieve tune --index indexes/scifact-minilm --queries ../shared/data/beir/scifact/queries.jsonl \\
+            --qrels ../shared/data/beir/scifact/qrels/test.tsv --budget-ms 20 --adaptive \\
+            --fit-queries ../shared/data/beir/scifact --fit-split train --adaptive-out scifact-rule.json
     """
     setup(quiet)
     from adaretrieve import bench
@@ -57,7 +68,27 @@ def tune(
     if budget_ms is None and budget_ram_mb is None and budget_bytes_per_doc is None:
         raise AdaError("tune needs a budget: --budget-ms, --budget-ram-mb and/or --budget-bytes-per-doc")
     at_least_1({"--latency-queries": latency_queries, "--k": min(k, default=None), "--nprobe": min(nprobe, default=None),
-                "--ef-search": min(ef_search, default=None)})
+                "--ef-search": min(ef_search, default=None), "--pseudo-queries": pseudo_queries})
+    if adaptive:
+        from adaretrieve.bench.adaptive import check_fit_source
+        from adaretrieve.search.calibrate import check_target
+
+        if (fit_queries is None) == (pseudo_queries is None):
+            raise AdaError("tune --adaptive needs texts to fit its stop rule on, not the ones it scores: --fit-queries FILE "
+                           "or --pseudo-queries N (one of them)")
+        check_target(adaptive_target, "ndcg", "linear")
+        if backend != "torch":
+            raise AdaError(f"--adaptive resumes the query encoding between stages, which runs on the torch backend, not "
+                           f"--backend {backend}")
+        try:
+            check_fit_source(None if fit_queries is None else str(fit_queries), fit_split, pseudo_queries)
+        except AdaError as e:
+            raise AdaError(f"--adaptive: {e}") from None
+    else:
+        given = [o for o, v in (("--fit-queries", fit_queries), ("--fit-split", fit_split),
+                                ("--pseudo-queries", pseudo_queries), ("--adaptive-out", adaptive_out)) if v is not None]
+        if given:
+            raise AdaError(f"{given[0]} needs --adaptive")
     reader = IndexReader(index)
     m = reader.manifest
     mod, spec = m.model, m.vector_spec
@@ -100,6 +131,10 @@ def tune(
                        f"{latency_ms(fastest):.2f} ms, {ram(fastest)} MB, {bpd(fastest)} B/doc; the smallest is "
                        f"{config_name(smallest)} at {bpd(smallest)} B/doc")
     fits = [rows[i] for i in within_budget(rows, n, budget_ms, budget_ram_mb, budget_bytes_per_doc)]
+    lines = []
+    if adaptive:
+        lines = _adaptive(bench, suite, rows, reader, metric, (budget_ms, budget_ram_mb, budget_bytes_per_doc), adaptive_target,
+                          fit_queries, fit_split, pseudo_queries, adaptive_out, index, queries, quiet)
     typer.echo(f"within {budgets}, the Pareto front (latency ms, RAM MB, shortlist B/doc, {metric}):", err=True)
     for i in sorted(pareto([(latency_ms(r), metric_of(r, metric) or 0.0) for r in fits]), key=lambda i: latency_ms(fits[i])):
         r = fits[i]
@@ -108,6 +143,60 @@ def tune(
     # the command runs the chosen plan: `search` resolves these options to the same FunnelPlan
     cmd = " ".join(["adaretrieve search --index", shlex.quote(str(index)), "--queries", shlex.quote(str(queries)),
                     *search_args(plan_of(best)), *(["--backend", backend] if backend != "torch" else [])])
+    for line in lines:
+        typer.echo(line)
     typer.echo(f"best within budget: {config_name(best)}: {metric} {metric_of(best, metric):.4f}, "
                f"{latency_ms(best):.2f} ms, {ram(best)} MB resident, {bpd(best)} B/doc of shortlist codes")
     typer.echo(cmd)
+
+
+def _adaptive(bench, suite, rows: list[dict], reader, metric: str, budgets: tuple, target: float, fit_queries, fit_split,
+              pseudo_queries, out, index: Path, queries: Path, quiet: bool) -> list[str]:
+    """tune --adaptive: the best two-stage row (within the budgets, else of all), with a middle stage
+    (``bench.adaptive.with_middle_stage``), measured always in full (when it differs from the row) and
+    as a cascade, by a second suite of the same settings; the lines that report them; the rule written
+    to ``out`` when given."""
+    from dataclasses import replace
+
+    from adaretrieve.bench.adaptive import tune_entry, with_middle_stage
+    from adaretrieve.bench.suite import plan_of
+    from adaretrieve.bench.verdicts import best_within_budget, latency_ms, metric_of, within_budget
+
+    n = reader.n_docs
+    two = [r for r in rows if r.get("kind", "dense") == "dense" and r.get("rerank")]
+    if not two:
+        raise AdaError("--adaptive: tune measured no two-stage plan to make a cascade of (the index has no rerank size)")
+    base = best_within_budget(two, metric, n, *budgets) or best_within_budget(two, metric, n)
+    plan = with_middle_stage(plan_of(base), reader.manifest)
+    entry = tune_entry(plan, target, None if fit_queries is None else str(fit_queries), fit_split, pseudo_queries)
+    full_entry = [{"shortlist": str(plan.shortlist), "k": plan.k, "rerank": str(plan.rerank),
+                   "then": [{"size": str(s), "k": k} for s, k in plan.then]}] if plan.then else []
+    again = replace(suite, single=[], two_stage=full_entry, adaptive=[entry],
+                    nprobe=[plan.nprobe] if plan.nprobe else [], ef_search=[plan.ef_search] if plan.ef_search else [])
+    try:
+        measured = bench.run_suite(again, progress=not quiet)["results"]
+    except AdaError as e:
+        raise AdaError(f"--adaptive: {str(e).removeprefix('adaptive[0]: ')}") from None
+    cascade = next(r for r in measured if r["kind"] == "adaptive")
+    full = next((r for r in measured if r["kind"] == "dense"), base)
+    got, ref = metric_of(cascade, metric), metric_of(full, metric)
+    fits = bool(within_budget([cascade], n, *budgets))
+    on = cascade["adaptive"]["fitted_on"]
+    src = f"{pseudo_queries} pseudo-queries" if pseudo_queries else f"{on['n_queries']} queries of {on['queries']}" + (
+        f" ({fit_split})" if fit_split else "")
+    change = f" ({got / ref - 1:+.2%})" if ref else ""
+    lines = [f"{cascade['config']}: {metric} {got:.4f}{change} vs {ref:.4f} always full; encoder cost "
+             f"{cascade['encoder_cost']:.3f} (mean layers {cascade['mean_layers']:g} of {plan.layers}), answered per stage "
+             f"{' / '.join(f'{x:.2f}' for x in cascade['stop_share'])}; batch 1 end to end {latency_ms(cascade):.2f} ms vs "
+             f"{full['end_to_end_ms_batch1']['p50']:.2f} ms always full; within budget: {'yes' if fits else 'no'}; rule "
+             f"fitted on {src}"]
+    if out is not None:
+        from adaretrieve.search.calibrate import Fit, write_stop_rule
+        from adaretrieve.search.cascade import StopRule
+
+        a = cascade["adaptive"]
+        write_stop_rule(out, Fit.from_dict(a["fit"], StopRule.from_dict(a["rule"])), plan_of(cascade), reader.manifest,
+                        a["target"], a["fitted_on"])
+        lines.append(f"wrote the rule to {out}; run it with: adaretrieve search --index {shlex.quote(str(index))} "
+                     f"--queries {shlex.quote(str(queries))} --adaptive {shlex.quote(str(out))}")
+    return lines

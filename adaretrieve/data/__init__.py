@@ -8,6 +8,7 @@ from adaretrieve.data.readers import (
     read_qrels,
     read_queries,
     resolve_corpus,
+    split_query_ids,
     validate_corpus,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "read_qrels",
     "read_queries",
     "resolve_corpus",
+    "split_query_ids",
     "validate_corpus",
 ]

@@ -269,6 +269,20 @@ def read_queries(path: str | Path) -> dict[str, str]:
     return out
 
 
+def split_query_ids(folder: str | Path, split: str) -> set[str]:
+    """Query ids named in ``folder/qrels/<split>.tsv``: its first column only, no grade is read (what
+    a split of unlabelled fit queries needs: ``calibrate --query-split``, a suite's ``adaptive:``)."""
+    p = Path(folder) / "qrels" / f"{split}.tsv"
+    if not p.exists():
+        raise AdaError(f"query split {split}: {p} does not exist")
+    ids = set()
+    for _, line in text_lines(p, "qrels file"):
+        qid = line.split("\t", 1)[0].strip()
+        if qid and qid not in ("query-id", "qid", "query_id"):
+            ids.add(qid)
+    return ids
+
+
 def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
     """``{qid: {docid: grade}}`` from a BEIR tsv (``query-id corpus-id score``, header optional,
     CRLF tolerated) or TREC qrels (``qid 0 docid grade``)."""

@@ -100,6 +100,12 @@ class Fit:
                 "overlap_at_10": round(self.overlap, 4), "measure": self.measure,
                 "kept": round(self.overlap if self.kept is None else self.kept, 4)}
 
+    @classmethod
+    def from_dict(cls, d: dict, rule: StopRule) -> Fit:
+        """The fit ``to_dict`` wrote (its figures as rounded there), with its ``rule``."""
+        return cls(rule, list(d["stop_share"]), float(d["mean_layers"]), int(d["full_layers"]), float(d["overlap_at_10"]),
+                   d.get("measure", "overlap"), d.get("kept"))
+
 
 def linear_weights(x: np.ndarray, y: np.ndarray, ridge: float = 1e-3) -> np.ndarray:
     """Least squares (a small ridge, features standardised) of ``y`` [n] on ``x`` [n, f] and a constant:
