@@ -74,7 +74,7 @@ def test_search_equals_the_library(client, retriever):
     body = one.json()
     # omitted settings resolve as everywhere else: top is all the last stage ranks (60 documents here)
     assert body["config"] == {"shortlist": "1x8", "k": 200, "then": [], "rerank": "4x32", "top": 200, "nprobe": None,
-                              "ef_search": None, "depth": 200}
+                              "ef_search": None, "deep_k": None, "depth": 200}
     assert len(body["results"]) == 1 and len(body["results"][0]) == 60
     same_hits(body["results"][0], retriever.search(TEXTS[:1])[0])
     assert set(body["timings_ms"]) >= {"queue", "encode", "shortlist", "gather", "rerank", "total"}
@@ -215,7 +215,7 @@ def test_health(client):
     assert h["status"] == "ok" and h["n_docs"] == 60 and h["generation"].startswith("gen-")
     assert h["shortlist_sizes"] == ["1x8", "2x16"] and h["rerank_size"] == "4x32"
     assert h["defaults"] == {"shortlist": "1x8", "k": 200, "then": [], "rerank": "4x32", "top": 200, "nprobe": None,
-                             "ef_search": None, "depth": 200}
+                             "ef_search": None, "deep_k": None, "depth": 200}
 
 
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*",?)*\})? (\S+)$')
